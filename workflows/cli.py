@@ -1,0 +1,104 @@
+"""The ``scenewatch`` command line: a thin click layer over :mod:`workflows`.
+
+Every command has ``--help`` with an example. A user-facing error prints one line,
+``scenewatch: error: <what and what to do>``, and exits non-zero; a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from pipeline.errors import ScenewatchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_errors(func: F) -> F:
+    """Turn a ScenewatchError into one line on stderr and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScenewatchError as err:
+            click.echo(f"scenewatch: error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def tiling_options(func: F) -> F:
+    """Options shared by every command that tiles a scene and runs on Dask."""
+    options = [
+        click.option("--tile-size", type=int, default=None, help="Core tile size in pixels [default: the model's]."),
+        click.option("--halo", type=int, default=None, help="Context pixels read around each tile [default: the model's]."),
+        click.option("--workers", type=int, default=None, help="Local Dask worker processes [default: one per core]."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster."),
+        click.option("--max-pixels", type=int, default=None, help="Refuse scenes with more pixels than this."),
+        click.option("--assume-crs", default=None, metavar="CRS", help="CRS for a scene that has none, e.g. EPSG:32618."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="scenewatch")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """scenewatch: segment large satellite and aerial scenes into seamless GIS layers.
+
+    \b
+    Example:
+      scenewatch predict examples/data/naip_sample.tif --model vegetation --bands naip --out out/
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Dask's own chatter (cluster start and stop, closed comms on shutdown) only with -vv.
+    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
+
+
+@main.command()
+@click.argument("scene", type=click.Path(dir_okay=False))
+@click.option("--model", "-m", default="vegetation", show_default=True,
+              help="Built-in model name (vegetation, ...) or path to a model bundle.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--bands", "-b", default=None,
+              help="Band map 'red=1,green=2,blue=3,nir=4' or a preset: naip, rgb, rgbn, bgrn, sentinel2, "
+                   "sentinel2-l2a, landsat8, landsat9, landsat7, landsat5 [default: from band descriptions].")
+@tiling_options
+@click.option("--overlap", type=int, default=None, help="Blend ramp half-width in pixels, at most the halo [default: halo/2].")
+@click.option("--blend", type=click.Choice(["cosine", "linear", "none"]), default=None,
+              help="How overlapping tiles are blended; 'none' crops each tile to its core [default: cosine].")
+@click.option("--batch-size", type=int, default=None, help="Tiles per model call [default: 2].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="Inference precision for neural networks [default: auto].")
+@click.option("--proba-dtype", type=click.Choice(["uint8", "float32"]), default=None,
+              help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 [default: uint8].")
+@report_errors
+def predict(scene: str, model: str, out_dir: str, quiet: bool, **options: Any) -> None:
+    """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs).
+
+    \b
+    Examples:
+      scenewatch predict naip.tif --model vegetation --bands naip --out out/
+      scenewatch predict s2.tif --model ./my-unet --bands sentinel2 --tile-size 512 --halo 64 --out out/
+      scenewatch predict big.tif --model vegetation --scheduler tcp://scheduler:8786 --out /shared/out
+    """
+    from workflows.scene import predict_scene
+
+    result = predict_scene(scene, model, out_dir, progress=False if quiet else None, **options)
+    click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
+               f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

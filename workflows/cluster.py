@@ -1,0 +1,52 @@
+"""The Dask client: an embedded LocalCluster of worker processes, or an existing scheduler.
+
+The same job runs unchanged either way; only where the workers live differs. Workers run one task at a
+time (one thread) and give the model the rest of the cores (torch intra-op threads), because on a few
+cores a model uses them better than two concurrent tasks would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+from pipeline.errors import ConfigError
+
+__all__ = ["dask_client", "worker_count", "cpu_count"]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None,
+                client: Client | None = None) -> Iterator[Client]:
+    """A connected client: ``client`` as given, one for ``scheduler``, or a new LocalCluster of ``workers``
+    processes (default: one per core), closed on exit."""
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        try:
+            connected = Client(scheduler, timeout="20s")
+        except OSError as err:
+            raise ConfigError(f"scheduler {scheduler}: cannot connect ({err}); is `dask scheduler` running?") from err
+        with connected:
+            yield connected
+        return
+    n = workers or cpu_count()
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR, memory_limit=0) as cluster, Client(cluster) as local:
+        yield local
+
+
+def worker_count(client: Client) -> int:
+    return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))

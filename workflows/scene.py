@@ -1,0 +1,223 @@
+"""One scene, end to end: plan tiles, read and predict them in Dask workers, stitch and write COGs.
+
+Data flow (module names in brackets)::
+
+    scene header [pipeline.read.open_scene] -> tile grid [tiles.grid]
+      -> per batch of tiles, in a worker: read windows [pipeline.read] -> model [pipeline.model]
+         -> weighted contributions [pipeline.predict, tiles.blend]
+      -> in this process, as results arrive: blend [pipeline.stitch.Stitcher] -> classes and probabilities
+         -> written window by window [pipeline.raster.CogWriter] -> COG, renamed into place
+
+Workers send each tile's contribution here once; this process blends the cores whose neighbours are all
+in and writes them straight away, so it never holds more than about a row of cores, and at most
+``max_tiles_in_flight`` batches are submitted ahead of what has been written (backpressure keeps memory
+bounded by tiles in flight, not by scene size).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, as_completed
+
+from pipeline.config import PredictConfig
+from pipeline.model import ModelInfo, ModelRef, load_model
+from pipeline.names import scene_id as make_scene_id
+from pipeline.predict import TileContribution, TileInput, predict_tiles
+from pipeline.raster import CogWriter, hex_to_rgba
+from pipeline.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands
+from pipeline.stitch import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, classify, encode_proba
+from tiles.blend import BlendMethod
+from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
+from workflows.cluster import cpu_count, dask_client, worker_count
+
+__all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene", "StitchedCore"]
+
+log = logging.getLogger("scenewatch")
+
+
+@dataclass(frozen=True, slots=True)
+class ScenePlan:
+    """Everything decided before the first pixel is read."""
+
+    meta: SceneMeta
+    model: ModelRef
+    info: ModelInfo
+    band_indexes: tuple[int, ...]
+    grid: TileGrid
+    overlap: int
+    blend: BlendMethod
+    scene_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StitchedCore:
+    """One finished core: what later stages (vectorizing) receive as the raster is written."""
+
+    tile: Tile
+    classes: Any  # (rows, cols) uint8, CLASS_NODATA where invalid
+    proba: Any  # (classes, rows, cols) float32, NaN where invalid
+
+
+@dataclass(frozen=True, slots=True)
+class SceneResult:
+    scene: str
+    scene_id: str
+    classes_path: Path
+    proba_path: Path
+    tiles_planned: int
+    tiles_skipped: int
+    seconds: float
+    model: ModelInfo
+    grid: TileGrid
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig) -> ScenePlan:
+    """Check the scene and the model against each other and plan the tiles; reads no pixels."""
+    meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
+    ref = ModelRef.of(model).with_options(precision=config.precision) if not isinstance(model, ModelRef) else model
+    info = load_model(ref).info
+    indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
+    tile_size = config.tile_size or info.tile_size
+    if config.align_to_blocks:
+        block_w = meta.block_width if meta.block_width < meta.width else 1
+        tile_size = aligned_tile_size(tile_size, meta.block_height, block_w)
+    halo = info.halo if config.halo is None else config.halo
+    overlap = min(halo // 2 if config.overlap is None else config.overlap, halo)
+    grid = plan_tiles(meta.height, meta.width, tile_size, halo)
+    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, make_scene_id(scene))
+
+
+def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, ...], ref: ModelRef,
+                   grid: TileGrid, overlap: int, blend: BlendMethod) -> list[TileContribution | None]:
+    """The Dask task: read a batch of tiles in this worker and run the (cached) model on them."""
+    model = load_model(ref)
+    inputs = [TileInput(t, *read_window(meta, t.read_window, indexes)) for t in tiles]
+    return predict_tiles(model, inputs, grid, overlap, blend)
+
+
+def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
+    """Row-major batches of up to ``size`` tiles, never spanning two rows (neighbours stay together)."""
+    for row in range(grid.rows):
+        tiles = [grid.tile(row, col) for col in range(grid.cols)]
+        for i in range(0, len(tiles), size):
+            yield tiles[i : i + size]
+
+
+def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]] | None:
+    if not info.class_colors:
+        return None
+    cmap = {i: hex_to_rgba(c) for i, c in enumerate(info.class_colors)}
+    cmap[CLASS_NODATA] = (0, 0, 0, 0)
+    return cmap
+
+
+def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> tuple[CogWriter, CogWriter]:
+    info = plan.info
+    tags = {"SCENEWATCH_MODEL": info.name, "SCENEWATCH_MODEL_VERSION": info.version,
+            "SCENEWATCH_SCENE": plan.scene_id, "SCENEWATCH_CLASSES": ",".join(info.class_names)}
+    classes = CogWriter(out_dir / f"{plan.scene_id}.classes.tif", plan.meta, count=1, dtype="uint8",
+                        nodata=CLASS_NODATA, resampling="mode", descriptions=["class"],
+                        colormap=_class_colormap(info), tags=tags)
+    uint8 = proba_dtype == "uint8"
+    proba = CogWriter(out_dir / f"{plan.scene_id}.proba.tif", plan.meta, count=info.num_classes,
+                      dtype=proba_dtype, nodata=PROBA_UINT8_NODATA if uint8 else float("nan"),
+                      resampling="average", descriptions=[f"p({c})" for c in info.class_names],
+                      scales=[1.0 / PROBA_UINT8_SCALE] * info.num_classes if uint8 else None, tags=tags)
+    return classes, proba
+
+
+def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation", out_dir: str | Path = ".", *,
+                  config: PredictConfig | None = None, client: Client | None = None,
+                  progress: bool | None = None, on_core: Callable[[StitchedCore], None] | None = None,
+                  **options: Any) -> SceneResult:
+    """Segment one scene into ``<out_dir>/<scene>.classes.tif`` and ``<scene>.proba.tif`` (COGs).
+
+    ``model`` is a built-in name (``"vegetation"``), a bundle path or a :class:`ModelRef`. ``options`` are
+    :class:`PredictConfig` fields (``bands="naip"``, ``tile_size=512``, ``workers=2``...). Runs on
+    ``client`` if given, else on ``config.scheduler`` if set, else on a new LocalCluster. ``on_core`` is
+    called here with every finished core, in completion order, as it is written.
+
+    Example::
+
+        from workflows.scene import predict_scene
+        result = predict_scene("naip.tif", "vegetation", "out/", bands="naip")
+    """
+    started = time.perf_counter()
+    config = PredictConfig.build(**{**(config.model_dump() if config is not None else {}), **options})
+    plan = plan_scene(scene, model, config)
+    out_dir = Path(out_dir)
+    with dask_client(config.workers, config.scheduler, client) as dask:
+        n_workers = worker_count(dask)
+        ref = plan.model
+        if client is None and config.scheduler is None:
+            ref = ref.with_threads(max(1, cpu_count() // n_workers))
+        in_flight = config.max_tiles_in_flight or 4 * n_workers
+        skipped = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
+    result = SceneResult(
+        scene=str(scene), scene_id=plan.scene_id, classes_path=out_dir / f"{plan.scene_id}.classes.tif",
+        proba_path=out_dir / f"{plan.scene_id}.proba.tif", tiles_planned=len(plan.grid), tiles_skipped=skipped,
+        seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid,
+    )
+    log.info("scene %s: %d tiles (%d without data) in %.1f s", plan.scene_id, result.tiles_planned,
+             skipped, result.seconds)
+    return result
+
+
+def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, out_dir: Path, in_flight: int,
+         progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> int:
+    from tqdm import tqdm
+
+    stitcher = Stitcher(plan.grid, plan.overlap, plan.info.num_classes)
+    batches = _batches(plan.grid, config.batch_size)
+    classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
+    skipped = 0
+    pending = as_completed()
+    futures: dict[Any, list[Tile]] = {}
+
+    def submit_next() -> bool:
+        tiles = next(batches, None)
+        if tiles is None:
+            return False
+        fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
+                          plan.blend, pure=False, key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}")
+        futures[fut] = tiles
+        pending.add(fut)
+        return True
+
+    bar = tqdm(total=len(plan.grid), desc=f"{plan.scene_id}", unit="tile", disable=None if progress is None
+               else not progress, leave=False)
+    with classes_w, proba_w, bar:
+        try:
+            for _ in range(in_flight):
+                if not submit_next():
+                    break
+            for fut in pending:
+                tiles = futures.pop(fut)
+                contributions = fut.result()
+                fut.release()
+                for tile, contribution in zip(tiles, contributions, strict=True):
+                    skipped += contribution is None
+                    for core, proba, valid in stitcher.add(tile, contribution):
+                        classes = classify(proba, valid)
+                        classes_w.write(core.core_window, classes)
+                        proba_w.write(core.core_window, encode_proba(proba, valid, config.proba_dtype))
+                        if on_core is not None:
+                            on_core(StitchedCore(core, classes, proba))
+                bar.update(len(tiles))
+                submit_next()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for done in [pool.submit(classes_w.finish), pool.submit(proba_w.finish)]:
+                done.result()
+    return skipped
