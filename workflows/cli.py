@@ -83,8 +83,12 @@ def main(verbose: int) -> None:
               help="Inference precision for neural networks [default: auto].")
 @click.option("--proba-dtype", type=click.Choice(["uint8", "float32"]), default=None,
               help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 [default: uint8].")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Model setting, repeatable: threshold=0.2 or softness=0.1 for a spectral model, compile=true "
+                   "for a network (see `scenewatch models show NAME`).")
 @report_errors
-def predict(scene: str, model: str, out_dir: str, quiet: bool, **options: Any) -> None:
+def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tuple[str, ...],
+            **options: Any) -> None:
     """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs).
 
     \b
@@ -92,13 +96,21 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, **options: Any) -
       scenewatch predict naip.tif --model vegetation --bands naip --out out/
       scenewatch predict s2.tif --model ./my-unet --bands sentinel2 --tile-size 512 --halo 64 --out out/
       scenewatch predict big.tif --model vegetation --scheduler tcp://scheduler:8786 --out /shared/out
+      scenewatch predict s2.tif --model water-mndwi --model-option threshold=0.1 --bands sentinel2 --out out/
     """
+    from pipeline.model import ModelRef
+    from workflows.cli_models import parse_model_options
     from workflows.scene import predict_scene
 
-    result = predict_scene(scene, model, out_dir, progress=False if quiet else None, **options)
+    parsed = parse_model_options(model_options)
+    result = predict_scene(scene, ModelRef.of(model, **parsed) if parsed else model, out_dir, progress=False if quiet else None, **options)
     click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
                f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
 
+
+from workflows.cli_models import models  # noqa: E402
+
+main.add_command(models)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
