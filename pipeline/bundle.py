@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -488,7 +489,11 @@ def import_state_dict(weights_file: str | os.PathLike[str], out_bundle: str | os
     source = Path(weights_file)
     where = f"weights {source.name}"
     try:
-        loaded = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A raw pickle.dump file (not torch.save) makes torch warn about its protocol; the load is
+            # still weights-only, and the outcome is reported below either way.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            loaded = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise ModelError(f"{where}: no such file ({source})") from err
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:

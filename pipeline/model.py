@@ -231,6 +231,7 @@ class TorchSegmentationModel:
         self.precision = resolve_precision(precision, self.device)
         self.requested_precision = precision
         self._auto_pending = precision == "auto" and self.precision != "fp32"
+        self.auto_drift: float | None = None  # measured by the first auto check
         self.stride = stride
         n = len(info.bands)
         self._mean = torch.tensor(mean if mean is not None else [0.0] * n, dtype=torch.float32).view(1, n, 1, 1)
@@ -267,17 +268,29 @@ class TorchSegmentationModel:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        probs = self._run(x, self.precision, self._forward)
         if self._auto_pending:
             self._auto_pending = False
-            reference = self._run(x, "fp32", self.network)  # eager: no second compile for fp32
-            drift = float((probs - reference).abs().mean())
-            if drift > AUTO_DRIFT_LIMIT:
-                log.warning("model %s: %s drifts %.4f from fp32 on the first batch, over %.3f; using fp32",
-                            self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT)
-                self.precision = "fp32"
-                probs = reference
+            self._check_auto(x)
+        probs = self._run(x, self.precision, self._forward)
         return probs[..., :h, :w].cpu().numpy()
+
+    def _check_auto(self, x: Any) -> None:
+        """Compare the reduced precision with fp32 on (a centre crop of) the first image, eagerly, and
+        fall back to fp32 for good if the mean absolute probability difference is over the limit."""
+        import torch
+
+        size, (hp, wp) = 256, x.shape[-2:]
+        r0 = max(0, (hp - size) // 2) // self.stride * self.stride
+        c0 = max(0, (wp - size) // 2) // self.stride * self.stride
+        crop = x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous(memory_format=torch.channels_last)
+        reduced = self._run(crop, self.precision, self.network)
+        reference = self._run(crop, "fp32", self.network)
+        drift = float((reduced - reference).abs().mean())
+        self.auto_drift = drift
+        if drift > AUTO_DRIFT_LIMIT:
+            log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using fp32",
+                        self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT)
+            self.precision = "fp32"
 
 
 def _compile(network: Any) -> Any:
