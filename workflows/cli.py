@@ -125,6 +125,9 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
 from workflows.cli_models import models  # noqa: E402
 
 main.add_command(models)
+from workflows.cli_train import evaluate, train  # noqa: E402
+
+main.add_command(train); main.add_command(evaluate)  # noqa: E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()
