@@ -240,6 +240,7 @@ class TorchSegmentationModel:
         for p in self.network.parameters():
             p.requires_grad_(False)
         self.compiled = bool(compile)
+        self._static_hw = (0, 0)
         self._forward = _compile(self.network) if compile else self.network
 
     def _run(self, x: Any, precision: str, forward: Any) -> Any:
@@ -263,7 +264,13 @@ class TorchSegmentationModel:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         x = (x - self._mean) / self._std
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
+        target_h, target_w = h + (-h) % self.stride, w + (-w) % self.stride
+        if self.compiled:
+            # One static shape per worker: smaller (edge) tiles are padded up to the largest tile seen, so
+            # the graph is compiled once rather than once per edge-tile shape.
+            target_h, target_w = max(target_h, self._static_hw[0]), max(target_w, self._static_hw[1])
+            self._static_hw = (target_h, target_w)
+        pad_h, pad_w = target_h - h, target_w - w
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
@@ -271,7 +278,10 @@ class TorchSegmentationModel:
         if self._auto_pending:
             self._auto_pending = False
             self._check_auto(x)
-        probs = self._run(x, self.precision, self._forward)
+        if self.compiled:  # one image per call, for the same reason (batches of 1 and 2 would both compile)
+            probs = torch.cat([self._run(x[i : i + 1], self.precision, self._forward) for i in range(len(x))])
+        else:
+            probs = self._run(x, self.precision, self._forward)
         return probs[..., :h, :w].cpu().numpy()
 
     def _check_auto(self, x: Any) -> None:
