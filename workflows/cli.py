@@ -66,6 +66,10 @@ def main(verbose: int) -> None:
     logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
 
 
+# Polygon-layer options live with `scenewatch vectorize`; that module needs report_errors, defined above.
+from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
+
+
 @main.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default="vegetation", show_default=True,
@@ -83,22 +87,41 @@ def main(verbose: int) -> None:
               help="Inference precision for neural networks [default: auto].")
 @click.option("--proba-dtype", type=click.Choice(["uint8", "float32"]), default=None,
               help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 [default: uint8].")
+@click.option("--format", "-f", "formats", default="gpkg", show_default=True,
+              help="Polygon layers written after the rasters, comma-separated: gpkg, parquet, fgb, geojson; "
+                   "'none' for rasters only.")
+@vector_options
 @report_errors
-def predict(scene: str, model: str, out_dir: str, quiet: bool, **options: Any) -> None:
-    """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs).
+def predict(scene: str, model: str, out_dir: str, quiet: bool, formats: str, min_area: str | None,
+            sieve: int | None, simplify: float | None, keep_classes: str | None, max_polygons: int | None,
+            **options: Any) -> None:
+    """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs), then
+    polygon layers OUT/<scene>.<format> (see `scenewatch vectorize`).
 
     \b
     Examples:
       scenewatch predict naip.tif --model vegetation --bands naip --out out/
       scenewatch predict s2.tif --model ./my-unet --bands sentinel2 --tile-size 512 --halo 64 --out out/
       scenewatch predict big.tif --model vegetation --scheduler tcp://scheduler:8786 --out /shared/out
+      scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
     """
     from workflows.scene import predict_scene
 
     result = predict_scene(scene, model, out_dir, progress=False if quiet else None, **options)
     click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
                f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+    if formats.strip().lower() != "none":
+        # A second pass over the written COGs, in Dask workers, rather than the on_core hook: polygonizing
+        # then runs in parallel instead of in the stitching process, and gives exactly what
+        # `scenewatch vectorize` gives on the same files.
+        write_layers(result.classes_path, out_dir, formats=formats, proba_path=result.proba_path, quiet=quiet,
+                     min_area=min_area, sieve=sieve, simplify=simplify, keep_classes=keep_classes,
+                     max_polygons=max_polygons, workers=options.get("workers"), scheduler=options.get("scheduler"))
 
+
+from workflows.cli_vectorize import vectorize  # noqa: E402
+
+main.add_command(vectorize)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,272 @@
+"""Vectorizing one core of a class raster: pixel groups become polygons, with their pixel statistics.
+
+GDAL's polygonizer (:func:`rasterio.features.shapes`, 4-connectivity) turns every 4-connected group of
+equal, kept pixels in the core into one polygon. Geometries stay in *scene pixel coordinates* (x = column,
+y = row of the whole raster, vertices on pixel corners, so every coordinate is an integer): unions of
+pieces from neighbouring cores are then exact, and the map transform is applied once, after merging.
+
+Groups are numbered first (:func:`label_groups`, scipy's labelling with the same 4-connectivity) and the
+label raster is what GDAL polygonizes, so polygon i is group i: its pixel count, the sum and maximum of the
+probability of its class come from the labels in one pass, and so does, along the four core edges, which
+polygon each edge pixel belongs to. Those edge *strips* are what :mod:`pipeline.merge` pairs across tile
+borders; polygons that touch no internal tile border are complete and never need merging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+from scipy import ndimage
+
+from pipeline.errors import SceneReadError, ScenewatchError
+from tiles.grid import PixelWindow
+
+__all__ = [
+    "Pieces",
+    "CorePieces",
+    "PolygonLimitError",
+    "polygonize_core",
+    "sieve_classes",
+    "keep_mask",
+    "label_groups",
+    "read_class_window",
+    "read_proba_window",
+    "own_class_proba",
+    "TOP",
+    "BOTTOM",
+    "LEFT",
+    "RIGHT",
+]
+
+# Bits of Pieces.touches: which internal tile borders (not raster edges) a polygon reaches.
+TOP, BOTTOM, LEFT, RIGHT = 1, 2, 4, 8
+
+# Dtypes GDAL's polygonizer takes as they are; other integer rasters are widened or narrowed to int32.
+_SHAPES_DTYPES = ("uint8", "uint16", "int16", "int32")
+
+
+class PolygonLimitError(ScenewatchError, ValueError):
+    """A class raster would yield more polygons than the configured limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pieces:
+    """Polygons as parallel arrays (one row per polygon), geometries in scene pixel coordinates.
+
+    ``key_row``/``key_col`` is the polygon's first pixel in raster order (top row, then leftmost): unique
+    per class, independent of tiling, hence the basis of stable feature ids. ``proba_sum``/``proba_count``
+    /``proba_max`` are over the polygon's pixels that have a probability (NaN max when none has).
+    """
+
+    geometry: np.ndarray  # shapely Polygons, pixel coordinates
+    cls: np.ndarray  # int64 class value
+    pixels: np.ndarray  # int64
+    proba_sum: np.ndarray  # float64
+    proba_count: np.ndarray  # int64
+    proba_max: np.ndarray  # float64
+    key_row: np.ndarray  # int64
+    key_col: np.ndarray  # int64
+    touches: np.ndarray  # uint8 bits TOP | BOTTOM | LEFT | RIGHT
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def take(self, index: np.ndarray) -> Pieces:
+        return Pieces(*(getattr(self, f)[index] for f in self.__slots__))
+
+    @staticmethod
+    def empty() -> Pieces:
+        return Pieces(np.empty(0, dtype=object), *(np.empty(0, dtype=d) for d in
+                      ("int64", "int64", "float64", "int64", "float64", "int64", "int64", "uint8")))
+
+    @staticmethod
+    def concat(parts: Sequence[Pieces]) -> Pieces:
+        if not parts:
+            return Pieces.empty()
+        return Pieces(*(np.concatenate([getattr(p, f) for p in parts]) for f in Pieces.__slots__))
+
+
+@dataclass(frozen=True, slots=True)
+class CorePieces:
+    """The polygons of one core and its edge strips.
+
+    ``top``/``bottom``/``left``/``right`` hold, for each pixel along that core edge, the index (into
+    ``pieces``) of the polygon it belongs to, or -1 where no polygon is (nodata, a class not kept).
+    """
+
+    core: PixelWindow
+    pieces: Pieces
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+
+def keep_mask(classes: np.ndarray, valid: np.ndarray, keep: Sequence[int] | None) -> np.ndarray:
+    """Pixels to polygonize: valid, and of a kept class (all classes when ``keep`` is None)."""
+    if keep is None:
+        return valid
+    return valid & np.isin(classes, np.asarray(keep, dtype=classes.dtype))
+
+
+def sieve_classes(classes: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
+    """Groups of fewer than ``size`` 4-connected pixels take the class of their largest neighbour (GDAL's
+    sieve filter); nodata pixels are neither removed nor grown into."""
+    if size <= 1:
+        return classes
+    work = classes if classes.dtype.name in _SHAPES_DTYPES else classes.astype(np.int32)
+    return rasterio.features.sieve(work, size, mask=valid, connectivity=4).astype(classes.dtype, copy=False)
+
+
+def polygonize_core(classes: np.ndarray, keep: np.ndarray, core: PixelWindow, scene: PixelWindow, *,
+                    proba: np.ndarray | None = None, max_polygons: int | None = None) -> CorePieces:
+    """Polygonize the ``(rows, cols)`` ``classes`` of ``core`` where ``keep`` is true.
+
+    ``proba`` is the probability of each pixel's own class, ``(rows, cols)`` float, NaN where unknown.
+    ``scene`` is the whole raster's window: edges of the core that are raster edges are not tile borders.
+    Raises :class:`PolygonLimitError` when the core alone yields more than ``max_polygons`` polygons,
+    before any geometry is built.
+    """
+    labels, cls = label_groups(classes, keep)
+    n = len(cls)
+    if max_polygons is not None and n > max_polygons:
+        raise PolygonLimitError(
+            f"tile at rows {core.row_off}-{core.row_end}, columns {core.col_off}-{core.col_end}: {n:,} polygons, "
+            f"more than the limit of {max_polygons:,}; remove speckle first with --sieve N (pixels) or raise "
+            f"--max-polygons"
+        )
+    geometry = _polygonize_labels(labels, core, n)
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
+    if proba is not None:
+        p = proba.ravel().astype(np.float64, copy=False)
+        has = np.isfinite(p) & (flat > 0)
+        proba_sum = np.bincount(flat[has], weights=p[has], minlength=n + 1)[1:]
+        proba_count = np.bincount(flat[has], minlength=n + 1)[1:].astype(np.int64)
+        top = np.full(n + 1, -np.inf)
+        np.maximum.at(top, flat[has], p[has])
+        proba_max = np.where(proba_count > 0, top[1:], np.nan)
+    else:
+        proba_sum, proba_count = np.zeros(n), np.zeros(n, dtype=np.int64)
+        proba_max = np.full(n, np.nan)
+    key_row, key_col = _first_pixels(labels, core, n)
+    strips = {
+        "top": labels[0, :] - 1, "bottom": labels[-1, :] - 1, "left": labels[:, 0] - 1, "right": labels[:, -1] - 1
+    }
+    touches = np.zeros(n, dtype=np.uint8)
+    internal = {
+        "top": (TOP, core.row_off > scene.row_off), "bottom": (BOTTOM, core.row_end < scene.row_end),
+        "left": (LEFT, core.col_off > scene.col_off), "right": (RIGHT, core.col_end < scene.col_end),
+    }
+    for name, (bit, is_internal) in internal.items():
+        if is_internal:
+            hit = np.unique(strips[name])
+            touches[hit[hit >= 0]] |= bit
+    pieces = Pieces(geometry, cls, pixels, proba_sum, proba_count, proba_max, key_row, key_col, touches)
+    return CorePieces(core, pieces, **{k: v.astype(np.int64) for k, v in strips.items()})
+
+
+def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the 4-connected groups of equal kept pixels 1..n (0 elsewhere); also the class of each group.
+
+    This is the grouping GDAL's polygonizer makes with 4-connectivity, so group i becomes polygon i.
+    """
+    labels = np.zeros(classes.shape, dtype=np.int32)
+    present = np.unique(classes[keep])
+    cls_of: list[np.ndarray] = []
+    offset = 0
+    for value in present:
+        group, count = ndimage.label(keep & (classes == value), structure=_FOUR)
+        inside = group > 0
+        labels[inside] = group[inside] + offset
+        cls_of.append(np.full(count, value, dtype=np.int64))
+        offset += count
+    return labels, (np.concatenate(cls_of) if cls_of else np.empty(0, dtype=np.int64))
+
+
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
+def _polygonize_labels(labels: np.ndarray, core: PixelWindow, n: int) -> np.ndarray:
+    """Polygon i (0-based) of group i + 1, in scene pixel coordinates, built in bulk from GDAL's rings."""
+    geometry = np.empty(n, dtype=object)
+    if n == 0:
+        return geometry
+    # Pixel coordinates of the whole scene: a core's polygons line up with its neighbours' exactly.
+    to_scene = Affine.translation(core.col_off, core.row_off)
+    shapes = list(rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=to_scene))
+    rings = [ring for geojson, _ in shapes for ring in geojson["coordinates"]]
+    rings_per_polygon = np.fromiter((len(g["coordinates"]) for g, _ in shapes), np.int64, len(shapes))
+    ring_lengths = np.fromiter((len(r) for r in rings), np.int64, len(rings))
+    xy = np.array(list(chain.from_iterable(rings)), dtype=np.float64).reshape(-1, 2)
+    offsets = (np.concatenate([[0], np.cumsum(ring_lengths)]), np.concatenate([[0], np.cumsum(rings_per_polygon)]))
+    polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
+    order = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64) - 1
+    if len(order) != n or len(np.unique(order)) != n:
+        raise AssertionError(f"polygonizer returned {len(order)} polygons for {n} pixel groups")
+    geometry[order] = polygons
+    return geometry
+
+
+def _first_pixels(labels: np.ndarray, core: PixelWindow, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene row and column of each group's first pixel in raster order (unique per class)."""
+    flat = labels.ravel()
+    first = np.full(n + 1, flat.size, dtype=np.int64)
+    np.minimum.at(first, flat, np.arange(flat.size, dtype=np.int64))
+    rows, cols = np.divmod(first[1:], core.width)
+    return rows + core.row_off, cols + core.col_off
+
+
+# --- I/O edge: what each Dask task reads (every worker opens the files itself) -------------------------
+
+
+def read_class_window(path: str, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+    """Band 1 of a class raster over ``window``, and its valid mask (nodata and internal masks honoured)."""
+    rio_window = Window(window.col_off, window.row_off, window.width, window.height)
+    try:
+        with rasterio.open(path) as src:
+            classes = src.read(1, window=rio_window)
+            valid = src.read_masks(1, window=rio_window) > 0
+    except RasterioIOError as err:
+        raise SceneReadError(
+            f"classes {Path(path).name}: pixels at rows {window.row_off}-{window.row_end}, columns "
+            f"{window.col_off}-{window.col_end} cannot be read; the file looks truncated or corrupt"
+        ) from err
+    return classes, valid
+
+
+def read_proba_window(path: str, window: PixelWindow) -> np.ndarray:
+    """Probabilities ``(classes, rows, cols)`` float32 in [0, 1] over ``window``, NaN where nodata; band
+    scales and offsets (uint8 ``p * 254`` storage) are applied."""
+    rio_window = Window(window.col_off, window.row_off, window.width, window.height)
+    try:
+        with rasterio.open(path) as src:
+            data = src.read(window=rio_window, masked=True)
+            scales = np.asarray(src.scales, dtype=np.float32)[:, None, None]
+            offsets = np.asarray(src.offsets, dtype=np.float32)[:, None, None]
+    except RasterioIOError as err:
+        raise SceneReadError(
+            f"probabilities {Path(path).name}: pixels at rows {window.row_off}-{window.row_end} cannot be read; "
+            f"the file looks truncated or corrupt"
+        ) from err
+    proba = data.filled(np.nan).astype(np.float32) if data.dtype.kind == "f" else \
+        np.where(np.ma.getmaskarray(data), np.nan, data.data.astype(np.float32))
+    return proba * scales + offsets
+
+
+def own_class_proba(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The probability each pixel's own class has, ``(rows, cols)``: band ``c`` for class value ``c``
+    (NaN for values without a band)."""
+    k = proba.shape[0]
+    inside = (classes >= 0) & (classes < k)
+    picked = np.take_along_axis(proba, np.where(inside, classes, 0).astype(np.intp)[None], axis=0)[0]
+    return np.where(inside, picked, np.nan)
