@@ -45,7 +45,7 @@ def area_basis(crs: CRS | str, transform: Affine, height: int, width: int) -> Ar
         return AreaBasis("geodesic", wkt)
     unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
     rows, cols = np.meshgrid(np.linspace(0, height, 5), np.linspace(0, width, 5), indexing="ij")
-    xs, ys = transform * (cols.ravel(), rows.ravel())
+    xs, ys = _apply(transform, cols.ravel(), rows.ravel())
     try:
         lon, lat = _to_geographic(wkt).transform(xs, ys)
         from pyproj import Proj
@@ -62,10 +62,9 @@ def pixel_size_m(basis: AreaBasis, transform: Affine, height: int, width: int) -
     """The side of a pixel in metres at the raster's centre (mean of both axes)."""
     if basis.kind == "planar":
         return float(np.sqrt(abs(transform.determinant))) * basis.unit_m
-    cx, cy = transform * (width / 2, height / 2)
-    ex, ey = transform * (width / 2 + 1, height / 2)
-    sx, sy = transform * (width / 2, height / 2 + 1)
-    lon, lat = _to_geographic(basis.crs_wkt).transform([cx, ex, sx], [cy, ey, sy])
+    xs, ys = _apply(transform, np.array([width / 2, width / 2 + 1, width / 2]),
+                    np.array([height / 2, height / 2, height / 2 + 1]))
+    lon, lat = _to_geographic(basis.crs_wkt).transform(xs, ys)
     geod = _geod(basis.crs_wkt)
     _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
     _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
@@ -93,6 +92,10 @@ def measure(pixel_geoms: np.ndarray, transform: Affine, basis: AreaBasis) -> tup
         a, p = geod.geometry_area_perimeter(geom)
         area[i], perimeter[i] = abs(a), p
     return area, perimeter
+
+
+def _apply(transform: Affine, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (transform.a * cols + transform.b * rows + transform.c, transform.d * cols + transform.e * rows + transform.f)
 
 
 def to_map(pixel_geoms: np.ndarray, transform: Affine) -> np.ndarray:
