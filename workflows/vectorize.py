@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import re
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -228,13 +229,14 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
     from tqdm import tqdm
 
     tiles = iter(job.grid)
+    run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
     queue: deque[tuple[Tile, Any]] = deque()
     merger = SeamMerger(job.grid)
 
     def submit_next() -> None:
         tile = next(tiles, None)
         if tile is not None:
-            key = f"vectorize-{job.spec.scene_id}-{tile.row}-{tile.col}"
+            key = f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
             queue.append((tile, dask.submit(_vectorize_tile, job, tile, pure=False, key=key)))
 
     bar = tqdm(total=len(job.grid), desc=f"{job.spec.scene_id} polygons", unit="tile",
