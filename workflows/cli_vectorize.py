@@ -91,6 +91,7 @@ def _parse_attributes(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster.")
 @click.option("--max-pixels", type=int, default=None, help="Refuse rasters with more pixels than this.")
+@click.option("--assume-crs", default=None, metavar="CRS", help="CRS for a raster that has none, e.g. EPSG:32618.")
 @click.option("--scene-id", default=None, help="Scene id of the layer [default: from the raster's tags or name].")
 @click.option("--date", "acquired", default=None, metavar="YYYY-MM-DD",
               help="Acquisition date [default: from the raster's tags or a date in its name].")

@@ -153,7 +153,8 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
                     client: Client | None = None, workers: int | None = None, scheduler: str | None = None,
                     max_polygons: int | None = None, progress: bool | None = None,
                     attributes: Mapping[str, Any] | None = None, scene_id: str | None = None,
-                    acquired: dt.date | str | None = None, config: VectorizeConfig | None = None) -> VectorResult:
+                    acquired: dt.date | str | None = None, assume_crs: str | None = None,
+                    config: VectorizeConfig | None = None) -> VectorResult:
     """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per format.
 
     ``formats``: any of ``gpkg``, ``parquet``, ``fgb``, ``geojson`` (a list or ``"gpkg,parquet"``).
@@ -161,7 +162,8 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
     without it they are null. ``min_area`` in m² (or ``"0.5ha"``); ``sieve`` in pixels; ``simplify`` in
     metres; ``classes``: names (from the raster's SCENEWATCH_CLASSES tag) or values to keep.
     ``attributes``: constant columns added to every feature (e.g. both dates of a change product).
-    ``scene_id`` and ``acquired`` default to the raster's tags or file name. Settings also come from
+    ``scene_id`` and ``acquired`` default to the raster's tags or file name; ``assume_crs`` gives a CRS
+    to a raster that has none. Settings also come from
     ``config``; keyword arguments given win.
 
     Raises :class:`pipeline.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
@@ -179,7 +181,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
     base = config.model_dump() if config is not None else {}
     cfg = VectorizeConfig.build(**{**base, **{k: v for k, v in given.items() if v is not None}})
     classes_path, out_dir = Path(classes_path), Path(out_dir)
-    meta = open_scene(classes_path, max_pixels=cfg.max_pixels)
+    meta = open_scene(classes_path, max_pixels=cfg.max_pixels, assume_crs=assume_crs)
     where = f"classes {classes_path.name}"
     if np.dtype(meta.dtype).kind not in "iu":
         raise InvalidSceneError(f"{where}: {meta.dtype} pixels are not classes; vectorize needs an integer raster "

@@ -202,3 +202,14 @@ def test_cli_predict_writes_layers_beside_the_rasters(tmp_path: Path, dask_clien
     import geopandas
 
     assert len(geopandas.read_parquet(out / f"{stem}.parquet")) == len(frame)
+
+
+def test_raster_without_crs_needs_assume_crs(tmp_path: Path, dask_client) -> None:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=1, dtype="uint8",
+                       transform=TRANSFORM) as dst:
+        dst.write(discs((40, 40), 3, seed=1)[None])
+    with pytest.raises(InvalidSceneError, match="no CRS.*--assume-crs"):
+        vectorize_scene(path, tmp_path / "out", client=dask_client)
+    result = vectorize_scene(path, tmp_path / "out", assume_crs="EPSG:32633", tile_size=16, client=dask_client)
+    assert CRS.from_user_input(pyogrio.read_info(result.paths["gpkg"])["crs"]) == CRS.from_epsg(32633)
