@@ -184,10 +184,14 @@ def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.
     present = np.unique(classes[keep])
     cls_of: list[np.ndarray] = []
     offset = 0
+    mask = np.empty(classes.shape, dtype=bool)
     for value in present:
-        group, count = ndimage.label(keep & (classes == value), structure=_FOUR)
-        inside = group > 0
-        labels[inside] = group[inside] + offset
+        np.equal(classes, value, out=mask)
+        mask &= keep
+        group, count = ndimage.label(mask, structure=_FOUR)
+        if offset:
+            np.add(group, offset, out=group, where=mask)  # groups of earlier classes keep 1..offset
+        labels += group  # classes are disjoint: each pixel is written by one class only
         cls_of.append(np.full(count, value, dtype=np.int64))
         offset += count
     return labels, (np.concatenate(cls_of) if cls_of else np.empty(0, dtype=np.int64))
