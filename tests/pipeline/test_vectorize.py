@@ -47,12 +47,14 @@ def blobs(shape: tuple[int, int], classes: int, seed: int, noise: float = 0.03) 
     return out
 
 
+@pytest.mark.parametrize("with_proba", [False, True], ids=["geometry-path", "label-path"])
 @pytest.mark.parametrize("tile_size", [16, 37, 64, 500])
-def test_generated_raster_matches_whole_raster_polygonizer(tile_size: int) -> None:
+def test_generated_raster_matches_whole_raster_polygonizer(tile_size: int, with_proba: bool) -> None:
     classes = blobs((210, 333), 4, seed=3)
     valid = np.random.default_rng(4).random(classes.shape) > 0.02  # scattered nodata holes
     valid[50:80, 100:140] = False
-    ours, _ = vectorize_tiled(classes, valid, tile_size)
+    proba = np.random.default_rng(5).random(classes.shape) if with_proba else None
+    ours, _ = vectorize_tiled(classes, valid, tile_size, proba=proba)
     ref, ref_cls = whole_raster_polygons(classes, valid)
     assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
     assert np.array_equal(ours.pixels, shapely.area(ours.geometry).astype(np.int64))
