@@ -100,7 +100,8 @@ class ModelRef:
     def of(cls, model: str | os.PathLike[str] | ModelRef, **options: Any) -> ModelRef:
         if isinstance(model, ModelRef):
             return model.with_options(**options)
-        return cls(source=str(model), options=_frozen_items(options))
+        # None means "not given", as in with_options (plan_scene passes precision=None for auto)
+        return cls(source=str(model), options=_frozen_items({k: v for k, v in options.items() if v is not None}))
 
     @classmethod
     def from_factory(cls, factory: Callable[..., SegmentationModel] | str, **kwargs: Any) -> ModelRef:
@@ -253,6 +254,7 @@ class TorchSegmentationModel:
         for p in self.network.parameters():
             p.requires_grad_(False)
         self.compiled = bool(compile)
+        self._static_hw = (0, 0)
         self._forward = _compile(self.network) if compile else self.network
 
     def _run(self, x: Any, precision: str, forward: Any) -> Any:
@@ -276,7 +278,13 @@ class TorchSegmentationModel:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         x = (x - self._mean) / self._std
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
+        target_h, target_w = h + (-h) % self.stride, w + (-w) % self.stride
+        if self.compiled:
+            # One static shape per worker: smaller (edge) tiles are padded up to the largest tile seen, so
+            # the graph is compiled once rather than once per edge-tile shape.
+            target_h, target_w = max(target_h, self._static_hw[0]), max(target_w, self._static_hw[1])
+            self._static_hw = (target_h, target_w)
+        pad_h, pad_w = target_h - h, target_w - w
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
@@ -284,7 +292,10 @@ class TorchSegmentationModel:
         if self._auto_pending:
             self._auto_pending = False
             self._check_auto(x)
-        probs = self._run(x, self.precision, self._forward)
+        if self.compiled:  # one image per call, for the same reason (batches of 1 and 2 would both compile)
+            probs = torch.cat([self._run(x[i : i + 1], self.precision, self._forward) for i in range(len(x))])
+        else:
+            probs = self._run(x, self.precision, self._forward)
         return probs[..., :h, :w].cpu().numpy()
 
     def _check_auto(self, x: Any) -> None:
@@ -338,4 +349,4 @@ def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequen
 # The spectral models live in their own module; importing it here registers them (vegetation, water, ...)
 # whenever pipeline.model is imported, so BUILTIN_MODELS is always complete. It is imported last because it
 # uses ModelInfo and builtin_model from this module.
-from pipeline.spectral import SpectralIndexModel, normalized_difference  # noqa: E402
+from pipeline.spectral import SpectralIndexModel, normalized_difference, vegetation_model  # noqa: E402,F401
