@@ -163,3 +163,14 @@ def test_evaluate_cli_json_with_vector_labels_and_objects(tmp_path, make_geotiff
     assert report["pixels"]["confusion_matrix"]["values"] == expected
     objects = report["objects"][0]
     assert (objects["true_positives"], objects["false_positives"], objects["false_negatives"]) == (1, 1, 1)
+
+
+def test_example_train_config_is_valid_and_flags_override_it():
+    from pathlib import Path
+
+    from workflows.train import load_train_config
+
+    path = Path(__file__).resolve().parents[2] / "workflows" / "train_example.yaml"
+    config = load_train_config(path, epochs=2)
+    assert config.epochs == 2 and config.classes == ("background", "building") and config.region == (0, 0, 900, 600)
+    assert config.options.chip_size == 128
