@@ -217,6 +217,28 @@ def vegetation_model(threshold: float = 0.3, softness: float = 0.05, **_: Any) -
     return SpectralIndexModel(info, lambda red, nir: normalized_difference(nir, red), threshold, softness)
 
 
+@builtin_model("water")
+def water_model(threshold: float = 0.0, softness: float = 0.05, **_: Any) -> SpectralIndexModel:
+    """Red/SWIR water index (Rogers & Kearney 2004): (red - swir16) / (red + swir16) > threshold (default 0).
+
+    Water absorbs short-wave infrared almost completely while still reflecting some red light; soil and
+    vegetation reflect more SWIR than red. Unlike McFeeters' NDWI it needs no green band, so it works on
+    the common SWIR/NIR/Red false-colour composites (Landsat timelapses, the OMBRIA Sentinel-2 chips).
+    """
+    info = ModelInfo(
+        name="water",
+        version="1.0",
+        bands=("red", "swir16"),
+        class_names=("land", "water"),
+        class_colors=("#d9d0b4", "#2c7bb6"),
+        tile_size=1024,
+        halo=0,
+        description="Red/SWIR water index: water where (red - swir16) / (red + swir16) > threshold",
+        licence="Apache-2.0",
+    )
+    return SpectralIndexModel(info, lambda red, swir: normalized_difference(red, swir), threshold, softness)
+
+
 # --------------------------------------------------------------------------------------------- torch models
 
 
