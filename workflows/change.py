@@ -25,6 +25,7 @@ From a notebook::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -254,6 +255,18 @@ def _split_options(options: dict[str, Any]) -> tuple[int | None, str | None, dic
     return workers, scheduler, rest
 
 
+@contextlib.contextmanager
+def _client_for(scenes: Sequence[str | Path], options: dict[str, Any],
+                client: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A Dask client shared by every date that needs classifying (none when all are class rasters)."""
+    workers, scheduler, rest = _split_options(options)
+    if all(_is_class_raster(s) for s in scenes):
+        yield client, rest
+        return
+    with dask_client(workers, scheduler, client) as dask:
+        yield dask, rest
+
+
 def _progress_bar(total: int, desc: str, progress: bool | None):  # noqa: ANN202
     from tqdm import tqdm
 
@@ -360,8 +373,7 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
                                      date_tags, progress)
         model_label, items = diff_model.name, ()
     else:
-        workers, scheduler, rest = _split_options(options)
-        with dask_client(workers, scheduler, client) as dask:
+        with _client_for([before, after], options, client) as (dask, rest):
             items = tuple(classify_dates([before, after], model, out_dir, dates, client=dask, progress=progress,
                                          options=rest))
         names, areas = _class_change(items[0], items[1], target, change_path, window_size, date_tags, progress)
@@ -595,8 +607,7 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
     dates = [d for d, _ in dated]
     target = common_grid(grid, ordered[0])
     _check_overlap(target, ordered)
-    workers, scheduler, rest = _split_options(options)
-    with dask_client(workers, scheduler, client) as dask:
+    with _client_for(ordered, options, client) as (dask, rest):
         items = classify_dates(ordered, model, out_dir, dates, client=dask, progress=progress, options=rest)
     class_names = items[0].class_names
     k = len(class_names)

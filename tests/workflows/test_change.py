@@ -1,0 +1,245 @@
+"""Change between two dates and alert timelines, end to end on real files (generated and real scenes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner
+from rasterio.crs import CRS
+from shapely.geometry import box
+
+from pipeline.align import grid_of
+from pipeline.change import ALERT_HIGH, ALERT_NODATA, CHANGE_NODATA, transition_codes, transition_names
+from pipeline.model import ModelRef, load_model
+from pipeline.predict import predict_array
+from pipeline.stitch import classify
+from tests.conftest import NAIP_2009, NAIP_2020, shared
+from workflows.change import detect_change, run_timeline
+
+NAMES = ("forest", "cleared", "water")
+ORIGIN = Affine(10, 0, 600000, 0, -10, 5000000)
+
+
+def write_classes(path: Path, classes: np.ndarray, names=NAMES, transform: Affine = ORIGIN) -> Path:
+    """A class raster as predict_scene writes them: uint8, nodata 255, class names in the tags."""
+    with rasterio.open(path, "w", driver="GTiff", width=classes.shape[1], height=classes.shape[0], count=1,
+                       dtype="uint8", crs=CRS.from_epsg(32633), transform=transform, nodata=255) as dst:
+        dst.write(classes.astype(np.uint8), 1)
+        dst.update_tags(SCENEWATCH_CLASSES=",".join(names), SCENEWATCH_MODEL="handmade",
+                        SCENEWATCH_MODEL_VERSION="1")
+    return path
+
+
+def read_band(path: Path, band: int = 1) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(band)
+
+
+@pytest.fixture
+def known_pair(tmp_path: Path) -> tuple[Path, Path]:
+    before = np.zeros((60, 80), np.uint8)  # forest
+    before[40:50, 60:75] = 1  # a clearing that regrows
+    after = before.copy()
+    after[10:20, 10:30] = 1  # 200 px forest -> cleared
+    after[40:50, 60:75] = 0  # 150 px cleared -> forest
+    after[30:35, 0:8] = 2  # 40 px forest -> water
+    after[0:5, 70:80] = 255  # nodata on the after date only
+    before[55:60, 0:10] = 255  # nodata on the before date only
+    after[55:60, 0:10] = 1  # ...where the after date looks changed
+    return (write_classes(tmp_path / "site_20010601.classes.tif", before),
+            write_classes(tmp_path / "site_20110601.classes.tif", after))
+
+
+def test_known_changes_give_exactly_those_codes_polygons_and_areas(known_pair, tmp_path: Path) -> None:
+    before, after = known_pair
+    result = detect_change(before, after, out_dir=tmp_path / "out", progress=False)
+    names = transition_names(NAMES)
+    expected = np.zeros((60, 80), np.uint8)
+    expected[10:20, 10:30] = names.index("forest->cleared")
+    expected[40:50, 60:75] = names.index("cleared->forest")
+    expected[30:35, 0:8] = names.index("forest->water")
+    expected[0:5, 70:80] = CHANGE_NODATA
+    expected[55:60, 0:10] = CHANGE_NODATA
+    assert np.array_equal(read_band(result.change_path), expected)
+    assert result.before_date == dt.date(2001, 6, 1) and result.after_date == dt.date(2011, 6, 1)
+
+    polys = result.polygons().sort_values("area_m2").reset_index(drop=True)
+    assert polys["transition"].tolist() == ["forest->water", "cleared->forest", "forest->cleared"]
+    assert polys["area_m2"].tolist() == [4000.0, 15000.0, 20000.0]
+    assert polys.crs == CRS.from_epsg(32633)
+    x0, y0 = 600000, 5000000
+    assert polys.geometry[2].equals(box(x0 + 100, y0 - 200, x0 + 300, y0 - 100))
+    assert (polys["before_date"] == "2001-06-01").all() and (polys["after_date"] == "2011-06-01").all()
+    assert (polys["from_class"] + "->" + polys["to_class"]).tolist() == polys["transition"].tolist()
+    assert (polys["confidence"] == 1.0).all()  # no probabilities given: both class maps taken as certain
+    areas = result.areas.set_index("transition")["area_m2"]
+    assert areas["forest->cleared"] == 20000.0 and areas["no change"] == (4800 - 100 - 390) * 100.0
+
+
+def test_swapping_dates_swaps_loss_and_gain(known_pair, tmp_path: Path) -> None:
+    before, after = known_pair
+    forward = detect_change(before, after, out_dir=tmp_path / "f", quicklook=False, progress=False).polygons()
+    backward = detect_change(after, before, out_dir=tmp_path / "b", quicklook=False, progress=False).polygons()
+    flip = {t: "->".join(reversed(t.split("->"))) for t in forward["transition"]}
+    f = forward.assign(transition=forward["transition"].map(flip)).sort_values("area_m2")
+    b = backward.sort_values("area_m2")
+    assert f["transition"].tolist() == b["transition"].tolist()
+    assert f["area_m2"].tolist() == b["area_m2"].tolist()
+    assert all(g1.equals(g2) for g1, g2 in zip(f.geometry, b.geometry))
+
+
+def test_scenes_are_classified_and_compared_against_whole_array_reference(make_geotiff, dask_client,
+                                                                          tmp_path: Path) -> None:
+    before_path = make_geotiff("before_20150701.tif", shape=(4, 150, 190), seed=4)
+    with rasterio.open(before_path) as src:
+        data = src.read().astype(np.float64)
+    after_data = data.copy()
+    after_data[0, 20:60, 30:90] = 2500  # red up, nir down: vegetation cleared
+    after_data[3, 20:60, 30:90] = 700
+    after_path = make_geotiff("after_20200701.tif", data=after_data, nodata=0, nodata_box=(100, 130, 0, 50))
+    result = detect_change(before_path, after_path, "vegetation", tmp_path / "out", bands="rgbn", client=dask_client,
+                           tile_size=64, halo=0, progress=False)
+    model = load_model(ModelRef.of("vegetation"))
+    cls = []
+    for path in (before_path, after_path):
+        with rasterio.open(path) as src:
+            bands = src.read([1, 4]).astype(np.float32)
+            valid = src.read_masks(1) > 0
+        cls.append(classify(predict_array(model, bands, valid), valid))
+    expected = transition_codes(cls[0], cls[1], 2)
+    got = read_band(result.change_path)
+    assert np.array_equal(got, expected)
+    assert (got[100:130, 0:50] == CHANGE_NODATA).all()  # nodata on one date is never change
+    assert (got[20:60, 30:90] == transition_names(("other", "vegetation")).index("vegetation->other")).mean() > 0.5
+    conf = read_band(result.change_path, 2)
+    assert (conf[got == CHANGE_NODATA] == 255).all() and (conf[got != CHANGE_NODATA] <= 254).all()
+
+    # an index-difference model on the same pair sees the same clearing
+    diff = detect_change(before_path, after_path, "dndvi", tmp_path / "out", bands="rgbn", name="dndvi",
+                         polygons=False, quicklook=False, progress=False)
+    codes = read_band(diff.change_path)
+    assert (codes[20:60, 30:90] == diff.class_names.index("vegetation loss")).mean() > 0.9
+    assert (codes[100:130, 0:50] == CHANGE_NODATA).all()
+
+
+@pytest.mark.slow
+def test_shifted_copy_of_a_real_scene_shows_no_change(dask_client, tmp_path: Path) -> None:
+    with rasterio.open(NAIP_2020) as src:
+        window = rasterio.windows.Window(300, 200, 240, 200)
+        data, transform, crs = src.read(window=window), src.window_transform(window), src.crs
+
+    def write(name: str, array: np.ndarray, t: Affine) -> Path:
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=array.shape[2], height=array.shape[1],
+                           count=4, dtype="uint8", crs=crs, transform=t, nodata=0) as dst:
+            dst.write(array)
+        return tmp_path / name
+
+    a = write("a_20200831.tif", data, transform)
+    b = write("b_20200831.tif", data[:, 7:, 11:].copy(), transform @ Affine.translation(11, 7))
+    result = detect_change(a, b, "vegetation", tmp_path / "out", bands="naip", client=dask_client, progress=False,
+                           quicklook=False)
+    codes = read_band(result.change_path)
+    inside = np.zeros(codes.shape, bool)
+    inside[7:, 11:] = True
+    assert (codes[inside & (data[0] > 0)] == 0).all()
+    assert (codes[~inside] == CHANGE_NODATA).all()
+    assert len(result.polygons()) == 0
+
+
+@pytest.mark.slow
+def test_naip_pair_end_to_end_lines_up_with_the_inputs(dask_client, tmp_path: Path) -> None:
+    result = detect_change(NAIP_2009, NAIP_2020, "vegetation", tmp_path, bands="naip", client=dask_client,
+                           progress=False)
+    grid = grid_of(NAIP_2009)
+    with rasterio.open(result.change_path) as src:
+        assert (src.crs, src.transform, src.height, src.width) == (grid.crs, grid.transform, grid.height, grid.width)
+        codes = src.read(1)
+        assert src.tags()["SCENEWATCH_CLASSES"] == "no change,other->vegetation,vegetation->other"
+    assert not (codes[-1] != CHANGE_NODATA).any()  # the 2020 scene is one row shorter: nodata, not no change
+    polys = result.polygons()
+    assert polys.crs == grid.crs
+    changed = np.count_nonzero((codes != 0) & (codes != CHANGE_NODATA))
+    assert polys["area_m2"].sum() == pytest.approx(changed * 25.0)
+    assert result.areas["area_m2"].sum() == pytest.approx(np.count_nonzero(codes != CHANGE_NODATA) * 25.0)
+    assert result.quicklook_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    array = result.change_array(max_size=200)
+    assert array.sizes["band"] == 2 and max(array.sizes["y"], array.sizes["x"]) == 200
+
+
+@pytest.mark.slow
+def test_pucallpa_timeline_end_to_end(dask_client, tmp_path: Path) -> None:
+    scenes = [shared(f"change/landsat_timeseries_pucallpa_peru/{y}.tif") for y in range(2020, 1984, -5)]
+    result = run_timeline(scenes, "vegetation", tmp_path, date_pattern=r"(?P<year>\d{4})", bands="red=3,nir=2",
+                          watch="vegetation->other", client=dask_client, progress=False)
+    assert [d.date.year for d in result.dates] == list(range(1985, 2021, 5))
+    grid = grid_of(scenes[-1])  # 1985, the earliest
+    assert result.grid == grid and grid.crs == CRS.from_epsg(4326)
+    with rasterio.open(result.alerts_path) as src:
+        assert (src.crs, src.transform, src.count, src.dtypes[0]) == (grid.crs, grid.transform, 4, "uint16")
+        first_day, confidence = src.read(1), src.read(3)
+    days = {(d.date - dt.date(1970, 1, 1)).days for d in result.dates[1:]}
+    assert set(np.unique(first_day[(confidence > 0) & (confidence != ALERT_NODATA)]).tolist()) <= days
+    table = pd.read_parquet(result.areas_parquet)
+    assert len(table) == 8 * 2
+    pd.testing.assert_frame_equal(pd.read_csv(result.areas_csv), table, check_dtype=False, atol=1e-3)
+    # per-date class counts against the class rasters themselves (same grid: a plain read)
+    for item in result.dates:
+        classes = read_band(item.classes_path)
+        rows = table[table["date"] == item.date.isoformat()].set_index("class")["pixels"]
+        assert rows["vegetation"] == np.count_nonzero(classes == 1)
+        assert rows["other"] == np.count_nonzero(classes == 0)
+    events = result.events()
+    assert events.crs == grid.crs and set(events["first_detection"]) <= {d.date.isoformat() for d in result.dates}
+    assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(tmp_path: Path) -> None:
+    base = np.zeros((40, 50), np.uint8)  # forest everywhere
+    dates = []
+    for year in (2016, 2017, 2018, 2019, 2020):
+        classes = base.copy()
+        if year == 2017:
+            classes[:] = 255  # an empty date
+        if year == 2018:
+            classes[0:15, 0:20] = 255  # a masked cloud
+            classes[30:40, 40:50] = 1  # an unmasked cloud, read as cleared on this date only
+        if year >= 2019:
+            classes[20:30, 10:20] = 1  # a real clearing, seen twice
+        dates.append(write_classes(tmp_path / f"{year}.classes.tif", classes))
+    result = run_timeline(dates[::-1], out_dir=tmp_path / "out", date_pattern=r"(?P<year>\d{4})",
+                          watch="forest->cleared", progress=False)
+    with rasterio.open(result.alerts_path) as src:
+        first_day, count, confidence, last_day = src.read()
+    clearing = np.zeros(base.shape, bool)
+    clearing[20:30, 10:20] = True
+    assert (confidence[clearing] == ALERT_HIGH).all() and (count[clearing] == 2).all()
+    assert (first_day[clearing] == (dt.date(2019, 1, 1) - dt.date(1970, 1, 1)).days).all()
+    assert (confidence[~clearing] == 0).all() and (first_day[~clearing] == 0).all()
+    assert (last_day == (dt.date(2020, 1, 1) - dt.date(1970, 1, 1)).days).all()
+    events = result.events()
+    assert len(events) == 1 and events["first_detection"][0] == "2019-01-01" and events["area_m2"][0] == 10000.0
+    assert events.geometry[0].equals(box(600100, 5000000 - 300, 600200, 5000000 - 200))
+
+
+def test_cli_change_and_timeline(known_pair, tmp_path: Path) -> None:
+    from workflows.cli import main
+
+    before, after = known_pair
+    runner = CliRunner()
+    res = runner.invoke(main, ["change", str(before), str(after), "--out", str(tmp_path / "cli"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "forest->cleared: 2.00 ha" in res.output
+    assert gpd.read_file(next((tmp_path / "cli").glob("*.change.gpkg"))).shape[0] == 3
+    res = runner.invoke(main, ["timeline", str(before), "--out", str(tmp_path / "cli")])
+    assert res.exit_code != 0 and "scenewatch: error: timeline: 1 scene(s) given" in res.output
+    res = runner.invoke(main, ["change", str(before), str(tmp_path / "missing.tif"), "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "scenewatch: error:" in res.output
+    for command in ("change", "timeline"):
+        assert "Examples:" in runner.invoke(main, [command, "--help"]).output
