@@ -13,15 +13,17 @@ nearest as well by default, so that an exact shift of a scene reproduces its pix
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NodataShadowWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -96,9 +98,9 @@ def read_aligned(path: str | os.PathLike[str], grid: GridSpec, window: PixelWind
                  dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read ``window`` of ``grid`` from the raster at ``path``, reprojected as needed.
 
-    Returns ``(bands, rows, cols)`` data (the file's type, or ``dtype``) and a ``(rows, cols)`` bool mask
-    valid in every band: False outside the raster's footprint and wherever its nodata, internal mask or
-    alpha says so. Only the source pixels under the window are read.
+    Returns ``(bands, rows, cols)`` data (the file's type, or ``dtype``) and a ``(rows, cols)`` bool mask from
+    GDAL's dataset mask (as :func:`pipeline.read.read_window`): False outside the raster's footprint and
+    wherever its nodata, internal mask or alpha says so. Only the source pixels under the window are read.
     """
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     name = os.path.basename(path)
@@ -108,7 +110,7 @@ def read_aligned(path: str | os.PathLike[str], grid: GridSpec, window: PixelWind
             out_dtype = dtype or src.dtypes[0]
             if same_grid(grid_of_dataset(src), grid):
                 data = src.read(bands, window=rio_window, out_dtype=out_dtype)
-                masks = src.read_masks(bands, window=rio_window)
+                mask = _dataset_mask(src, rio_window)
             else:
                 # without a nodata value, an alpha band is the only way the warper can say "not covered"
                 no_mask = src.nodata is None and all(
@@ -116,14 +118,22 @@ def read_aligned(path: str | os.PathLike[str], grid: GridSpec, window: PixelWind
                 with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
                                height=grid.height, resampling=Resampling[resampling], add_alpha=no_mask) as vrt:
                     data = vrt.read(bands, window=rio_window, out_dtype=out_dtype)
-                    masks = vrt.read_masks(bands, window=rio_window)
+                    mask = _dataset_mask(vrt, rio_window)
     except RasterioIOError as err:
         raise SceneReadError(f"raster {name}: rows {window.row_off}-{window.row_end}, columns "
                              f"{window.col_off}-{window.col_end} of the common grid cannot be read ({err})") from err
-    valid = np.all(masks > 0, axis=0)
+    valid = mask > 0
     if data.dtype.kind == "f":
         valid &= np.all(np.isfinite(data), axis=0)
     return data, valid
+
+
+def _dataset_mask(src: Any, window: Window) -> np.ndarray:
+    """GDAL's dataset mask, as :func:`pipeline.read.read_window` uses it: an internal mask or alpha band, else
+    nodata where every band holds the nodata value (a dark pixel with one zero band stays valid)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        return src.dataset_mask(window=window)
 
 
 def grid_of_dataset(src: rasterio.io.DatasetReader) -> GridSpec:
