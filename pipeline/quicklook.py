@@ -1,7 +1,8 @@
 """Quicklooks: pictures of change products that people would rather look at than read.
 
 Reads are decimated by GDAL (``out_shape``, from overviews where the file has them), so a quicklook of a
-scene of any size costs a picture's worth of memory. matplotlib runs on its Agg backend (no display).
+scene of any size costs a picture's worth of memory. Figures are drawn with matplotlib's object API on the Agg
+canvas: no display needed, and no global pyplot state or backend is touched.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ CHANGE_COLORS = ("#d7191c", "#2c7bb6", "#fdae61", "#abd9e9", "#7b3294", "#1a9641
                  "#b2182b", "#2166ac", "#8c510a", "#01665e")
 
 
-def _figure():  # noqa: ANN202 - matplotlib types are optional
-    import matplotlib
+def _figure(**kwargs: object):  # noqa: ANN202 - matplotlib imported lazily
+    """A figure outside pyplot: rendered by the Agg canvas, no global backend switched, no state kept (a
+    notebook's inline plotting is left as it was)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def preview_shape(grid: GridSpec, max_size: int) -> tuple[int, int]:
@@ -66,7 +66,6 @@ def save_pair_quicklook(path: str | os.PathLike[str], before_rgb: np.ndarray, af
                         change: np.ndarray, change_names: Sequence[str], *, titles: Sequence[str] = ("before", "after"),
                         nodata: int = 255) -> None:
     """Three panels, before / after / change, into a PNG at ``path`` (atomically)."""
-    plt = _figure()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -74,42 +73,37 @@ def save_pair_quicklook(path: str | os.PathLike[str], before_rgb: np.ndarray, af
     colors = ["#00000000"] + [CHANGE_COLORS[(i - 1) % len(CHANGE_COLORS)] for i in range(1, n)]
     present = [c for c in range(1, n) if np.any(change == c)]
     masked = np.ma.masked_where((change == nodata) | (change == 0), change)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), dpi=100)
-    try:
-        for ax, img, title in zip(axes[:2], (before_rgb, after_rgb), titles, strict=True):
-            ax.imshow(img, interpolation="nearest")
-            ax.set_title(title)
-        axes[2].imshow(np.where(change == nodata, 0.0, 0.85), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        axes[2].imshow(masked, cmap=ListedColormap(colors), vmin=0, vmax=max(n - 1, 1), interpolation="nearest")
-        axes[2].set_title("change (black: no data on a date)")
-        handles = [Patch(color=colors[c], label=change_names[c]) for c in present[:12]]
-        if handles:
-            axes[2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", metadata={"Software": None})
-    finally:
-        plt.close(fig)
+    fig = _figure(figsize=(15, 5.4), dpi=100)
+    axes = fig.subplots(1, 3)
+    for ax, img, title in zip(axes[:2], (before_rgb, after_rgb), titles, strict=True):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(title)
+    axes[2].imshow(np.where(change == nodata, 0.0, 0.85), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].imshow(masked, cmap=ListedColormap(colors), vmin=0, vmax=max(n - 1, 1), interpolation="nearest")
+    axes[2].set_title("change (black: no data on a date)")
+    handles = [Patch(color=colors[c], label=change_names[c]) for c in present[:12]]
+    if handles:
+        axes[2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
 
 
 def save_area_plot(path: str | os.PathLike[str], dates: Sequence[object], areas: Mapping[str, Sequence[float]],
                    *, title: str = "area per class", unit: str = "km²", scale: float = 1e-6) -> None:
     """Area over time, one line per class, into a PNG at ``path`` (atomically)."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
-    try:
-        for name, values in areas.items():
-            ax.plot(list(dates), [v * scale for v in values], marker="o", label=name)
-        ax.set_ylabel(f"area ({unit})")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", metadata={"Software": None})
-    finally:
-        plt.close(fig)
+    fig = _figure(figsize=(9, 4.8), dpi=100)
+    ax = fig.subplots()
+    for name, values in areas.items():
+        ax.plot(list(dates), [v * scale for v in values], marker="o", label=name)
+    ax.set_ylabel(f"area ({unit})")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})

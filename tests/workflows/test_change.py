@@ -169,6 +169,9 @@ def test_naip_pair_end_to_end_lines_up_with_the_inputs(dask_client, tmp_path: Pa
     assert polys["area_m2"].sum() == pytest.approx(changed * 25.0)
     assert result.areas["area_m2"].sum() == pytest.approx(np.count_nonzero(codes != CHANGE_NODATA) * 25.0)
     assert result.quicklook_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from rio_cogeo.cogeo import cog_validate
+
+    assert cog_validate(str(result.change_path), quiet=True)[0]
     array = result.change_array(max_size=200)
     assert array.sizes["band"] == 2 and max(array.sizes["y"], array.sizes["x"]) == 200
 
