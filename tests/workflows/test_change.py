@@ -247,3 +247,42 @@ def test_cli_change_and_timeline(known_pair, tmp_path: Path) -> None:
     assert res.exit_code != 0 and "scenewatch: error:" in res.output
     for command in ("change", "timeline"):
         assert "Examples:" in runner.invoke(main, [command, "--help"]).output
+
+
+def test_reprojected_resampled_copy_is_aligned_and_shows_change_only_at_block_edges(tmp_path: Path) -> None:
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 3, (6, 8)).astype(np.uint8)
+    classes = np.kron(blocks, np.ones((20, 20), np.uint8))  # 120 x 160 px of 20 x 20 px blocks
+    original = write_classes(tmp_path / "a.classes.tif", classes)
+    dst_crs = CRS.from_epsg(3857)
+    transform, width, height = calculate_default_transform(CRS.from_epsg(32633), dst_crs, 160, 120,
+                                                           *rasterio.transform.array_bounds(120, 160, ORIGIN),
+                                                           resolution=7.0)
+    warped = np.full((height, width), 255, np.uint8)
+    reproject(classes, warped, src_transform=ORIGIN, src_crs=CRS.from_epsg(32633), dst_transform=transform,
+              dst_crs=dst_crs, resampling=Resampling.nearest, src_nodata=255, dst_nodata=255)
+    copy = tmp_path / "b.classes.tif"
+    with rasterio.open(copy, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=dst_crs,
+                       transform=transform, nodata=255) as dst:
+        dst.write(warped, 1)
+        dst.update_tags(SCENEWATCH_CLASSES=",".join(NAMES))
+    result = detect_change(original, copy, out_dir=tmp_path / "out", quicklook=False, progress=False)
+    codes = read_band(result.change_path)
+    assert codes.shape == classes.shape  # on the first scene's grid
+    valid = codes != CHANGE_NODATA
+    assert valid.mean() > 0.95  # the reprojected footprint covers nearly all of the first grid
+    edges = np.zeros(classes.shape, bool)  # within 2 px of a block border (two nearest-neighbour resamplings)
+    for axis in (0, 1):
+        border = np.diff(classes.astype(int), axis=axis) != 0
+        idx = np.argwhere(border)
+        for r, c in idx:
+            edges[max(r - 2, 0): r + 4, max(c - 2, 0): c + 4] = True
+    assert (codes[valid & ~edges] == 0).all()
+    assert (codes[valid] == 0).mean() > 0.95
+    # the same comparison on the copy's grid: outputs line up with that grid instead
+    on_copy = detect_change(original, copy, out_dir=tmp_path / "out2", grid=copy, polygons=False, quicklook=False,
+                            progress=False)
+    with rasterio.open(on_copy.change_path) as src:
+        assert (src.crs, src.transform, src.shape) == (dst_crs, transform, (height, width))
