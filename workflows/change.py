@@ -63,7 +63,7 @@ from tiles.grid import PixelWindow, plan_tiles
 from workflows.cluster import dask_client
 
 __all__ = ["DatedClasses", "ChangeResult", "TimelineResult", "detect_change", "run_timeline", "classify_dates",
-           "common_grid"]
+           "common_grid", "compare_arrays"]
 
 log = logging.getLogger("scenewatch")
 
@@ -444,6 +444,58 @@ def _index_change(model: IndexDifference, before: str | Path, after: str | Path,
             bar.update(1)
         writer.finish()
     return names, (areas, pixels)
+
+
+def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "water", *,
+                   bands: dict[str, int] | None = None, valid: np.ndarray | None = None):  # noqa: ANN201
+    """Change between two co-registered ``(channels, H, W)`` arrays: chips without georeferencing, or a
+    notebook's own arrays. The same products as :func:`detect_change`, with no files and no grid.
+
+    ``bands`` maps the model's band names to 0-based channels (default: the model's bands in channel order);
+    ``valid`` marks usable pixels (default: not all channels zero on both dates). Returns a Dataset with
+    ``change`` (uint8 codes) and ``confidence`` (float32, NaN where invalid).
+
+    Example (OMBRIA chips, SWIR/NIR/red composites)::
+
+        ds = compare_arrays(before_png, after_png, "water", bands={"swir16": 0, "nir": 1, "red": 2})
+        flooded = ds.change == ds.attrs["class_names"].index("land->water")
+    """
+    import xarray as xr
+
+    from pipeline.change import pair_confidence
+    from pipeline.model import ModelRef, load_model
+    from pipeline.predict import predict_array
+    from pipeline.stitch import classify
+
+    before = np.asarray(before, dtype=np.float32)
+    after = np.asarray(after, dtype=np.float32)
+    if before.shape != after.shape or before.ndim != 3:
+        raise ConfigError(f"compare_arrays: before {before.shape} and after {after.shape} must be equal "
+                          "(channels, rows, cols) arrays")
+    if valid is None:
+        valid = before.any(axis=0) & after.any(axis=0)
+    diff_model = difference_model(model) if isinstance(model, str) else None
+    band_names = diff_model.bands if diff_model is not None else \
+        load_model(ModelRef.of(model)).info.bands
+    mapping = bands if bands is not None else {b: i for i, b in enumerate(band_names)}
+    missing = [b for b in band_names if b not in mapping]
+    if missing:
+        raise ConfigError(f"compare_arrays: the model needs band(s) {', '.join(missing)}; pass bands="
+                          f"{{{', '.join(repr(b) + ': <channel>' for b in band_names)}}}")
+    pick = [mapping[b] for b in band_names]
+    if diff_model is not None:
+        codes, conf = diff_model.classify(diff_model.difference(before[pick], after[pick]), valid)
+        names = diff_model.class_names
+    else:
+        seg = load_model(ModelRef.of(model))
+        p_b, p_a = predict_array(seg, before[pick], valid), predict_array(seg, after[pick], valid)
+        c_b, c_a = classify(p_b, valid), classify(p_a, valid)
+        names = transition_names(seg.info.class_names)
+        codes = transition_codes(c_b, c_a, seg.info.num_classes, nodata=CLASS_NODATA)
+        conf = pair_confidence(np.nanmax(np.where(valid, p_b, 0), axis=0), np.nanmax(np.where(valid, p_a, 0), axis=0),
+                               codes != CHANGE_NODATA)
+    return xr.Dataset({"change": (("y", "x"), codes), "confidence": (("y", "x"), conf)},
+                      attrs={"class_names": list(names), "model": str(model), "nodata": CHANGE_NODATA})
 
 
 # ----------------------------------------------------------------------------------------------- polygons
