@@ -83,7 +83,7 @@ class SceneResult:
 def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig) -> ScenePlan:
     """Check the scene and the model against each other and plan the tiles; reads no pixels."""
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
-    ref = ModelRef.of(model).with_options(precision=config.precision) if not isinstance(model, ModelRef) else model
+    ref = ModelRef.of(model, precision=config.precision if config.precision != "auto" else None)
     info = load_model(ref).info
     indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
     tile_size = config.tile_size or info.tile_size
