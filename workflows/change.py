@@ -58,7 +58,7 @@ from pipeline.errors import ConfigError, InvalidSceneError
 from pipeline.names import safe_name, scene_id
 from pipeline.raster import CogWriter, hex_to_rgba
 from pipeline.read import open_scene, parse_band_map, resolve_bands
-from pipeline.stitch import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
+from pipeline.stitch import CLASS_NODATA, decode_proba
 from tiles.grid import PixelWindow, plan_tiles
 from workflows.cluster import dask_client
 
@@ -284,11 +284,8 @@ def _read_classes(item: DatedClasses, grid: GridSpec, window: PixelWindow) -> tu
     k = len(item.class_names)
     p = np.ones(classes.shape, dtype=np.float32)
     if item.proba_path is not None:
-        proba, pvalid = read_aligned(item.proba_path, grid, window, dtype="float32")
-        with rasterio.open(item.proba_path) as src:
-            scaled = src.dtypes[0] == "uint8"
-        if scaled:
-            proba = np.where(proba == PROBA_UINT8_NODATA, np.nan, proba / PROBA_UINT8_SCALE)
+        stored, pvalid = read_aligned(item.proba_path, grid, window)
+        proba = decode_proba(stored)
         idx = np.clip(classes, 0, k - 1).astype(np.intp)
         p = np.take_along_axis(proba, idx[None], axis=0)[0].astype(np.float32)
         p[~pvalid] = np.nan
