@@ -378,9 +378,7 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
     areas_table = _areas_table(*areas, names)
     poly_path = None
     if polygons:
-        attrs = {"before_date": dates[0].isoformat() if dates[0] else None,
-                 "after_date": dates[1].isoformat() if dates[1] else None}
-        poly_path = _change_polygons(change_path, out_dir / f"{name}.change.gpkg", names, attrs, min_area)
+        poly_path = _change_polygons(change_path, out_dir, name, names, dates, min_area, window_size, client)
     ql_path = None
     if quicklook:
         ql_path = out_dir / f"{name}.change.png"
@@ -498,89 +496,135 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "water", 
 # ----------------------------------------------------------------------------------------------- polygons
 
 
-def _polygon_areas(gdf: Any) -> np.ndarray:
-    """Area in m² of each polygon: planar in a projected CRS (times the unit's metres squared), geodesic on
-    the ellipsoid in a geographic CRS."""
+def _code_confidence(codes_path: Path, n_codes: int, confidence: Any, window_size: int) -> Path:
+    """A temporary ``n_codes``-band probability raster beside ``codes_path``: band ``c`` holds the confidence
+    (uint8 ``c x 254``, scale 1/254) of the pixels whose code is ``c``, nodata elsewhere. It is the form in
+    which the vectorizer reads a class raster's probabilities, so polygons get their mean and max confidence.
+    ``confidence(window)`` gives float32 confidence in [0, 1] (NaN unknown) for a window of the grid."""
+    from pipeline.atomic import temp_path_for
+
+    grid = grid_of(codes_path)
+    tmp = temp_path_for(codes_path.with_name(codes_path.name.replace(".tif", ".confidence.tif")))
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": n_codes, "dtype": "uint8",
+               "crs": grid.crs, "transform": grid.transform, "nodata": CONFIDENCE_NODATA, "tiled": True,
+               "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1, "interleave": "band"}
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.scales = [1.0 / CONFIDENCE_SCALE] * n_codes
+            for window in _windows(grid, window_size):
+                codes = read_aligned(codes_path, grid, window, [1])[0][0]
+                conf = confidence(window)
+                enc = np.where(np.isfinite(conf), np.rint(np.nan_to_num(conf) * CONFIDENCE_SCALE),
+                               CONFIDENCE_NODATA).astype(np.uint8)
+                out = np.full((n_codes, window.height, window.width), CONFIDENCE_NODATA, np.uint8)
+                rows, cols = np.nonzero(codes < n_codes)
+                out[codes[rows, cols], rows, cols] = enc[rows, cols]
+                dst.write(out, window=rasterio.windows.Window(window.col_off, window.row_off, window.width,
+                                                              window.height))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _vectorize(codes_path: Path, proba_path: Path, out_dir: Path, layer_id: str, keep: Sequence[str],
+               attributes: dict[str, Any], acquired: dt.date | None, min_area: float, client: Any) -> Path:
+    """Polygons of ``codes_path`` (classes ``keep``) into ``OUT/<layer_id>.gpkg`` with the project's layer
+    columns (id, class_id, class_name, area_m2, perimeter_m, pixels, proba_mean, proba_max, scene_id,
+    acquired, model, model_version) plus ``attributes``."""
+    try:
+        from workflows.vectorize import vectorize_scene
+    except ImportError:  # TEMPORARY until issue 3's tiled vectorizer is on main
+        return _vectorize_whole(codes_path, proba_path, out_dir / f"{layer_id}.gpkg", layer_id, keep, attributes,
+                                acquired, min_area)
+    result = vectorize_scene(codes_path, out_dir, formats=("gpkg",), proba_path=proba_path, min_area=min_area,
+                             classes=list(keep), client=client, attributes=attributes, scene_id=layer_id,
+                             acquired=acquired, progress=False)
+    return Path(result.paths["gpkg"])
+
+
+def _vectorize_whole(codes_path: Path, proba_path: Path, out: Path, layer_id: str, keep: Sequence[str],
+                     attributes: dict[str, Any], acquired: dt.date | None, min_area: float) -> Path:
+    """TEMPORARY stand-in for ``workflows.vectorize.vectorize_scene`` (issue 3), same columns: one
+    ``rasterio.features.shapes`` call over the whole raster. Delete once the vectorizer is on main."""
+    import geopandas as gpd
+    from pyogrio import set_gdal_config_options
+    from rasterio.features import rasterize, shapes
+    from shapely.geometry import shape
+
+    with rasterio.open(codes_path) as src:
+        codes, crs, transform, tags = src.read(1), src.crs, src.transform, src.tags()
+    names = tags.get("SCENEWATCH_CLASSES", "").split(",")
+    wanted = [names.index(k) for k in keep]
+    geoms, values = [], []
+    for geom, value in shapes(codes, mask=np.isin(codes, wanted), transform=transform, connectivity=4):
+        geoms.append(shape(geom))
+        values.append(int(value))
+    n = len(geoms)
+    ids = rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=codes.shape, transform=transform,
+                    fill=0, dtype="int32") if n else np.zeros(codes.shape, np.int32)
+    with rasterio.open(proba_path) as src:
+        stored = src.read()
+    own = np.take_along_axis(stored, np.minimum(codes, stored.shape[0] - 1).astype(np.intp)[None], axis=0)[0]
+    has = (ids > 0) & (own != CONFIDENCE_NODATA)
+    total = np.bincount(ids[has], weights=own[has] / CONFIDENCE_SCALE, minlength=n + 1)[1:]
+    count = np.bincount(ids[has], minlength=n + 1)[1:]
+    top = np.full(n + 1, np.nan)
+    np.fmax.at(top, ids[has], own[has] / CONFIDENCE_SCALE)
+    gdf = gpd.GeoDataFrame({"class_id": np.array(values, np.int32)}, geometry=geoms, crs=crs)
+    area, perimeter = _areas_perimeters(gdf)
+    gdf["class_name"] = [names[v] for v in values]
+    gdf["area_m2"] = area
+    gdf["perimeter_m"] = perimeter
+    gdf["pixels"] = np.bincount(ids.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    gdf["proba_mean"] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    gdf["proba_max"] = top[1:]
+    gdf["scene_id"] = layer_id
+    gdf["acquired"] = acquired
+    gdf["model"] = tags.get("SCENEWATCH_MODEL") or None
+    gdf["model_version"] = tags.get("SCENEWATCH_MODEL_VERSION") or None
+    for key, value in attributes.items():
+        gdf[key] = value
+    gdf = gdf[gdf["area_m2"] >= min_area].reset_index(drop=True)
+    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
+    columns = ["id", "class_id", "class_name", "area_m2", "perimeter_m", "pixels", "proba_mean", "proba_max",
+               "scene_id", "acquired", "model", "model_version", *attributes, "geometry"]
+    set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})  # no write time in the file
+    with atomic_path(out) as tmp:
+        gdf[columns].to_file(tmp, driver="GPKG", layer=layer_id, engine="pyogrio")
+    return out
+
+
+def _areas_perimeters(gdf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Area (m²) and perimeter (m) of each polygon: planar in a projected CRS (times the unit's metres),
+    geodesic on the WGS84 ellipsoid in a geographic CRS."""
     crs = gdf.crs
     if crs is not None and crs.is_geographic:
         from pyproj import Geod
 
         geod = Geod(ellps="WGS84")
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in gdf.geometry])
+        pairs = [geod.geometry_area_perimeter(g) for g in gdf.geometry]
+        return np.array([abs(a) for a, _ in pairs]), np.array([p for _, p in pairs])
     factor = 1.0
     if crs is not None and crs.axis_info:
         factor = crs.axis_info[0].unit_conversion_factor or 1.0
-    return gdf.geometry.area.to_numpy() * factor * factor
+    return gdf.geometry.area.to_numpy() * factor * factor, gdf.geometry.length.to_numpy() * factor
 
 
-def _polygonize(path: Path, skip: Sequence[int]) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Polygons of equal codes in band 1 (4-connected), their codes, and each pixel's polygon id.
+def _change_polygons(change_path: Path, out_dir: Path, name: str, names: Sequence[str],
+                     dates: Sequence[dt.date | None], min_area: float, window_size: int, client: Any) -> Path:
+    def confidence(window: PixelWindow) -> np.ndarray:
+        raw = read_aligned(change_path, grid, window, [2])[0][0]
+        return np.where(raw == CONFIDENCE_NODATA, np.nan, raw / CONFIDENCE_SCALE).astype(np.float32)
 
-    TEMPORARY: whole-raster ``rasterio.features.shapes`` until issue 3's tiled vectorizer
-    (``workflows.vectorize.vectorize_scene``) is on main; then change layers go through it.
-    """
-    import geopandas as gpd
-    from rasterio.features import rasterize, shapes
-    from shapely.geometry import shape
-
-    with rasterio.open(path) as src:
-        codes = src.read(1)
-        crs, transform = src.crs, src.transform
-    mask = (codes != CHANGE_NODATA) & ~np.isin(codes, list(skip))
-    geoms, values = [], []
-    for geom, value in shapes(codes, mask=mask, transform=transform, connectivity=4):
-        geoms.append(shape(geom))
-        values.append(int(value))
-    gdf = gpd.GeoDataFrame({"code": np.array(values, dtype=np.int32)}, geometry=geoms, crs=crs)
-    ids = np.zeros(codes.shape, dtype=np.int32)
-    if geoms:
-        ids = rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=codes.shape, transform=transform,
-                        fill=0, dtype="int32")
-    return gdf, ids, codes
-
-
-def _zonal_mean(ids: np.ndarray, values: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
-    sel = (ids > 0) & valid
-    total = np.bincount(ids[sel], weights=values[sel].astype(np.float64), minlength=n + 1)
-    count = np.bincount(ids[sel], minlength=n + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)[1:]
-
-
-def _write_layer(gdf: Any, path: Path) -> Path:
-    """A GeoPackage at ``path``, atomically and deterministically (GDAL's write-time stamp pinned)."""
-    from pyogrio import set_gdal_config_options
-
-    set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
-    with atomic_path(path) as tmp:
-        gdf.to_file(tmp, driver="GPKG", layer=path.name.split(".")[0], engine="pyogrio")
-    return path
-
-
-def _change_polygons(change_path: Path, out: Path, names: Sequence[str], attrs: dict[str, Any],
-                     min_area: float) -> Path:
-    gdf, ids, _ = _polygonize(change_path, skip=[NO_CHANGE])
-    with rasterio.open(change_path) as src:
-        conf_raw = src.read(2)
-        tags = src.tags()
-    conf_valid = conf_raw != CONFIDENCE_NODATA
-    gdf["confidence"] = np.round(_zonal_mean(ids, conf_raw / CONFIDENCE_SCALE, conf_valid, len(gdf)), 4)
-    gdf["transition"] = [names[c] for c in gdf["code"]]
-    split = [n.split("->") if "->" in n else [None, n] for n in gdf["transition"]]
-    gdf["from_class"] = [s[0] for s in split]
-    gdf["to_class"] = [s[1] for s in split]
-    for key, value in attrs.items():
-        gdf[key] = value
-    gdf["area_m2"] = np.round(_polygon_areas(gdf), 3)
-    gdf["model"] = tags.get("SCENEWATCH_MODEL", "")
-    gdf["model_version"] = tags.get("SCENEWATCH_MODEL_VERSION", "")
-    if min_area > 0:
-        gdf = gdf[gdf["area_m2"] >= min_area]
-    gdf = gdf.reset_index(drop=True)
-    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    columns = ["id", "code", "transition", "from_class", "to_class", *attrs, "area_m2", "confidence", "model",
-               "model_version", "geometry"]
-    return _write_layer(gdf[columns], out)
+    grid = grid_of(change_path)
+    proba = _code_confidence(change_path, len(names), confidence, window_size)
+    try:
+        attributes = {k: d for k, d in zip(("before_date", "after_date"), dates) if d is not None}
+        return _vectorize(change_path, proba, out_dir, f"{name}.change", names[1:], attributes, dates[1],
+                          min_area, client)
+    finally:
+        proba.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ quicklook
@@ -712,8 +756,9 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
         table.to_parquet(tmp, index=False)
     events_poly = None
     if polygons:
-        events_poly = _event_polygons(events_path, alerts_path, out_dir / f"{name}.events.gpkg", event_names,
-                                      items[0], min_area)
+        events_poly = _event_polygons(events_path, alerts_path, out_dir, name, event_names,
+                                      {"watch": tags["SCENEWATCH_WATCH"], "confirm": confirm}, min_area,
+                                      window_size, client)
     plot_path = None
     if plot:
         from pipeline.quicklook import save_area_plot
@@ -730,20 +775,18 @@ def _read_classes_only(item: DatedClasses, grid: GridSpec, window: PixelWindow) 
     return np.where(valid, data[0], CLASS_NODATA).astype(np.uint8)
 
 
-def _event_polygons(events_path: Path, alerts_path: Path, out: Path, names: Sequence[str], first: DatedClasses,
-                    min_area: float) -> Path:
-    gdf, ids, _ = _polygonize(events_path, skip=[0])
-    with rasterio.open(alerts_path) as src:
-        count, confidence = src.read(2), src.read(3)
-    valid = count != ALERT_NODATA
-    gdf["first_detection"] = [names[c] for c in gdf["code"]]
-    gdf["confirmations"] = np.round(_zonal_mean(ids, count, valid, len(gdf)), 3)
-    gdf["confidence"] = np.round(_zonal_mean(ids, confidence, valid, len(gdf)), 3)
-    gdf["area_m2"] = np.round(_polygon_areas(gdf), 3)
-    gdf["model"] = first.model
-    gdf["model_version"] = first.model_version
-    if min_area > 0:
-        gdf = gdf[gdf["area_m2"] >= min_area]
-    gdf = gdf.reset_index(drop=True).rename(columns={"code": "date_index"})
-    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    return _write_layer(gdf, out)
+def _event_polygons(events_path: Path, alerts_path: Path, out_dir: Path, name: str, names: Sequence[str],
+                    attributes: dict[str, Any], min_area: float, window_size: int, client: Any) -> Path:
+    """Change events: one polygon per patch first detected on the same date (``class_name`` is that date);
+    ``proba_mean``/``proba_max`` are the alert confidence as a probability (low 0.5, high 1.0)."""
+    def confidence(window: PixelWindow) -> np.ndarray:
+        level = read_aligned(alerts_path, grid, window, [3])[0][0].astype(np.float32)
+        return np.where((level == 0) | (level == ALERT_NODATA), np.nan, level / 2.0).astype(np.float32)
+
+    grid = grid_of(events_path)
+    proba = _code_confidence(events_path, len(names), confidence, window_size)
+    try:
+        return _vectorize(events_path, proba, out_dir, f"{name}.events", names[1:], attributes, None, min_area,
+                          client)
+    finally:
+        proba.unlink(missing_ok=True)

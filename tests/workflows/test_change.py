@@ -57,9 +57,9 @@ def known_pair(tmp_path: Path) -> tuple[Path, Path]:
             write_classes(tmp_path / "site_20110601.classes.tif", after))
 
 
-def test_known_changes_give_exactly_those_codes_polygons_and_areas(known_pair, tmp_path: Path) -> None:
+def test_known_changes_give_exactly_those_codes_polygons_and_areas(known_pair, dask_client, tmp_path: Path) -> None:
     before, after = known_pair
-    result = detect_change(before, after, out_dir=tmp_path / "out", progress=False)
+    result = detect_change(before, after, out_dir=tmp_path / "out", client=dask_client, progress=False)
     names = transition_names(NAMES)
     expected = np.zeros((60, 80), np.uint8)
     expected[10:20, 10:30] = names.index("forest->cleared")
@@ -71,26 +71,32 @@ def test_known_changes_give_exactly_those_codes_polygons_and_areas(known_pair, t
     assert result.before_date == dt.date(2001, 6, 1) and result.after_date == dt.date(2011, 6, 1)
 
     polys = result.polygons().sort_values("area_m2").reset_index(drop=True)
-    assert polys["transition"].tolist() == ["forest->water", "cleared->forest", "forest->cleared"]
+    assert polys["class_name"].tolist() == ["forest->water", "cleared->forest", "forest->cleared"]
+    assert polys["class_id"].tolist() == [names.index(n) for n in polys["class_name"]]
+    assert polys["pixels"].tolist() == [40, 150, 200] and polys["perimeter_m"][2] == 600.0
     assert polys["area_m2"].tolist() == [4000.0, 15000.0, 20000.0]
     assert polys.crs == CRS.from_epsg(32633)
     x0, y0 = 600000, 5000000
     assert polys.geometry[2].equals(box(x0 + 100, y0 - 200, x0 + 300, y0 - 100))
-    assert (polys["before_date"] == "2001-06-01").all() and (polys["after_date"] == "2011-06-01").all()
-    assert (polys["from_class"] + "->" + polys["to_class"]).tolist() == polys["transition"].tolist()
-    assert (polys["confidence"] == 1.0).all()  # no probabilities given: both class maps taken as certain
+    assert (pd.to_datetime(polys["before_date"]) == pd.Timestamp("2001-06-01")).all()
+    assert (pd.to_datetime(polys["after_date"]) == pd.Timestamp("2011-06-01")).all()
+    # no probabilities given: both class maps are taken as certain
+    assert (polys["proba_mean"] == 1.0).all() and (polys["proba_max"] == 1.0).all()
+    assert (polys["model"] == "handmade").all()
     areas = result.areas.set_index("transition")["area_m2"]
     assert areas["forest->cleared"] == 20000.0 and areas["no change"] == (4800 - 100 - 390) * 100.0
 
 
-def test_swapping_dates_swaps_loss_and_gain(known_pair, tmp_path: Path) -> None:
+def test_swapping_dates_swaps_loss_and_gain(known_pair, dask_client, tmp_path: Path) -> None:
     before, after = known_pair
-    forward = detect_change(before, after, out_dir=tmp_path / "f", quicklook=False, progress=False).polygons()
-    backward = detect_change(after, before, out_dir=tmp_path / "b", quicklook=False, progress=False).polygons()
-    flip = {t: "->".join(reversed(t.split("->"))) for t in forward["transition"]}
-    f = forward.assign(transition=forward["transition"].map(flip)).sort_values("area_m2")
+    forward = detect_change(before, after, out_dir=tmp_path / "f", quicklook=False, client=dask_client,
+                            progress=False).polygons()
+    backward = detect_change(after, before, out_dir=tmp_path / "b", quicklook=False, client=dask_client,
+                             progress=False).polygons()
+    flip = {t: "->".join(reversed(t.split("->"))) for t in forward["class_name"]}
+    f = forward.assign(class_name=forward["class_name"].map(flip)).sort_values("area_m2")
     b = backward.sort_values("area_m2")
-    assert f["transition"].tolist() == b["transition"].tolist()
+    assert f["class_name"].tolist() == b["class_name"].tolist()
     assert f["area_m2"].tolist() == b["area_m2"].tolist()
     assert all(g1.equals(g2) for g1, g2 in zip(f.geometry, b.geometry))
 
@@ -206,11 +212,11 @@ def test_pucallpa_timeline_end_to_end(dask_client, tmp_path: Path) -> None:
         assert rows["vegetation"] == np.count_nonzero(classes == 1)
         assert rows["other"] == np.count_nonzero(classes == 0)
     events = result.events()
-    assert events.crs == grid.crs and set(events["first_detection"]) <= {d.date.isoformat() for d in result.dates}
+    assert events.crs == grid.crs and set(events["class_name"]) <= {d.date.isoformat() for d in result.dates}
     assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(tmp_path: Path) -> None:
+def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(dask_client, tmp_path: Path) -> None:
     base = np.zeros((40, 50), np.uint8)  # forest everywhere
     dates = []
     for year in (2016, 2017, 2018, 2019, 2020):
@@ -224,7 +230,7 @@ def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(tmp_path:
             classes[20:30, 10:20] = 1  # a real clearing, seen twice
         dates.append(write_classes(tmp_path / f"{year}.classes.tif", classes))
     result = run_timeline(dates[::-1], out_dir=tmp_path / "out", date_pattern=r"(?P<year>\d{4})",
-                          watch="forest->cleared", progress=False)
+                          watch="forest->cleared", client=dask_client, progress=False)
     with rasterio.open(result.alerts_path) as src:
         first_day, count, confidence, last_day = src.read()
     clearing = np.zeros(base.shape, bool)
@@ -234,7 +240,8 @@ def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(tmp_path:
     assert (confidence[~clearing] == 0).all() and (first_day[~clearing] == 0).all()
     assert (last_day == (dt.date(2020, 1, 1) - dt.date(1970, 1, 1)).days).all()
     events = result.events()
-    assert len(events) == 1 and events["first_detection"][0] == "2019-01-01" and events["area_m2"][0] == 10000.0
+    assert len(events) == 1 and events["class_name"][0] == "2019-01-01" and events["area_m2"][0] == 10000.0
+    assert events["proba_mean"][0] == 1.0  # confirmed alert: high confidence
     assert events.geometry[0].equals(box(600100, 5000000 - 300, 600200, 5000000 - 200))
 
 
