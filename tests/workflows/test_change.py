@@ -338,3 +338,22 @@ def test_compare_arrays_index_difference_and_errors() -> None:
     assert (ds.change.to_numpy()[2, :] == 0).all() and ds.change.to_numpy()[3, 3] == CHANGE_NODATA
     with pytest.raises(ConfigError, match="swir16"):
         compare_arrays(before, after, "water", bands={"red": 0})
+
+
+def test_pairs_that_cannot_be_compared_are_refused_in_the_users_words(known_pair, tmp_path: Path) -> None:
+    from pipeline.errors import InvalidSceneError
+
+    before, _ = known_pair
+    other_model = write_classes(tmp_path / "x_20120101.classes.tif", np.zeros((60, 80), np.uint8), names=("a", "b"))
+    with pytest.raises(InvalidSceneError, match="different classes.*compare rasters of one model"):
+        detect_change(before, other_model, out_dir=tmp_path / "o", progress=False)
+    far = write_classes(tmp_path / "far_20120101.classes.tif", np.zeros((60, 80), np.uint8),
+                        transform=Affine(10, 0, 900000, 0, -10, 5000000))
+    with pytest.raises(InvalidSceneError, match="far_20120101.classes.tif: does not overlap"):
+        detect_change(before, far, out_dir=tmp_path / "o", progress=False)
+    untagged = tmp_path / "plain.classes.tif"
+    with rasterio.open(untagged, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8",
+                       crs=CRS.from_epsg(32633), transform=ORIGIN, nodata=255) as dst:
+        dst.write(np.zeros((1, 60, 80), np.uint8))
+    with pytest.raises(InvalidSceneError, match="no SCENEWATCH_CLASSES tag"):
+        detect_change(before, untagged, out_dir=tmp_path / "o", progress=False)
