@@ -44,7 +44,6 @@ from pipeline.atomic import atomic_path
 from pipeline.change import (
     ALERT_NODATA,
     CHANGE_NODATA,
-    NO_CHANGE,
     IndexDifference,
     accumulate_alerts,
     difference_model,

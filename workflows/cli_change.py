@@ -30,7 +30,8 @@ def _predict_options(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--bands", "-b", default=None, help=_BANDS_HELP)
 @click.option("--date-pattern", default=None, metavar="REGEX",
               help="Read dates from file names with named groups year[, month, day], e.g. '(?P<year>\\d{4})'.")
-@click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop change polygons below this area (m²).")
+@click.option("--min-area", type=float, default=0.0, show_default=True,
+              help="Drop change polygons below this area (m²).")
 @click.option("--no-polygons", is_flag=True, help="Write the change raster only.")
 @click.option("--name", default=None, help="Output name [default: BEFORE__AFTER].")
 @tiling_options
@@ -82,7 +83,8 @@ def change(before: str, after: str, model: str, out_dir: str, grid: str, bands: 
                    "[default: any change of class].")
 @click.option("--confirm", type=int, default=2, show_default=True,
               help="Observations that confirm an alert (high confidence).")
-@click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop event polygons below this area (m²).")
+@click.option("--min-area", type=float, default=0.0, show_default=True,
+              help="Drop event polygons below this area (m²).")
 @click.option("--name", default="timeline", show_default=True, help="Prefix of the output files.")
 @tiling_options
 @report_errors
