@@ -206,6 +206,7 @@ def classify_dates(scenes: Sequence[str | Path], model: Any, out_dir: Path, date
     """Classify every scene with :func:`workflows.scene.predict_scene` (reusing given class rasters)."""
     from workflows.scene import predict_scene
 
+    _check_distinct_ids(scenes)
     results = []
     for scene, date in zip(scenes, dates, strict=True):
         path = Path(scene)
@@ -223,6 +224,19 @@ def classify_dates(scenes: Sequence[str | Path], model: Any, out_dir: Path, date
                 f"({','.join(first.class_names)} vs {','.join(item.class_names)}); compare rasters of one model"
             )
     return results
+
+
+def _check_distinct_ids(scenes: Sequence[str | Path]) -> None:
+    """Two scenes to classify must not write the same ``<id>.classes.tif`` (same file name, other folder)."""
+    seen: dict[str, str] = {}
+    for scene in scenes:
+        if _is_class_raster(scene):
+            continue
+        sid = scene_id(scene)
+        if sid in seen:
+            raise ConfigError(f"scenes {seen[sid]} and {scene} would both write {sid}.classes.tif in the output "
+                              "folder; give each date a distinct file name (e.g. with its date)")
+        seen[sid] = str(scene)
 
 
 def common_grid(grid: str | os.PathLike[str] | GridSpec | None, first: str | Path) -> GridSpec:
@@ -369,6 +383,7 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
                                      date_tags, progress)
         model_label, items = diff_model.name, ()
     else:
+        _check_distinct_ids([before, after])
         with _client_for([before, after], options, client) as (dask, rest):
             items = tuple(classify_dates([before, after], model, out_dir, dates, client=dask, progress=progress,
                                          options=rest))
@@ -699,6 +714,7 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
     dates = [d for d, _ in dated]
     target = common_grid(grid, ordered[0])
     _check_overlap(target, ordered)
+    _check_distinct_ids(ordered)
     with _client_for(ordered, options, client) as (dask, rest):
         items = classify_dates(ordered, model, out_dir, dates, client=dask, progress=progress, options=rest)
     class_names = items[0].class_names

@@ -340,8 +340,9 @@ def test_compare_arrays_index_difference_and_errors() -> None:
         compare_arrays(before, after, "water", bands={"red": 0})
 
 
-def test_pairs_that_cannot_be_compared_are_refused_in_the_users_words(known_pair, tmp_path: Path) -> None:
-    from pipeline.errors import InvalidSceneError
+def test_pairs_that_cannot_be_compared_are_refused_in_the_users_words(known_pair, make_geotiff,
+                                                                       tmp_path: Path) -> None:
+    from pipeline.errors import ConfigError, InvalidSceneError
 
     before, _ = known_pair
     other_model = write_classes(tmp_path / "x_20120101.classes.tif", np.zeros((60, 80), np.uint8), names=("a", "b"))
@@ -351,6 +352,11 @@ def test_pairs_that_cannot_be_compared_are_refused_in_the_users_words(known_pair
                         transform=Affine(10, 0, 900000, 0, -10, 5000000))
     with pytest.raises(InvalidSceneError, match="far_20120101.classes.tif: does not overlap"):
         detect_change(before, far, out_dir=tmp_path / "o", progress=False)
+    scene = make_geotiff("scene.tif", shape=(4, 20, 20))
+    (tmp_path / "2019").mkdir()
+    twin = make_geotiff("2019/scene.tif", shape=(4, 20, 20))
+    with pytest.raises(ConfigError, match="would both write scene.classes.tif"):
+        detect_change(scene, twin, out_dir=tmp_path / "o", bands="rgbn", progress=False)
     untagged = tmp_path / "plain.classes.tif"
     with rasterio.open(untagged, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8",
                        crs=CRS.from_epsg(32633), transform=ORIGIN, nodata=255) as dst:
