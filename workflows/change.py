@@ -359,13 +359,14 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
     or outside either scene, are nodata in the change raster (never "no change", never change).
 
     Writes ``OUT/<name>.change.tif`` (band 1 transition code with class names in the SCENEWATCH_CLASSES tag,
-    band 2 confidence x254), ``OUT/<name>.change.gpkg`` (polygons: transition, from/to class, both dates,
-    area in m², mean confidence) and ``OUT/<name>.change.png``; ``name`` defaults to ``<before>__<after>``.
+    band 2 confidence x254), ``OUT/<name>.change.gpkg`` (the project's polygon layer: ``class_name`` is the
+    transition, ``area_m2``, ``proba_mean``/``proba_max`` the confidence, plus ``before_date``/``after_date``)
+    and ``OUT/<name>.change.png``; ``name`` defaults to ``<before>__<after>``.
 
     Example::
 
         pair = detect_change("naip_2009.tif", "naip_2020.tif", "vegetation", "out/", bands="naip")
-        pair.polygons().groupby("transition").area_m2.sum()
+        pair.polygons().groupby("class_name").area_m2.sum()
     """
     out_dir = Path(out_dir)
     pattern = compile_date_pattern(date_pattern) if date_pattern else None
@@ -695,8 +696,9 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
 
     Writes ``OUT/<name>.alerts.tif`` (uint16 bands first_day, count, confidence, last_day; days since
     1970-01-01, 0 = none, 65535 = never observed), ``OUT/<name>.events.tif`` (uint8 index of the date of first
-    detection, class names are the dates), ``OUT/<name>.events.gpkg`` (polygons with first_detection date,
-    confirmations, confidence, area), ``OUT/<name>.areas.csv`` / ``.parquet`` and ``OUT/<name>.areas.png``.
+    detection, class names are the dates), ``OUT/<name>.events.gpkg`` (polygons: ``class_name`` is the date of
+    first detection, ``proba_mean`` the alert confidence as 0.5 low / 1.0 high, ``area_m2``),
+    ``OUT/<name>.areas.csv`` / ``.parquet`` and ``OUT/<name>.areas.png``.
     """
     import pandas as pd
 
