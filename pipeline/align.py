@@ -55,18 +55,22 @@ class GridSpec:
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
-def grid_of(path: str | os.PathLike[str] | SceneMeta) -> GridSpec:
-    """The grid of a raster file (or of a scene already opened with :func:`pipeline.read.open_scene`)."""
+def grid_of(path: str | os.PathLike[str] | SceneMeta, what: str = "raster") -> GridSpec:
+    """The grid of a raster file (or of a scene already opened with :func:`pipeline.read.open_scene`);
+    ``what`` names the file in errors (``scene``, ``grid``)."""
     if isinstance(path, SceneMeta):
         return GridSpec(path.crs, path.transform, path.height, path.width)
+    where = f"{what} {os.path.basename(path)}"
+    if not os.path.exists(path) and "://" not in str(path) and not str(path).startswith("/vsi"):
+        raise SceneOpenError(f"{where}: no such file ({path})")
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
-                raise InvalidSceneError(f"grid {os.path.basename(path)}: the raster has no CRS; choose a "
-                                        "georeferenced raster as the grid")
+                raise InvalidSceneError(f"{where}: the raster has no CRS; give it one (e.g. gdal_edit.py -a_srs) "
+                                        "to compare it with other dates")
             return GridSpec(src.crs, src.transform, src.height, src.width)
     except RasterioIOError as err:
-        raise SceneOpenError(f"grid {os.path.basename(path)}: not a readable raster ({err})") from err
+        raise SceneOpenError(f"{where}: not a readable raster ({str(err).splitlines()[0]})") from err
 
 
 def grid_meta(grid: GridSpec, *, path: str = "", count: int = 1, dtype: str = "uint8",

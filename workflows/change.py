@@ -244,13 +244,13 @@ def common_grid(grid: str | os.PathLike[str] | GridSpec | None, first: str | Pat
     if isinstance(grid, GridSpec):
         return grid
     if grid is None or str(grid) == "first":
-        return grid_of(first)
-    return grid_of(grid)
+        return grid_of(first, "scene")
+    return grid_of(grid, "grid")
 
 
 def _check_overlap(grid: GridSpec, paths: Sequence[str | Path]) -> None:
     for path in paths:
-        if not covers(grid, grid_of(path)):
+        if not covers(grid, grid_of(path, "scene")):
             raise InvalidSceneError(f"scene {Path(path).name}: does not overlap the common grid; "
                                     "compare scenes of the same place or pass --grid")
 

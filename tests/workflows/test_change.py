@@ -257,7 +257,7 @@ def test_cli_change_and_timeline(known_pair, tmp_path: Path) -> None:
     res = runner.invoke(main, ["timeline", str(before), "--out", str(tmp_path / "cli")])
     assert res.exit_code != 0 and "scenewatch: error: timeline: 1 scene(s) given" in res.output
     res = runner.invoke(main, ["change", str(before), str(tmp_path / "missing.tif"), "--out", str(tmp_path)])
-    assert res.exit_code != 0 and "scenewatch: error:" in res.output
+    assert res.exit_code != 0 and "scenewatch: error: scene missing.tif: no such file" in res.output
     for command in ("change", "timeline"):
         assert "Examples:" in runner.invoke(main, [command, "--help"]).output
 
