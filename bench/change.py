@@ -1,8 +1,8 @@
 """Flood change on the OMBRIA Sentinel-2 chips (Albania 2021) against their flood masks.
 
 The chips are 8-bit false-colour PNGs without georeferencing, so the product is computed through the
-Python API on arrays, :func:`workflows.change.compare_arrays`: the built-in ``water`` model (red/SWIR water
-index) classifies each date and the ``land->water`` transition is the flood. Reported: IoU of the flooded class, pooled over all chips and as a mean per chip (chips
+Python API on arrays, :func:`workflows.change.compare_arrays`: the built-in ``water-swir`` model (red/SWIR
+water index) classifies each date and the ``other->water`` transition is the flood. Reported: IoU of the flooded class, pooled over all chips and as a mean per chip (chips
 without flooded pixels count 1.0 when nothing is predicted), against the trivial baselines "all flooded"
 and "nothing flooded", and against "water on the after date" (no before image) as an ablation.
 
@@ -124,7 +124,7 @@ def main() -> None:
     if args.memory:
         memory()
         return
-    model = ModelRef.of("water", threshold=args.threshold)
+    model = ModelRef.of("water-swir", threshold=args.threshold)
     masks = sorted(args.data.glob("MASK/gt_*.png"), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
     started = time.perf_counter()
     preds: dict[str, list[np.ndarray]] = {"flood change (water after, not before)": [], "water after only": [],
@@ -136,7 +136,7 @@ def main() -> None:
         chip_before = read_png(args.data / "S2" / "BEFORE" / f"imbefore_{n}.png")
         chip_after = read_png(args.data / "S2" / "AFTER" / f"imafter_{n}.png")
         result = compare_arrays(chip_before, chip_after, model, bands=CHANNELS)
-        change = (result.change == result.attrs["class_names"].index("land->water")).to_numpy()
+        change = (result.change == result.attrs["class_names"].index("other->water")).to_numpy()
         after, v_after = water(model, chip_after)
         truths.append(truth)
         preds["flood change (water after, not before)"].append(change)
@@ -145,7 +145,7 @@ def main() -> None:
         preds["baseline: nothing flooded"].append(np.zeros_like(truth))
     seconds = time.perf_counter() - started
     flooded = np.mean([t.mean() for t in truths])
-    print(f"OMBRIA S2 Albania: {len(truths)} chips of 256x256, {flooded:.1%} flooded; water model threshold "
+    print(f"OMBRIA S2 Albania: {len(truths)} chips of 256x256, {flooded:.1%} flooded; water-swir threshold "
           f"{args.threshold}; {seconds:.2f} s")
     print(f"{'method':42s} {'pooled IoU':>10s} {'mean chip IoU':>14s}")
     for name, pred in preds.items():

@@ -456,7 +456,7 @@ def _index_change(model: IndexDifference, before: str | Path, after: str | Path,
     return names, (areas, pixels)
 
 
-def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "water", *,
+def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetation", *,
                    bands: dict[str, int] | None = None, valid: np.ndarray | None = None):  # noqa: ANN201
     """Change between two co-registered ``(channels, H, W)`` arrays: chips without georeferencing, or a
     notebook's own arrays. The same products as :func:`detect_change`, with no files and no grid.
@@ -467,8 +467,8 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "water", 
 
     Example (OMBRIA chips, SWIR/NIR/red composites)::
 
-        ds = compare_arrays(before_png, after_png, "water", bands={"swir16": 0, "nir": 1, "red": 2})
-        flooded = ds.change == ds.attrs["class_names"].index("land->water")
+        ds = compare_arrays(before_png, after_png, "water-swir", bands={"swir16": 0, "nir": 1, "red": 2})
+        flooded = ds.change == ds.attrs["class_names"].index("other->water")
     """
     import xarray as xr
 

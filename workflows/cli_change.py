@@ -12,7 +12,7 @@ __all__ = ["change", "timeline"]
 
 _BANDS_HELP = ("Band map 'red=1,green=2,blue=3,nir=4' or a preset: naip, rgb, rgbn, bgrn, sentinel2, "
                "sentinel2-l2a, landsat8, landsat9, landsat7, landsat5 [default: from band descriptions].")
-_MODEL_HELP = ("Built-in model (vegetation, water), a model bundle path, or an index difference: dndvi "
+_MODEL_HELP = ("Built-in model (vegetation, water, water-swir, burn, bare, ...), a model bundle path, or an index difference: dndvi "
                "(vegetation loss/gain) or dnbr (burn severity, USGS classes).")
 
 
@@ -70,7 +70,7 @@ def change(before: str, after: str, model: str, out_dir: str, grid: str, bands: 
 @click.command()
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default="vegetation", show_default=True,
-              help="Built-in model (vegetation, water) or a model bundle path.")
+              help="Built-in model (vegetation, water, water-swir, burn, bare, ...) or a model bundle path.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--date-pattern", default=None, metavar="REGEX",
               help="Dates from file names, named groups year[, month, day], e.g. '(?P<year>\\d{4})' "

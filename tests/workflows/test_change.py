@@ -315,8 +315,8 @@ def test_compare_arrays_on_ombria_flood_chips_beats_the_trivial_baseline() -> No
         for path in (folder / "S2/BEFORE" / f"imbefore_{n}.png", folder / "S2/AFTER" / f"imafter_{n}.png", mask):
             with rasterio.open(path) as src:  # PNGs without georeferencing (the warning is filtered in pyproject)
                 chips.append(src.read())
-        result = compare_arrays(chips[0], chips[1], "water", bands={"swir16": 0, "nir": 1, "red": 2})
-        predicted.append((result.change == result.attrs["class_names"].index("land->water")).to_numpy())
+        result = compare_arrays(chips[0], chips[1], "water-swir", bands={"swir16": 0, "nir": 1, "red": 2})
+        predicted.append((result.change == result.attrs["class_names"].index("other->water")).to_numpy())
         truth.append(chips[2][0] > 127)
     flood_iou = iou(np.stack(predicted), np.stack(truth))
     baseline = iou(np.ones((len(truth), 256, 256), bool), np.stack(truth))
@@ -337,7 +337,7 @@ def test_compare_arrays_index_difference_and_errors() -> None:
     assert (ds.change.to_numpy()[:2] == names.index("vegetation loss")).all()
     assert (ds.change.to_numpy()[2, :] == 0).all() and ds.change.to_numpy()[3, 3] == CHANGE_NODATA
     with pytest.raises(ConfigError, match="swir16"):
-        compare_arrays(before, after, "water", bands={"red": 0})
+        compare_arrays(before, after, "water-swir", bands={"red": 0})
 
 
 def test_pairs_that_cannot_be_compared_are_refused_in_the_users_words(known_pair, make_geotiff,
