@@ -544,86 +544,15 @@ def _code_confidence(codes_path: Path, n_codes: int, confidence: Any, window_siz
 
 def _vectorize(codes_path: Path, proba_path: Path, out_dir: Path, layer_id: str, keep: Sequence[str],
                attributes: dict[str, Any], acquired: dt.date | None, min_area: float, client: Any) -> Path:
-    """Polygons of ``codes_path`` (classes ``keep``) into ``OUT/<layer_id>.gpkg`` with the project's layer
-    columns (id, class_id, class_name, area_m2, perimeter_m, pixels, proba_mean, proba_max, scene_id,
-    acquired, model, model_version) plus ``attributes``."""
-    try:
-        from workflows.vectorize import vectorize_scene
-    except ImportError:  # TEMPORARY until issue 3's tiled vectorizer is on main
-        return _vectorize_whole(codes_path, proba_path, out_dir / f"{layer_id}.gpkg", layer_id, keep, attributes,
-                                acquired, min_area)
+    """Polygons of ``codes_path`` (classes ``keep``) into ``OUT/<layer_id>.gpkg`` through the tiled vectorizer:
+    the project's layer columns (id, class_id, class_name, area_m2, perimeter_m, pixels, proba_mean, proba_max,
+    scene_id, acquired, model, model_version) plus ``attributes``."""
+    from workflows.vectorize import vectorize_scene
+
     result = vectorize_scene(codes_path, out_dir, formats=("gpkg",), proba_path=proba_path, min_area=min_area,
                              classes=list(keep), client=client, attributes=attributes, scene_id=layer_id,
                              acquired=acquired, progress=False)
     return Path(result.paths["gpkg"])
-
-
-def _vectorize_whole(codes_path: Path, proba_path: Path, out: Path, layer_id: str, keep: Sequence[str],
-                     attributes: dict[str, Any], acquired: dt.date | None, min_area: float) -> Path:
-    """TEMPORARY stand-in for ``workflows.vectorize.vectorize_scene`` (issue 3), same columns: one
-    ``rasterio.features.shapes`` call over the whole raster. Delete once the vectorizer is on main."""
-    import geopandas as gpd
-    from pyogrio import set_gdal_config_options
-    from rasterio.features import rasterize, shapes
-    from shapely.geometry import shape
-
-    with rasterio.open(codes_path) as src:
-        codes, crs, transform, tags = src.read(1), src.crs, src.transform, src.tags()
-    names = tags.get("SCENEWATCH_CLASSES", "").split(",")
-    wanted = [names.index(k) for k in keep]
-    geoms, values = [], []
-    for geom, value in shapes(codes, mask=np.isin(codes, wanted), transform=transform, connectivity=4):
-        geoms.append(shape(geom))
-        values.append(int(value))
-    n = len(geoms)
-    ids = rasterize(((g, i + 1) for i, g in enumerate(geoms)), out_shape=codes.shape, transform=transform,
-                    fill=0, dtype="int32") if n else np.zeros(codes.shape, np.int32)
-    with rasterio.open(proba_path) as src:
-        stored = src.read()
-    own = np.take_along_axis(stored, np.minimum(codes, stored.shape[0] - 1).astype(np.intp)[None], axis=0)[0]
-    has = (ids > 0) & (own != CONFIDENCE_NODATA)
-    total = np.bincount(ids[has], weights=own[has] / CONFIDENCE_SCALE, minlength=n + 1)[1:]
-    count = np.bincount(ids[has], minlength=n + 1)[1:]
-    top = np.full(n + 1, np.nan)
-    np.fmax.at(top, ids[has], own[has] / CONFIDENCE_SCALE)
-    gdf = gpd.GeoDataFrame({"class_id": np.array(values, np.int32)}, geometry=geoms, crs=crs)
-    area, perimeter = _areas_perimeters(gdf)
-    gdf["class_name"] = [names[v] for v in values]
-    gdf["area_m2"] = area
-    gdf["perimeter_m"] = perimeter
-    gdf["pixels"] = np.bincount(ids.ravel(), minlength=n + 1)[1:].astype(np.int64)
-    gdf["proba_mean"] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    gdf["proba_max"] = top[1:]
-    gdf["scene_id"] = layer_id
-    gdf["acquired"] = acquired
-    gdf["model"] = tags.get("SCENEWATCH_MODEL") or None
-    gdf["model_version"] = tags.get("SCENEWATCH_MODEL_VERSION") or None
-    for key, value in attributes.items():
-        gdf[key] = value
-    gdf = gdf[gdf["area_m2"] >= min_area].reset_index(drop=True)
-    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    columns = ["id", "class_id", "class_name", "area_m2", "perimeter_m", "pixels", "proba_mean", "proba_max",
-               "scene_id", "acquired", "model", "model_version", *attributes, "geometry"]
-    set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})  # no write time in the file
-    with atomic_path(out) as tmp:
-        gdf[columns].to_file(tmp, driver="GPKG", layer=layer_id, engine="pyogrio")
-    return out
-
-
-def _areas_perimeters(gdf: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Area (m²) and perimeter (m) of each polygon: planar in a projected CRS (times the unit's metres),
-    geodesic on the WGS84 ellipsoid in a geographic CRS."""
-    crs = gdf.crs
-    if crs is not None and crs.is_geographic:
-        from pyproj import Geod
-
-        geod = Geod(ellps="WGS84")
-        pairs = [geod.geometry_area_perimeter(g) for g in gdf.geometry]
-        return np.array([abs(a) for a, _ in pairs]), np.array([p for _, p in pairs])
-    factor = 1.0
-    if crs is not None and crs.axis_info:
-        factor = crs.axis_info[0].unit_conversion_factor or 1.0
-    return gdf.geometry.area.to_numpy() * factor * factor, gdf.geometry.length.to_numpy() * factor
 
 
 def _change_polygons(change_path: Path, out_dir: Path, name: str, names: Sequence[str],
