@@ -87,7 +87,8 @@ from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
 @main.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default="vegetation", show_default=True,
-              help="Built-in model name (vegetation, ...) or path to a model bundle.")
+              help="Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
+                   "(see `scenewatch models`).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--bands", "-b", default=None,
               help="Band map 'red=1,green=2,blue=3,nir=4' or a preset: naip, rgb, rgbn, bgrn, sentinel2, "
