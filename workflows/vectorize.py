@@ -249,7 +249,10 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
                 submit_next()
             while queue:
                 tile, fut = queue.popleft()
-                interior, border = fut.result()
+                try:
+                    interior, border = fut.result()
+                except PolygonLimitError as err:
+                    raise PolygonLimitError(f"{where}: {err}") from err
                 fut.release()
                 submit_next()
                 stager.add(interior)
