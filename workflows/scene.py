@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from pipeline.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
                              decode_proba)
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
-from workflows.cluster import cpu_count, dask_client, worker_count
+from workflows.cluster import dask_client, threads_per_model, worker_count
 
 __all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene", "StitchedCore"]
 
@@ -83,7 +84,7 @@ class SceneResult:
 def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig) -> ScenePlan:
     """Check the scene and the model against each other and plan the tiles; reads no pixels."""
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
-    ref = ModelRef.of(model).with_options(precision=config.precision) if not isinstance(model, ModelRef) else model
+    ref = ModelRef.of(model, precision=config.precision if config.precision != "auto" else None)
     info = load_model(ref).info
     indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
     tile_size = config.tile_size or info.tile_size
@@ -158,23 +159,26 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
     out_dir = Path(out_dir)
     with dask_client(config.workers, config.scheduler, client) as dask:
         n_workers = worker_count(dask)
-        ref = plan.model
-        if client is None and config.scheduler is None:
-            ref = ref.with_threads(max(1, cpu_count() // n_workers))
+        ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
         in_flight = config.max_tiles_in_flight or 4 * n_workers
-        skipped = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
+        timings = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
+    skipped = int(timings.pop("tiles_skipped"))
     result = SceneResult(
         scene=str(scene), scene_id=plan.scene_id, classes_path=out_dir / f"{plan.scene_id}.classes.tif",
         proba_path=out_dir / f"{plan.scene_id}.proba.tif", tiles_planned=len(plan.grid), tiles_skipped=skipped,
-        seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid,
+        seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid, extra=timings,
     )
-    log.info("scene %s: %d tiles (%d without data) in %.1f s", plan.scene_id, result.tiles_planned,
-             skipped, result.seconds)
+    log.info("scene %s: %d tiles (%d without data) in %.1f s; this process waited %.1f s for workers, "
+             "blended and wrote for %.1f s, finished the COGs in %.1f s", plan.scene_id, result.tiles_planned,
+             skipped, result.seconds, timings["waiting_seconds"], timings["writing_seconds"],
+             timings["finishing_seconds"])
     return result
 
 
 def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, out_dir: Path, in_flight: int,
-         progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> int:
+         progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> dict[str, float]:
+    """Submit, stitch and write; returns tiles skipped and where this process spent its time (seconds
+    waiting for workers, blending and writing, finishing the COGs)."""
     from tqdm import tqdm
 
     stitcher = Stitcher(plan.grid, 0 if plan.blend == "none" else plan.overlap, plan.info.num_classes,
@@ -182,6 +186,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     batches = _batches(plan.grid, config.batch_size)
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
+    run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes
     pending = as_completed()
     futures: dict[Any, list[Tile]] = {}
 
@@ -190,7 +195,8 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
         if tiles is None:
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
-                          plan.blend, config.proba_dtype, pure=False, key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}")
+                          plan.blend, config.proba_dtype, pure=False,
+                          key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}")
         futures[fut] = tiles
         pending.add(fut)
         return True
@@ -202,9 +208,12 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
             for _ in range(in_flight):
                 if not submit_next():
                     break
+            busy = 0.0
+            loop_start = time.perf_counter()
             for fut in pending:
                 tiles = futures.pop(fut)
                 contributions = fut.result()
+                tick = time.perf_counter()
                 fut.release()
                 for tile, contribution in zip(tiles, contributions, strict=True):
                     skipped += contribution is None
@@ -215,11 +224,15 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
                             on_core(StitchedCore(done.tile, done.classes, decode_proba(done.proba)))
                 bar.update(len(tiles))
                 submit_next()
+                busy += time.perf_counter() - tick
+            loop = time.perf_counter() - loop_start
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
+        tick = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
             for done in [pool.submit(classes_w.finish), pool.submit(proba_w.finish)]:
                 done.result()
-    return skipped
+    return {"tiles_skipped": skipped, "waiting_seconds": loop - busy, "writing_seconds": busy,
+            "finishing_seconds": time.perf_counter() - tick}
