@@ -100,5 +100,7 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, **options: Any) -
                f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
 
 
+from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
+
 if __name__ == "__main__":  # pragma: no cover
     main()

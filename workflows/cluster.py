@@ -43,7 +43,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
             yield connected
         return
     n = workers or cpu_count()
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR, memory_limit=0) as cluster, Client(cluster) as local:
         yield local
 
