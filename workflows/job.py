@@ -208,6 +208,17 @@ class Job:
 # ------------------------------------------------------------------------------------------------ loading
 
 
+class _JobLoader(yaml.SafeLoader):
+    """YAML's safe loader, but dates stay text: pydantic parses them with an error that names the key
+    (PyYAML's own date parsing raises a bare ValueError for 2020-13-01)."""
+
+
+_JobLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_job(path: str | Path, out: str | Path | None = None) -> Job:
     """Read and validate a job file; ``out`` overrides ``outputs.folder``. Raises ConfigError naming the
     key and line of every problem."""
@@ -218,12 +229,15 @@ def load_job(path: str | Path, out: str | Path | None = None) -> Job:
     except OSError as err:
         raise ConfigError(f"{where}: cannot be read ({err.strerror or err}); check the path") from err
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_JobLoader)
+        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: not valid YAML ({err.problem or err.context})") from err
+        context = ""
+        if err.context and err.context_mark is not None and err.context_mark.line != getattr(mark, "line", None):
+            context = f"; {err.context} from line {err.context_mark.line + 1}"
+        raise ConfigError(f"{where}{line}: not valid YAML ({err.problem or err.context}{context})") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML ({err})") from err
     if root is None or not isinstance(data, dict):

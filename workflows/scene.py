@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -188,13 +189,16 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     skipped = 0
     pending = as_completed()
     futures: dict[Any, list[Tile]] = {}
+    # Keys unique to this call: a scene run again after a failure (or the same scene id from another job on
+    # a shared scheduler) must not be handed the result or the error still held under an earlier key.
+    token = uuid.uuid4().hex[:8]
 
     def submit_next() -> bool:
         tiles = next(batches, None)
         if tiles is None:
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
-                          plan.blend, pure=False, key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}")
+                          plan.blend, pure=False, key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}-{token}")
         futures[fut] = tiles
         pending.add(fut)
         return True
