@@ -1,9 +1,9 @@
-"""Running a model on tiles: band values in, weighted class probabilities out.
+"""Running a model on tiles: band values in, finished interiors and weighted rings out.
 
-Pure computation: callers read the pixels (:func:`pipeline.read.read_window`) and pass arrays in. A tile's
-result is a :class:`TileContribution`: its probabilities over its blend window, already multiplied by the
-blend weight (:mod:`tiles.blend`), with the weight itself, zero on invalid pixels. The stitcher sums the
-contributions that cover a core and divides by the summed weight.
+Pure computation: callers read the pixels (:func:`pipeline.read.read_window`) and pass arrays in. For each
+tile the model's probabilities over the blend window are split (:mod:`pipeline.stitch`): the interior, which
+only this tile covers, is finished here (class index and stored probability), and the ring, which
+neighbours overlap, is returned weighted by the blend weight (:mod:`tiles.blend`) for the stitcher.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import numpy as np
 
 from pipeline.errors import ModelError
 from pipeline.model import SegmentationModel
+from pipeline.stitch import TileContribution, blend_parts, classify, encode_proba, split_core
 from tiles.blend import BlendMethod, blend_weights, blend_window
-from tiles.grid import PixelWindow, Tile, TileGrid
+from tiles.grid import Tile, TileGrid
 
-__all__ = ["TileContribution", "TileInput", "predict_tiles", "predict_array"]
+__all__ = ["TileInput", "predict_tiles", "predict_array"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +36,6 @@ class TileInput:
         return bool(self.valid[rows, cols].any())
 
 
-@dataclass(frozen=True, slots=True)
-class TileContribution:
-    """A tile's share of the stitched result over ``window`` (its blend window)."""
-
-    tile: Tile
-    window: PixelWindow
-    weighted: np.ndarray  # (classes, rows, cols) float32: weight * probability
-    weight: np.ndarray  # (rows, cols) float32, 0 where the input is invalid
-
-
 def _check_output(model: SegmentationModel, probs: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
     if probs.shape != expected:
         raise ModelError(
@@ -54,7 +45,7 @@ def _check_output(model: SegmentationModel, probs: np.ndarray, expected: tuple[i
 
 
 def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: TileGrid, overlap: int,
-                  method: BlendMethod = "cosine") -> list[TileContribution | None]:
+                  method: BlendMethod = "cosine", proba_dtype: str = "float32") -> list[TileContribution | None]:
     """Run ``model`` on a batch of tiles; ``None`` for tiles whose core holds no valid pixel (not run).
 
     Tiles with the same read-window shape are stacked into one model call; edge tiles, clipped by the scene
@@ -70,17 +61,25 @@ def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: T
         batch = np.stack([inputs[i].data for i in members])
         probs = _check_output(model, model.predict(batch), (len(members), k, shape[1], shape[2]))
         for j, i in enumerate(members):
-            results[i] = _contribution(inputs[i], probs[j], grid, overlap, method)
+            results[i] = _contribution(inputs[i], probs[j], grid, overlap, method, proba_dtype)
     return results
 
 
-def _contribution(item: TileInput, probs: np.ndarray, grid: TileGrid, overlap: int,
-                  method: BlendMethod) -> TileContribution:
+def _contribution(item: TileInput, probs: np.ndarray, grid: TileGrid, overlap: int, method: BlendMethod,
+                  proba_dtype: str) -> TileContribution:
     effective = 0 if method == "none" else overlap
-    window = blend_window(item.tile, grid, effective)
-    rows, cols = window.relative_to(item.tile.read_window)
-    weight = blend_weights(item.tile, grid, effective, method) * item.valid[rows, cols]
-    return TileContribution(item.tile, window, probs[:, rows, cols] * weight, weight.astype(np.float32))
+    tile = item.tile
+    window = blend_window(tile, grid, effective)
+    rows, cols = window.relative_to(tile.read_window)
+    probs, valid = probs[:, rows, cols], item.valid[rows, cols]
+    weight = blend_weights(tile, grid, effective, method) * valid
+    interior = split_core(tile, grid, effective)
+    classes = proba = None
+    if interior is not None:
+        ir, ic = interior.relative_to(window)
+        classes = classify(probs[:, ir, ic], valid[ir, ic])
+        proba = encode_proba(probs[:, ir, ic], valid[ir, ic], proba_dtype)
+    return TileContribution(tile, interior, classes, proba, blend_parts(window, probs, weight, interior))
 
 
 def predict_array(model: SegmentationModel, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ process ever holds the whole scene.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import CRSError, NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 
 from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, SceneReadError
@@ -241,7 +242,11 @@ def resolve_bands(meta: SceneMeta, band_map: BandMap, required: Sequence[str]) -
 
 def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Read ``indexes`` over ``window``: float32 pixels ``(bands, rows, cols)`` and a ``(rows, cols)`` bool
-    mask of valid pixels (valid in every band: honours nodata, internal masks, alpha bands and NaN).
+    mask of valid pixels.
+
+    Validity is GDAL's dataset mask (an internal mask or alpha band if the file has one; otherwise a pixel
+    is nodata when every band holds the nodata value, so a black collar is nodata but a dark pixel with one
+    zero band is not), and NaN or infinite values in the bands read are invalid too.
 
     Invalid pixels are set to 0 in the returned data so that models see a defined value.
     """
@@ -249,13 +254,17 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
     try:
         with rasterio.open(meta.path) as src:
             data = src.read(list(indexes), window=rio_window, out_dtype="float32")
-            masks = src.read_masks(list(indexes), window=rio_window)
+            with warnings.catch_warnings():
+                # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
+                # nodata wins, which is what we want; the warning would repeat for every tile.
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                mask = src.dataset_mask(window=rio_window)
     except RasterioIOError as err:
         raise SceneReadError(
             f"scene {meta.name}: pixels at rows {window.row_off}-{window.row_end}, columns "
             f"{window.col_off}-{window.col_end} cannot be read; the file looks truncated or corrupt"
         ) from err
-    valid = np.all(masks > 0, axis=0)
+    valid = mask > 0
     if data.dtype.kind == "f":
         valid &= np.all(np.isfinite(data), axis=0)
     data[:, ~valid] = 0.0

@@ -1,59 +1,119 @@
-"""Stitching: overlapping tile contributions become one seamless probability raster, core by core.
+"""Stitching: overlapping tile predictions become one seamless raster, core by core.
 
-For each output core, the contributions of the tiles whose blend windows cover it (the tile itself and up
-to eight neighbours) are summed and divided by their summed weight. Pixels no contribution covers with a
-positive weight are invalid input and become nodata. Class indexes are the argmax of the probabilities.
+A tile's blend window (its core grown by the blend overlap) splits in two parts (see :func:`split_core`):
+
+* the *interior*: pixels of its own core that no neighbour reaches. Their blended value is the tile's own
+  prediction, so the worker that ran the model finishes them there (class index and stored probability);
+* the *ring*: the rest of the blend window, which neighbours overlap. It travels as weighted probabilities
+  and weights (:class:`BlendPart`), and :class:`Stitcher` sums the parts that cover each core and divides
+  by the summed weight (:mod:`tiles.blend` makes the weights a partition of unity).
+
+So only the thin ring crosses process boundaries as float32, and the process that writes the raster only
+blends rings. Pixels without a positive summed weight are invalid input and become nodata; class indexes
+are the argmax of the probabilities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.predict import TileContribution
 from tiles.blend import blend_window
 from tiles.grid import PixelWindow, Tile, TileGrid
 
-__all__ = ["Stitcher", "stitch", "classify", "encode_proba", "CLASS_NODATA", "PROBA_UINT8_NODATA", "PROBA_UINT8_SCALE"]
+__all__ = [
+    "BlendPart",
+    "TileContribution",
+    "FinishedCore",
+    "Stitcher",
+    "split_core",
+    "ring_windows",
+    "blend_parts",
+    "classify",
+    "encode_proba",
+    "decode_proba",
+    "CLASS_NODATA",
+    "PROBA_UINT8_NODATA",
+    "PROBA_UINT8_SCALE",
+]
 
 CLASS_NODATA = 255
 PROBA_UINT8_NODATA = 255
 PROBA_UINT8_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 
 
-def stitch(core: PixelWindow, contributions: Iterable[TileContribution | None],
-           num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Blend ``contributions`` over ``core``: float32 probabilities ``(classes, rows, cols)`` (NaN where
-    invalid) and the bool valid mask."""
-    acc = np.zeros((num_classes, core.height, core.width), dtype=np.float32)
-    wsum = np.zeros((core.height, core.width), dtype=np.float32)
-    for item in contributions:
-        if item is not None:
-            _accumulate(acc, wsum, core, item)
-    return _normalize(acc, wsum)
+@dataclass(frozen=True, slots=True)
+class BlendPart:
+    """Weighted probabilities over ``window``: ``weighted`` (classes, rows, cols) = weight x probability."""
+
+    window: PixelWindow
+    weighted: np.ndarray
+    weight: np.ndarray
 
 
-def _accumulate(acc: np.ndarray, wsum: np.ndarray, core: PixelWindow, item: TileContribution) -> None:
-    overlap = item.window.intersection(core)
-    if overlap is None:
-        return
-    src_r, src_c = overlap.relative_to(item.window)
-    dst_r, dst_c = overlap.relative_to(core)
-    acc[:, dst_r, dst_c] += item.weighted[:, src_r, src_c]
-    wsum[dst_r, dst_c] += item.weight[src_r, src_c]
+@dataclass(frozen=True, slots=True)
+class TileContribution:
+    """What a worker returns for one tile: its finished interior and its ring parts for the stitcher."""
+
+    tile: Tile
+    interior: PixelWindow | None
+    classes: np.ndarray | None  # (rows, cols) uint8 over the interior
+    proba: np.ndarray | None  # (classes, rows, cols) over the interior, stored dtype (uint8 or float32)
+    parts: tuple[BlendPart, ...]
 
 
-def _normalize(acc: np.ndarray, wsum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    valid = wsum > 0
-    proba = np.full_like(acc, np.nan)
-    np.divide(acc, wsum, out=proba, where=valid)
-    return proba, valid
+@dataclass(frozen=True, slots=True)
+class FinishedCore:
+    """A core ready to write: class indexes and stored probabilities over ``tile.core_window``."""
+
+    tile: Tile
+    classes: np.ndarray
+    proba: np.ndarray
+
+
+def split_core(tile: Tile, grid: TileGrid, overlap: int) -> PixelWindow | None:
+    """The interior of ``tile``'s core: the core shrunk by ``overlap`` on every side that has a neighbour
+    (None when nothing is left). Only this tile's prediction reaches those pixels."""
+    core = tile.core_window
+    top = overlap if core.row_off > 0 else 0
+    bottom = overlap if core.row_end < grid.height else 0
+    left = overlap if core.col_off > 0 else 0
+    right = overlap if core.col_end < grid.width else 0
+    height, width = core.height - top - bottom, core.width - left - right
+    if height <= 0 or width <= 0:
+        return None
+    return PixelWindow(core.row_off + top, core.col_off + left, height, width)
+
+
+def ring_windows(outer: PixelWindow, inner: PixelWindow | None) -> list[PixelWindow]:
+    """``outer`` minus ``inner`` as at most four rectangles (full-width top and bottom, then sides)."""
+    if inner is None:
+        return [outer]
+    parts = [
+        PixelWindow(outer.row_off, outer.col_off, inner.row_off - outer.row_off, outer.width),
+        PixelWindow(inner.row_end, outer.col_off, outer.row_end - inner.row_end, outer.width),
+        PixelWindow(inner.row_off, outer.col_off, inner.height, inner.col_off - outer.col_off),
+        PixelWindow(inner.row_off, inner.col_end, inner.height, outer.col_end - inner.col_end),
+    ]
+    return [p for p in parts if p.height > 0 and p.width > 0]
+
+
+def blend_parts(window: PixelWindow, proba: np.ndarray, weight: np.ndarray,
+                interior: PixelWindow | None) -> tuple[BlendPart, ...]:
+    """The ring of a blend window as weighted parts; ``proba`` and ``weight`` cover ``window``."""
+    parts = []
+    for piece in ring_windows(window, interior):
+        rows, cols = piece.relative_to(window)
+        w = weight[rows, cols]
+        parts.append(BlendPart(piece, proba[:, rows, cols] * w, w))
+    return tuple(parts)
 
 
 def classify(proba: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """uint8 class index per pixel (argmax), :data:`CLASS_NODATA` where invalid."""
-    classes = np.argmax(np.where(valid, proba, 0.0), axis=0).astype(np.uint8)
+    classes = np.argmax(proba, axis=0).astype(np.uint8)
     classes[~valid] = CLASS_NODATA
     return classes
 
@@ -61,28 +121,69 @@ def classify(proba: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def encode_proba(proba: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
     """Probabilities as stored: float32 with NaN nodata, or uint8 ``round(p * 254)`` with 255 nodata."""
     if dtype == "float32":
-        return proba.astype(np.float32, copy=False)
+        out = proba.astype(np.float32, copy=True)
+        out[:, ~valid] = np.nan
+        return out
     if dtype == "uint8":
-        out = np.rint(np.where(valid, proba, 0.0) * PROBA_UINT8_SCALE).astype(np.uint8)
+        out = np.rint(proba * PROBA_UINT8_SCALE).astype(np.uint8)
         out[:, ~valid] = PROBA_UINT8_NODATA
         return out
     raise ValueError(f"probability dtype {dtype!r}: choose uint8 or float32")
 
 
-class Stitcher:
-    """Streaming stitcher: feed it tile contributions in any order; it returns each core's blended
-    probabilities as soon as every tile that covers that core has arrived, and then forgets that core.
+def decode_proba(stored: np.ndarray) -> np.ndarray:
+    """float32 probabilities (NaN nodata) from either stored form."""
+    if stored.dtype == np.uint8:
+        out = stored.astype(np.float32) / PROBA_UINT8_SCALE
+        out[stored == PROBA_UINT8_NODATA] = np.nan
+        return out
+    return stored.astype(np.float32, copy=False)
 
-    Memory is one accumulator per core that has some but not all of its contributions: with tiles arriving
-    in roughly row-major order, about one row of cores plus the tiles in flight.
+
+def _normalize(acc: np.ndarray, wsum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    valid = wsum > 0
+    proba = np.zeros_like(acc)
+    np.divide(acc, wsum, out=proba, where=valid)
+    return proba, valid
+
+
+def stitch(core: PixelWindow, parts: Iterable[BlendPart], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blend ``parts`` over ``core``: float32 probabilities ``(classes, rows, cols)`` (0 where invalid) and
+    the bool valid mask."""
+    acc = np.zeros((num_classes, core.height, core.width), dtype=np.float32)
+    wsum = np.zeros((core.height, core.width), dtype=np.float32)
+    for part in parts:
+        overlap = part.window.intersection(core)
+        if overlap is None:
+            continue
+        src_r, src_c = overlap.relative_to(part.window)
+        dst_r, dst_c = overlap.relative_to(core)
+        acc[:, dst_r, dst_c] += part.weighted[:, src_r, src_c]
+        wsum[dst_r, dst_c] += part.weight[src_r, src_c]
+    return _normalize(acc, wsum)
+
+
+@dataclass(slots=True)
+class _PendingCore:
+    remaining: int
+    parts: list[BlendPart]
+    own: TileContribution | None = None
+
+
+class Stitcher:
+    """Streaming stitcher: feed it tile contributions in any order; it returns each core, finished, as soon
+    as every tile whose blend window reaches that core has arrived, and then forgets that core.
+
+    It holds, per incomplete core, the ring parts that reach it and the core's finished interior: with
+    tiles arriving in roughly row-major order, about one row of cores plus the tiles in flight.
     """
 
-    def __init__(self, grid: TileGrid, overlap: int, num_classes: int) -> None:
+    def __init__(self, grid: TileGrid, overlap: int, num_classes: int, proba_dtype: str) -> None:
         self.grid = grid
         self.overlap = overlap
         self.num_classes = num_classes
-        self._remaining: dict[tuple[int, int], int] = {}
-        self._acc: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.proba_dtype = proba_dtype
+        self._pending: dict[tuple[int, int], _PendingCore] = {}
 
     def covered_cores(self, tile: Tile) -> list[Tile]:
         """The cores that ``tile``'s blend window reaches (itself and, with overlap, its neighbours)."""
@@ -92,29 +193,42 @@ class Stitcher:
     def _expected(self, core: Tile) -> int:
         return sum(1 for n in self.grid.neighbours(core) if core in self.covered_cores(n))
 
-    def add(self, tile: Tile, contribution: TileContribution | None) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
-        """Add ``tile``'s contribution (None for a skipped tile); return the cores completed by it."""
+    def add(self, tile: Tile, contribution: TileContribution | None) -> list[FinishedCore]:
+        """Add ``tile``'s contribution (None for a tile with no valid pixel); return the cores it completes."""
         done = []
         for core in self.covered_cores(tile):
-            key = core.index
-            if key not in self._remaining:
-                self._remaining[key] = self._expected(core)
+            pending = self._pending.get(core.index)
+            if pending is None:
+                pending = self._pending[core.index] = _PendingCore(self._expected(core), [])
             if contribution is not None:
-                if key not in self._acc:
-                    shape = (core.core_window.height, core.core_window.width)
-                    self._acc[key] = (np.zeros((self.num_classes, *shape), np.float32), np.zeros(shape, np.float32))
-                _accumulate(*self._acc[key], core.core_window, contribution)
-            self._remaining[key] -= 1
-            if self._remaining[key] == 0:
-                del self._remaining[key]
-                acc = self._acc.pop(key, None)
-                if acc is None:
-                    shape = (core.core_window.height, core.core_window.width)
-                    acc = (np.zeros((self.num_classes, *shape), np.float32), np.zeros(shape, np.float32))
-                done.append((core, *_normalize(*acc)))
+                pending.parts.extend(p for p in contribution.parts if p.window.intersection(core.core_window))
+                if core == tile:
+                    pending.own = contribution
+            pending.remaining -= 1
+            if pending.remaining == 0:
+                del self._pending[core.index]
+                done.append(self._finish(core, pending))
         return done
+
+    def _finish(self, core: Tile, pending: _PendingCore) -> FinishedCore:
+        window = core.core_window
+        classes = np.full((window.height, window.width), CLASS_NODATA, dtype=np.uint8)
+        nodata = np.nan if self.proba_dtype == "float32" else PROBA_UINT8_NODATA
+        proba = np.full((self.num_classes, window.height, window.width), nodata, dtype=self.proba_dtype)
+        own = pending.own
+        interior = own.interior if own is not None else None
+        if own is not None and interior is not None:
+            rows, cols = interior.relative_to(window)
+            classes[rows, cols] = own.classes
+            proba[:, rows, cols] = own.proba
+        for piece in ring_windows(window, interior):
+            p, valid = stitch(piece, pending.parts, self.num_classes)
+            rows, cols = piece.relative_to(window)
+            classes[rows, cols] = classify(p, valid)
+            proba[:, rows, cols] = encode_proba(p, valid, self.proba_dtype)
+        return FinishedCore(core, classes, proba)
 
     @property
     def pending(self) -> int:
         """Cores with some contributions but not yet complete."""
-        return len(self._remaining)
+        return len(self._pending)

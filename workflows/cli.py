@@ -60,10 +60,24 @@ def main(verbose: int) -> None:
     Example:
       scenewatch predict examples/data/naip_sample.tif --model vegetation --bands naip --out out/
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Dask's own chatter (cluster start and stop, closed comms on shutdown) only with -vv.
-    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
+    configure_logging(verbose)
+
+
+def configure_logging(verbose: int) -> None:
+    """scenewatch's own messages at INFO with -v, DEBUG with -vv; Dask's chatter (cluster start and stop,
+    closed comms at shutdown) only with -vv."""
+    log = logging.getLogger("scenewatch")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("scenewatch: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    dask_level = logging.DEBUG if verbose >= 2 else logging.CRITICAL
+    import distributed  # noqa: F401  - its logging config must exist before it is overridden
+
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "bokeh", "tornado")]:
+        logging.getLogger(name).setLevel(dask_level)
 
 
 @main.command()

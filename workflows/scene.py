@@ -31,10 +31,11 @@ from pipeline.config import PredictConfig
 from pipeline.model import ModelInfo, ModelRef, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
-from pipeline.predict import TileContribution, TileInput, predict_tiles
+from pipeline.predict import TileInput, predict_tiles
 from pipeline.raster import CogWriter, hex_to_rgba
 from pipeline.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands
-from pipeline.stitch import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, classify, encode_proba
+from pipeline.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, TileContribution,
+                             decode_proba)
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.cluster import cpu_count, dask_client, worker_count
@@ -103,11 +104,12 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
 
 
 def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, ...], ref: ModelRef,
-                   grid: TileGrid, overlap: int, blend: BlendMethod) -> list[TileContribution | None]:
+                   grid: TileGrid, overlap: int, blend: BlendMethod,
+                   proba_dtype: str) -> list[TileContribution | None]:
     """The Dask task: read a batch of tiles in this worker and run the (cached) model on them."""
     model = load_model(ref)
     inputs = [TileInput(t, *read_window(meta, t.read_window, indexes)) for t in tiles]
-    return predict_tiles(model, inputs, grid, overlap, blend)
+    return predict_tiles(model, inputs, grid, overlap, blend, proba_dtype)
 
 
 def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
@@ -183,7 +185,8 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
          progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> int:
     from tqdm import tqdm
 
-    stitcher = Stitcher(plan.grid, plan.overlap, plan.info.num_classes)
+    stitcher = Stitcher(plan.grid, 0 if plan.blend == "none" else plan.overlap, plan.info.num_classes,
+                        config.proba_dtype)
     batches = _batches(plan.grid, config.batch_size)
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
@@ -198,7 +201,8 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
         if tiles is None:
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
-                          plan.blend, pure=False, key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}-{token}")
+                          plan.blend, config.proba_dtype, pure=False,
+                          key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}-{token}")
         futures[fut] = tiles
         pending.add(fut)
         return True
@@ -216,12 +220,11 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
                 fut.release()
                 for tile, contribution in zip(tiles, contributions, strict=True):
                     skipped += contribution is None
-                    for core, proba, valid in stitcher.add(tile, contribution):
-                        classes = classify(proba, valid)
-                        classes_w.write(core.core_window, classes)
-                        proba_w.write(core.core_window, encode_proba(proba, valid, config.proba_dtype))
+                    for done in stitcher.add(tile, contribution):
+                        classes_w.write(done.tile.core_window, done.classes)
+                        proba_w.write(done.tile.core_window, done.proba)
                         if on_core is not None:
-                            on_core(StitchedCore(core, classes, proba))
+                            on_core(StitchedCore(done.tile, done.classes, decode_proba(done.proba)))
                 bar.update(len(tiles))
                 submit_next()
         except BaseException:

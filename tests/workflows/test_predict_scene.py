@@ -1,0 +1,114 @@
+"""The core engine end to end on a real LocalCluster: tiled runs against whole-image runs, COG validity,
+georeferencing, nodata, and the errors a user sees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from pipeline.model import ModelRef, load_model
+from pipeline.predict import predict_array
+from pipeline.read import open_scene, read_window
+from pipeline.stitch import CLASS_NODATA
+from tests.models import small_convnet, unet
+from workflows.scene import predict_scene
+
+
+def whole_image(path, ref, indexes):
+    meta = open_scene(path)
+    data, valid = read_window(meta, meta.bounds, indexes)
+    return predict_array(load_model(ref), data, valid), valid
+
+
+def read_proba(path):
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("tile_size", "halo", "overlap"), [(64, 0, 0), (100, 8, 4), (128, 16, 16), (96, 24, None)])
+def test_ndvi_tiled_equals_whole_image(make_geotiff, tmp_path, dask_client, tile_size, halo, overlap):
+    scene = make_geotiff(shape=(4, 300, 500), nodata=0, nodata_box=(0, 40, 0, 90))  # 300 x 500: no multiple
+    result = predict_scene(scene, "vegetation", tmp_path / "out", client=dask_client, bands="naip",
+                           tile_size=tile_size, halo=halo, overlap=overlap, proba_dtype="float32",
+                           align_to_blocks=False, progress=False)
+    expected, valid = whole_image(scene, ModelRef.of("vegetation"), (1, 4))
+    got = read_proba(result.proba_path)
+    assert np.array_equal(np.isnan(got[0]), ~valid)
+    np.testing.assert_allclose(got[:, valid], expected[:, valid], atol=1e-6, rtol=0)
+    with rasterio.open(result.classes_path) as src:
+        classes = src.read(1)
+    assert (classes[~valid] == CLASS_NODATA).all()
+    np.testing.assert_array_equal(classes[valid], np.argmax(expected[:, valid], axis=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("tile_size", "halo", "overlap"), [(64, 8, 4), (100, 6, 4), (128, 16, 12)])
+def test_convnet_tiled_equals_whole_image(make_geotiff, tmp_path, dask_client, tile_size, halo, overlap):
+    """Receptive field radius 2 px: exact as long as halo - overlap >= 2."""
+    scene = make_geotiff(shape=(4, 230, 310))
+    ref = ModelRef.from_factory(small_convnet, bands=("red", "nir"))
+    result = predict_scene(scene, ref, tmp_path / "out", client=dask_client, bands="naip", tile_size=tile_size,
+                           halo=halo, overlap=overlap, proba_dtype="float32", progress=False)
+    expected, _ = whole_image(scene, ref, (1, 4))
+    np.testing.assert_allclose(read_proba(result.proba_path), expected, atol=1e-6, rtol=0)
+
+
+def seam_errors(diff: np.ndarray, tile_size: int, band: int = 8) -> tuple[float, float]:
+    rows, cols = np.indices(diff.shape)
+    near = ((rows % tile_size < band) | (rows % tile_size >= tile_size - band)) & (rows >= band) & (
+        rows < diff.shape[0] - band)
+    near |= ((cols % tile_size < band) | (cols % tile_size >= tile_size - band)) & (cols >= band) & (
+        cols < diff.shape[1] - band)
+    return float(diff[near].mean()), float(diff[~near].mean())
+
+
+@pytest.mark.slow
+def test_unet_seam_error_with_blending(tmp_path, dask_client):
+    """mean |tiled - whole| within 8 px of tile borders must stay within 1.5x of the interior figure."""
+    scene = tmp_path / "naip_crop.tif"
+    from tests.conftest import NAIP_2020
+
+    with rasterio.open(NAIP_2020) as src:
+        window = rasterio.windows.Window(100, 100, 448, 384)
+        profile = src.profile | {"width": 448, "height": 384, "transform": src.window_transform(window)}
+        with rasterio.open(scene, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    ref = ModelRef.from_factory(unet)
+    expected, valid = whole_image(scene, ref, (1, 2, 3, 4))
+    figures = {}
+    for blend in ("cosine", "none"):
+        result = predict_scene(scene, ref, tmp_path / blend, client=dask_client, bands="naip", tile_size=128,
+                               halo=32, overlap=16, blend=blend, proba_dtype="float32", progress=False)
+        diff = np.abs(read_proba(result.proba_path)[1] - expected[1])
+        figures[blend] = seam_errors(diff, 128)
+    print(f"seam error (border, interior): blended {figures['cosine']}, hard crop {figures['none']}")
+    border, interior = figures["cosine"]
+    assert border <= 1.5 * interior
+    assert border < figures["none"][0]
+
+
+@pytest.mark.slow
+def test_outputs_are_georeferenced_cogs_with_nodata(make_geotiff, tmp_path, dask_client):
+    scene = make_geotiff(shape=(4, 333, 257), dtype="uint16", nodata=0, nodata_box=(100, 333, 0, 257),
+                         blocksize=64)
+    result = predict_scene(scene, "vegetation", tmp_path / "out", client=dask_client, bands="naip",
+                           tile_size=64, halo=8, progress=False)
+    # pixel rows 100..333 hold only nodata: tiles whose core lies there are read but not run
+    assert result.tiles_skipped == 4 * 5  # tile rows 2..5 (from row 128 on) x 5 columns
+    with rasterio.open(scene) as src:
+        crs, transform, shape = src.crs, src.transform, src.shape
+    for path in (result.classes_path, result.proba_path):
+        assert cog_validate(str(path), quiet=True)[0], path
+        with rasterio.open(path) as out:
+            assert out.crs == crs and out.transform == transform and out.shape == shape
+            masks = out.read_masks(1)
+            assert (masks[100:] == 0).all() and (masks[:100] > 0).all()
+    with rasterio.open(result.classes_path) as out:
+        assert set(np.unique(out.read(1)[:100])) <= {0, 1}
+        assert out.tags()["SCENEWATCH_CLASSES"] == "other,vegetation"
+    with rasterio.open(result.proba_path) as out:
+        p = out.read(masked=True).astype(float) * out.scales[0]
+        np.testing.assert_allclose(p.sum(axis=0)[:100], 1.0, atol=2 / 254)
