@@ -56,6 +56,7 @@ def run(job_file: str, out: str | None, force: bool, quiet: bool) -> None:
     from workflows.batch import ItemOutcome, run_job
 
     _quiet_dask()
+    _stop_cleanly_on_sigterm()
     interactive = sys.stderr.isatty() and not quiet
 
     def report(outcome: ItemOutcome, index: int, total: int) -> None:
@@ -80,6 +81,18 @@ def _quiet_dask() -> None:
 
     verbose = click.get_current_context().find_root().params.get("verbose", 0)
     logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """systemd, Airflow and `timeout` stop a job with SIGTERM: unwind like Ctrl-C (temporary files removed,
+    the cluster closed, the lock released) instead of dying mid-write; the scene in progress stays
+    `running` in the manifest and is redone by the next run."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _print_summary(summary: Any) -> None:
