@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -93,7 +94,7 @@ def test_stac_catalog_and_unsafe_stac_ids(tmp_path: Path, make_geotiff, dask_cli
     image = make_geotiff("image.tif", shape=SHAPE, crs="EPSG:32633")
     items = []
     for item_id, day in [("../x", "2021-01-05T10:00:00"), ("/abs/x", "2021-02-01T10:00:00"), ("../X", "2021-03-01")]:
-        item = pystac.Item(item_id, None, None, __import__("datetime").datetime.fromisoformat(day), {})
+        item = pystac.Item(item_id, None, None, dt.datetime.fromisoformat(day), {})
         item.add_asset("image", pystac.Asset(image.name, media_type=pystac.MediaType.GEOTIFF))
         items.append(item)
     (tmp_path / "items.json").write_text(json.dumps(pystac.ItemCollection(items).to_dict()))
