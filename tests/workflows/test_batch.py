@@ -169,3 +169,18 @@ def test_killed_worker_scene_is_retried_and_the_others_complete(tmp_path: Path, 
         np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
                                       _reference_classes(archive / f"scene_{i:02d}.tif"))
     assert [r["status"] for r in manifest_rows(out)] == ["done"] * 3
+
+
+def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:
+    from workflows.lock import JobLockedError, is_locked, job_lock
+
+    assert not is_locked(tmp_path)
+    with job_lock(tmp_path, "a"):
+        assert is_locked(tmp_path)
+        with pytest.raises(JobLockedError, match=rf"job b: output folder .* is locked by a run still in progress "
+                                                 rf"\(pid {os.getpid()}, started "):
+            with job_lock(tmp_path, "b"):
+                pass
+    assert not is_locked(tmp_path)
+    with job_lock(tmp_path, "b"):  # free again once released
+        pass

@@ -51,7 +51,11 @@ def test_kill_9_mid_archive_then_rerun_matches_an_uninterrupted_run(tmp_path: Pa
 
     out = tmp_path / "out"
     proc = cli("run", str(job), "--out", str(out))
-    done = _wait(lambda: [r for r in manifest_rows(out) if r["status"] == "done"], "a first scene done")
+    def mid_archive() -> bool:  # a scene done and the next one being worked on
+        statuses = [r["status"] for r in manifest_rows(out)]
+        return "done" in statuses and "running" in statuses
+
+    _wait(mid_archive, "a first scene done and the next one running")
     proc.send_signal(signal.SIGKILL)  # the run itself, mid-archive; its workers are orphaned
     proc.wait(timeout=60)
     _kill_group(proc)
@@ -59,6 +63,9 @@ def test_kill_9_mid_archive_then_rerun_matches_an_uninterrupted_run(tmp_path: Pa
     done_before = {i for i, r in rows.items() if r["status"] == "done"}
     assert 1 <= len(done_before) < 5, rows
     mtimes = {i: (out / f"{i}.classes.tif").stat().st_mtime_ns for i in done_before}
+    status = CliRunner().invoke(main, ["status", str(job), "--out", str(out)])
+    assert status.exit_code == 0, status.output
+    assert f"{len(done_before)} done" in status.output and "interrupted" in status.output  # the scene it was on
 
     rerun = cli("run", str(job), "--out", str(out))
     stdout, stderr = rerun.communicate(timeout=300)
