@@ -50,5 +50,7 @@ def make_scene(path: str | Path, size: int, seed: int = 0, block: int = 512) -> 
                 nir = np.where(veg, 3200, 1800) + base * 0.3
                 bands = np.stack([red, base + 200, base, nir]) + noise
                 dst.write(np.clip(bands, 1, 65535).astype(np.uint16), window=Window(c0, r0, w, h))
+        for i, name in enumerate(("red", "green", "blue", "nir"), start=1):
+            dst.set_band_description(i, name)
     tmp.rename(path)
     return path

@@ -16,7 +16,7 @@ import functools
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -95,18 +95,18 @@ class ModelRef:
     @classmethod
     def of(cls, model: str | os.PathLike[str] | ModelRef, **options: Any) -> ModelRef:
         if isinstance(model, ModelRef):
-            return model
-        return cls(source=str(model), options=tuple(sorted(options.items())))
+            return model.with_options(**options)
+        return cls(source=str(model), options=_frozen_items(options))
 
     @classmethod
     def from_factory(cls, factory: Callable[..., SegmentationModel] | str, **kwargs: Any) -> ModelRef:
         if callable(factory):
             factory = f"{factory.__module__}:{factory.__qualname__}"
-        return cls(factory=factory, kwargs=tuple(sorted(kwargs.items())))
+        return cls(factory=factory, kwargs=_frozen_items(kwargs))
 
     def with_options(self, **options: Any) -> ModelRef:
         merged = dict(self.options) | {k: v for k, v in options.items() if v is not None}
-        return ModelRef(self.source, self.factory, self.kwargs, tuple(sorted(merged.items())), self.threads)
+        return ModelRef(self.source, self.factory, self.kwargs, _frozen_items(merged), self.threads)
 
     def with_threads(self, threads: int | None) -> ModelRef:
         return ModelRef(self.source, self.factory, self.kwargs, self.options, threads)
@@ -114,6 +114,19 @@ class ModelRef:
     @property
     def label(self) -> str:
         return self.source or self.factory
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return _frozen_items(value)
+    return value
+
+
+def _frozen_items(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Sorted, hashable (key, value) pairs: lists become tuples, so a ref can key the model cache."""
+    return tuple(sorted((k, _freeze(v)) for k, v in values.items()))
 
 
 BUILTIN_MODELS: dict[str, Callable[..., SegmentationModel]] = {}
@@ -141,7 +154,7 @@ def load_model(ref: ModelRef) -> SegmentationModel:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise ModelError(f"model factory {ref.factory}: cannot be imported ({err})") from err
-        return factory(**dict(ref.kwargs), **options)
+        return factory(**(dict(ref.kwargs) | options))
     if ref.source in BUILTIN_MODELS:
         return BUILTIN_MODELS[ref.source](**options)
     path = Path(ref.source)

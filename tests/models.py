@@ -27,3 +27,16 @@ def unet(bands: tuple[str, ...] = ("red", "green", "blue", "nir"), seed: int = 0
     """A seeded, randomly initialised smp U-Net (resnet18 encoder, no downloaded weights)."""
     return build_smp_model("Unet", "resnet18", bands=bands, class_names=("background", "foreground"), seed=seed,
                            precision=precision, mean=[mean] * len(bands), std=[std] * len(bands))
+
+
+BUILDS: dict[int, int] = {}
+
+
+def counted_convnet(seed: int, **kwargs: Any) -> TorchSegmentationModel:
+    """small_convnet that counts, per process, how often it was built (see ``builds``)."""
+    BUILDS[seed] = BUILDS.get(seed, 0) + 1
+    return small_convnet(seed=seed, **kwargs)
+
+
+def builds(seed: int) -> int:
+    return BUILDS.get(seed, 0)

@@ -531,7 +531,9 @@ def _model_ref(job: Job, config: PredictConfig) -> ModelRef:
         return ModelRef.from_factory(spec.factory, **spec.kwargs).with_options(**spec.options)
     assert spec.name is not None
     source = spec.name if spec.name in BUILTIN_MODELS else str(job.resolve(spec.name))
-    return ModelRef.of(source, **spec.options).with_options(precision=config.precision)
+    # as predict_scene does: "auto" is each model's own default, so it is not passed
+    precision = config.precision if config.precision != "auto" else None
+    return ModelRef.of(source, **spec.options).with_options(precision=precision)
 
 
 def _model_info(job: Job, ref: ModelRef) -> ModelInfo:

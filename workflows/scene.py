@@ -89,7 +89,7 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
     ``scene_id`` names the outputs (made safe); default: from the file name.
     """
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
-    ref = ModelRef.of(model).with_options(precision=config.precision) if not isinstance(model, ModelRef) else model
+    ref = ModelRef.of(model, precision=config.precision if config.precision != "auto" else None)
     info = load_model(ref).info
     indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
     tile_size = config.tile_size or info.tile_size
@@ -170,19 +170,24 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
         if client is None and config.scheduler is None:
             ref = ref.with_threads(max(1, cpu_count() // n_workers))
         in_flight = config.max_tiles_in_flight or 4 * n_workers
-        skipped = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
+        timings = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
+    skipped = int(timings.pop("tiles_skipped"))
     result = SceneResult(
         scene=str(scene), scene_id=plan.scene_id, classes_path=out_dir / f"{plan.scene_id}.classes.tif",
         proba_path=out_dir / f"{plan.scene_id}.proba.tif", tiles_planned=len(plan.grid), tiles_skipped=skipped,
-        seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid,
+        seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid, extra=timings,
     )
-    log.info("scene %s: %d tiles (%d without data) in %.1f s", plan.scene_id, result.tiles_planned,
-             skipped, result.seconds)
+    log.info("scene %s: %d tiles (%d without data) in %.1f s; this process waited %.1f s for workers, "
+             "blended and wrote for %.1f s, finished the COGs in %.1f s", plan.scene_id, result.tiles_planned,
+             skipped, result.seconds, timings["waiting_seconds"], timings["writing_seconds"],
+             timings["finishing_seconds"])
     return result
 
 
 def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, out_dir: Path, in_flight: int,
-         progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> int:
+         progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> dict[str, float]:
+    """Submit, stitch and write; returns tiles skipped and where this process spent its time (seconds
+    waiting for workers, blending and writing, finishing the COGs)."""
     from tqdm import tqdm
 
     stitcher = Stitcher(plan.grid, 0 if plan.blend == "none" else plan.overlap, plan.info.num_classes,
@@ -190,11 +195,9 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     batches = _batches(plan.grid, config.batch_size)
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
+    run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes
     pending = as_completed()
     futures: dict[Any, list[Tile]] = {}
-    # Keys unique to this call: a scene run again after a failure (or the same scene id from another job on
-    # a shared scheduler) must not be handed the result or the error still held under an earlier key.
-    token = uuid.uuid4().hex[:8]
 
     def submit_next() -> bool:
         tiles = next(batches, None)
@@ -202,7 +205,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
                           plan.blend, config.proba_dtype, pure=False,
-                          key=f"predict-{plan.scene_id}-{tiles[0].row}-{tiles[0].col}-{token}")
+                          key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}")
         futures[fut] = tiles
         pending.add(fut)
         return True
@@ -214,9 +217,12 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
             for _ in range(in_flight):
                 if not submit_next():
                     break
+            busy = 0.0
+            loop_start = time.perf_counter()
             for fut in pending:
                 tiles = futures.pop(fut)
                 contributions = fut.result()
+                tick = time.perf_counter()
                 fut.release()
                 for tile, contribution in zip(tiles, contributions, strict=True):
                     skipped += contribution is None
@@ -227,11 +233,15 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
                             on_core(StitchedCore(done.tile, done.classes, decode_proba(done.proba)))
                 bar.update(len(tiles))
                 submit_next()
+                busy += time.perf_counter() - tick
+            loop = time.perf_counter() - loop_start
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
+        tick = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
             for done in [pool.submit(classes_w.finish), pool.submit(proba_w.finish)]:
                 done.result()
-    return skipped
+    return {"tiles_skipped": skipped, "waiting_seconds": loop - busy, "writing_seconds": busy,
+            "finishing_seconds": time.perf_counter() - tick}

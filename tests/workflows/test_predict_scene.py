@@ -112,3 +112,16 @@ def test_outputs_are_georeferenced_cogs_with_nodata(make_geotiff, tmp_path, dask
     with rasterio.open(result.proba_path) as out:
         p = out.read(masked=True).astype(float) * out.scales[0]
         np.testing.assert_allclose(p.sum(axis=0)[:100], 1.0, atol=2 / 254)
+
+
+@pytest.mark.slow
+def test_model_is_built_once_per_worker_not_per_tile(make_geotiff, tmp_path, dask_client):
+    from tests import models
+
+    seed = 12345
+    ref = ModelRef.from_factory(models.counted_convnet, seed=seed, bands=("red", "nir"))
+    result = predict_scene(make_geotiff(shape=(4, 200, 200)), ref, tmp_path, client=dask_client, bands="naip",
+                           tile_size=40, halo=4, batch_size=1, progress=False)
+    assert result.tiles_planned == 25
+    per_worker = dask_client.run(models.builds, seed)
+    assert sum(per_worker.values()) >= 1 and max(per_worker.values()) == 1, per_worker

@@ -1,0 +1,195 @@
+"""The benchmark harness: ``python -m bench [--quick]``.
+
+Generates seeded synthetic scenes (4-band uint16 DEFLATE) in a temp folder, runs every comparison with each
+case in its own process (peak memory sampled over that process tree), prints a table of ratios against
+baselines measured in the same run, and rewrites the generated section of ``docs/benchmarks.md``.
+
+``--quick`` runs every comparison at tiny sizes in well under a minute: the test suite runs it to keep the
+harness working; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.memory import PeakMemory, gib
+from bench.scenes import make_scene
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+UNET = {"arch": "Unet", "encoder": "resnet18", "bands": ["red", "green", "blue", "nir"],
+        "class_names": ["background", "foreground"], "mean": [1000.0] * 4, "std": [500.0] * 4}
+
+
+@dataclass
+class Measure:
+    name: str
+    seconds: float
+    pixels: int
+    peak: int
+    extra: dict[str, Any]
+
+    @property
+    def mps(self) -> float:
+        return self.pixels / self.seconds / 1e6
+
+
+def run_case(case: str, **args: Any) -> Measure:
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cases", case, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    with PeakMemory(pid=proc.pid) as mem:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench case {case} failed:\n{err[-3000:]}")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    return Measure(case, result.pop("seconds"), result.pop("pixels"), mem.peak, result)
+
+
+@dataclass
+class Row:
+    comparison: str
+    figure: str
+    ratio: float
+    target: str
+    met: bool | None
+
+    def cells(self) -> list[str]:
+        verdict = "n/a" if self.met is None else ("met" if self.met else "**missed**")
+        return [self.comparison, self.figure, f"{self.ratio:.2f}", self.target, verdict]
+
+
+def comparisons(quick: bool, work: Path) -> list[Row]:
+    small, mid, large = (256, 512, 1024) if quick else (4096, 8192, 16384)
+    scenes = {n: make_scene(work / f"scene_{n}.tif", n) for n in (small, mid, large)}
+    out = str(work / "out")
+    rows: list[Row] = []
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    # 7. reading alone: the I/O floor
+    floor = run_case("read_floor", scene=str(scenes[large]))
+    log(f"read floor {large}^2: {floor.mps:.1f} MP/s")
+
+    # NDVI end to end at two sizes: rate against the floor, memory flatness, 1 vs 2 workers
+    ndvi_small = run_case("predict", scene=str(scenes[small]), model="vegetation", out=out, workers=2,
+                          options={"bands": "naip"})
+    ndvi_large = run_case("predict", scene=str(scenes[large]), model="vegetation", out=out, workers=2,
+                          options={"bands": "naip"})
+    log(f"ndvi {large}^2: {ndvi_large.mps:.1f} MP/s, peak {gib(ndvi_large.peak):.2f} GiB")
+    rows.append(Row(f"NDVI end to end vs reading alone ({large}²)",
+                    f"{ndvi_large.mps:.1f} vs {floor.mps:.1f} MP/s", ndvi_large.mps / floor.mps, ">= 0.5",
+                    ndvi_large.mps / floor.mps >= 0.5))
+    flat = ndvi_large.peak / ndvi_small.peak
+    rows.append(Row(f"NDVI peak memory {large}² vs {small}²",
+                    f"{gib(ndvi_large.peak):.2f} vs {gib(ndvi_small.peak):.2f} GiB", flat, "<= 1.15",
+                    flat <= 1.15))
+    rows.append(Row(f"NDVI peak memory {large}²", f"{gib(ndvi_large.peak):.2f} GiB", gib(ndvi_large.peak) / 1.5,
+                    "< 1.5 GiB", gib(ndvi_large.peak) < 1.5))
+    one = run_case("predict", scene=str(scenes[mid]), model="vegetation", out=out, workers=1,
+                   options={"bands": "naip"})
+    two = run_case("predict", scene=str(scenes[mid]), model="vegetation", out=out, workers=2,
+                   options={"bands": "naip"})
+    rows.append(Row(f"Dask scaling, NDVI {mid}²: 2 workers vs 1", f"{two.mps:.1f} vs {one.mps:.1f} MP/s",
+                    two.mps / one.mps, ">= 1.6", two.mps / one.mps >= 1.6))
+
+    # U-Net: pipeline overhead against the model alone, and the naive script
+    unet_mid = run_case("predict", scene=str(scenes[mid]), model=UNET, out=out, workers=2, options={})
+    log(f"unet {mid}^2: {unet_mid.mps:.2f} MP/s, peak {gib(unet_mid.peak):.2f} GiB")
+    alone = run_case("model_alone", scene=str(scenes[mid]), model=UNET, tile=512, halo=32, threads=2,
+                     max_tiles=8 if quick else 24)
+    rows.append(Row(f"U-Net (resnet18, precision auto) end to end vs model alone ({mid}²)",
+                    f"{unet_mid.mps:.2f} vs {alone.mps:.2f} MP/s", unet_mid.mps / alone.mps, ">= 0.85",
+                    unet_mid.mps / alone.mps >= 0.85))
+    naive = run_case("naive", scene=str(scenes[mid]), model=UNET | {"precision": "fp32"}, out=out)
+    log(f"naive {mid}^2: {naive.mps:.2f} MP/s, peak {gib(naive.peak):.2f} GiB")
+    rows.append(Row(f"U-Net end to end vs naive script (fp32, whole scene in memory) ({mid}²)",
+                    f"{unet_mid.seconds:.0f} s vs {naive.seconds:.0f} s", naive.seconds / unet_mid.seconds,
+                    ">= 5", naive.seconds / unet_mid.seconds >= 5))
+    rows.append(Row(f"U-Net peak memory vs naive script ({mid}²)",
+                    f"{gib(unet_mid.peak):.2f} vs {gib(naive.peak):.2f} GiB", unet_mid.peak / naive.peak, "< 1",
+                    unet_mid.peak < naive.peak))
+    unet_small = run_case("predict", scene=str(scenes[small]), model=UNET, out=out, workers=2, options={})
+    unet_large = run_case("predict", scene=str(scenes[large]), model=UNET, out=out, workers=2, options={})
+    log(f"unet {large}^2: {unet_large.mps:.2f} MP/s, peak {gib(unet_large.peak):.2f} GiB")
+    rows.append(Row(f"U-Net peak memory {large}² vs {small}²",
+                    f"{gib(unet_large.peak):.2f} vs {gib(unet_small.peak):.2f} GiB",
+                    unet_large.peak / unet_small.peak, "<= 1.15", unet_large.peak / unet_small.peak <= 1.15))
+    rows.append(Row(f"U-Net peak memory {large}², 2 workers", f"{gib(unet_large.peak):.2f} GiB",
+                    gib(unet_large.peak) / 3, "< 3 GiB", gib(unet_large.peak) < 3))
+    return rows
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import psutil
+
+    return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def table(rows: list[Row]) -> str:
+    head = ["comparison", "figures", "ratio", "target", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[Row], command: str) -> None:
+    section = "\n".join([
+        START,
+        f"## Engine (generated by `{command}`)",
+        "",
+        f"Last run: {time.strftime('%Y-%m-%d')} on {machine()}.",
+        "",
+        table(rows),
+        END,
+    ])
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        text = before + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds; figures are meaningless")
+    parser.add_argument("--work", type=Path, default=None, help="folder for generated scenes (kept between runs)")
+    parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="scenewatch-bench-") as tmp:
+        work = args.work or Path(tmp)
+        rows = comparisons(args.quick, work)
+    print(table(rows))
+    if not args.quick and not args.no_doc:
+        write_doc(rows, "python -m bench" + (f" --work {args.work}" if args.work else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
