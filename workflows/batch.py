@@ -312,7 +312,7 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
             manifest.set_stage(job.name, scene.scene_id, stage)
             dask = ctx.dask.get()
             result = predict_scene(scene.path, _with_threads(ctx, dask), folder, config=ctx.config,
-                                   client=dask, progress=False, scene_id=base)
+                                   client=dask, progress=False, scene_id=base, tags=_date_tags(scene))
             paths = [result.classes_path]
             if job.spec.products.segmentation.proba:
                 paths.append(result.proba_path)
@@ -321,7 +321,8 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
             if job.spec.products.vectors is not None:
                 stage = "vectors"
                 manifest.set_stage(job.name, scene.scene_id, stage)
-                paths += _vectorize(ctx, result.classes_path, folder)
+                proba = result.proba_path if job.spec.products.segmentation.proba else None
+                paths += _vectorize(ctx, scene, result.classes_path, proba, folder)
             stage = "checksum"
             manifest.set_stage(job.name, scene.scene_id, stage)
             outputs = [_output_record(job.out_dir, p) for p in paths]
@@ -379,6 +380,12 @@ def _when(scene: SceneInput) -> dict[str, Any]:
     return {"start": scene.when.start.isoformat(), "end": scene.when.end.isoformat()}
 
 
+def _date_tags(scene: SceneInput) -> dict[str, str]:
+    """``SCENEWATCH_DATE``: the acquisition day (the first day of a year-long composite), so that change and
+    timeline products, and any GIS user, can date a classes raster without its input beside it."""
+    return {"SCENEWATCH_DATE": scene.when.start.date().isoformat()} if scene.when else {}
+
+
 def _product_name(job: Job, scene: SceneInput) -> str:
     day = scene.when.start.date().isoformat() if scene.when else "undated"
     year = str(scene.when.start.year) if scene.when else "undated"
@@ -421,7 +428,7 @@ def _call(func: Callable[..., Any], *args: Any, options: Mapping[str, Any], **of
     params = inspect.signature(func).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     extra = {k: v for k, v in offered.items() if takes_any or k in params}
-    return func(*args, **extra, **options)
+    return func(*args, **{**extra, **options})  # the job's options win
 
 
 def _paths_from(result: Any) -> list[Path]:
@@ -441,11 +448,15 @@ def _paths_from(result: Any) -> list[Path]:
     return []
 
 
-def _vectorize(ctx: _Context, classes_path: Path, folder: Path) -> list[Path]:
+def _vectorize(ctx: _Context, scene: SceneInput, classes_path: Path, proba_path: Path | None,
+               folder: Path) -> list[Path]:
     spec = ctx.job.spec.products.vectors
     func = _product_function("vectors")
     assert spec is not None and func is not None
-    result = _call(func, classes_path, folder, options=spec.options, formats=list(spec.formats))
+    result = _call(func, classes_path, folder, options=spec.options, formats=list(spec.formats),
+                   proba_path=proba_path, client=ctx.dask.get(), progress=False,
+                   scene_id=classes_path.name.removesuffix(".classes.tif"),
+                   acquired=scene.when.start.date() if scene.when and scene.when.instant else None)
     paths = [p for p in _paths_from(result) if p.is_file()]
     if not paths:
         raise ScenewatchError(f"scene {classes_path.name}: the vectorizer wrote no file")
@@ -460,6 +471,7 @@ class _Unit:
     kind: str
     members: tuple[SceneInput, ...]
     options: Mapping[str, Any]
+    model: str | None = None  # another model for this product (dnbr, dndvi...); None: the job's
 
 
 def _product_units(job: Job, scenes: Sequence[SceneInput]) -> list[_Unit]:
@@ -472,11 +484,23 @@ def _product_units(job: Job, scenes: Sequence[SceneInput]) -> list[_Unit]:
             pairs = [(scenes[0], scenes[-1])] if len(scenes) > 1 else []
         else:
             pairs = list(itertools.combinations(scenes, 2))
-        units += [_Unit(f"change_{a.scene_id}__{b.scene_id}", "change", (a, b), products.change.options)
-                  for a, b in pairs]
+        units += [_Unit(f"change_{a.scene_id}__{b.scene_id}", "change", (a, b), products.change.options,
+                        products.change.model) for a, b in pairs]
     if products.timeline is not None and len(scenes) > 1:
-        units.append(_Unit("timeline", "timeline", tuple(scenes), products.timeline.options))
+        units.append(_Unit("timeline", "timeline", tuple(scenes), products.timeline.options,
+                           products.timeline.model))
     return units
+
+
+def _member_input(ctx: _Context, unit: _Unit, scene: SceneInput) -> str:
+    """What a change or timeline reads for one date: the scene's classes raster made in this job (so no
+    date is classified twice), or the scene itself when the product has a model of its own (dnbr...)."""
+    record = ctx.manifest.get(ctx.job.name, scene.scene_id)
+    if unit.model is None and record is not None and record.status == "done":
+        for output in record.outputs:
+            if output.path.endswith(".classes.tif"):
+                return str(ctx.job.out_dir / output.path)
+    return scene.path
 
 
 def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
@@ -489,7 +513,8 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
         return _failed(ctx, unit.item_id, unit.kind, "inputs", "MissingInput",
                        f"{unit.kind} {unit.item_id}: an input scene could not be read; see its own record",
                        started, 0)
-    fingerprint = _fingerprint(*[m for m in members if m], json.dumps(unit.options, sort_keys=True, default=str))
+    fingerprint = _fingerprint(*[m for m in members if m], unit.model or "",
+                               json.dumps(unit.options, sort_keys=True, default=str))
     previous = manifest.get(job.name, unit.item_id)
     if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
         return ItemOutcome(unit.item_id, unit.kind, "skipped", "done", time.perf_counter() - started)
@@ -499,11 +524,15 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
     assert func is not None
     try:
         manifest.set_stage(job.name, unit.item_id, unit.kind)
-        paths = [m.path for m in unit.members]
+        paths = [_member_input(ctx, unit, m) for m in unit.members]
         args = (paths[0], paths[1]) if unit.kind == "change" else (paths,)
         dask = ctx.dask.get()
-        result = _call(func, *args, _with_threads(ctx, dask), folder, options=unit.options, config=ctx.config,
-                       client=dask, progress=False)
+        model: ModelRef | str = unit.model or _with_threads(ctx, dask)
+        # The scenes' own predict options (bands, tiling) go along as keywords to functions that take them
+        # (detect_change and run_timeline hand them to predict_scene).
+        predict_options = ctx.config.model_dump(exclude_none=True, exclude=set(EXECUTION_FIELDS))
+        result = _call(func, *args, model, folder, options=unit.options, client=dask, progress=False,
+                       **predict_options)
         files = [p for p in _paths_from(result) if p.is_file()] or sorted(
             p for p in folder.rglob("*") if p.is_file() and TEMP_MARKER not in p.name)
         outputs = [_output_record(job.out_dir, p) for p in files]
@@ -571,8 +600,8 @@ def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path
             key = ("classes" if path.name.endswith(".classes.tif") else
                    "proba" if path.name.endswith(".proba.tif") else f"vectors-{path.suffix.lstrip('.')}")
             media = _COG if key in ("classes", "proba") else _MEDIA.get(path.suffix, "application/octet-stream")
-            title = {"classes": f"classes ({', '.join(_class_names(path))})",
-                     "proba": "class probabilities"}.get(key, "class polygons")
+            title = (f"classes ({', '.join(_class_names(path))})" if key == "classes" else
+                     "class probabilities" if key == "proba" else "class polygons")
             assets.append(CatalogAsset(key, path, media, ("data",), title))
         props = record.properties
         start = dt.datetime.fromisoformat(props["start"]) if "start" in props else None

@@ -105,17 +105,19 @@ class SegmentationSpec(_Frozen):
 
 
 class VectorsSpec(_Frozen):
-    formats: list[Literal["gpkg", "parquet", "geojson", "shp", "fgb"]] = Field(default_factory=lambda: ["gpkg"])
+    formats: list[Literal["gpkg", "parquet", "geojson", "fgb"]] = Field(default_factory=lambda: ["gpkg"])
     options: dict[str, Any] = Field(default_factory=dict, description="passed to vectorize_scene")
 
 
 class ChangeSpec(_Frozen):
     pairs: Literal["consecutive", "first-last", "all"] = Field(
         "consecutive", description="which dated scene pairs to compare")
+    model: str | None = Field(None, description="model for the change (e.g. dnbr, dndvi) [default: the job's]")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to detect_change")
 
 
 class TimelineSpec(_Frozen):
+    model: str | None = Field(None, description="model for the timeline [default: the job's]")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to run_timeline")
 
 

@@ -120,6 +120,8 @@ def test_stac_catalog_and_unsafe_stac_ids(tmp_path: Path, make_geotiff, dask_cli
             with rasterio.open(asset.get_absolute_href()) as src:
                 assert src.crs == "EPSG:32633"
     assert [i.datetime.month for i in got] == [1, 2, 3]
+    with rasterio.open(got[0].assets["classes"].get_absolute_href()) as src:
+        assert src.tags()["SCENEWATCH_DATE"] == "2021-01-05"  # the date travels with the product
     for path in out.rglob("*.json"):
         text = path.read_text()
         assert str(tmp_path) not in text  # relative hrefs only: the folder can move
@@ -184,3 +186,26 @@ def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -
     assert not is_locked(tmp_path)
     with job_lock(tmp_path, "b"):  # free again once released
         pass
+
+
+@pytest.mark.slow
+def test_change_timeline_and_vectors_plug_in(tmp_path: Path, make_geotiff, dask_client) -> None:
+    """Runs once workflows.change and workflows.vectorize are in this scenewatch (other branches)."""
+    pytest.importorskip("workflows.change")
+    pytest.importorskip("workflows.vectorize")
+    (tmp_path / "arc").mkdir()
+    for i, day in enumerate(["20200101", "20210101", "20220101"]):
+        make_geotiff(f"arc/site_{day}.tif", shape=SHAPE, seed=i)
+    out = tmp_path / "out"
+    job = write_job(tmp_path, {"folder": "arc"}, out, products={
+        "segmentation": {"proba": True}, "vectors": {"formats": ["gpkg"]},
+        "change": {"pairs": "consecutive"}, "timeline": {}})
+    first = run_job(job, client=dask_client)
+    assert first.exit_code == 0, [o.message for o in first.outcomes if o.status == "failed"]
+    kinds = sorted((o.kind, o.status) for o in first.outcomes)
+    assert kinds == [("change", "done")] * 2 + [("scene", "done")] * 3 + [("timeline", "done")]
+    rows = {r["item_id"]: r for r in manifest_rows(out)}
+    assert all(json.loads(r["outputs"]) for r in rows.values())
+    assert any(p.endswith(".gpkg") for p, _, _ in json.loads(rows["site_20200101"]["outputs"]))
+    again = run_job(job, client=dask_client)
+    assert {o.status for o in again.outcomes} == {"skipped"}
