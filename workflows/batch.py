@@ -51,7 +51,7 @@ from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import cpu_count, dask_client, worker_count
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
-from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, open_manifest
+from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
 from workflows.scene import plan_scene, predict_scene
 
 __all__ = [
@@ -184,6 +184,10 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     with job_lock(job.out_dir, job.name):
         _remove_stale_temps(job.out_dir)
         with open_manifest(job.out_dir / MANIFEST_NAME) as manifest:
+            others = [j for j in manifest.jobs() if j != job.name]
+            if others:  # its STAC catalog and stale-file clean-up assume the folder is the job's alone
+                raise ConfigError(f"job {job.path.name}: output folder {job.out_dir} holds the products of job "
+                                  f"{others[0]!r}; give this job its own outputs.folder (or --out)")
             run_id = manifest.start_run(job.name, _scenewatch_version(), identity, model_sha256,
                                         job.resolved_json())
             outcomes: list[ItemOutcome] = []
@@ -297,6 +301,8 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
         return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
                            previous.attempts if previous else 0)
     manifest.begin(job.name, scene.scene_id, "scene", scene.path, fingerprint, ctx.run_id, _when(scene))
+    ctx.dask.get()
+    started = time.perf_counter()  # the scene's own time, not the cluster's start-up
     name = _product_name(job, scene)
     folder = job.out_dir / Path(name).parent
     base = Path(name).name
@@ -631,8 +637,10 @@ class StatusRow:
     message: str
 
 
-def read_status(job_path: str | Path, out: str | Path | None = None) -> tuple[Job, list[StatusRow]]:
-    """What the manifest says of every scene the job now finds (plus recorded products), without running.
+def read_status(job_path: str | Path, out: str | Path | None = None
+                ) -> tuple[Job, list[StatusRow], RunRecord | None]:
+    """What the manifest says of every scene the job now finds (plus recorded products) and of the last
+    run, without running anything.
 
     ``pending``: never run; ``changed``: done, but its input file changed since (a run will redo it);
     ``interrupted``: a run stopped during it; ``running``: a run holding the lock is on it now.
@@ -642,9 +650,10 @@ def read_status(job_path: str | Path, out: str | Path | None = None) -> tuple[Jo
     path = job.out_dir / MANIFEST_NAME
     locked = is_locked(job.out_dir)
     if not path.exists():
-        return job, [StatusRow(s.scene_id, "scene", "pending", "", "", "") for s in scenes]
+        return job, [StatusRow(s.scene_id, "scene", "pending", "", "", "") for s in scenes], None
     with open_manifest(path, create=False) as manifest:
         records = {r.item_id: r for r in manifest.items(job.name)}
+        runs = manifest.runs(job.name)
         rows = []
         for scene in scenes:
             rec = records.pop(scene.scene_id, None)
@@ -663,7 +672,7 @@ def read_status(job_path: str | Path, out: str | Path | None = None) -> tuple[Jo
                 status = "interrupted" if rec.status == "running" and not locked else rec.status
                 rows.append(StatusRow(rec.item_id, rec.kind, status, rec.stage or "", rec.finished_at or "",
                                       rec.error_message or ""))
-    return job, rows
+    return job, rows, runs[-1] if runs else None
 
 
 def _input_changed(manifest: Manifest, path: str) -> bool:

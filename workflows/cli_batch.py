@@ -135,7 +135,7 @@ def status(job_file: str, out: str | None, only_failed: bool) -> None:
     """
     from workflows.batch import read_status
 
-    job, rows = read_status(job_file, out=out)
+    job, rows, last = read_status(job_file, out=out)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
@@ -145,3 +145,7 @@ def status(job_file: str, out: str | None, only_failed: bool) -> None:
                [(r.item_id, r.kind, r.status, r.stage, r.finished_at[:19], r.message) for r in shown])
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no scenes"
     click.echo(f"job {job.name}: {summary} ({job.out_dir})")
+    if last is not None:
+        ended = (f"finished {last.finished_at[:19]} with exit code {last.exit_code}" if last.finished_at
+                 else "did not finish (killed, or still running)")
+        click.echo(f"last run: #{last.run_id} started {last.started_at[:19]} UTC, {ended}")

@@ -145,6 +145,10 @@ class Manifest:
         self._db.execute("UPDATE runs SET finished_at = ?, exit_code = ?, counts = ? WHERE run_id = ?",
                          (_now(), exit_code, json.dumps(counts, sort_keys=True), run_id))
 
+    def jobs(self) -> list[str]:
+        """The jobs that have run into this output folder."""
+        return [str(r[0]) for r in self._db.execute("SELECT DISTINCT job FROM runs ORDER BY job")]
+
     def runs(self, job: str) -> list[RunRecord]:
         rows = self._db.execute(
             "SELECT run_id, job, started_at, finished_at, exit_code, scenewatch_version, model_identity, "

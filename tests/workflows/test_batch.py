@@ -17,6 +17,7 @@ import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
+from pipeline.errors import ConfigError
 from pipeline.model import ModelRef, load_model
 from pipeline.predict import predict_array
 from pipeline.read import open_scene, read_window
@@ -87,6 +88,10 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(tmp_path: Path, make_g
     provenance = json.loads(runs[-1].job_json)
     assert provenance["model"]["options"] == {"threshold": 0.5} and runs[-1].scenewatch_version
     assert json.loads(runs[-1].model_identity)["builtin"] == "vegetation"
+
+    other = write_job(tmp_path, {"folder": str(archive)}, out, name="other-job")
+    with pytest.raises(ConfigError, match="holds the products of job 'test-job'; give this job its own"):
+        run_job(other, client=dask_client)
 
 
 @pytest.mark.slow

@@ -144,4 +144,5 @@ def test_bad_scenes_are_recorded_and_the_rest_finish(tmp_path: Path, make_geotif
     assert status.exit_code == 0, status.output
     assert "job test-job: 2 done, 4 failed" in status.output
     assert "no_crs" in status.output and "scene_00" not in status.output
+    assert re.search(r"^last run: #1 started .* UTC, finished .* with exit code 3$", status.output, re.M)
     assert np.all([line.count("failed") == 1 for line in status.output.splitlines()[1:5]])
