@@ -214,3 +214,11 @@ def test_change_timeline_and_vectors_plug_in(tmp_path: Path, make_geotiff, dask_
     assert any(p.endswith(".gpkg") for p, _, _ in json.loads(rows["site_20200101"]["outputs"]))
     again = run_job(job, client=dask_client)
     assert {o.status for o in again.outcomes} == {"skipped"}
+
+    # a date that cannot be read: its pairs fail with the reason, the timeline goes on without it
+    (tmp_path / "arc" / "site_20230101.tif").write_bytes(b"")
+    third = {o.item_id: o for o in run_job(job, client=dask_client).outcomes}
+    assert third["site_20230101"].status == "failed"
+    assert third["change_site_20220101__site_20230101"].message.endswith(
+        "input scene site_20230101 failed; see its own record")
+    assert third["timeline"].status == "skipped"  # same three usable dates as before
