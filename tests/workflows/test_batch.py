@@ -137,16 +137,19 @@ def test_stac_catalog_and_unsafe_stac_ids(tmp_path: Path, make_geotiff, dask_cli
 
 
 @pytest.mark.slow
-def test_killed_worker_scene_is_retried_and_the_others_complete(tmp_path: Path, make_geotiff) -> None:
+@pytest.mark.parametrize("retries", [1, 0])
+def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_path: Path, make_geotiff,
+                                                                           retries: int) -> None:
     """A Dask worker process killed (SIGKILL) while it runs a scene's task: Dask is told to give up at
-    once (allowed-failures 0, so KilledWorker reaches the batch), the batch runs that scene again on the
-    restarted worker, and every scene ends done and equal to the whole-array reference."""
+    once (allowed-failures 0, so KilledWorker reaches the batch); with retries the batch runs that scene
+    again on the restarted worker, without it records the scene failed; the other scenes end done, and
+    every scene done equals the whole-array reference."""
     from distributed import Client, LocalCluster
 
     archive = make_archive(tmp_path, make_geotiff, "archive", 3)
     out = tmp_path / "out"
     model = {"factory": "tests.workflows.slow_model:slow_vegetation", "kwargs": {"delay": 1.0}}
-    job = write_job(tmp_path, {"folder": str(archive)}, out, model=model)
+    job = write_job(tmp_path, {"folder": str(archive)}, out, model=model, retries=retries)
     killed: list[int] = []
 
     def kill_worker_running(client: Client, scene: str) -> None:
@@ -170,12 +173,17 @@ def test_killed_worker_scene_is_retried_and_the_others_complete(tmp_path: Path, 
         killer.join()
     assert killed, "the worker was never seen running scene_01"
     outcomes = {o.item_id: o for o in summary.outcomes}
-    assert {i: o.status for i, o in outcomes.items()} == dict.fromkeys(["scene_00", "scene_01", "scene_02"], "done")
-    assert outcomes["scene_01"].attempts == 2 and outcomes["scene_00"].attempts == 1
-    for i in range(3):
+    expected = "done" if retries else "failed"
+    assert {i: o.status for i, o in outcomes.items()} == {"scene_00": "done", "scene_01": expected,
+                                                          "scene_02": "done"}
+    assert outcomes["scene_01"].attempts == 1 + retries and outcomes["scene_00"].attempts == 1
+    if not retries:
+        assert outcomes["scene_01"].error_class == "KilledWorker" and outcomes["scene_01"].stage == "predict"
+        assert summary.exit_code == 3 and not (out / "scene_01.classes.tif").exists()
+    for i in (0, 1, 2) if retries else (0, 2):
         np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
                                       _reference_classes(archive / f"scene_{i:02d}.tif"))
-    assert [r["status"] for r in manifest_rows(out)] == ["done"] * 3
+    assert [r["status"] for r in manifest_rows(out)] == ["done", expected, "done"]
 
 
 def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from workflows.batch import EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, run_job
 from workflows.cli import main
+from workflows.lock import is_locked
 from tests.workflows.helpers import (SHAPE, cli, make_archive, manifest_rows, product_checksums, sha256,
                                      write_job)
 
@@ -100,6 +101,32 @@ def test_two_runs_at_once_one_proceeds_one_refuses(tmp_path: Path, make_geotiff)
     assert refused[1].startswith("scenewatch: error: job test-job: output folder ")
     assert "is locked by a run still in progress (" in refused[1] and refused[1].count("\n") == 1
     assert [r["status"] for r in manifest_rows(tmp_path / "out")] == ["done"] * 4
+
+
+@pytest.mark.slow
+def test_sigterm_unwinds_cleanly_and_the_next_run_resumes(tmp_path: Path, make_geotiff, dask_client) -> None:
+    """What systemd, Airflow or `timeout` do: SIGTERM. The run unwinds (exit 143), its Dask workers stop
+    with it, no temporary file or lock is left, and the next run does only what is left."""
+    archive = make_archive(tmp_path, make_geotiff, "archive", 4)
+    out = tmp_path / "out"
+    job = write_job(tmp_path, {"folder": str(archive)}, out, model=SLOW)
+    proc = cli("run", str(job))
+    try:
+        _wait(lambda: "running" in [r["status"] for r in manifest_rows(out)] and
+              "done" in [r["status"] for r in manifest_rows(out)], "a scene done and one running")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, stderr
+        with pytest.raises(ProcessLookupError):  # nothing of the run is left: no orphaned worker
+            _wait(lambda: os.killpg(proc.pid, 0) is not None, "the run's process group to end", timeout=30)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert not is_locked(out)
+    assert not [p for p in out.rglob("*") if ".sw-tmp-" in p.name]
+    done_before = sum(r["status"] == "done" for r in manifest_rows(out))
+    summary = run_job(job, client=dask_client)
+    assert (summary.count("skipped"), summary.count("done")) == (done_before, 4 - done_before)
 
 
 @pytest.mark.slow
