@@ -6,13 +6,15 @@ left as None take the model's own preference (tile size, halo) or a documented d
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
-__all__ = ["PredictConfig", "DEFAULT_MAX_PIXELS", "load_config_error"]
+__all__ = ["PredictConfig", "DEFAULT_MAX_PIXELS", "load_config_error", "VectorizeConfig", "DEFAULT_MAX_POLYGONS",
+           "parse_area"]
 
 DEFAULT_MAX_PIXELS = 50_000 * 50_000
 
@@ -47,6 +49,48 @@ class PredictConfig(_Frozen):
 
     @classmethod
     def build(cls, **values: object) -> PredictConfig:
+        """Validate ``values`` (None means "not given"), turning pydantic's report into a ConfigError."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as err:
+            raise load_config_error(err, "options") from err
+
+
+DEFAULT_MAX_POLYGONS = 2_000_000
+
+_AREA = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(m2|m²|sqm|ha|km2|km²)?\s*$")
+_AREA_UNITS = {None: 1.0, "m2": 1.0, "m²": 1.0, "sqm": 1.0, "ha": 1e4, "km2": 1e6, "km²": 1e6}
+
+
+def parse_area(value: str | float | int) -> float:
+    """An area in m² from ``5000``, ``"5000m2"``, ``"0.5ha"`` or ``"1km2"``."""
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"area {value}: must be zero or more")
+        return float(value)
+    match = _AREA.match(value.lower())
+    if match is None:
+        raise ConfigError(f"area {value!r}: write a number of m², or one with a unit such as 5000m2, 0.5ha, 1km2")
+    return float(match.group(1)) * _AREA_UNITS[match.group(2)]
+
+
+class VectorizeConfig(_Frozen):
+    """Everything that shapes turning one class raster into polygon layers."""
+
+    formats: tuple[Literal["gpkg", "parquet", "fgb", "geojson"], ...] = Field(("gpkg",), min_length=1)
+    min_area: float = Field(0.0, ge=0, description="drop polygons smaller than this, m²")
+    sieve: int = Field(0, ge=0, description="merge pixel groups smaller than this many pixels into a neighbour")
+    simplify: float = Field(0.0, ge=0, description="topology-preserving simplification tolerance, metres")
+    classes: tuple[str, ...] | None = Field(None, description="class names or values to keep; default all")
+    tile_size: int = Field(1024, gt=0, description="core tile size in px")
+    max_polygons: int = Field(DEFAULT_MAX_POLYGONS, gt=0, description="refuse layers with more polygons")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
+    workers: int | None = Field(None, gt=0)
+    scheduler: str | None = None
+    max_tiles_in_flight: int | None = Field(None, gt=0, description="default: 4 tiles per worker")
+
+    @classmethod
+    def build(cls, **values: object) -> VectorizeConfig:
         """Validate ``values`` (None means "not given"), turning pydantic's report into a ConfigError."""
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})

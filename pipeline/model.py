@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from pipeline.errors import ModelError
+
+log = logging.getLogger("scenewatch")
 
 __all__ = [
     "ModelInfo",
@@ -156,7 +160,7 @@ def load_model(ref: ModelRef) -> SegmentationModel:
             raise ModelError(f"model factory {ref.factory}: cannot be imported ({err})") from err
         return factory(**(dict(ref.kwargs) | options))
     if ref.source in BUILTIN_MODELS:
-        return BUILTIN_MODELS[ref.source](**options)
+        return _call_builtin(ref.source, options)
     path = Path(ref.source)
     if path.exists():
         from pipeline import bundle  # imported here: torch and safetensors only load when a bundle is used
@@ -166,68 +170,28 @@ def load_model(ref: ModelRef) -> SegmentationModel:
     raise ModelError(f"model {ref.source!r}: not a built-in model ({known}) and no bundle at that path")
 
 
+RUNTIME_OPTIONS = ("precision", "compile", "device")
+
+
+def _call_builtin(name: str, options: dict[str, Any]) -> SegmentationModel:
+    """Call a built-in factory; runtime options it does not take (a spectral model has no precision) are
+    dropped, any other unknown option is refused with the list of those it accepts."""
+    factory = BUILTIN_MODELS[name]
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params or k not in RUNTIME_OPTIONS}
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            accepted = ", ".join(p for p in params if p not in RUNTIME_OPTIONS) or "none"
+            raise ModelError(f"model {name}: unknown option(s) {', '.join(unknown)}; it accepts {accepted}")
+    return factory(**options)
+
+
 def _set_torch_threads(threads: int) -> None:
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------------------------------------------ spectral models
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
-def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(a - b) / (a + b)``, 0 where both are 0."""
-    num = a - b
-    den = a + b
-    out = np.zeros_like(num, dtype=np.float32)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class SpectralIndexModel:
-    """A two-class model from a spectral index: ``p(class 1) = sigmoid((index - threshold) / softness)``.
-
-    ``index`` takes the bands in ``info.bands`` order as ``(N, H, W)`` arrays. With a small softness the
-    probability is a step at the threshold; the soft edge keeps the probability meaningful as a confidence.
-    """
-
-    info: ModelInfo
-    index: Callable[..., np.ndarray]
-    threshold: float
-    softness: float = 0.05
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != len(self.info.bands):
-            raise ModelError(
-                f"model {self.info.name}: expects (N, {len(self.info.bands)}, H, W) input, got {batch.shape}"
-            )
-        value = self.index(*(batch[:, i] for i in range(batch.shape[1])))
-        p = _sigmoid((value - self.threshold) / max(self.softness, 1e-6))
-        return np.stack([1.0 - p, p], axis=1)
-
-
-@builtin_model("vegetation")
-def vegetation_model(threshold: float = 0.3, softness: float = 0.05, **_: Any) -> SpectralIndexModel:
-    """NDVI = (nir - red) / (nir + red); vegetation where NDVI > threshold (default 0.3)."""
-    info = ModelInfo(
-        name="vegetation",
-        version="1.0",
-        bands=("red", "nir"),
-        class_names=("other", "vegetation"),
-        class_colors=("#d9d0b4", "#1a9641"),
-        tile_size=1024,
-        halo=0,
-        description="NDVI threshold: vegetation where (nir - red) / (nir + red) > threshold",
-        licence="Apache-2.0",
-    )
-    return SpectralIndexModel(info, lambda red, nir: normalized_difference(nir, red), threshold, softness)
 
 
 # --------------------------------------------------------------------------------------------- torch models
@@ -250,24 +214,61 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if native_bf16 else "fp32"
 
 
+AUTO_DRIFT_LIMIT = 0.005
+"""``auto`` keeps a reduced precision only if, on the first real batch, its probabilities stay within this
+mean absolute difference of fp32 (half the 0.01 promised, for margin on later batches)."""
+
+
 class TorchSegmentationModel:
     """A torch network as a :class:`SegmentationModel`: per-band normalization, padding to the network's
     stride (reflect), inference mode, channels-last and autocast at the chosen precision, softmax output
-    (sigmoid for a one-logit binary network)."""
+    (sigmoid for a one-logit binary network).
+
+    Precision ``auto`` picks fp16 on a GPU and bf16 on a CPU with native bf16 kernels (AVX512-BF16/AMX),
+    then checks itself once: the first batch runs in fp32 too and, if the mean absolute probability
+    difference exceeds :data:`AUTO_DRIFT_LIMIT`, the model falls back to fp32 for good (logged). So ``auto``
+    never trades more accuracy than that for speed, whatever the network. An explicit precision is obeyed.
+
+    ``compile`` wraps the network in ``torch.compile`` (inductor, weights frozen and prepacked): faster per
+    tile, but each worker pays a compile of tens of seconds for the first tile and for every new tile shape,
+    so it pays off only on long jobs.
+    """
 
     def __init__(self, network: Any, info: ModelInfo, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, precision: str = "auto", device: str | None = None,
-                 stride: int = 32) -> None:
+                 stride: int = 32, compile: bool = False) -> None:
         import torch
 
         self.info = info
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = resolve_precision(precision, self.device)
+        self.requested_precision = precision
+        self._auto_pending = precision == "auto" and self.precision != "fp32"
+        self.auto_drift: float | None = None  # measured by the first auto check
         self.stride = stride
         n = len(info.bands)
         self._mean = torch.tensor(mean if mean is not None else [0.0] * n, dtype=torch.float32).view(1, n, 1, 1)
         self._std = torch.tensor(std if std is not None else [1.0] * n, dtype=torch.float32).view(1, n, 1, 1)
         self.network = network.eval().to(self.device).to(memory_format=torch.channels_last)
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.compiled = bool(compile)
+        self._static_hw = (0, 0)
+        self._forward = _compile(self.network) if compile else self.network
+
+    def _run(self, x: Any, precision: str, forward: Any) -> Any:
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        # no_grad rather than inference_mode: inductor's frozen graphs are built under no_grad, and
+        # inference tensors would force a second compile; with grads off both cost the same eagerly.
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            logits = forward(x)
+        if logits.shape[1] == 1:
+            p = torch.sigmoid(logits.float())
+            return torch.cat([1.0 - p, p], dim=1)
+        return torch.softmax(logits.float(), dim=1)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -276,28 +277,58 @@ class TorchSegmentationModel:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         x = (x - self._mean) / self._std
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
+        target_h, target_w = h + (-h) % self.stride, w + (-w) % self.stride
+        if self.compiled:
+            # One static shape per worker: smaller (edge) tiles are padded up to the largest tile seen, so
+            # the graph is compiled once rather than once per edge-tile shape.
+            target_h, target_w = max(target_h, self._static_hw[0]), max(target_w, self._static_hw[1])
+            self._static_hw = (target_h, target_w)
+        pad_h, pad_w = target_h - h, target_w - w
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            logits = self.network(x)
-        logits = logits[..., :h, :w].float()
-        if logits.shape[1] == 1:
-            p = torch.sigmoid(logits)
-            probs = torch.cat([1.0 - p, p], dim=1)
+        if self._auto_pending:
+            self._auto_pending = False
+            self._check_auto(x)
+        if self.compiled:  # one image per call, for the same reason (batches of 1 and 2 would both compile)
+            probs = torch.cat([self._run(x[i : i + 1], self.precision, self._forward) for i in range(len(x))])
         else:
-            probs = torch.softmax(logits, dim=1)
-        return probs.cpu().numpy()
+            probs = self._run(x, self.precision, self._forward)
+        return probs[..., :h, :w].cpu().numpy()
+
+    def _check_auto(self, x: Any) -> None:
+        """Compare the reduced precision with fp32 on (a centre crop of) the first image, eagerly, and
+        fall back to fp32 for good if the mean absolute probability difference is over the limit."""
+        import torch
+
+        size, (hp, wp) = 256, x.shape[-2:]
+        r0 = max(0, (hp - size) // 2) // self.stride * self.stride
+        c0 = max(0, (wp - size) // 2) // self.stride * self.stride
+        crop = x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous(memory_format=torch.channels_last)
+        reduced = self._run(crop, self.precision, self.network)
+        reference = self._run(crop, "fp32", self.network)
+        drift = float((reduced - reference).abs().mean())
+        self.auto_drift = drift
+        if drift > AUTO_DRIFT_LIMIT:
+            log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using fp32",
+                        self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT)
+            self.precision = "fp32"
+
+
+def _compile(network: Any) -> Any:
+    """``torch.compile`` for inference: frozen weights (constant-folded, prepacked for oneDNN on CPU)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(network, dynamic=False)
 
 
 def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequence[str] = ("red", "green", "blue"),
                     class_names: Sequence[str] = ("background", "foreground"), seed: int = 0,
                     precision: str = "auto", mean: Sequence[float] | None = None,
-                    std: Sequence[float] | None = None, name: str | None = None,
+                    std: Sequence[float] | None = None, name: str | None = None, compile: bool = False,
                     **_: Any) -> TorchSegmentationModel:
     """A segmentation-models-pytorch network, randomly initialised with ``seed`` (no weights downloaded)."""
     import segmentation_models_pytorch as smp
@@ -311,4 +342,10 @@ def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequen
         raise ModelError(f"model {arch}/{encoder}: smp cannot build it ({err})") from err
     info = ModelInfo(name=name or f"{arch.lower()}-{encoder}", version="0", bands=tuple(bands),
                      class_names=tuple(class_names), tile_size=512, halo=32)
-    return TorchSegmentationModel(network, info, mean=mean, std=std, precision=precision)
+    return TorchSegmentationModel(network, info, mean=mean, std=std, precision=precision, compile=compile)
+
+
+# The spectral models live in their own module; importing it here registers them (vegetation, water, ...)
+# whenever pipeline.model is imported, so BUILTIN_MODELS is always complete. It is imported last because it
+# uses ModelInfo and builtin_model from this module.
+from pipeline.spectral import SpectralIndexModel, normalized_difference  # noqa: E402

@@ -80,6 +80,10 @@ def configure_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(dask_level)
 
 
+# Polygon-layer options live with `scenewatch vectorize`; that module needs report_errors, defined above.
+from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
+
+
 @main.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default="vegetation", show_default=True,
@@ -97,22 +101,54 @@ def configure_logging(verbose: int) -> None:
               help="Inference precision for neural networks [default: auto].")
 @click.option("--proba-dtype", type=click.Choice(["uint8", "float32"]), default=None,
               help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 [default: uint8].")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Model setting, repeatable: threshold=0.2 or softness=0.1 for a spectral model, compile=true "
+                   "for a network (see `scenewatch models show NAME`).")
+@click.option("--format", "-f", "formats", default="gpkg", show_default=True,
+              help="Polygon layers written after the rasters, comma-separated: gpkg, parquet, fgb, geojson; "
+                   "'none' for rasters only.")
+@vector_options
 @report_errors
-def predict(scene: str, model: str, out_dir: str, quiet: bool, **options: Any) -> None:
-    """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs).
+def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tuple[str, ...], formats: str,
+            min_area: str | None, sieve: int | None, simplify: float | None, keep_classes: str | None,
+            max_polygons: int | None, **options: Any) -> None:
+    """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs), then
+    polygon layers OUT/<scene>.<format> (see `scenewatch vectorize`).
 
     \b
     Examples:
       scenewatch predict naip.tif --model vegetation --bands naip --out out/
       scenewatch predict s2.tif --model ./my-unet --bands sentinel2 --tile-size 512 --halo 64 --out out/
       scenewatch predict big.tif --model vegetation --scheduler tcp://scheduler:8786 --out /shared/out
+      scenewatch predict s2.tif --model water-mndwi --model-option threshold=0.1 --bands sentinel2 --out out/
+      scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
     """
+    from pipeline.model import ModelRef
+    from workflows.cli_models import parse_model_options
     from workflows.scene import predict_scene
 
-    result = predict_scene(scene, model, out_dir, progress=False if quiet else None, **options)
-    click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
-               f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+    from workflows.cluster import dask_client
 
+    parsed = parse_model_options(model_options)
+    ref = ModelRef.of(model, **parsed) if parsed else model
+    with dask_client(options.pop("workers"), options.pop("scheduler")) as client:  # one cluster for both passes
+        result = predict_scene(scene, ref, out_dir, client=client, progress=False if quiet else None, **options)
+        click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
+                   f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+        if formats.strip().lower() != "none":
+            # A second pass over the written COGs, in Dask workers, rather than the on_core hook: polygonizing
+            # then runs in parallel instead of in the stitching process, and gives exactly what
+            # `scenewatch vectorize` gives on the same files.
+            write_layers(result.classes_path, out_dir, formats=formats, proba_path=result.proba_path, quiet=quiet,
+                         min_area=min_area, sieve=sieve, simplify=simplify, keep_classes=keep_classes,
+                         max_polygons=max_polygons, client=client)
+
+
+from workflows.cli_models import models  # noqa: E402
+from workflows.cli_vectorize import vectorize  # noqa: E402
+
+main.add_command(models)
+main.add_command(vectorize)
 
 from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
 

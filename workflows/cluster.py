@@ -16,7 +16,7 @@ from distributed import Client, LocalCluster
 
 from pipeline.errors import ConfigError
 
-__all__ = ["dask_client", "worker_count", "cpu_count"]
+__all__ = ["dask_client", "worker_count", "cpu_count", "threads_per_model"]
 
 
 def cpu_count() -> int:
@@ -50,3 +50,16 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
 
 def worker_count(client: Client) -> int:
     return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+
+
+def threads_per_model(client: Client) -> int:
+    """Intra-op threads for a model in each worker so that, on every host, workers x threads = cores.
+
+    Asks each worker for its host's cores and counts the workers per host; the smallest share wins.
+    """
+    cores = client.run(cpu_count)
+    hosts: dict[str, list[int]] = {}
+    for address, n in cores.items():
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        hosts.setdefault(host, []).append(n)
+    return max(1, min(max(ns) // len(ns) for ns in hosts.values())) if hosts else 1

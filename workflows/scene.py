@@ -39,7 +39,7 @@ from pipeline.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
                              decode_proba)
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
-from workflows.cluster import cpu_count, dask_client, worker_count
+from workflows.cluster import dask_client, threads_per_model, worker_count
 
 __all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene", "StitchedCore"]
 
@@ -172,9 +172,7 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
     out_dir = Path(out_dir)
     with dask_client(config.workers, config.scheduler, client) as dask:
         n_workers = worker_count(dask)
-        ref = plan.model
-        if client is None and config.scheduler is None:
-            ref = ref.with_threads(max(1, cpu_count() // n_workers))
+        ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
         in_flight = config.max_tiles_in_flight or 4 * n_workers
         timings = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
     skipped = int(timings.pop("tiles_skipped"))

@@ -1,0 +1,221 @@
+"""Model inference speed: megapixels per second per model and precision, against fp32 eager in the same run.
+
+For a seeded smp network (default a resnet18 U-Net) on real imagery (the bundled NAIP sample, 4 bands,
+z-scored with the scene's statistics) it times :class:`pipeline.model.TorchSegmentationModel.predict` at
+each precision (eager fp32 = the baseline; bf16 autocast + channels-last; auto; torch.compile), interleaving
+the variants round by round so that load from other processes hits them alike, and prints:
+
+- MP/s (median round) and the ratio to fp32 eager,
+- GFLOP/s reached (FLOPs of one forward counted by torch.utils.flop_counter at fp32),
+- probability drift: mean absolute difference to the fp32 probabilities, on the random-init network and
+  on the same network briefly fitted to an NDVI mask (a "trained" network has peaked logits; random-init
+  nets can be degenerate, so both are reported),
+- the spectral models' MP/s,
+- optionally (``--scene``) the end-to-end ``predict_scene`` time, fp32 vs auto, on an existing 2-worker
+  LocalCluster (cluster start excluded).
+
+Usage::
+
+    python bench/models.py --threads 2 --rounds 5 --train-steps 40 --scene examples/data/m_4709963_se_14_1_20200831.tif
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+NAIP = REPO / "examples" / "data" / "m_4709963_se_14_1_20200831.tif"
+
+
+def load_imagery(path: Path, tile: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``batch`` tiles of ``tile`` px from the scene (raw values), and its per-band mean and std."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        data = src.read(out_dtype="float32")
+    mean = data.reshape(data.shape[0], -1).mean(axis=1)
+    std = data.reshape(data.shape[0], -1).std(axis=1)
+    tiles = []
+    for i in range(batch):
+        r0 = (i * 137) % max(1, data.shape[1] - tile)
+        c0 = (i * 211) % max(1, data.shape[2] - tile)
+        tiles.append(data[:, r0 : r0 + tile, c0 : c0 + tile])
+    return np.stack(tiles), mean, std
+
+
+def fit_to_ndvi(network, data: np.ndarray, mean: np.ndarray, std: np.ndarray, steps: int, seed: int = 0):
+    """A few Adam steps towards the NDVI > 0.3 mask: enough to give the network peaked, data-driven logits."""
+    import torch
+
+    torch.manual_seed(seed)
+    red, nir = data[:, 0], data[:, 3]
+    target = torch.from_numpy(((nir - red) / np.maximum(nir + red, 1e-6) > 0.3).astype(np.int64))
+    x = torch.from_numpy((data - mean[None, :, None, None]) / std[None, :, None, None]).float()
+    net = copy.deepcopy(network).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        crop = slice(0, 256)
+        loss = torch.nn.functional.cross_entropy(net(x[:, :, crop, crop]), target[:, crop, crop])
+        loss.backward()
+        opt.step()
+    return net.eval(), float(loss.detach())
+
+
+def count_flops(network, shape: tuple[int, ...]) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(torch.zeros(shape))
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="Unet")
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--scene", type=Path, default=None, help="also time predict_scene end to end")
+    args = parser.parse_args()
+
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, TorchSegmentationModel, load_model
+
+    torch.set_num_threads(args.threads)
+    data, mean, std = load_imagery(NAIP, args.tile, args.batch)
+    bands = ("red", "green", "blue", "nir")
+    info = ModelInfo("bench", "0", bands, ("other", "vegetation"))
+    torch.manual_seed(0)
+    network = smp.create_model(args.arch, encoder_name=args.encoder, encoder_weights=None, in_channels=4, classes=2)
+    network.eval()
+    flops = count_flops(network, (args.batch, 4, args.tile, args.tile))
+    mp = args.batch * args.tile * args.tile / 1e6
+    print(f"# {args.arch}/{args.encoder}, batch {args.batch} x {args.tile} px ({mp:.3f} MP), {args.threads} "
+          f"threads, {flops / 1e9:.1f} GFLOP per batch, torch {torch.__version__}, "
+          f"mkldnn bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+
+    trained, loss = fit_to_ndvi(network, data, mean, std, args.train_steps) if args.train_steps else (None, 0.0)
+
+    def make(net, precision: str, compile: bool = False) -> TorchSegmentationModel:
+        return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision=precision,
+                                      compile=compile, device="cpu")
+
+    variants = {"fp32 channels-last": ("fp32", False), "bf16 eager": ("bf16", False), "auto": ("auto", False)}
+    plain = copy.deepcopy(network)
+    plain_x = torch.from_numpy((data - mean[None, :, None, None]) / std[None, :, None, None]).float()
+
+    def plain_fp32() -> None:  # the issue's baseline: the bare network, contiguous fp32, no_grad
+        with torch.no_grad():
+            torch.softmax(plain(plain_x), dim=1)
+
+    if not args.no_compile:
+        variants["bf16 compiled"] = ("bf16", True)
+    models = {name: make(network, p, c) for name, (p, c) in variants.items()}
+    compile_s = {}
+    for name, model in models.items():  # warm-up (and compile) outside the timed rounds
+        t0 = time.perf_counter()
+        model.predict(data)
+        compile_s[name] = time.perf_counter() - t0
+    plain_fp32()
+    times: dict[str, list[float]] = {name: [] for name in ["plain fp32", *models]}
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        plain_fp32()
+        times["plain fp32"].append(time.perf_counter() - t0)
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            model.predict(data)
+            times[name].append(time.perf_counter() - t0)
+    reference = models["fp32 channels-last"].predict(data)
+    trained_ref = make(trained, "fp32").predict(data) if trained is not None else None
+    base = statistics.median(times["plain fp32"])
+    print(f"\n| variant | resolved | MP/s | x fp32 eager | GFLOP/s | drift (random init) | drift (fitted {args.train_steps} steps) | first call s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| plain torch fp32 (baseline) | fp32 contiguous | {mp / base:.2f} | 1.00 | {flops / base / 1e9:.0f} | "
+          f"0 | 0 | - |")
+    for name, model in models.items():
+        t = statistics.median(times[name])
+        drift = float(np.abs(model.predict(data) - reference).mean())
+        if trained is not None:
+            p, c = variants[name]
+            drift_t = f"{float(np.abs(make(trained, p, c).predict(data) - trained_ref).mean()):.4f}" if not c else "-"
+        else:
+            drift_t = "-"
+        print(f"| {name} | {model.precision}{' compiled' if model.compiled else ''} | {mp / t:.2f} | "
+              f"{base / t:.2f} | {flops / t / 1e9:.0f} | {drift:.4f} | {drift_t} | {compile_s[name]:.1f} |")
+    if trained is not None:
+        print(f"\n(fitted network: final loss {loss:.3f}; drift of a compiled variant equals its eager twin's "
+              f"to within rounding, so it is not refitted)")
+
+    print("\n| spectral model | MP/s |")
+    print("|---|---|")
+    for name in sorted(BUILTIN_MODELS):
+        model = load_model(ModelRef.of(name))
+        x = data[:, :2] + 1.0
+        model.predict(x)
+        t0 = time.perf_counter()
+        for _ in range(args.rounds):
+            model.predict(x)
+        print(f"| {name} | {mp * args.rounds / (time.perf_counter() - t0):.1f} |")
+
+    if args.scene is not None:
+        end_to_end(args, network, mean, std)
+
+
+def end_to_end(args: argparse.Namespace, network, mean, std) -> None:
+    """predict_scene through a bundle, fp32 vs auto (and compile), on one 2-worker LocalCluster."""
+    import rasterio
+    from distributed import Client, LocalCluster
+
+    from pipeline.bundle import save_bundle
+    from pipeline.model import ModelRef
+    from workflows.scene import predict_scene
+
+    with rasterio.open(args.scene) as src:
+        pixels = src.width * src.height
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = save_bundle(Path(tmp) / "bench-unet", network, arch=args.arch, encoder=args.encoder,
+                             bands=["red", "green", "blue", "nir"], class_names=["other", "vegetation"],
+                             mean=list(map(float, mean)), std=list(map(float, std)))
+        workers = 2
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          memory_limit=0) as cluster, Client(cluster) as client:
+            print(f"\n| end to end ({Path(args.scene).name}, {pixels / 1e6:.2f} MP, {workers} workers x "
+                  f"{max(1, args.threads // workers)} thread) | first run s (loads the model) | second run s | "
+                  f"MP/s (second) | x fp32 |")
+            print("|---|---|---|---|---|")
+            base = None
+            for label, options in (("fp32", {"precision": "fp32"}), ("auto", {"precision": "auto"}),
+                                   ("auto + compile", {"precision": "auto", "compile": True})):
+                ref = ModelRef.of(str(bundle), **options).with_threads(max(1, args.threads // workers))
+                runs = []
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    predict_scene(args.scene, ref, Path(tmp) / "out", client=client, bands="naip",
+                                  progress=False, tile_size=args.tile)
+                    runs.append(time.perf_counter() - t0)
+                base = base or runs[1]
+                print(f"| {label} | {runs[0]:.1f} | {runs[1]:.1f} | {pixels / runs[1] / 1e6:.2f} | "
+                      f"{base / runs[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""vectorize_scene and the CLI on real files and a real LocalCluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from click.testing import CliRunner
+from pyproj import CRS
+
+from pipeline.errors import ConfigError, InvalidSceneError
+from pipeline.vectorize import PolygonLimitError
+from tests.conftest import shared
+from tests.pipeline.test_vectorize import BURN_SCAR, blobs, discs
+from tests.vector_reference import assert_same_polygons, whole_raster_polygons
+from workflows.cli import main
+from workflows.vectorize import vectorize_scene
+
+TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
+
+
+def write_raster(path: Path, data: np.ndarray, *, nodata: float | None = None, crs: str = "EPSG:32633",
+                 transform: Affine = TRANSFORM, tags: dict[str, str] | None = None,
+                 scales: list[float] | None = None) -> Path:
+    data = data[None] if data.ndim == 2 else data
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, tiled=True,
+                       blockxsize=64, blockysize=64) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)
+        if scales:
+            dst.scales = scales
+    return path
+
+
+def read_layer(path: Path):  # noqa: ANN201
+    frame = pyogrio.read_dataframe(path)
+    return frame, np.asarray(frame.geometry.values, dtype=object)
+
+
+def pixel_geoms(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    inverse = ~transform
+    return shapely.transform(geoms, lambda xy: np.column_stack(
+        [inverse.a * xy[:, 0] + inverse.b * xy[:, 1] + inverse.c, inverse.d * xy[:, 0] + inverse.e * xy[:, 1] + inverse.f]))
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """A class raster with objects crossing many tile borders, nodata, names and model tags, and its proba."""
+    classes = blobs((300, 260), 3, seed=21)
+    classes[:20, :30] = 255
+    rng = np.random.default_rng(2)
+    proba = rng.integers(0, 255, (3, 300, 260)).astype(np.uint8)
+    proba[:, :20, :30] = 255
+    tags = {"SCENEWATCH_CLASSES": "water,cleared,forest", "SCENEWATCH_MODEL": "unet", "SCENEWATCH_MODEL_VERSION": "2.1"}
+    classes_path = write_raster(tmp_path / "naip_20200831.classes.tif", classes, nodata=255, tags=tags)
+    proba_path = write_raster(tmp_path / "naip_20200831.proba.tif", proba, nodata=255, scales=[1 / 254] * 3)
+    return classes_path, proba_path, classes, proba
+
+
+@pytest.mark.slow
+def test_layers_match_whole_raster_polygonizer_for_several_tile_sizes(scene, tmp_path: Path, dask_client) -> None:
+    classes_path, proba_path, classes, proba = scene
+    valid = classes != 255
+    ref, ref_cls = whole_raster_polygons(classes, valid)
+    ids = {}
+    for tile_size in (32, 100):
+        out = tmp_path / f"out{tile_size}"
+        result = vectorize_scene(classes_path, out, formats="gpkg,parquet", proba_path=proba_path,
+                                 tile_size=tile_size, client=dask_client, attributes={"date_after": dt.date(2021, 1, 1)})
+        assert result.paths["gpkg"] == out / "naip_20200831.gpkg" and result.features == len(ref)
+        frame, geoms = read_layer(result.paths["gpkg"])
+        assert_same_polygons(pixel_geoms(geoms, TRANSFORM), frame["class_id"].to_numpy(), ref, ref_cls)
+        ids[tile_size] = dict(zip(frame["id"], frame["pixels"]))
+        assert frame["area_m2"].sum() == valid.sum() * 100.0
+        assert set(frame["class_name"]) == {"water", "cleared", "forest"}
+        assert (frame["model"] == "unet").all() and (frame["model_version"] == "2.1").all()
+        assert (frame["acquired"] == np.datetime64("2020-08-31")).all()
+        assert (frame["date_after"] == np.datetime64("2021-01-01")).all()
+        # confidence against an independent burn of the largest polygon
+        big = int(frame["pixels"].idxmax())
+        inside = rasterio.features.geometry_mask([geoms[big]], classes.shape, TRANSFORM, invert=True)
+        p = proba[frame["class_id"][big]][inside] / 254.0
+        assert frame["proba_mean"][big] == pytest.approx(p.mean(), rel=1e-5)
+        assert frame["proba_max"][big] == pytest.approx(p.max(), rel=1e-5)
+    assert ids[32] == ids[100]  # the same objects get the same ids whatever the tiling
+
+
+@pytest.mark.slow
+def test_burn_scar_mask_layers(tmp_path: Path, dask_client) -> None:
+    mask_path = shared(BURN_SCAR)
+    with rasterio.open(mask_path) as src:
+        mask, transform, crs = src.read(1), src.transform, src.crs
+    ref, ref_cls = whole_raster_polygons(mask, mask != -1)
+    for tile_size in (64, 200):
+        result = vectorize_scene(mask_path, tmp_path / str(tile_size), formats=("fgb",), tile_size=tile_size,
+                                 classes=["1"], client=dask_client)
+        frame, geoms = read_layer(result.paths["fgb"])
+        assert CRS.from_user_input(pyogrio.read_info(result.paths["fgb"])["crs"]) == CRS.from_user_input(crs)
+        assert_same_polygons(pixel_geoms(geoms, transform), frame["class_id"].to_numpy(), ref[ref_cls == 1],
+                             ref_cls[ref_cls == 1])
+        assert frame["proba_mean"].isna().all()  # no probability raster for a label mask
+
+
+def test_geographic_raster_areas_are_geodesic(tmp_path: Path, dask_client) -> None:
+    classes = discs((200, 200), 30, seed=4)
+    transform = Affine(0.0005, 0.0, -64.5, 0.0, -0.0005, -9.5)  # ~55 m pixels in Rondonia
+    path = write_raster(tmp_path / "geo.tif", classes, crs="EPSG:4326", transform=transform)
+    result = vectorize_scene(path, tmp_path / "out", formats="geojson", tile_size=64, classes=[1, 2],
+                             client=dask_client)
+    frame, _ = read_layer(result.paths["geojson"])
+    # independent: the area of each pixel row in an equal-area projection, times the pixels in that row
+    from pyproj import Transformer
+
+    to_cea = Transformer.from_crs("EPSG:4326", "+proj=cea +ellps=WGS84", always_xy=True)
+    rows = np.arange(201)
+    _, y = to_cea.transform(np.full(201, -64.5), -9.5 - 0.0005 * rows)
+    x0, _ = to_cea.transform(-64.5, -9.5)
+    x1, _ = to_cea.transform(-64.4995, -9.5)
+    row_area = (x1 - x0) * np.abs(np.diff(y))
+    expected = float(((classes > 0).sum(axis=1) * row_area).sum())
+    assert frame["area_m2"].sum() == pytest.approx(expected, rel=0.005)
+
+
+def test_noisy_raster_hits_the_polygon_limit(tmp_path: Path, dask_client) -> None:
+    noisy = (np.random.default_rng(0).random((256, 256)) < 0.5).astype(np.uint8)
+    path = write_raster(tmp_path / "noisy.tif", noisy)
+    with pytest.raises(PolygonLimitError, match="--sieve"):
+        vectorize_scene(path, tmp_path / "out", tile_size=64, max_polygons=500, client=dask_client)
+    assert not (tmp_path / "out" / "noisy.gpkg").exists()
+    assert list((tmp_path / "out").glob("*")) == []  # staging removed
+    sieved = vectorize_scene(path, tmp_path / "out", tile_size=64, max_polygons=500, sieve=40,
+                             min_area="0.5ha", client=dask_client)
+    frame, _ = read_layer(sieved.paths["gpkg"])
+    assert 0 < len(frame) <= 500 and frame["pixels"].min() >= 40 and frame["area_m2"].min() >= 5000
+
+
+def test_simplify_keeps_polygons_valid_and_counts(scene, tmp_path: Path, dask_client) -> None:
+    classes_path, _, classes, _ = scene
+    exact = vectorize_scene(classes_path, tmp_path / "a", tile_size=64, client=dask_client)
+    simple = vectorize_scene(classes_path, tmp_path / "b", tile_size=64, simplify=15.0, client=dask_client)
+    f_exact, g_exact = read_layer(exact.paths["gpkg"])
+    f_simple, g_simple = read_layer(simple.paths["gpkg"])
+    assert list(f_exact["id"]) == list(f_simple["id"])
+    assert shapely.is_valid(g_simple).all()
+    assert shapely.get_num_coordinates(g_simple).sum() < shapely.get_num_coordinates(g_exact).sum()
+
+
+def test_user_errors_name_the_thing(scene, tmp_path: Path, dask_client) -> None:
+    classes_path, _, _, _ = scene
+    with pytest.raises(ConfigError, match="no class named 'cleard'.*1=cleared"):
+        vectorize_scene(classes_path, tmp_path, classes=["cleard"], client=dask_client)
+    floats = write_raster(tmp_path / "f.tif", np.zeros((10, 10), dtype=np.float32))
+    with pytest.raises(InvalidSceneError, match="f.tif: float32 pixels are not classes"):
+        vectorize_scene(floats, tmp_path, client=dask_client)
+    with pytest.raises(ConfigError, match="shp"):
+        vectorize_scene(classes_path, tmp_path, formats="shp", client=dask_client)
+
+
+def test_cli_vectorize(scene, tmp_path: Path, dask_client) -> None:
+    classes_path, _, _, _ = scene
+    address = dask_client.scheduler.address
+    out = tmp_path / "cli"
+    run = CliRunner().invoke(main, ["vectorize", str(classes_path), "--out", str(out), "--format", "gpkg,parquet",
+                                    "--classes", "cleared", "--min-area", "0.01ha", "--attr", "campaign=2021",
+                                    "--scheduler", address, "--tile-size", "64", "-q"])
+    assert run.exit_code == 0, run.output
+    assert "polygons from 25 tiles" in run.output
+    frame, _ = read_layer(out / "naip_20200831.gpkg")
+    assert set(frame["class_name"]) == {"cleared"} and frame["area_m2"].min() >= 100
+    assert frame["proba_mean"].notna().all()  # the sibling proba.tif was found
+    assert (frame["campaign"] == "2021").all()
+    bad = CliRunner().invoke(main, ["vectorize", str(classes_path), "--out", str(out), "--min-area", "lots",
+                                    "--scheduler", address])
+    assert bad.exit_code == 2 and "scenewatch: error: area 'lots'" in bad.output
+
+
+@pytest.mark.slow
+def test_cli_predict_writes_layers_beside_the_rasters(tmp_path: Path, dask_client) -> None:
+    from tests.conftest import NAIP_2020
+
+    out = tmp_path / "pred"
+    run = CliRunner().invoke(main, ["predict", str(NAIP_2020), "--bands", "naip", "--out", str(out), "--format",
+                                    "gpkg,parquet", "--classes", "vegetation", "--tile-size", "256",
+                                    "--scheduler", dask_client.scheduler.address, "-q"])
+    assert run.exit_code == 0, run.output
+    stem = "m_4709963_se_14_1_20200831"
+    frame, geoms = read_layer(out / f"{stem}.gpkg")
+    with rasterio.open(out / f"{stem}.classes.tif") as src:
+        classes, transform = src.read(1), src.transform
+    ref, ref_cls = whole_raster_polygons(classes, classes == 1)
+    assert_same_polygons(pixel_geoms(geoms, transform), frame["class_id"].to_numpy(), ref, ref_cls)
+    assert (frame["model"] == "vegetation").all() and frame["proba_mean"].between(0.5, 1.0).all()
+    assert (frame["acquired"] == np.datetime64("2020-08-31")).all()
+    import geopandas
+
+    assert len(geopandas.read_parquet(out / f"{stem}.parquet")) == len(frame)
+
+
+def test_raster_without_crs_needs_assume_crs(tmp_path: Path, dask_client) -> None:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=1, dtype="uint8",
+                       transform=TRANSFORM) as dst:
+        dst.write(discs((40, 40), 3, seed=1)[None])
+    with pytest.raises(InvalidSceneError, match="no CRS.*--assume-crs"):
+        vectorize_scene(path, tmp_path / "out", client=dask_client)
+    result = vectorize_scene(path, tmp_path / "out", assume_crs="EPSG:32633", tile_size=16, client=dask_client)
+    assert CRS.from_user_input(pyogrio.read_info(result.paths["gpkg"])["crs"]) == CRS.from_epsg(32633)

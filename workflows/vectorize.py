@@ -1,0 +1,266 @@
+"""One class raster to polygon layers: per-tile vectorizing in Dask workers, seams merged, layers exported.
+
+Data flow (module names in brackets)::
+
+    class raster header [pipeline.read.open_scene] -> tile grid [tiles.grid]
+      -> per tile, in a worker: read its class (and probability) window [pipeline.vectorize]
+         -> sieve -> label and polygonize -> split: interior polygons are finished there
+            (measured, attributes [pipeline.measure, pipeline.export.feature_table]); border pieces come back
+      -> in this process, in row-major order: seams merged [pipeline.merge.SeamMerger]
+         -> rows staged on disk [pipeline.export.LayerStager] -> each format written [pipeline.export]
+
+No process holds the class raster: each task reads its own window. At most ``max_tiles_in_flight`` tasks
+are ahead of the merge, which holds only the border pieces of about one row of tiles; finished rows go to a
+staging file on disk, so memory does not grow with the raster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from distributed import Client
+
+from pipeline.config import VectorizeConfig, parse_area
+from pipeline.errors import ConfigError, InvalidSceneError
+from pipeline.export import FORMATS, LayerSpec, LayerStager, export_layer, feature_table, parse_formats
+from pipeline.measure import area_basis, pixel_size_m
+from pipeline.merge import SeamMerger, split_border
+from pipeline.names import safe_name
+from pipeline.read import SceneMeta, open_scene
+from pipeline.vectorize import (CorePieces, PolygonLimitError, keep_mask, own_class_proba, polygonize_core,
+                                read_class_window, read_proba_window, sieve_classes)
+from tiles.grid import Tile, TileGrid, plan_tiles
+from workflows.cluster import dask_client, worker_count
+
+__all__ = ["VectorResult", "vectorize_scene", "class_names_of", "resolve_classes"]
+
+log = logging.getLogger("scenewatch")
+
+_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d\d)-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+@dataclass(frozen=True, slots=True)
+class VectorResult:
+    scene_id: str
+    paths: dict[str, Path]  # format -> written file
+    features: int
+    tiles: int
+    seconds: float
+    grid: TileGrid
+
+
+@dataclass(frozen=True, slots=True)
+class _TileJob:
+    """What every tile task needs (small and picklable)."""
+
+    classes_path: str
+    proba_path: str | None
+    grid: TileGrid
+    keep: tuple[int, ...] | None
+    sieve: int
+    max_polygons: int
+    spec: LayerSpec
+
+
+def _vectorize_tile(job: _TileJob, tile: Tile) -> tuple[pa.Table, CorePieces]:
+    """The Dask task: read one core (with a sieve halo), polygonize it, finish the interior polygons."""
+    core = tile.core_window
+    read = core.expand(job.sieve, job.grid.bounds) if job.sieve > 1 else core
+    classes, valid = read_class_window(job.classes_path, read)
+    if job.sieve > 1:
+        # A group smaller than the sieve lies within `sieve` pixels of any core pixel it covers, so the
+        # halo lets every such group be seen whole; groups cut by the halo edge are larger than the sieve.
+        classes = sieve_classes(classes, valid, job.sieve)
+        rows, cols = core.relative_to(read)
+        classes, valid = classes[rows, cols], valid[rows, cols]
+    keep = keep_mask(classes, valid, job.keep)
+    proba = None
+    if job.proba_path is not None:
+        proba = own_class_proba(read_proba_window(job.proba_path, core), classes)
+    pieces = polygonize_core(classes, keep, core, job.grid.bounds, proba=proba, max_polygons=job.max_polygons)
+    interior, border = split_border(pieces)
+    return feature_table(interior, job.spec), border
+
+
+def class_names_of(meta: SceneMeta) -> dict[int, str]:
+    """Class value -> name from the SCENEWATCH_CLASSES tag (comma-separated, value = position)."""
+    tag = meta.tags.get("SCENEWATCH_CLASSES", "")
+    return {i: name.strip() for i, name in enumerate(tag.split(",")) if name.strip()} if tag else {}
+
+
+def resolve_classes(wanted: Sequence[str | int] | None, names: Mapping[int, str], where: str) -> tuple[int, ...] | None:
+    """Class values to keep from names or values; None keeps all."""
+    if wanted is None:
+        return None
+    by_name = {n.lower(): v for v, n in names.items()}
+    values: list[int] = []
+    for item in wanted:
+        text = str(item).strip()
+        if text.lower() in by_name:
+            values.append(by_name[text.lower()])
+        elif re.fullmatch(r"-?\d+", text):
+            values.append(int(text))
+        else:
+            known = ", ".join(f"{v}={n}" for v, n in names.items()) or "none named; use class values"
+            raise ConfigError(f"{where}: no class named {text!r} (classes: {known})")
+    return tuple(sorted(set(values)))
+
+
+def _acquired(meta: SceneMeta, scene_id: str, given: dt.date | str | None) -> dt.date | None:
+    """The acquisition date: as given, else a SCENEWATCH_ACQUIRED tag, else a date in the scene's name."""
+    if isinstance(given, dt.date):
+        return given
+    text = given or meta.tags.get("SCENEWATCH_ACQUIRED")
+    if text:
+        try:
+            return dt.date.fromisoformat(str(text)[:10])
+        except ValueError as err:
+            raise ConfigError(f"acquisition date {text!r}: write it as YYYY-MM-DD") from err
+    match = _DATE_IN_NAME.search(scene_id)
+    if match is None:
+        return None
+    try:
+        return dt.date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    except ValueError:
+        return None
+
+
+def _default_scene_id(path: Path, meta: SceneMeta) -> str:
+    tag = meta.tags.get("SCENEWATCH_SCENE")
+    if tag:
+        return safe_name(tag)
+    name = path.name
+    for ext in (".classes.tiff", ".classes.tif", ".tiff", ".tif", ".vrt"):
+        if name.lower().endswith(ext):
+            return safe_name(name[: -len(ext)])
+    return safe_name(path.stem)
+
+
+def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: Sequence[str] | str = ("gpkg",),
+                    proba_path: str | Path | None = None, min_area: float | str = 0.0, sieve: int = 0,
+                    simplify: float = 0.0, classes: Sequence[str | int] | None = None, tile_size: int = 1024,
+                    client: Client | None = None, workers: int | None = None, scheduler: str | None = None,
+                    max_polygons: int | None = None, progress: bool | None = None,
+                    attributes: Mapping[str, Any] | None = None, scene_id: str | None = None,
+                    acquired: dt.date | str | None = None, assume_crs: str | None = None,
+                    config: VectorizeConfig | None = None) -> VectorResult:
+    """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per format.
+
+    ``formats``: any of ``gpkg``, ``parquet``, ``fgb``, ``geojson`` (a list or ``"gpkg,parquet"``).
+    ``proba_path``: the matching probability raster (band ``c`` = class ``c``) for the confidence columns;
+    without it they are null. ``min_area`` in m² (or ``"0.5ha"``); ``sieve`` in pixels; ``simplify`` in
+    metres; ``classes``: names (from the raster's SCENEWATCH_CLASSES tag) or values to keep.
+    ``attributes``: constant columns added to every feature (e.g. both dates of a change product).
+    ``scene_id`` and ``acquired`` default to the raster's tags or file name; ``assume_crs`` gives a CRS
+    to a raster that has none. Settings also come from
+    ``config``; keyword arguments given win.
+
+    Raises :class:`pipeline.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
+
+    Example::
+
+        from workflows.vectorize import vectorize_scene
+        result = vectorize_scene("out/naip.classes.tif", "out/", formats="gpkg,parquet",
+                                 proba_path="out/naip.proba.tif", classes=["vegetation"], min_area="0.1ha")
+    """
+    started = time.perf_counter()
+    given = dict(formats=parse_formats(formats), min_area=parse_area(min_area), sieve=sieve, simplify=simplify,
+                 classes=tuple(str(c) for c in classes) if classes is not None else None, tile_size=tile_size,
+                 max_polygons=max_polygons, workers=workers, scheduler=scheduler)
+    base = config.model_dump() if config is not None else {}
+    cfg = VectorizeConfig.build(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    classes_path, out_dir = Path(classes_path), Path(out_dir)
+    meta = open_scene(classes_path, max_pixels=cfg.max_pixels, assume_crs=assume_crs)
+    where = f"classes {classes_path.name}"
+    if np.dtype(meta.dtype).kind not in "iu":
+        raise InvalidSceneError(f"{where}: {meta.dtype} pixels are not classes; vectorize needs an integer raster "
+                                f"(run `scenewatch predict` first, or round the raster to integers)")
+    proba = _check_proba(proba_path, meta)
+    names = class_names_of(meta)
+    sid = scene_id or _default_scene_id(classes_path, meta)
+    basis = area_basis(meta.crs, meta.transform, meta.height, meta.width)
+    simplify_px = cfg.simplify / pixel_size_m(basis, meta.transform, meta.height, meta.width) if cfg.simplify else 0.0
+    spec = LayerSpec(
+        scene_id=sid, crs_wkt=meta.crs.to_wkt(), transform=meta.transform, basis=basis, class_names=names,
+        model=meta.tags.get("SCENEWATCH_MODEL") or None, model_version=meta.tags.get("SCENEWATCH_MODEL_VERSION") or None,
+        acquired=_acquired(meta, sid, acquired), attributes=dict(attributes or {}), simplify_px=simplify_px,
+        min_area_m2=cfg.min_area,
+    )
+    grid = plan_tiles(meta.height, meta.width, cfg.tile_size, 0)
+    job = _TileJob(str(classes_path), proba, grid, resolve_classes(cfg.classes, names, where), cfg.sieve,
+                   cfg.max_polygons, spec)
+    paths: dict[str, Path] = {}
+    with dask_client(cfg.workers, cfg.scheduler, client) as dask, LayerStager(out_dir, spec) as stager:
+        in_flight = cfg.max_tiles_in_flight or 4 * worker_count(dask)
+        _run(dask, job, stager, in_flight, progress, where)
+        for fmt in cfg.formats:
+            paths[fmt] = export_layer(stager, out_dir / f"{sid}.{FORMATS[fmt]}", fmt)
+        count = stager.count
+    result = VectorResult(sid, paths, count, len(grid), time.perf_counter() - started, grid)
+    log.info("vectorized %s: %d polygons from %d tiles in %.1f s", sid, count, len(grid), result.seconds)
+    return result
+
+
+def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
+    if proba_path is None:
+        return None
+    proba = open_scene(proba_path)
+    if (proba.width, proba.height) != (meta.width, meta.height) or not proba.transform.almost_equals(meta.transform):
+        raise InvalidSceneError(
+            f"probabilities {Path(proba_path).name}: grid {proba.width} x {proba.height} does not match classes "
+            f"{meta.name} ({meta.width} x {meta.height}, same transform needed); pass the proba.tif written with it"
+        )
+    return str(proba_path)
+
+
+def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progress: bool | None,
+         where: str) -> None:
+    """Submit tiles in row-major order, at most ``in_flight`` ahead, and merge their results in that order
+    (so the layer's row order, like its ids, does not depend on which worker finishes first)."""
+    from tqdm import tqdm
+
+    tiles = iter(job.grid)
+    run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
+    queue: deque[tuple[Tile, Any]] = deque()
+    merger = SeamMerger(job.grid)
+
+    def submit_next() -> None:
+        tile = next(tiles, None)
+        if tile is not None:
+            key = f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
+            queue.append((tile, dask.submit(_vectorize_tile, job, tile, pure=False, key=key)))
+
+    bar = tqdm(total=len(job.grid), desc=f"{job.spec.scene_id} polygons", unit="tile",
+               disable=None if progress is None else not progress, leave=False)
+    with bar:
+        try:
+            for _ in range(in_flight):
+                submit_next()
+            while queue:
+                tile, fut = queue.popleft()
+                interior, border = fut.result()
+                fut.release()
+                submit_next()
+                stager.add(interior)
+                stager.add(feature_table(merger.add(tile, border), job.spec))
+                if stager.count + merger.held > job.max_polygons:
+                    raise PolygonLimitError(
+                        f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with --sieve N "
+                        f"(pixels), keep fewer classes (--classes) or raise --max-polygons"
+                    )
+                bar.update(1)
+        except BaseException:
+            for _, fut in queue:
+                fut.cancel()
+            raise
