@@ -24,6 +24,7 @@ from pipeline.read import open_scene, read_window
 from pipeline.stitch import classify
 from workflows.batch import run_job
 from workflows.manifest import open_manifest
+from tests.conftest import REPO
 from tests.workflows.helpers import SHAPE, make_archive, manifest_rows, product_checksums, write_job
 
 
@@ -202,24 +203,49 @@ def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_change_timeline_and_vectors_plug_in(tmp_path: Path, make_geotiff, dask_client) -> None:
-    """Runs once workflows.change and workflows.vectorize are in this scenewatch (other branches)."""
-    pytest.importorskip("workflows.change")
+def test_naip_example_job_runs_end_to_end_with_vectors(tmp_path: Path, dask_client) -> None:
+    """The shipped example, as a user copies it (only the output folder moved), on the bundled NAIP pair."""
     pytest.importorskip("workflows.vectorize")
+    import geopandas as gpd
+
+    job = REPO / "workflows" / "jobs" / "naip_vegetation.yaml"
+    out = tmp_path / "naip"
+    summary = run_job(job, out=out, client=dask_client)
+    assert summary.exit_code == 0 and summary.count("done") == 2
+    catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
+    for item in catalog.get_items(recursive=True):
+        assert set(item.assets) == {"classes", "proba", "vectors-gpkg"}
+        layer = gpd.read_file(item.assets["vectors-gpkg"].get_absolute_href())
+        with rasterio.open(item.assets["classes"].get_absolute_href()) as src:
+            assert layer.crs == src.crs
+            classes = src.read(1)
+            pixel_area = abs(src.transform.a * src.transform.e)
+        # independent check: the polygons cover what the raster classifies, class by class
+        for code, name in enumerate(("other", "vegetation")):
+            rows = layer[layer["class_id"] == code]
+            assert set(rows["class_name"]) == {name}
+            assert rows.geometry.area.sum() == pytest.approx((classes == code).sum() * pixel_area, rel=1e-6)
+        assert set(layer["acquired"].astype(str)) == {item.datetime.date().isoformat()}
+    rows = {r["item_id"]: r for r in manifest_rows(out)}
+    assert all(any(p.endswith(".gpkg") for p, _, _ in json.loads(r["outputs"])) for r in rows.values())
+
+
+@pytest.mark.slow
+def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) -> None:
+    """Runs once workflows.change is in this scenewatch (another branch)."""
+    pytest.importorskip("workflows.change")
     (tmp_path / "arc").mkdir()
     for i, day in enumerate(["20200101", "20210101", "20220101"]):
         make_geotiff(f"arc/site_{day}.tif", shape=SHAPE, seed=i)
     out = tmp_path / "out"
     job = write_job(tmp_path, {"folder": "arc"}, out, products={
-        "segmentation": {"proba": True}, "vectors": {"formats": ["gpkg"]},
-        "change": {"pairs": "consecutive"}, "timeline": {}})
+        "segmentation": {"proba": True}, "change": {"pairs": "consecutive"}, "timeline": {}})
     first = run_job(job, client=dask_client)
     assert first.exit_code == 0, [o.message for o in first.outcomes if o.status == "failed"]
     kinds = sorted((o.kind, o.status) for o in first.outcomes)
     assert kinds == [("change", "done")] * 2 + [("scene", "done")] * 3 + [("timeline", "done")]
     rows = {r["item_id"]: r for r in manifest_rows(out)}
     assert all(json.loads(r["outputs"]) for r in rows.values())
-    assert any(p.endswith(".gpkg") for p, _, _ in json.loads(rows["site_20200101"]["outputs"]))
     again = run_job(job, client=dask_client)
     assert {o.status for o in again.outcomes} == {"skipped"}
 
