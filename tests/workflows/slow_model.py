@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.model import ModelInfo, vegetation_model
+from pipeline.model import ModelInfo
+from pipeline.spectral import vegetation_model
 
 
 class SlowModel:
