@@ -124,7 +124,7 @@ def main() -> None:
             base.append(queue.get())
             proc.join()
         base_s, base_count, base_rss = min(base)
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit=0) as cluster, Client(cluster) as client:
             workers = list(client.run(os.getpid).values())
             ours = []

@@ -127,10 +127,13 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
     from workflows.cli_models import parse_model_options
     from workflows.scene import predict_scene
 
+    from pipeline.config import PredictConfig
     from workflows.cluster import dask_client
+    from workflows.scene import plan_scene
 
     parsed = parse_model_options(model_options)
     ref = ModelRef.of(model, **parsed) if parsed else model
+    plan_scene(scene, ref, PredictConfig.build(**options))  # bad scene or bands: refused before any cluster starts
     with dask_client(options.pop("workers"), options.pop("scheduler")) as client:  # one cluster for both passes
         result = predict_scene(scene, ref, out_dir, client=client, progress=False if quiet else None, **options)
         click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "

@@ -29,7 +29,7 @@ from typing import Any
 from distributed import Client, as_completed
 
 from pipeline.config import PredictConfig
-from pipeline.model import ModelInfo, ModelRef, load_model
+from pipeline.model import ModelInfo, ModelRef, describe_model, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
 from pipeline.predict import TileInput, predict_tiles
@@ -92,7 +92,7 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
     """
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
     ref = ModelRef.of(model, precision=config.precision if config.precision != "auto" else None)
-    info = load_model(ref).info
+    info = describe_model(ref)
     indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
     tile_size = config.tile_size or info.tile_size
     if config.align_to_blocks:
