@@ -47,7 +47,7 @@ from distributed.scheduler import KilledWorker
 from pipeline.atomic import TEMP_MARKER
 from pipeline.config import PredictConfig
 from pipeline.errors import ConfigError, ModelError, ScenewatchError
-from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, load_model
+from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import cpu_count, dask_client, worker_count
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, discover_scenes, load_job
@@ -243,7 +243,8 @@ def model_identity(ref: ModelRef, info: ModelInfo) -> tuple[str, str | None]:
     """A canonical JSON identity of the model (what decides its outputs) and, for a bundle, its sha256.
 
     Built-in and factory models are identified by name, version and options (their code ships with
-    scenewatch or the user's package); a bundle by the sha256 of every file in it (weights and config).
+    scenewatch or the user's package); a bundle by the sha256 of every file in it (weights and spec), and
+    its weights' sha256 (as its spec states it and every loading worker verifies) is the one recorded.
     """
     ident: dict[str, Any] = {"name": info.name, "version": info.version, "options": dict(ref.options)}
     bundle_sha = None
@@ -253,8 +254,11 @@ def model_identity(ref: ModelRef, info: ModelInfo) -> tuple[str, str | None]:
     elif ref.source in BUILTIN_MODELS:
         ident["builtin"] = ref.source
     else:
-        bundle_sha = _tree_sha256(Path(ref.source))
-        ident["bundle_sha256"] = bundle_sha
+        from pipeline.bundle import read_spec
+
+        bundle_sha = read_spec(ref.source).sha256  # the weights' sha256, checked by every worker that loads it
+        ident["weights_sha256"] = bundle_sha
+        ident["bundle_files_sha256"] = _tree_sha256(Path(ref.source))  # spec, scaling, class names too
     return json.dumps(ident, sort_keys=True, default=str), bundle_sha
 
 
@@ -583,7 +587,7 @@ def _model_ref(job: Job, config: PredictConfig) -> ModelRef:
 
 def _model_info(job: Job, ref: ModelRef) -> ModelInfo:
     try:
-        return load_model(ref).info
+        return describe_model(ref)  # a bundle's spec, without building the network in this process
     except ModelError as err:
         raise ConfigError(f"job {job.path.name}: model: {err}") from err
     except TypeError as err:  # a factory or model refusing the job's options

@@ -256,3 +256,24 @@ def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) 
     assert third["change_site_20220101__site_20230101"].message.endswith(
         "input scene site_20230101 failed; see its own record")
     assert third["timeline"].status == "skipped"  # same three usable dates as before
+
+
+@pytest.mark.slow
+def test_bundle_identity_follows_its_files(tmp_path: Path) -> None:
+    """A bundle is identified by its files: the recorded sha256 is its weights' (as the bundle states and
+    every loading worker checks), and any changed file (weights, spec) changes the identity."""
+    from pipeline.bundle import init_bundle, read_spec
+    from pipeline.model import describe_model
+    from workflows.batch import file_sha256, model_identity
+
+    bundle = init_bundle(tmp_path / "trees", "Unet", "mobilenet_v2", ["red", "nir"], ["bg", "tree"])
+    ref = ModelRef.of(str(bundle))
+    identity, sha = model_identity(ref, describe_model(ref))
+    spec = read_spec(bundle)
+    assert sha == spec.sha256 == file_sha256(bundle / spec.weights)
+    assert model_identity(ref, describe_model(ref)) == (identity, sha)  # stable
+    weights = bundle / spec.weights
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight: the bundle no longer loads, and its identity changes
+    weights.write_bytes(bytes(data))
+    assert model_identity(ref, describe_model(ref))[0] != identity
