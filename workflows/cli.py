@@ -119,6 +119,7 @@ main.add_command(models)
 main.add_command(vectorize)
 
 from workflows.cli_change import change, timeline; main.add_command(change); main.add_command(timeline)  # noqa: E402,E702,I001
+from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()
