@@ -117,6 +117,9 @@ from workflows.cli_vectorize import vectorize  # noqa: E402
 
 main.add_command(models)
 main.add_command(vectorize)
+from workflows.cli_train import evaluate, train  # noqa: E402
+
+main.add_command(train); main.add_command(evaluate)  # noqa: E702
 
 from workflows.cli_change import change, timeline; main.add_command(change); main.add_command(timeline)  # noqa: E402,E702,I001
 from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
