@@ -51,7 +51,8 @@ from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
 @main.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default="vegetation", show_default=True,
-              help="Built-in model name (vegetation, ...) or path to a model bundle.")
+              help="Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
+                   "(see `scenewatch models`).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--bands", "-b", default=None,
               help="Band map 'red=1,green=2,blue=3,nir=4' or a preset: naip, rgb, rgbn, bgrn, sentinel2, "
@@ -116,8 +117,12 @@ from workflows.cli_vectorize import vectorize  # noqa: E402
 
 main.add_command(models)
 main.add_command(vectorize)
+from workflows.cli_train import evaluate, train  # noqa: E402
+
+main.add_command(train); main.add_command(evaluate)  # noqa: E702
 
 from workflows.cli_change import change, timeline; main.add_command(change); main.add_command(timeline)  # noqa: E402,E702,I001
+from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()
