@@ -147,9 +147,27 @@ def builtin_model(name: str) -> Callable[[Callable[..., SegmentationModel]], Cal
     return register
 
 
-@functools.lru_cache(maxsize=4)
 def load_model(ref: ModelRef) -> SegmentationModel:
-    """The model a ref names, built once per process and cached (so once per Dask worker, not per tile)."""
+    """The model a ref names, built once per process and cached (so once per Dask worker, not per tile).
+
+    A bundle is cached together with its ``model.json``'s modification time and size, so a bundle rewritten
+    at the same path (a training loop saving a new version) is loaded again instead of served stale.
+    """
+    return _load_model(ref, _bundle_fingerprint(ref))
+
+
+def _bundle_fingerprint(ref: ModelRef) -> tuple[int, ...]:
+    if ref.factory or ref.source in BUILTIN_MODELS:
+        return ()
+    try:
+        stat = (Path(ref.source) / "model.json").stat()
+    except OSError:
+        return ()
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(ref: ModelRef, fingerprint: tuple[int, ...]) -> SegmentationModel:
     if ref.threads:
         _set_torch_threads(ref.threads)
     options = dict(ref.options)
