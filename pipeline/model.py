@@ -269,8 +269,6 @@ class TorchSegmentationModel:
         self._mean = torch.tensor(mean if mean is not None else [0.0] * n, dtype=torch.float32).view(1, n, 1, 1)
         self._std = torch.tensor(std if std is not None else [1.0] * n, dtype=torch.float32).view(1, n, 1, 1)
         self.network = network.eval().to(self.device).to(memory_format=torch.channels_last)
-        for p in self.network.parameters():
-            p.requires_grad_(False)
         self.compiled = bool(compile)
         self._static_hw = (0, 0)
         self._forward = _compile(self.network) if compile else self.network
