@@ -201,7 +201,7 @@ def end_to_end(args: argparse.Namespace, network, mean, std) -> None:
                              bands=["red", "green", "blue", "nir"], class_names=["other", "vegetation"],
                              mean=list(map(float, mean)), std=list(map(float, std)))
         workers = 2
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit=0) as cluster, Client(cluster) as client:
             print(f"\n| end to end ({Path(args.scene).name}, {pixels / 1e6:.2f} MP, {workers} workers x "
                   f"{max(1, args.threads // workers)} thread) | first run s (loads the model) | second run s | "

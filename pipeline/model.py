@@ -39,6 +39,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "builtin_model",
     "load_model",
+    "describe_model",
     "resolve_precision",
     "build_smp_model",
 ]
@@ -187,6 +188,16 @@ def _load_model(ref: ModelRef, fingerprint: tuple[int, ...]) -> SegmentationMode
         return bundle.load_bundle(path, **options)
     known = ", ".join(sorted(BUILTIN_MODELS))
     raise ModelError(f"model {ref.source!r}: not a built-in model ({known}) and no bundle at that path")
+
+
+def describe_model(ref: ModelRef) -> ModelInfo:
+    """A model's :class:`ModelInfo` without building it where that can be avoided: a bundle's spec is read
+    without importing torch, so the process that plans and writes never holds a network (only workers do)."""
+    if not ref.factory and ref.source not in BUILTIN_MODELS and Path(ref.source).exists():
+        from pipeline import bundle
+
+        return bundle.read_spec(ref.source).info
+    return load_model(ref).info
 
 
 RUNTIME_OPTIONS = ("precision", "compile", "device")
