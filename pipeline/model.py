@@ -101,6 +101,7 @@ class ModelRef:
     def of(cls, model: str | os.PathLike[str] | ModelRef, **options: Any) -> ModelRef:
         if isinstance(model, ModelRef):
             return model.with_options(**options)
+        # None means "not given", as in with_options (plan_scene passes precision=None for auto)
         return cls(source=str(model), options=_frozen_items({k: v for k, v in options.items() if v is not None}))
 
     @classmethod
@@ -359,4 +360,4 @@ def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequen
 # The spectral models live in their own module; importing it here registers them (vegetation, water, ...)
 # whenever pipeline.model is imported, so BUILTIN_MODELS is always complete. It is imported last because it
 # uses ModelInfo and builtin_model from this module.
-from pipeline.spectral import SpectralIndexModel, normalized_difference  # noqa: E402
+from pipeline.spectral import SpectralIndexModel, normalized_difference, vegetation_model  # noqa: E402,F401
