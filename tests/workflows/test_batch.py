@@ -232,20 +232,24 @@ def test_naip_example_job_runs_end_to_end_with_vectors(tmp_path: Path, dask_clie
 
 @pytest.mark.slow
 def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) -> None:
-    """Runs once workflows.change is in this scenewatch (another branch)."""
+    """Change pairs and a timeline through workflows.change, as a job's products."""
     pytest.importorskip("workflows.change")
     (tmp_path / "arc").mkdir()
     for i, day in enumerate(["20200101", "20210101", "20220101"]):
         make_geotiff(f"arc/site_{day}.tif", shape=SHAPE, seed=i)
     out = tmp_path / "out"
     job = write_job(tmp_path, {"folder": "arc"}, out, products={
-        "segmentation": {"proba": True}, "change": {"pairs": "consecutive"}, "timeline": {}})
+        "segmentation": {"proba": True},
+        "change": {"pairs": "consecutive", "options": {"quicklook": False, "polygons": False}},
+        "timeline": {"options": {"plot": False, "polygons": False}}})
     first = run_job(job, client=dask_client)
     assert first.exit_code == 0, [o.message for o in first.outcomes if o.status == "failed"]
     kinds = sorted((o.kind, o.status) for o in first.outcomes)
     assert kinds == [("change", "done")] * 2 + [("scene", "done")] * 3 + [("timeline", "done")]
     rows = {r["item_id"]: r for r in manifest_rows(out)}
     assert all(json.loads(r["outputs"]) for r in rows.values())
+    produced = [p for r in rows.values() for p, _, _ in json.loads(r["outputs"])]
+    assert not [p for p in produced if p.endswith((".png", ".gpkg"))]  # the job's options reached them
     again = run_job(job, client=dask_client)
     assert {o.status for o in again.outcomes} == {"skipped"}
 
@@ -256,6 +260,16 @@ def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) 
     assert third["change_site_20220101__site_20230101"].message.endswith(
         "input scene site_20230101 failed; see its own record")
     assert third["timeline"].status == "skipped"  # same three usable dates as before
+
+    # an index-difference model for the change reads the scenes' bands, not the class maps
+    (tmp_path / "arc" / "site_20230101.tif").unlink()
+    dndvi = write_job(tmp_path, {"folder": "arc"}, tmp_path / "dndvi", name="dndvi", products={
+        "segmentation": {"proba": False},
+        "change": {"pairs": "first-last", "model": "dndvi", "options": {"quicklook": False}}})
+    outcome = {o.item_id: o for o in run_job(dndvi, client=dask_client).outcomes}
+    assert outcome["change_site_20200101__site_20220101"].status == "done"
+    change_rows = [r for r in manifest_rows(tmp_path / "dndvi") if r["kind"] == "change"]
+    assert [p for p, _, _ in json.loads(change_rows[0]["outputs"]) if p.endswith(".change.tif")]
 
 
 @pytest.mark.slow
