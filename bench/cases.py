@@ -46,7 +46,8 @@ def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, opt
     start = time.perf_counter()
     result = predict_scene(scene, _ref(model), out, workers=workers, progress=False, **options)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "pixels": result.grid.height * result.grid.width, "tiles": result.tiles_planned}
+    return {"seconds": seconds, "pixels": result.grid.height * result.grid.width, "tiles": result.tiles_planned,
+            **result.extra}
 
 
 def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
