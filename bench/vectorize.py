@@ -100,7 +100,7 @@ def main() -> None:
                 proc.join()
             base.append((seconds, count, mem.peak))
         base_s, base_count, base_peak = min(base)
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit=0) as cluster, Client(cluster) as client:
             workers = list(client.run(os.getpid).values())
             # first use of each worker imports scipy, pyarrow, shapely: not part of the throughput

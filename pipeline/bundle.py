@@ -269,6 +269,10 @@ def _bundle_dir(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.is_file() and path.name == SPEC_FILE:
         return path.parent
+    if path.is_file() and path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
+        raise ModelError(f"model {path.name}: a weights file, not a bundle; make a bundle from it with "
+                         f"`scenewatch models import {path.name} --arch ... --encoder ... --bands ... --classes ... "
+                         f"--out BUNDLE`")
     if not (path / SPEC_FILE).is_file():
         raise ModelError(f"bundle {path}: no {SPEC_FILE} there; create one with `scenewatch models init`")
     return path
@@ -294,7 +298,8 @@ def find_bundles(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and is_bundle(p))
+    # Hidden folders are bundles being written or replaced (see save_bundle); they are not listed.
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bundle(p))
 
 
 # ------------------------------------------------------------------------------------------------- weights

@@ -39,6 +39,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "builtin_model",
     "load_model",
+    "describe_model",
     "resolve_precision",
     "build_smp_model",
 ]
@@ -100,7 +101,8 @@ class ModelRef:
     def of(cls, model: str | os.PathLike[str] | ModelRef, **options: Any) -> ModelRef:
         if isinstance(model, ModelRef):
             return model.with_options(**options)
-        return cls(source=str(model), options=_frozen_items(options))
+        # None means "not given", as in with_options (plan_scene passes precision=None for auto)
+        return cls(source=str(model), options=_frozen_items({k: v for k, v in options.items() if v is not None}))
 
     @classmethod
     def from_factory(cls, factory: Callable[..., SegmentationModel] | str, **kwargs: Any) -> ModelRef:
@@ -168,6 +170,16 @@ def load_model(ref: ModelRef) -> SegmentationModel:
         return bundle.load_bundle(path, **options)
     known = ", ".join(sorted(BUILTIN_MODELS))
     raise ModelError(f"model {ref.source!r}: not a built-in model ({known}) and no bundle at that path")
+
+
+def describe_model(ref: ModelRef) -> ModelInfo:
+    """A model's :class:`ModelInfo` without building it where that can be avoided: a bundle's spec is read
+    without importing torch, so the process that plans and writes never holds a network (only workers do)."""
+    if not ref.factory and ref.source not in BUILTIN_MODELS and Path(ref.source).exists():
+        from pipeline import bundle
+
+        return bundle.read_spec(ref.source).info
+    return load_model(ref).info
 
 
 RUNTIME_OPTIONS = ("precision", "compile", "device")
@@ -348,4 +360,4 @@ def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequen
 # The spectral models live in their own module; importing it here registers them (vegetation, water, ...)
 # whenever pipeline.model is imported, so BUILTIN_MODELS is always complete. It is imported last because it
 # uses ModelInfo and builtin_model from this module.
-from pipeline.spectral import SpectralIndexModel, normalized_difference  # noqa: E402
+from pipeline.spectral import SpectralIndexModel, normalized_difference, vegetation_model  # noqa: E402,F401

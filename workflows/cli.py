@@ -7,47 +7,11 @@ Every command has ``--help`` with an example. A user-facing error prints one lin
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from pipeline.errors import ScenewatchError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def report_errors(func: F) -> F:
-    """Turn a ScenewatchError into one line on stderr and its exit code."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ScenewatchError as err:
-            click.echo(f"scenewatch: error: {err}", err=True)
-            sys.exit(err.exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def tiling_options(func: F) -> F:
-    """Options shared by every command that tiles a scene and runs on Dask."""
-    options = [
-        click.option("--tile-size", type=int, default=None, help="Core tile size in pixels [default: the model's]."),
-        click.option("--halo", type=int, default=None, help="Context pixels read around each tile [default: the model's]."),
-        click.option("--workers", type=int, default=None, help="Local Dask worker processes [default: one per core]."),
-        click.option("--scheduler", default=None, metavar="ADDRESS",
-                     help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster."),
-        click.option("--max-pixels", type=int, default=None, help="Refuse scenes with more pixels than this."),
-        click.option("--assume-crs", default=None, metavar="CRS", help="CRS for a scene that has none, e.g. EPSG:32618."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+from workflows.cli_options import report_errors, tiling_options  # noqa: F401 - re-exported for command modules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -87,7 +51,8 @@ from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
 @main.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", default="vegetation", show_default=True,
-              help="Built-in model name (vegetation, ...) or path to a model bundle.")
+              help="Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
+                   "(see `scenewatch models`).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--bands", "-b", default=None,
               help="Band map 'red=1,green=2,blue=3,nir=4' or a preset: naip, rgb, rgbn, bgrn, sentinel2, "
@@ -127,10 +92,13 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
     from workflows.cli_models import parse_model_options
     from workflows.scene import predict_scene
 
+    from pipeline.config import PredictConfig
     from workflows.cluster import dask_client
+    from workflows.scene import plan_scene
 
     parsed = parse_model_options(model_options)
     ref = ModelRef.of(model, **parsed) if parsed else model
+    plan_scene(scene, ref, PredictConfig.build(**options))  # bad scene or bands: refused before any cluster starts
     with dask_client(options.pop("workers"), options.pop("scheduler")) as client:  # one cluster for both passes
         result = predict_scene(scene, ref, out_dir, client=client, progress=False if quiet else None, **options)
         click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
@@ -149,6 +117,12 @@ from workflows.cli_vectorize import vectorize  # noqa: E402
 
 main.add_command(models)
 main.add_command(vectorize)
+from workflows.cli_train import evaluate, train  # noqa: E402
+
+main.add_command(train); main.add_command(evaluate)  # noqa: E702
+
+from workflows.cli_change import change, timeline; main.add_command(change); main.add_command(timeline)  # noqa: E402,E702,I001
+from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -43,7 +43,8 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
             yield connected
         return
     n = workers or cpu_count()
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+    # dashboard_address ":0": any free port, so a second run beside a first never warns about 8787.
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR, memory_limit=0) as cluster, Client(cluster) as local:
         yield local
 

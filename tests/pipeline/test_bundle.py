@@ -224,3 +224,13 @@ def test_init_bundle_is_seeded_and_builds_without_downloads(tmp_path):
 def test_unknown_bundle_option_is_refused(saved):
     with pytest.raises(ModelError, match="unknown model option.*threshold"):
         load_bundle(saved[0], threshold=0.3)
+
+
+def test_a_weights_file_is_not_a_bundle(tmp_path):
+    from pipeline.model import ModelRef, load_model
+
+    weights = tmp_path / "unet.pth"
+    weights.write_bytes(b"not used")
+    with pytest.raises(ModelError, match="unet.pth: a weights file, not a bundle; make a bundle from it with "
+                                         "`scenewatch models import"):
+        load_model(ModelRef.of(str(weights)))

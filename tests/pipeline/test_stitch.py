@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.model import vegetation_model
+from pipeline.spectral import vegetation_model
 from pipeline.predict import TileInput, predict_array, predict_tiles
 from pipeline.stitch import CLASS_NODATA, Stitcher, decode_proba, split_core
 from tests.conftest import textured

@@ -1,0 +1,167 @@
+"""Evaluate a model on a labelled scene: the orchestration behind ``scenewatch evaluate``.
+
+The model predicts the **whole scene** through :func:`workflows.scene.predict_scene` (tiles, halos,
+blending: exactly what a user gets), and the stitched class raster is compared with the labels, window by
+window, inside ``region`` (default: the whole scene). Pixel metrics come from one confusion matrix summed
+over the windows [pipeline.metrics]; object metrics match polygons of each countable class (predicted ones
+from the class raster with ``rasterio.features.shapes``, true ones from the vector labels, or from the label
+raster) after clipping both sides to the region, so an object cut by the region's edge is judged on the
+same part on both sides.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from pipeline.errors import ConfigError
+from pipeline.labels import IGNORE, Labels, open_labels, read_labels
+from pipeline.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
+from pipeline.read import SceneMeta, open_scene
+from tiles.grid import PixelWindow
+
+__all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluation_dict", "polygons_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    scene: str
+    model: str
+    labels: str
+    region: PixelWindow
+    pixels: PixelMetrics
+    objects: tuple[ObjectMetrics, ...]
+    unknown_pixels: int  # pixels in the region left out: no label, or no prediction (nodata)
+
+
+def _strips(region: PixelWindow, rows: int = 512) -> Iterator[PixelWindow]:
+    for r in range(region.row_off, region.row_end, rows):
+        yield PixelWindow(r, region.col_off, min(rows, region.row_end - r), region.width)
+
+
+def _read_classes(path: Path, window: PixelWindow) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1, window=Window(window.col_off, window.row_off, window.width, window.height))
+
+
+def polygons_of(mask: np.ndarray, window: PixelWindow, meta: SceneMeta, min_pixels: int = 0) -> list[Any]:
+    """Polygons (scene CRS) of the True pixels of ``mask`` covering ``window``, one per 4-connected
+    component, dropping those smaller than ``min_pixels``."""
+    from rasterio.features import shapes
+    from rasterio.windows import transform as window_transform
+    from shapely.geometry import shape
+
+    transform = window_transform(Window(window.col_off, window.row_off, window.width, window.height), meta.transform)
+    pixel_area = abs(meta.transform.a * meta.transform.e - meta.transform.b * meta.transform.d)
+    out = []
+    for geom, _ in shapes(mask.astype(np.uint8), mask=mask, transform=transform, connectivity=4):
+        poly = shape(geom)
+        if poly.area >= min_pixels * pixel_area:
+            out.append(poly)
+    return out
+
+
+def _region_box(region: PixelWindow, meta: SceneMeta) -> Any:
+    from shapely import box
+
+    t = meta.transform
+    x0, y0 = t * (region.col_off, region.row_off)
+    x1, y1 = t * (region.col_end, region.row_end)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def evaluate_prediction(classes_path: str | Path, labels: Labels, class_names: Sequence[str], *,
+                        region: PixelWindow | None = None, object_classes: Sequence[str] = (),
+                        iou_threshold: float = 0.5, min_object_pixels: int = 0) -> tuple[PixelMetrics, tuple[ObjectMetrics, ...], int]:
+    """Compare a class raster on the labels' scene grid with the labels (see module docstring)."""
+    meta = labels.meta
+    region = region or meta.bounds
+    k = len(class_names)
+    total = np.zeros((k, k), dtype=np.int64)
+    unknown = 0
+    object_ids = [_class_index(name, class_names) for name in object_classes]
+    predicted_masks: dict[int, list[Any]] = {c: [] for c in object_ids}
+    truth_masks: dict[int, list[Any]] = {c: [] for c in object_ids}
+    for window in _strips(region, rows=region.height if object_ids else 512):
+        predicted = _read_classes(Path(classes_path), window)
+        truth = read_labels(labels, window)
+        total += confusion_matrix(truth, predicted, k)
+        unknown += int(np.count_nonzero((truth == IGNORE) | (predicted == IGNORE)))
+        for c in object_ids:
+            predicted_masks[c] = polygons_of(predicted == c, window, meta, min_object_pixels)
+            if not labels.is_vector:
+                truth_masks[c] = polygons_of(truth == c, window, meta)
+    objects = []
+    area = _region_box(region, meta)
+    for name, c in zip(object_classes, object_ids, strict=True):
+        if labels.is_vector:
+            truth_polys = [g for g, code in zip(labels.geometries, labels.codes, strict=True) if code == c]
+        else:
+            truth_polys = truth_masks[c]
+        clip_t = [g.intersection(area) for g in truth_polys]
+        clip_p = [g.intersection(area) for g in predicted_masks[c]]
+        objects.append(match_objects([g for g in clip_t if not g.is_empty and g.area > 0],
+                                     [g for g in clip_p if not g.is_empty and g.area > 0], name=name,
+                                     iou_threshold=iou_threshold))
+    return pixel_metrics(total, class_names), tuple(objects), unknown
+
+
+def _class_index(name: str, class_names: Sequence[str]) -> int:
+    lowered = [c.lower() for c in class_names]
+    if name.lower() not in lowered:
+        raise ConfigError(f"--objects {name}: not a class of the model ({', '.join(class_names)})")
+    return lowered.index(name.lower())
+
+
+def evaluate_scene(scene: str | Path, model: Any, labels_path: str | Path, *, label_attribute: str | None = None,
+                   region: PixelWindow | None = None, object_classes: Sequence[str] | None = None,
+                   out_dir: str | Path | None = None, iou_threshold: float = 0.5, min_object_pixels: int = 0,
+                   client: Any = None, progress: bool | None = None, **predict_options: Any) -> Evaluation:
+    """Predict ``scene`` whole with ``model`` and score it against ``labels_path`` inside ``region``.
+
+    ``object_classes`` default: every class but the first for vector labels (footprints are countable
+    things), none for a label raster. Predictions go to ``out_dir`` (kept) or a temporary folder.
+    """
+    from workflows.scene import predict_scene
+
+    meta = open_scene(scene, assume_crs=predict_options.get("assume_crs"))
+    if region is not None:
+        clipped = region.intersection(meta.bounds)
+        if clipped is None:
+            raise ConfigError(f"scene {meta.name}: --region lies outside the scene ({meta.height} x {meta.width} px)")
+        region = clipped
+    with tempfile.TemporaryDirectory(prefix="scenewatch-eval-") as tmp:
+        result = predict_scene(scene, model, out_dir if out_dir is not None else tmp, client=client,
+                               progress=progress, **predict_options)
+        names = result.model.class_names
+        labels = open_labels(labels_path, meta, names, label_attribute)
+        if object_classes is None:
+            object_classes = names[1:] if labels.is_vector else ()
+        pixels, objects, unknown = evaluate_prediction(result.classes_path, labels, names, region=region,
+                                                       object_classes=object_classes, iou_threshold=iou_threshold,
+                                                       min_object_pixels=min_object_pixels)
+    return Evaluation(scene=Path(scene).name, model=result.model.name, labels=Path(labels_path).name,
+                      region=region or meta.bounds, pixels=pixels, objects=objects, unknown_pixels=unknown)
+
+
+def evaluation_dict(ev: Evaluation) -> dict[str, Any]:
+    """A JSON-ready report (derived ratios included)."""
+    return {
+        "scene": ev.scene, "model": ev.model, "labels": ev.labels,
+        "region": asdict(ev.region),
+        "pixels": {"accuracy": ev.pixels.accuracy, "mean_iou": ev.pixels.mean_iou, "pixels": ev.pixels.pixels,
+                   "unknown_pixels": ev.unknown_pixels,
+                   "classes": [asdict(c) for c in ev.pixels.classes],
+                   "confusion_matrix": {"rows": "true class", "columns": "predicted class",
+                                        "values": [list(r) for r in ev.pixels.confusion]}},
+        "objects": [{"class": o.name, "iou_threshold": o.iou_threshold, "true_positives": o.true_positives,
+                     "false_positives": o.false_positives, "false_negatives": o.false_negatives,
+                     "precision": o.precision, "recall": o.recall, "f1": o.f1} for o in ev.objects],
+    }
