@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.model import normalized_difference
+from pipeline.spectral import normalized_difference
 
 __all__ = [
     "CHANGE_NODATA",

@@ -34,7 +34,6 @@ __all__ = [
     "SegmentationModel",
     "Precision",
     "PRECISIONS",
-    "SpectralIndexModel",
     "TorchSegmentationModel",
     "BUILTIN_MODELS",
     "builtin_model",
@@ -359,5 +358,6 @@ def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequen
 
 # The spectral models live in their own module; importing it here registers them (vegetation, water, ...)
 # whenever pipeline.model is imported, so BUILTIN_MODELS is always complete. It is imported last because it
-# uses ModelInfo and builtin_model from this module.
-from pipeline.spectral import SpectralIndexModel, normalized_difference, vegetation_model  # noqa: E402,F401
+# uses ModelInfo and builtin_model from this module. A plain module import (no names taken from it) also
+# works when pipeline.spectral is the module imported first.
+import pipeline.spectral  # noqa: E402,F401

@@ -206,7 +206,6 @@ def classify_dates(scenes: Sequence[str | Path], model: Any, out_dir: Path, date
     """Classify every scene with :func:`workflows.scene.predict_scene` (reusing given class rasters)."""
     from workflows.scene import predict_scene
 
-    _check_distinct_ids(scenes)
     results = []
     for scene, date in zip(scenes, dates, strict=True):
         path = Path(scene)
@@ -226,8 +225,16 @@ def classify_dates(scenes: Sequence[str | Path], model: Any, out_dir: Path, date
     return results
 
 
-def _check_distinct_ids(scenes: Sequence[str | Path]) -> None:
-    """Two scenes to classify must not write the same ``<id>.classes.tif`` (same file name, other folder)."""
+def _check_inputs(scenes: Sequence[str | Path]) -> None:
+    """Refuse, before any cluster starts: class rasters without or with different class names, and two
+    scenes to classify that would write the same ``<id>.classes.tif`` (same file name, other folder)."""
+    given = [_reuse_classes(Path(s), None) for s in scenes if _is_class_raster(s)]
+    for item in given[1:]:
+        if item.class_names != given[0].class_names:
+            raise InvalidSceneError(
+                f"class rasters {given[0].classes_path.name} and {item.classes_path.name} have different classes "
+                f"({','.join(given[0].class_names)} vs {','.join(item.class_names)}); compare rasters of one model"
+            )
     seen: dict[str, str] = {}
     for scene in scenes:
         if _is_class_raster(scene):
@@ -269,11 +276,11 @@ def _split_options(options: dict[str, Any]) -> tuple[int | None, str | None, dic
 
 
 @contextlib.contextmanager
-def _client_for(scenes: Sequence[str | Path], options: dict[str, Any],
-                client: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A Dask client shared by every date that needs classifying (none when all are class rasters)."""
+def _client_for(needed: bool, options: dict[str, Any], client: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """One Dask client for every tiled stage of a run (classifying dates, vectorizing), started only when
+    one is ``needed`` and none was given; and the options left for :func:`predict_scene`."""
     workers, scheduler, rest = _split_options(options)
-    if all(_is_class_raster(s) for s in scenes):
+    if not needed:
         yield client, rest
         return
     with dask_client(workers, scheduler, client) as dask:
@@ -378,22 +385,24 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
     change_path = out_dir / f"{name}.change.tif"
     diff_model = difference_model(model) if isinstance(model, str) else None
     date_tags = {f"SCENEWATCH_{k}_DATE": d.isoformat() for k, d in zip(("BEFORE", "AFTER"), dates) if d}
-    if diff_model is not None:
-        bands = options.get("bands")
-        names, areas = _index_change(diff_model, before, after, target, change_path, bands, window_size,
-                                     date_tags, progress)
-        model_label, items = diff_model.name, ()
-    else:
-        _check_distinct_ids([before, after])
-        with _client_for([before, after], options, client) as (dask, rest):
+    to_classify = diff_model is None and not all(_is_class_raster(p) for p in (before, after))
+    if diff_model is None:
+        _check_inputs([before, after])
+    with _client_for(to_classify or polygons, options, client) as (dask, rest):
+        if diff_model is not None:
+            names, areas = _index_change(diff_model, before, after, target, change_path, rest.get("bands"),
+                                         window_size, date_tags, progress)
+            model_label, items = diff_model.name, ()
+        else:
             items = tuple(classify_dates([before, after], model, out_dir, dates, client=dask, progress=progress,
                                          options=rest))
-        names, areas = _class_change(items[0], items[1], target, change_path, window_size, date_tags, progress)
-        model_label = items[0].model
-    areas_table = _areas_table(*areas, names)
-    poly_path = None
-    if polygons:
-        poly_path = _change_polygons(change_path, out_dir, name, names, dates, min_area, window_size, client)
+            names, areas = _class_change(items[0], items[1], target, change_path, window_size, date_tags,
+                                         progress)
+            model_label = items[0].model
+        areas_table = _areas_table(*areas, names)
+        poly_path = None
+        if polygons:
+            poly_path = _change_polygons(change_path, out_dir, name, names, dates, min_area, window_size, dask)
     ql_path = None
     if quicklook:
         ql_path = out_dir / f"{name}.change.png"
@@ -629,8 +638,6 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
     first detection, ``proba_mean`` the alert confidence as 0.5 low / 1.0 high, ``area_m2``),
     ``OUT/<name>.areas.csv`` / ``.parquet`` and ``OUT/<name>.areas.png``.
     """
-    import pandas as pd
-
     if len(scenes) < 2:
         raise ConfigError(f"timeline: {len(scenes)} scene(s) given; a timeline needs at least two dates")
     if confirm < 1:
@@ -645,9 +652,20 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
     dates = [d for d, _ in dated]
     target = common_grid(grid, ordered[0])
     _check_overlap(target, ordered)
-    _check_distinct_ids(ordered)
-    with _client_for(ordered, options, client) as (dask, rest):
+    _check_inputs(ordered)
+    to_classify = not all(_is_class_raster(p) for p in ordered)
+    with _client_for(to_classify or polygons, options, client) as (dask, rest):
         items = classify_dates(ordered, model, out_dir, dates, client=dask, progress=progress, options=rest)
+        return _timeline_products(items, dates, target, out_dir, name, watch, confirm, window_size, polygons,
+                                  plot, min_area, progress, dask)
+
+
+def _timeline_products(items: list[DatedClasses], dates: list[dt.date], target: GridSpec, out_dir: Path, name: str,
+                       watch: str | Sequence[str] | None, confirm: int, window_size: int, polygons: bool,
+                       plot: bool, min_area: float, progress: bool | None, client: Any) -> TimelineResult:
+    """Everything after classification: the window-by-window pass over all dates, then tables, polygons, plot."""
+    import pandas as pd
+
     class_names = items[0].class_names
     k = len(class_names)
     watched = watch_matrix(class_names, watch)
