@@ -656,7 +656,8 @@ def read_status(job_path: str | Path, out: str | Path | None = None
     """What the manifest says of every scene the job now finds (plus recorded products) and of the last
     run, without running anything.
 
-    ``pending``: never run; ``changed``: done, but its input file changed since (a run will redo it);
+    ``pending``: never run; ``changed``: done, but its input file was modified since (the next run
+    re-hashes it and redoes the scene if the content differs);
     ``interrupted``: a run stopped during it; ``running``: a run holding the lock is on it now.
     """
     job = load_job(job_path, out)

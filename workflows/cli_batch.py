@@ -124,9 +124,14 @@ def status(job_file: str, out: str | None, only_failed: bool) -> None:
     """Show what JOB.yaml has done, failed and still pending, from its run manifest (runs nothing).
 
     \b
-    Statuses: done; failed (with stage and reason); pending (never run); changed (done, but the input
-    file changed since: the next run redoes it); interrupted (a run stopped during it); running (a run
-    holds the job's lock and is on it now).
+    Statuses:
+      done         finished, outputs recorded with their checksums
+      failed       with the stage and a one-line reason
+      pending      never run
+      changed      done, but the input file was modified since (the next run re-hashes it and
+                   redoes the scene if its content differs)
+      interrupted  a run stopped during it (the next run redoes it)
+      running      a run holds the job's lock and is on it now
 
     \b
     Examples:

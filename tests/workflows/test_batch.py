@@ -138,53 +138,55 @@ def test_stac_catalog_and_unsafe_stac_ids(tmp_path: Path, make_geotiff, dask_cli
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("retries", [1, 0])
-def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_path: Path, make_geotiff,
-                                                                           retries: int) -> None:
+def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_path: Path, make_geotiff) -> None:
     """A Dask worker process killed (SIGKILL) while it runs a scene's task: Dask is told to give up at
     once (allowed-failures 0, so KilledWorker reaches the batch); with retries the batch runs that scene
     again on the restarted worker, without it records the scene failed; the other scenes end done, and
-    every scene done equals the whole-array reference."""
+    every scene done equals the whole-array reference. One cluster serves both runs (its nanny restarts
+    the killed worker)."""
     from distributed import Client, LocalCluster
 
     archive = make_archive(tmp_path, make_geotiff, "archive", 3)
-    out = tmp_path / "out"
-    model = {"factory": "tests.workflows.slow_model:slow_vegetation", "kwargs": {"delay": 1.0}}
-    job = write_job(tmp_path, {"folder": str(archive)}, out, model=model, retries=retries)
-    killed: list[int] = []
+    model = {"factory": "tests.workflows.slow_model:slow_vegetation", "kwargs": {"delay": 0.6}}
 
-    def kill_worker_running(client: Client, scene: str) -> None:
-        pids = client.run(os.getpid)
+    def kill_worker_running(client: Client, scene: str, killed: list[int]) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for addr, keys in client.processing().items():
                 if any(scene in str(k) for k in keys):
+                    pid = client.run(os.getpid, workers=[addr])[addr]
                     time.sleep(0.2)  # inside the task's model call
-                    os.kill(pids[addr], signal.SIGKILL)
-                    killed.append(pids[addr])
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                     return
             time.sleep(0.02)
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit=0) as cluster, Client(cluster) as client:
-        killer = threading.Thread(target=kill_worker_running, args=(client, "scene_01"))
-        killer.start()
-        summary = run_job(job, client=client)
-        killer.join()
-    assert killed, "the worker was never seen running scene_01"
-    outcomes = {o.item_id: o for o in summary.outcomes}
-    expected = "done" if retries else "failed"
-    assert {i: o.status for i, o in outcomes.items()} == {"scene_00": "done", "scene_01": expected,
-                                                          "scene_02": "done"}
-    assert outcomes["scene_01"].attempts == 1 + retries and outcomes["scene_00"].attempts == 1
-    if not retries:
-        assert outcomes["scene_01"].error_class == "KilledWorker" and outcomes["scene_01"].stage == "predict"
-        assert summary.exit_code == 3 and not (out / "scene_01.classes.tif").exists()
-    for i in (0, 1, 2) if retries else (0, 2):
-        np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
-                                      _reference_classes(archive / f"scene_{i:02d}.tif"))
-    assert [r["status"] for r in manifest_rows(out)] == ["done", expected, "done"]
+        for retries in (1, 0):
+            out = tmp_path / f"out-{retries}"
+            job = write_job(tmp_path, {"folder": str(archive)}, out, model=model, retries=retries,
+                            name=f"retries-{retries}")
+            killed: list[int] = []
+            killer = threading.Thread(target=kill_worker_running, args=(client, "scene_01", killed))
+            killer.start()
+            summary = run_job(job, client=client)
+            killer.join()
+            assert killed, "the worker was never seen running scene_01"
+            outcomes = {o.item_id: o for o in summary.outcomes}
+            expected = "done" if retries else "failed"
+            assert {i: o.status for i, o in outcomes.items()} == {"scene_00": "done", "scene_01": expected,
+                                                                  "scene_02": "done"}
+            assert outcomes["scene_01"].attempts == 1 + retries and outcomes["scene_00"].attempts == 1
+            if not retries:
+                assert outcomes["scene_01"].error_class == "KilledWorker"
+                assert outcomes["scene_01"].stage == "predict"
+                assert summary.exit_code == 3 and not (out / "scene_01.classes.tif").exists()
+            for i in (0, 1, 2) if retries else (0, 2):
+                np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
+                                              _reference_classes(archive / f"scene_{i:02d}.tif"))
+            assert [r["status"] for r in manifest_rows(out)] == ["done", expected, "done"]
 
 
 def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:
@@ -232,20 +234,24 @@ def test_naip_example_job_runs_end_to_end_with_vectors(tmp_path: Path, dask_clie
 
 @pytest.mark.slow
 def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) -> None:
-    """Runs once workflows.change is in this scenewatch (another branch)."""
+    """Change pairs and a timeline through workflows.change, as a job's products."""
     pytest.importorskip("workflows.change")
     (tmp_path / "arc").mkdir()
     for i, day in enumerate(["20200101", "20210101", "20220101"]):
         make_geotiff(f"arc/site_{day}.tif", shape=SHAPE, seed=i)
     out = tmp_path / "out"
     job = write_job(tmp_path, {"folder": "arc"}, out, products={
-        "segmentation": {"proba": True}, "change": {"pairs": "consecutive"}, "timeline": {}})
+        "segmentation": {"proba": True},
+        "change": {"pairs": "consecutive", "options": {"quicklook": False, "polygons": False}},
+        "timeline": {"options": {"plot": False, "polygons": False}}})
     first = run_job(job, client=dask_client)
     assert first.exit_code == 0, [o.message for o in first.outcomes if o.status == "failed"]
     kinds = sorted((o.kind, o.status) for o in first.outcomes)
     assert kinds == [("change", "done")] * 2 + [("scene", "done")] * 3 + [("timeline", "done")]
     rows = {r["item_id"]: r for r in manifest_rows(out)}
     assert all(json.loads(r["outputs"]) for r in rows.values())
+    produced = [p for r in rows.values() for p, _, _ in json.loads(r["outputs"])]
+    assert not [p for p in produced if p.endswith((".png", ".gpkg"))]  # the job's options reached them
     again = run_job(job, client=dask_client)
     assert {o.status for o in again.outcomes} == {"skipped"}
 
@@ -256,6 +262,16 @@ def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) 
     assert third["change_site_20220101__site_20230101"].message.endswith(
         "input scene site_20230101 failed; see its own record")
     assert third["timeline"].status == "skipped"  # same three usable dates as before
+
+    # an index-difference model for the change reads the scenes' bands, not the class maps
+    (tmp_path / "arc" / "site_20230101.tif").unlink()
+    dndvi = write_job(tmp_path, {"folder": "arc"}, tmp_path / "dndvi", name="dndvi", products={
+        "segmentation": {"proba": False},
+        "change": {"pairs": "first-last", "model": "dndvi", "options": {"quicklook": False}}})
+    outcome = {o.item_id: o for o in run_job(dndvi, client=dask_client).outcomes}
+    assert outcome["change_site_20200101__site_20220101"].status == "done"
+    change_rows = [r for r in manifest_rows(tmp_path / "dndvi") if r["kind"] == "change"]
+    assert [p for p, _, _ in json.loads(change_rows[0]["outputs"]) if p.endswith(".change.tif")]
 
 
 @pytest.mark.slow
