@@ -10,9 +10,10 @@ run:
   attributes, a GeoPackage written), on a LocalCluster started before the clock starts.
 
 Printed: seconds, megapixels per second, the ratio ours / baseline, polygon counts (which must be equal),
-and peak resident memory (:class:`bench.memory.PeakMemory`, sampled every 20 ms): of the baseline process,
+and peak resident memory (:class:`bench.memory.PeakMemory`, sampled every 20 ms for the baseline and 0.1 s for ours): of the baseline process,
 of all our processes together (client, scheduler, nannies, workers) and of the largest worker. Run it at
-several sizes to see what grows with the raster. The cluster is warmed up on a small raster first (a
+several sizes to see what grows with the raster. Also printed: CPU seconds used (baseline process; our
+client and workers), which other processes' load does not inflate. The cluster is warmed up on a small raster first (a
 worker's first task imports scipy, pyarrow and shapely).
 
 Usage::
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import psutil
 from affine import Affine
 from rasterio.windows import Window
 
@@ -64,11 +66,20 @@ def _baseline(path: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
     """In a fresh process (its memory is its own): read the raster, one shapes() call over it."""
     import rasterio.features
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with rasterio.open(path) as src:
         classes = src.read(1)
     count = sum(1 for _ in rasterio.features.shapes(classes, mask=(classes > 0) & (classes != 255)))
-    queue.put((time.perf_counter() - started, count))
+    queue.put((time.perf_counter() - started, count, time.process_time() - cpu))
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (other processes' load does not inflate it)."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def main() -> None:
@@ -96,10 +107,11 @@ def main() -> None:
             proc = ctx.Process(target=_baseline, args=(str(path), queue))
             proc.start()
             with PeakMemory(interval=0.02, pid=proc.pid) as mem:
-                seconds, count = queue.get()
+                seconds, count, cpu = queue.get()
                 proc.join()
-            base.append((seconds, count, mem.peak))
-        base_s, base_count, base_peak = min(base)
+            base.append((seconds, count, mem.peak, cpu))
+        base_s, base_count, base_peak, _ = min(base)
+        base_cpu = min(b[3] for b in base)
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit=0) as cluster, Client(cluster) as client:
             workers = list(client.run(os.getpid).values())
@@ -108,16 +120,23 @@ def main() -> None:
                             progress=False)
             ours = []
             for i in range(args.repeat):
-                tree, per_worker = PeakMemory(interval=0.02), [PeakMemory(interval=0.02, pid=w) for w in workers]
+                # 0.1 s sampling: the samplers run in this process, whose CPU time is counted below
+                tree, per_worker = PeakMemory(interval=0.1), [PeakMemory(interval=0.1, pid=w) for w in workers]
                 with tree, contextlib.ExitStack() as stack:
                     for mem in per_worker:
                         stack.enter_context(mem)
                     started = time.perf_counter()
+                    cpu_client, cpu_workers = _cpu_seconds([os.getpid()]), _cpu_seconds(workers)
                     result = vectorize_scene(path, Path(tmp) / f"out{i}", formats=("gpkg",), classes=[1, 2, 3],
                                              tile_size=args.tile_size, client=client, progress=False)
                     seconds = time.perf_counter() - started
-                ours.append((seconds, result.features, tree.peak, max(m.peak for m in per_worker)))
-        our_s, our_count, tree_peak, worker_peak = min(ours)
+                    cpu_client = _cpu_seconds([os.getpid()]) - cpu_client
+                    cpu_workers = _cpu_seconds(workers) - cpu_workers
+                ours.append((seconds, result.features, tree.peak, max(m.peak for m in per_worker), cpu_client,
+                             cpu_workers))
+        our_s, our_count, tree_peak, worker_peak, _, _ = min(ours)
+        our_client_cpu, our_worker_cpu = min(o[4] for o in ours), min(o[5] for o in ours)
+        our_cpu = our_client_cpu + our_worker_cpu
     print(f"raster {args.size} x {args.size} ({megapixels:.0f} Mpx), tiles {args.tile_size} px, "
           f"{args.workers} workers, fastest of {args.repeat}, load average {os.getloadavg()[0]:.1f}")
     print(f"baseline rasterio.features.shapes (whole raster, 1 process): {base_s:6.2f} s  "
@@ -125,6 +144,9 @@ def main() -> None:
     print(f"scenewatch vectorize (tiles, merge, areas, gpkg):           {our_s:6.2f} s  "
           f"{megapixels / our_s:6.1f} Mpx/s  {our_count} polygons  peak RSS all processes {tree_peak / mib:.0f} MiB, "
           f"largest worker {worker_peak / mib:.0f} MiB")
+    print(f"CPU seconds: baseline {base_cpu:.2f}, ours {our_cpu:.2f} (client {our_client_cpu:.2f}, workers "
+          f"{our_worker_cpu:.2f}); "
+          f"Mpx per CPU-second ratio ours / baseline {base_cpu / our_cpu:.2f}")
     print(f"throughput ratio ours / baseline: {base_s / our_s:.2f}")
     if our_count != base_count:
         raise SystemExit(f"polygon counts differ: {our_count} vs {base_count}")
