@@ -112,17 +112,15 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
                          max_polygons=max_polygons, client=client)
 
 
+# Each command family lives in its own module; they are registered here, after `main` exists.
+from workflows.cli_batch import run, status  # noqa: E402
+from workflows.cli_change import change, timeline  # noqa: E402
 from workflows.cli_models import models  # noqa: E402
+from workflows.cli_train import evaluate, train  # noqa: E402
 from workflows.cli_vectorize import vectorize  # noqa: E402
 
-main.add_command(models)
-main.add_command(vectorize)
-from workflows.cli_train import evaluate, train  # noqa: E402
-
-main.add_command(train); main.add_command(evaluate)  # noqa: E702
-
-from workflows.cli_change import change, timeline; main.add_command(change); main.add_command(timeline)  # noqa: E402,E702,I001
-from workflows.cli_batch import run, status; main.add_command(run); main.add_command(status)  # noqa: E402, E702
+for _command in (vectorize, models, change, timeline, train, evaluate, run, status):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
