@@ -46,7 +46,8 @@ def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, opt
     start = time.perf_counter()
     result = predict_scene(scene, _ref(model), out, workers=workers, progress=False, **options)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "pixels": result.grid.height * result.grid.width, "tiles": result.tiles_planned}
+    return {"seconds": seconds, "pixels": result.grid.height * result.grid.width, "tiles": result.tiles_planned,
+            **result.extra}
 
 
 def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
@@ -63,15 +64,52 @@ def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, t
     m = load_model(_ref(model))
     indexes = tuple(range(1, len(m.info.bands) + 1))
     tiles = list(plan_tiles(meta.height, meta.width, tile, halo))[:max_tiles]
-    m.predict(read_window(meta, tiles[0].read_window, indexes)[0][None])  # warm-up (lazy init, autotune)
-    seconds, pixels = 0.0, 0
+    first = read_window(meta, tiles[0].read_window, indexes)[0][None]
+    m.predict(first)  # warm-up (lazy init, autotune)
+    flops_per_pixel = _forward_flops(m, first) / first.shape[-1] / first.shape[-2]
+    seconds, pixels, input_pixels = 0.0, 0, 0
     for t in tiles:
         data, _ = read_window(meta, t.read_window, indexes)
         start = time.perf_counter()
         m.predict(data[None])
         seconds += time.perf_counter() - start
         pixels += t.core_window.size
-    return {"seconds": seconds, "pixels": pixels}
+        input_pixels += t.read_window.size
+    return {"seconds": seconds, "pixels": pixels, "gflops": flops_per_pixel * input_pixels / seconds / 1e9}
+
+
+def _forward_flops(model: Any, batch: np.ndarray) -> float:
+    """FLOPs of one forward pass (torch's own counter; 0 for a model that is not a torch network)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    network = getattr(model, "network", None)
+    if network is None:
+        return 0.0
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network(torch.from_numpy(np.ascontiguousarray(batch)))
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(threads: int, size: int = 2048, repeat: int = 5) -> dict[str, Any]:
+    """This CPU's measured matrix-product throughput, fp32 and bf16, with ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"seconds": 1.0, "pixels": 0}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeat))
+        out[f"{name}_gflops"] = 2 * size**3 / best / 1e9
+    return out
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def naive(scene: str, model: dict[str, Any] | str, out: str) -> dict[str, Any]:
@@ -86,7 +124,8 @@ def naive(scene: str, model: dict[str, Any] | str, out: str) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "pixels": pixels, "polygons": polygons}
 
 
-CASES = {"read_floor": read_floor, "predict": predict, "model_alone": model_alone, "naive": naive}
+CASES = {"read_floor": read_floor, "predict": predict, "model_alone": model_alone, "naive": naive,
+         "matmul_peak": matmul_peak}
 
 
 def main() -> None:

@@ -136,31 +136,36 @@ def main() -> None:
         compile_s[name] = time.perf_counter() - t0
     plain_fp32()
     times: dict[str, list[float]] = {name: [] for name in ["plain fp32", *models]}
+    cpu: dict[str, list[float]] = {name: [] for name in times}  # process CPU time: robust to other load
     for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        plain_fp32()
-        times["plain fp32"].append(time.perf_counter() - t0)
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            model.predict(data)
+        for name, run in [("plain fp32", plain_fp32),
+                          *[(n, lambda m=m: m.predict(data)) for n, m in models.items()]]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            run()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     reference = models["fp32 channels-last"].predict(data)
     trained_ref = make(trained, "fp32").predict(data) if trained is not None else None
     base = statistics.median(times["plain fp32"])
-    print(f"\n| variant | resolved | MP/s | x fp32 eager | GFLOP/s | drift (random init) | drift (fitted {args.train_steps} steps) | first call s |")
-    print("|---|---|---|---|---|---|---|---|")
+    cpu_base = statistics.median(cpu["plain fp32"])
+    print(f"\n| variant | resolved | MP/s | x fp32 eager | GFLOP/s | MP per CPU-s | x fp32 (CPU time) | "
+          f"drift (random init) | drift (fitted {args.train_steps} steps) | first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| plain torch fp32 (baseline) | fp32 contiguous | {mp / base:.2f} | 1.00 | {flops / base / 1e9:.0f} | "
-          f"0 | 0 | - |")
+          f"{mp / cpu_base:.2f} | 1.00 | 0 | 0 | - |")
     for name, model in models.items():
         t = statistics.median(times[name])
         drift = float(np.abs(model.predict(data) - reference).mean())
         if trained is not None:
-            p, c = variants[name]
-            drift_t = f"{float(np.abs(make(trained, p, c).predict(data) - trained_ref).mean()):.4f}" if not c else "-"
+            precision, compiled = variants[name]
+            drift_t = ("-" if compiled else
+                       f"{float(np.abs(make(trained, precision).predict(data) - trained_ref).mean()):.4f}")
         else:
             drift_t = "-"
+        cpu_s = statistics.median(cpu[name])
         print(f"| {name} | {model.precision}{' compiled' if model.compiled else ''} | {mp / t:.2f} | "
-              f"{base / t:.2f} | {flops / t / 1e9:.0f} | {drift:.4f} | {drift_t} | {compile_s[name]:.1f} |")
+              f"{base / t:.2f} | {flops / t / 1e9:.0f} | {mp / cpu_s:.2f} | {cpu_base / cpu_s:.2f} | {drift:.4f} | "
+              f"{drift_t} | {compile_s[name]:.1f} |")
     if trained is not None:
         print(f"\n(fitted network: final loss {loss:.3f}; drift of a compiled variant equals its eager twin's "
               f"to within rounding, so it is not refitted)")

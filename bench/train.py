@@ -28,7 +28,7 @@ import rasterio
 from pipeline.labels import IGNORE, open_labels, read_labels
 from pipeline.metrics import confusion_matrix, pixel_metrics
 from pipeline.read import open_scene, read_window
-from pipeline.model import normalized_difference
+from pipeline.spectral import normalized_difference
 from tiles.grid import PixelWindow
 from workflows.evaluate import evaluate_scene
 from workflows.train import TrainConfig, train

@@ -10,27 +10,30 @@ run:
   attributes, a GeoPackage written), on a LocalCluster started before the clock starts.
 
 Printed: seconds, megapixels per second, the ratio ours / baseline, polygon counts (which must be equal),
-and peak resident memory: of the baseline process (its growth over the start), and of our client process
-and largest worker, each sampled every 20 ms. Run it at two sizes to see what grows with the raster.
+and peak resident memory (:class:`bench.memory.PeakMemory`, sampled every 20 ms for the baseline and 0.1 s for ours): of the baseline process,
+of all our processes together (client, scheduler, nannies, workers) and of the largest worker. Run it at
+several sizes to see what grows with the raster. Also printed: CPU seconds used (baseline process; our
+client and workers), which other processes' load does not inflate. The cluster is warmed up on a small raster first (a
+worker's first task imports scipy, pyarrow and shapely).
 
 Usage::
 
-    PYTHONPATH=$PWD python bench/vectorize.py --size 8192 --tile-size 1024 --workers 2
+    PYTHONPATH=$PWD python -m bench.vectorize --size 8192 --tile-size 1024 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rasterio
+import psutil
 from affine import Affine
 from rasterio.windows import Window
 
@@ -59,45 +62,24 @@ def make_classes(path: Path, size: int, seed: int = 0, block: int = 512) -> Path
     return path
 
 
-class PeakRSS:
-    """Samples the resident memory of some processes every 20 ms; keeps each one's peak."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.peaks = {pid: 0 for pid in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        procs = {pid: psutil.Process(pid) for pid in self.peaks}
-        while not self._stop.is_set():
-            for pid, proc in procs.items():
-                try:
-                    self.peaks[pid] = max(self.peaks[pid], proc.memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _baseline(path: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    """In a fresh process, so its memory is its own: read the raster, one shapes() call."""
+    """In a fresh process (its memory is its own): read the raster, one shapes() call over it."""
     import rasterio.features
 
-    start_rss = psutil.Process().memory_info().rss
-    with PeakRSS([psutil.Process().pid]) as peak:
-        started = time.perf_counter()
-        with rasterio.open(path) as src:
-            classes = src.read(1)
-        count = sum(1 for _ in rasterio.features.shapes(classes, mask=(classes > 0) & (classes != 255)))
-        seconds = time.perf_counter() - started
-    queue.put((seconds, count, max(peak.peaks.values()) - start_rss))
+    started, cpu = time.perf_counter(), time.process_time()
+    with rasterio.open(path) as src:
+        classes = src.read(1)
+    count = sum(1 for _ in rasterio.features.shapes(classes, mask=(classes > 0) & (classes != 255)))
+    queue.put((time.perf_counter() - started, count, time.process_time() - cpu))
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (other processes' load does not inflate it)."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def main() -> None:
@@ -105,15 +87,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest is reported")
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
 
+    from bench.memory import PeakMemory
     from workflows.vectorize import vectorize_scene
 
+    mib = 1024 * 1024
     with tempfile.TemporaryDirectory() as tmp:
         path = make_classes(Path(tmp) / "bench.classes.tif", args.size)
+        warmup = make_classes(Path(tmp) / "warmup.classes.tif", 512, seed=1)
         megapixels = args.size * args.size / 1e6
         ctx = mp.get_context("spawn")
         base = []
@@ -121,31 +106,47 @@ def main() -> None:
             queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
             proc = ctx.Process(target=_baseline, args=(str(path), queue))
             proc.start()
-            base.append(queue.get())
-            proc.join()
-        base_s, base_count, base_rss = min(base)
+            with PeakMemory(interval=0.02, pid=proc.pid) as mem:
+                seconds, count, cpu = queue.get()
+                proc.join()
+            base.append((seconds, count, mem.peak, cpu))
+        base_s, base_count, base_peak, _ = min(base)
+        base_cpu = min(b[3] for b in base)
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit=0) as cluster, Client(cluster) as client:
             workers = list(client.run(os.getpid).values())
+            # first use of each worker imports scipy, pyarrow, shapely: not part of the throughput
+            vectorize_scene(warmup, Path(tmp) / "warm", classes=[1, 2, 3], tile_size=256, client=client,
+                            progress=False)
             ours = []
             for i in range(args.repeat):
-                with PeakRSS([psutil.Process().pid, *workers]) as peak:
+                # 0.1 s sampling: the samplers run in this process, whose CPU time is counted below
+                tree, per_worker = PeakMemory(interval=0.1), [PeakMemory(interval=0.1, pid=w) for w in workers]
+                with tree, contextlib.ExitStack() as stack:
+                    for mem in per_worker:
+                        stack.enter_context(mem)
                     started = time.perf_counter()
+                    cpu_client, cpu_workers = _cpu_seconds([os.getpid()]), _cpu_seconds(workers)
                     result = vectorize_scene(path, Path(tmp) / f"out{i}", formats=("gpkg",), classes=[1, 2, 3],
                                              tile_size=args.tile_size, client=client, progress=False)
                     seconds = time.perf_counter() - started
-                client_peak = peak.peaks[psutil.Process().pid]
-                worker_peak = max(peak.peaks[w] for w in workers)
-                ours.append((seconds, result.features, client_peak, worker_peak))
-        our_s, our_count, client_peak, worker_peak = min(ours)
-    mib = 1024 * 1024
+                    cpu_client = _cpu_seconds([os.getpid()]) - cpu_client
+                    cpu_workers = _cpu_seconds(workers) - cpu_workers
+                ours.append((seconds, result.features, tree.peak, max(m.peak for m in per_worker), cpu_client,
+                             cpu_workers))
+        our_s, our_count, tree_peak, worker_peak, _, _ = min(ours)
+        our_client_cpu, our_worker_cpu = min(o[4] for o in ours), min(o[5] for o in ours)
+        our_cpu = our_client_cpu + our_worker_cpu
     print(f"raster {args.size} x {args.size} ({megapixels:.0f} Mpx), tiles {args.tile_size} px, "
-          f"{args.workers} workers, best of {args.repeat}")
+          f"{args.workers} workers, fastest of {args.repeat}, load average {os.getloadavg()[0]:.1f}")
     print(f"baseline rasterio.features.shapes (whole raster, 1 process): {base_s:6.2f} s  "
-          f"{megapixels / base_s:6.1f} Mpx/s  {base_count} polygons  peak RSS growth {base_rss / mib:6.0f} MiB")
+          f"{megapixels / base_s:6.1f} Mpx/s  {base_count} polygons  peak RSS {base_peak / mib:.0f} MiB")
     print(f"scenewatch vectorize (tiles, merge, areas, gpkg):           {our_s:6.2f} s  "
-          f"{megapixels / our_s:6.1f} Mpx/s  {our_count} polygons  peak RSS client {client_peak / mib:.0f} MiB, "
+          f"{megapixels / our_s:6.1f} Mpx/s  {our_count} polygons  peak RSS all processes {tree_peak / mib:.0f} MiB, "
           f"largest worker {worker_peak / mib:.0f} MiB")
+    print(f"CPU seconds: baseline {base_cpu:.2f}, ours {our_cpu:.2f} (client {our_client_cpu:.2f}, workers "
+          f"{our_worker_cpu:.2f}); "
+          f"Mpx per CPU-second ratio ours / baseline {base_cpu / our_cpu:.2f}")
     print(f"throughput ratio ours / baseline: {base_s / our_s:.2f}")
     if our_count != base_count:
         raise SystemExit(f"polygon counts differ: {our_count} vs {base_count}")

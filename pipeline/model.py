@@ -34,7 +34,6 @@ __all__ = [
     "SegmentationModel",
     "Precision",
     "PRECISIONS",
-    "SpectralIndexModel",
     "TorchSegmentationModel",
     "BUILTIN_MODELS",
     "builtin_model",
@@ -148,9 +147,27 @@ def builtin_model(name: str) -> Callable[[Callable[..., SegmentationModel]], Cal
     return register
 
 
-@functools.lru_cache(maxsize=4)
 def load_model(ref: ModelRef) -> SegmentationModel:
-    """The model a ref names, built once per process and cached (so once per Dask worker, not per tile)."""
+    """The model a ref names, built once per process and cached (so once per Dask worker, not per tile).
+
+    A bundle is cached together with its ``model.json``'s modification time and size, so a bundle rewritten
+    at the same path (a training loop saving a new version) is loaded again instead of served stale.
+    """
+    return _load_model(ref, _bundle_fingerprint(ref))
+
+
+def _bundle_fingerprint(ref: ModelRef) -> tuple[int, ...]:
+    if ref.factory or ref.source in BUILTIN_MODELS:
+        return ()
+    try:
+        stat = (Path(ref.source) / "model.json").stat()
+    except OSError:
+        return ()
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(ref: ModelRef, fingerprint: tuple[int, ...]) -> SegmentationModel:
     if ref.threads:
         _set_torch_threads(ref.threads)
     options = dict(ref.options)
@@ -262,8 +279,6 @@ class TorchSegmentationModel:
         self._mean = torch.tensor(mean if mean is not None else [0.0] * n, dtype=torch.float32).view(1, n, 1, 1)
         self._std = torch.tensor(std if std is not None else [1.0] * n, dtype=torch.float32).view(1, n, 1, 1)
         self.network = network.eval().to(self.device).to(memory_format=torch.channels_last)
-        for p in self.network.parameters():
-            p.requires_grad_(False)
         self.compiled = bool(compile)
         self._static_hw = (0, 0)
         self._forward = _compile(self.network) if compile else self.network
@@ -359,5 +374,6 @@ def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequen
 
 # The spectral models live in their own module; importing it here registers them (vegetation, water, ...)
 # whenever pipeline.model is imported, so BUILTIN_MODELS is always complete. It is imported last because it
-# uses ModelInfo and builtin_model from this module.
-from pipeline.spectral import SpectralIndexModel, normalized_difference, vegetation_model  # noqa: E402,F401
+# uses ModelInfo and builtin_model from this module. A plain module import (no names taken from it) also
+# works when pipeline.spectral is the module imported first.
+import pipeline.spectral  # noqa: E402,F401

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["safe_name", "scene_id"]
+__all__ = ["safe_name", "scene_id", "unique_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -36,3 +37,27 @@ def scene_id(path: str | Path) -> str:
             name = name[: -len(ext)]
             break
     return safe_name(name)
+
+
+def unique_names(raws: Sequence[str], keys: Sequence[str] | None = None) -> list[str]:
+    """Safe names for ``raws`` that are distinct even on a case-insensitive file system.
+
+    Each raw id becomes :func:`safe_name` of itself; names that would still clash (``a/x`` and ``b/x`` both
+    named ``x``, or ``X`` and ``x``) get a short hash of their ``keys`` entry (e.g. the full path, default:
+    the raw id) appended, so the result is stable from run to run whatever else is in the list.
+    """
+    keys = list(raws) if keys is None else list(keys)
+    if len(keys) != len(raws):
+        raise ValueError("unique_names: raws and keys differ in length")
+    if len(set(keys)) != len(keys):
+        raise ValueError("unique_names: keys must be distinct")
+    names = [safe_name(r) for r in raws]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.lower(), []).append(i)
+    for members in groups.values():
+        if len(members) > 1:
+            for i in members:
+                digest = hashlib.sha256(keys[i].encode("utf-8")).hexdigest()[:8]
+                names[i] = f"{names[i]}-{digest}"
+    return names

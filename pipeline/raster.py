@@ -25,7 +25,9 @@ from pipeline.errors import OutputError
 from pipeline.read import SceneMeta
 from tiles.grid import PixelWindow
 
-__all__ = ["CogWriter", "hex_to_rgba"]
+__all__ = ["CogWriter", "hex_to_rgba", "COPY_CACHE_MB"]
+
+COPY_CACHE_MB = 64
 
 
 def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
@@ -80,7 +82,10 @@ class CogWriter:
         """Close the staging file and copy it into a COG at the final path, atomically."""
         self._dst.close()
         try:
-            with atomic_path(self.path) as tmp:
+            # GDAL's block cache defaults to 5 % of RAM and the COG copy fills it with the whole staging file
+            # when it fits: memory then grows with the raster. A small cache costs nothing here (the copy
+            # streams block by block); measured: 317 -> 137 MiB peak for an 8192 x 8192 x 2 copy.
+            with atomic_path(self.path) as tmp, rasterio.Env(GDAL_CACHEMAX=COPY_CACHE_MB):
                 rasterio.shutil.copy(
                     # DEFLATE level 1: every GDAL reader decodes it; levels above 1 tripled the time of this
                     # serial step for files 10 % smaller, and a predictor made uint8 class/probability

@@ -11,6 +11,7 @@ name           index (bands, STAC eo common names)      target class      defaul
 vegetation     NDVI  = (nir - red) / (nir + red)        NDVI > 0.3        moderate to dense green cover
 water          NDWI  = (green - nir) / (green + nir)    NDWI > 0.0        McFeeters 1996
 water-mndwi    MNDWI = (green - swir16)/(green+swir16)  MNDWI > 0.0       Xu 2006; better in built-up areas
+water-swir     (red - swir16) / (red + swir16)          > 0.0             Rogers & Kearney 2004; no green
 burn           NBR   = (nir - swir22) / (nir + swir22)  NBR < 0.1         burned/bare, single date
 bare           NDMI  = (nir - swir16) / (nir + swir16)  NDMI < 0.25       cleared land / bare soil vs canopy
 =============  =======================================  ================  ================================
@@ -83,6 +84,7 @@ SPECTRAL_DEFAULTS: dict[str, tuple[float, bool]] = {
     "vegetation": (0.3, True),
     "water": (0.0, True),
     "water-mndwi": (0.0, True),
+    "water-swir": (0.0, True),
     "burn": (0.1, False),
     "bare": (0.25, False),
 }
@@ -131,6 +133,20 @@ def water_mndwi_model(threshold: float | None = None, softness: float = 0.05) ->
     """MNDWI (Xu) = (green - swir16) / (green + swir16); water where MNDWI > threshold (default 0)."""
     return _spectral("water-mndwi", ("green", "swir16"), ("other", "water"), ("#d9d0b4", "#2b83ba"),
                      "MNDWI threshold: water where (green - swir16) / (green + swir16) > {t}", threshold,
+                     softness)
+
+
+@builtin_model("water-swir")
+def water_swir_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
+    """Red/SWIR water index (Rogers & Kearney 2004) = (red - swir16) / (red + swir16); water where > threshold
+    (default 0).
+
+    Water absorbs short-wave infrared almost completely while still reflecting some red light; soil and
+    vegetation reflect more SWIR than red. It needs no green band, so it runs on the common SWIR/NIR/red
+    false-colour composites (Landsat timelapses, the OMBRIA Sentinel-2 chips: docs/benchmarks.md).
+    """
+    return _spectral("water-swir", ("red", "swir16"), ("other", "water"), ("#d9d0b4", "#2b83ba"),
+                     "red/SWIR water index: water where (red - swir16) / (red + swir16) > {t}", threshold,
                      softness)
 
 

@@ -258,7 +258,8 @@ def _build_polygons(shapes: list[tuple[dict, float]]) -> np.ndarray:
     rings = [ring for geojson, _ in shapes for ring in geojson["coordinates"]]
     rings_per_polygon = np.fromiter((len(g["coordinates"]) for g, _ in shapes), np.int64, len(shapes))
     ring_lengths = np.fromiter((len(r) for r in rings), np.int64, len(rings))
-    xy = np.array(list(chain.from_iterable(rings)), dtype=np.float64).reshape(-1, 2)
+    total = int(ring_lengths.sum())
+    xy = np.fromiter(chain.from_iterable(chain.from_iterable(rings)), np.float64, 2 * total).reshape(-1, 2)
     offsets = (np.concatenate([[0], np.cumsum(ring_lengths)]), np.concatenate([[0], np.cumsum(rings_per_polygon)]))
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
 
@@ -296,11 +297,11 @@ def _first_pixels(geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(geometry) == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     xy, index = shapely.get_coordinates(shapely.get_exterior_ring(geometry), return_index=True)
-    order = np.lexsort((xy[:, 0], xy[:, 1], index))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = index[order][1:] != index[order][:-1]
-    picked = xy[order][first]
-    return np.rint(picked[:, 1]).astype(np.int64), np.rint(picked[:, 0]).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])  # rings are contiguous, in polygon order
+    top = np.minimum.reduceat(xy[:, 1], starts)
+    x_on_top = np.where(xy[:, 1] == top[index], xy[:, 0], np.inf)
+    left = np.minimum.reduceat(x_on_top, starts)
+    return np.rint(top).astype(np.int64), np.rint(left).astype(np.int64)
 
 
 # --- I/O edge: what each Dask task reads (every worker opens the files itself) -------------------------

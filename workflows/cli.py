@@ -7,47 +7,11 @@ Every command has ``--help`` with an example. A user-facing error prints one lin
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from pipeline.errors import ScenewatchError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def report_errors(func: F) -> F:
-    """Turn a ScenewatchError into one line on stderr and its exit code."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ScenewatchError as err:
-            click.echo(f"scenewatch: error: {err}", err=True)
-            sys.exit(err.exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def tiling_options(func: F) -> F:
-    """Options shared by every command that tiles a scene and runs on Dask."""
-    options = [
-        click.option("--tile-size", type=int, default=None, help="Core tile size in pixels [default: the model's]."),
-        click.option("--halo", type=int, default=None, help="Context pixels read around each tile [default: the model's]."),
-        click.option("--workers", type=int, default=None, help="Local Dask worker processes [default: one per core]."),
-        click.option("--scheduler", default=None, metavar="ADDRESS",
-                     help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster."),
-        click.option("--max-pixels", type=int, default=None, help="Refuse scenes with more pixels than this."),
-        click.option("--assume-crs", default=None, metavar="CRS", help="CRS for a scene that has none, e.g. EPSG:32618."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+from workflows.cli_options import report_errors, tiling_options  # noqa: F401 - re-exported for command modules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -148,14 +112,15 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
                          max_polygons=max_polygons, client=client)
 
 
+# Each command family lives in its own module; they are registered here, after `main` exists.
+from workflows.cli_batch import run, status  # noqa: E402
+from workflows.cli_change import change, timeline  # noqa: E402
 from workflows.cli_models import models  # noqa: E402
+from workflows.cli_train import evaluate, train  # noqa: E402
 from workflows.cli_vectorize import vectorize  # noqa: E402
 
-main.add_command(models)
-main.add_command(vectorize)
-from workflows.cli_train import evaluate, train  # noqa: E402
-
-main.add_command(train); main.add_command(evaluate)  # noqa: E702
+for _command in (vectorize, models, change, timeline, train, evaluate, run, status):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,10 +16,11 @@ bounded by tiles in flight, not by scene size).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from distributed import Client, as_completed
 
 from pipeline.config import PredictConfig
 from pipeline.model import ModelInfo, ModelRef, describe_model, load_model
+from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
 from pipeline.predict import TileInput, predict_tiles
 from pipeline.raster import CogWriter, hex_to_rgba
@@ -56,6 +58,7 @@ class ScenePlan:
     overlap: int
     blend: BlendMethod
     scene_id: str
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for both rasters
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +84,12 @@ class SceneResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig) -> ScenePlan:
-    """Check the scene and the model against each other and plan the tiles; reads no pixels."""
+def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig,
+               scene_id: str | None = None) -> ScenePlan:
+    """Check the scene and the model against each other and plan the tiles; reads no pixels.
+
+    ``scene_id`` names the outputs (made safe); default: from the file name.
+    """
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
     ref = ModelRef.of(model, precision=config.precision if config.precision != "auto" else None)
     info = describe_model(ref)
@@ -94,7 +101,8 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
     halo = info.halo if config.halo is None else config.halo
     overlap = min(halo // 2 if config.overlap is None else config.overlap, halo)
     grid = plan_tiles(meta.height, meta.width, tile_size, halo)
-    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, make_scene_id(scene))
+    sid = make_scene_id(scene) if scene_id is None else safe_name(scene_id)
+    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid)
 
 
 def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, ...], ref: ModelRef,
@@ -125,7 +133,7 @@ def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]] | N
 def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> tuple[CogWriter, CogWriter]:
     info = plan.info
     tags = {"SCENEWATCH_MODEL": info.name, "SCENEWATCH_MODEL_VERSION": info.version,
-            "SCENEWATCH_SCENE": plan.scene_id, "SCENEWATCH_CLASSES": ",".join(info.class_names)}
+            "SCENEWATCH_SCENE": plan.scene_id, "SCENEWATCH_CLASSES": ",".join(info.class_names), **plan.tags}
     classes = CogWriter(out_dir / f"{plan.scene_id}.classes.tif", plan.meta, count=1, dtype="uint8",
                         nodata=CLASS_NODATA, resampling="mode", descriptions=["class"],
                         colormap=_class_colormap(info), tags=tags)
@@ -140,13 +148,16 @@ def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> tuple[CogWrite
 def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation", out_dir: str | Path = ".", *,
                   config: PredictConfig | None = None, client: Client | None = None,
                   progress: bool | None = None, on_core: Callable[[StitchedCore], None] | None = None,
+                  scene_id: str | None = None, tags: Mapping[str, str] | None = None,
                   **options: Any) -> SceneResult:
     """Segment one scene into ``<out_dir>/<scene>.classes.tif`` and ``<scene>.proba.tif`` (COGs).
 
     ``model`` is a built-in name (``"vegetation"``), a bundle path or a :class:`ModelRef`. ``options`` are
     :class:`PredictConfig` fields (``bands="naip"``, ``tile_size=512``, ``workers=2``...). Runs on
     ``client`` if given, else on ``config.scheduler`` if set, else on a new LocalCluster. ``on_core`` is
-    called here with every finished core, in completion order, as it is written.
+    called here with every finished core, in completion order, as it is written. ``scene_id`` names the
+    outputs instead of the file name (a batch uses it for STAC ids and to keep same-named files apart);
+    ``tags`` are written into both rasters (e.g. ``SCENEWATCH_DATE``, the acquisition date a batch knows).
 
     Example::
 
@@ -155,7 +166,9 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
     """
     started = time.perf_counter()
     config = PredictConfig.build(**{**(config.model_dump() if config is not None else {}), **options})
-    plan = plan_scene(scene, model, config)
+    plan = plan_scene(scene, model, config, scene_id)
+    if tags:
+        plan = dataclasses.replace(plan, tags=dict(tags))
     out_dir = Path(out_dir)
     with dask_client(config.workers, config.scheduler, client) as dask:
         n_workers = worker_count(dask)

@@ -147,9 +147,10 @@ def _default_scene_id(path: Path, meta: SceneMeta) -> str:
     return safe_name(path.stem)
 
 
-def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: Sequence[str] | str = ("gpkg",),
-                    proba_path: str | Path | None = None, min_area: float | str = 0.0, sieve: int = 0,
-                    simplify: float = 0.0, classes: Sequence[str | int] | None = None, tile_size: int = 1024,
+def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: Sequence[str] | str | None = None,
+                    proba_path: str | Path | None = None, min_area: float | str | None = None,
+                    sieve: int | None = None, simplify: float | None = None,
+                    classes: Sequence[str | int] | None = None, tile_size: int | None = None,
                     client: Client | None = None, workers: int | None = None, scheduler: str | None = None,
                     max_polygons: int | None = None, progress: bool | None = None,
                     attributes: Mapping[str, Any] | None = None, scene_id: str | None = None,
@@ -157,14 +158,15 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
                     config: VectorizeConfig | None = None) -> VectorResult:
     """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per format.
 
-    ``formats``: any of ``gpkg``, ``parquet``, ``fgb``, ``geojson`` (a list or ``"gpkg,parquet"``).
+    ``formats``: any of ``gpkg`` (the default), ``parquet``, ``fgb``, ``geojson`` (a list or ``"gpkg,parquet"``).
     ``proba_path``: the matching probability raster (band ``c`` = class ``c``) for the confidence columns;
     without it they are null. ``min_area`` in m² (or ``"0.5ha"``); ``sieve`` in pixels; ``simplify`` in
     metres; ``classes``: names (from the raster's SCENEWATCH_CLASSES tag) or values to keep.
     ``attributes``: constant columns added to every feature (e.g. both dates of a change product).
     ``scene_id`` and ``acquired`` default to the raster's tags or file name; ``assume_crs`` gives a CRS
     to a raster that has none. Settings also come from
-    ``config``; keyword arguments given win.
+    ``config`` (a :class:`VectorizeConfig`; defaults: exact pixel-edge polygons of every class, 1024 px
+    tiles); keyword arguments given (not None) win.
 
     Raises :class:`pipeline.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
 
@@ -175,7 +177,8 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
                                  proba_path="out/naip.proba.tif", classes=["vegetation"], min_area="0.1ha")
     """
     started = time.perf_counter()
-    given = dict(formats=parse_formats(formats), min_area=parse_area(min_area), sieve=sieve, simplify=simplify,
+    given = dict(formats=parse_formats(formats) if formats is not None else None,
+                 min_area=parse_area(min_area) if min_area is not None else None, sieve=sieve, simplify=simplify,
                  classes=tuple(str(c) for c in classes) if classes is not None else None, tile_size=tile_size,
                  max_polygons=max_polygons, workers=workers, scheduler=scheduler)
     base = config.model_dump() if config is not None else {}
@@ -249,7 +252,10 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
                 submit_next()
             while queue:
                 tile, fut = queue.popleft()
-                interior, border = fut.result()
+                try:
+                    interior, border = fut.result()
+                except PolygonLimitError as err:
+                    raise PolygonLimitError(f"{where}: {err}") from err
                 fut.release()
                 submit_next()
                 stager.add(interior)

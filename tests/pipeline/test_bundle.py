@@ -234,3 +234,14 @@ def test_a_weights_file_is_not_a_bundle(tmp_path):
     with pytest.raises(ModelError, match="unet.pth: a weights file, not a bundle; make a bundle from it with "
                                          "`scenewatch models import"):
         load_model(ModelRef.of(str(weights)))
+
+
+def test_a_rewritten_bundle_is_not_served_from_the_cache(tmp_path):
+    from pipeline.model import ModelRef, load_model
+
+    path = init_bundle(tmp_path / "b", "Unet", ENCODER, BANDS, CLASSES, seed=1)
+    ref = ModelRef.of(str(path), precision="fp32")
+    first = load_model(ref)
+    assert load_model(ref) is first  # cached while unchanged
+    init_bundle(path, "Unet", ENCODER, BANDS, ["a", "b", "c"], seed=2)  # a new version at the same path
+    assert load_model(ref).info.class_names == ("a", "b", "c")

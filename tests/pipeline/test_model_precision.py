@@ -41,10 +41,15 @@ def _fit(network, data, mean, std, steps: int = 8):
     network.train()
     opt = torch.optim.Adam(network.parameters(), lr=3e-3)
     torch.manual_seed(0)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(network(x), target).backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: a loaded CI machine stalls multi-threaded backward passes badly
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(network(x), target).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return network.eval()
 
 

@@ -14,6 +14,7 @@ from affine import Affine
 from click.testing import CliRunner
 from pyproj import CRS
 
+from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError
 from pipeline.vectorize import PolygonLimitError
 from tests.conftest import shared
@@ -132,7 +133,7 @@ def test_geographic_raster_areas_are_geodesic(tmp_path: Path, dask_client) -> No
 def test_noisy_raster_hits_the_polygon_limit(tmp_path: Path, dask_client) -> None:
     noisy = (np.random.default_rng(0).random((256, 256)) < 0.5).astype(np.uint8)
     path = write_raster(tmp_path / "noisy.tif", noisy)
-    with pytest.raises(PolygonLimitError, match="--sieve"):
+    with pytest.raises(PolygonLimitError, match=r"classes noisy.tif: tile at rows .*--sieve"):
         vectorize_scene(path, tmp_path / "out", tile_size=64, max_polygons=500, client=dask_client)
     assert not (tmp_path / "out" / "noisy.gpkg").exists()
     assert list((tmp_path / "out").glob("*")) == []  # staging removed
@@ -211,5 +212,8 @@ def test_raster_without_crs_needs_assume_crs(tmp_path: Path, dask_client) -> Non
         dst.write(discs((40, 40), 3, seed=1)[None])
     with pytest.raises(InvalidSceneError, match="no CRS.*--assume-crs"):
         vectorize_scene(path, tmp_path / "out", client=dask_client)
-    result = vectorize_scene(path, tmp_path / "out", assume_crs="EPSG:32633", tile_size=16, client=dask_client)
-    assert CRS.from_user_input(pyogrio.read_info(result.paths["gpkg"])["crs"]) == CRS.from_epsg(32633)
+    config = VectorizeConfig.build(formats=("fgb", "gpkg"), tile_size=16)
+    result = vectorize_scene(path, tmp_path / "out", assume_crs="EPSG:32633", formats="fgb", config=config,
+                             client=dask_client)
+    assert list(result.paths) == ["fgb"] and result.tiles == 9  # the keyword wins, the rest is the config's
+    assert CRS.from_user_input(pyogrio.read_info(result.paths["fgb"])["crs"]) == CRS.from_epsg(32633)

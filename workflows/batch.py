@@ -1,0 +1,701 @@
+"""A batch over a scene archive, as a scheduler runs it every night: resumable, isolated, auditable.
+
+Data flow::
+
+    job file [workflows.job.load_job] -> scenes [discover_scenes] -> lock the output folder [workflows.lock]
+      -> per scene: fingerprint (input sha256, model identity, parameters) -> skip if done and intact,
+         else plan -> predict [workflows.scene.predict_scene] -> vectors -> checksums -> manifest row
+      -> per pair / series: change, timeline (same skip rule, keyed by the member scenes' fingerprints)
+      -> STAC catalog of everything done [workflows.catalog] -> RunSummary (exit code)
+
+Failure policy: a :class:`~pipeline.errors.ScenewatchError` (a bad file, wrong bands, no CRS...) fails
+that scene only: it is recorded with its stage, class and one-line message, and the run goes on. A Dask
+worker that dies mid-scene is first handled by Dask (lost tasks are recomputed on the other workers);
+when Dask gives up (``KilledWorker``) the scene is run again up to ``retries`` times, then recorded failed.
+Anything else is a bug: it is recorded against the scene and then propagates, stopping the run.
+
+Why the input fingerprint hashes whole files: a reprocessed GeoTIFF often keeps its size, its header and
+its first and last blocks (the edits are in the tiles in between), and copies do not keep mtimes, so
+neither a stat nor a first/last-MB sample says "same pixels". Hashing runs at disk speed, far faster than
+inference, and the manifest caches each file's sha256 by (path, size, mtime, inode) so an unchanged
+archive is hashed once, not every night; a copied or touched but identical file is not redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import importlib
+import inspect
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+from distributed.scheduler import KilledWorker
+
+from pipeline.atomic import TEMP_MARKER
+from pipeline.config import PredictConfig
+from pipeline.errors import ConfigError, ModelError, ScenewatchError
+from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
+from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
+from workflows.cluster import cpu_count, dask_client, worker_count
+from workflows.job import EXECUTION_FIELDS, Job, SceneInput, discover_scenes, load_job
+from workflows.lock import JobLockedError, is_locked, job_lock
+from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
+from workflows.scene import plan_scene, predict_scene
+
+__all__ = [
+    "run_job",
+    "read_status",
+    "RunSummary",
+    "ItemOutcome",
+    "StatusRow",
+    "EXIT_OK",
+    "EXIT_ERROR",
+    "EXIT_JOB_INVALID",
+    "EXIT_SOME_FAILED",
+    "EXIT_LOCKED",
+    "file_sha256",
+]
+
+log = logging.getLogger("scenewatch")
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # the run stopped: an unexpected error (a bug) or the output folder cannot be written
+EXIT_JOB_INVALID = ConfigError.exit_code  # 2: the job file (or an option) is invalid; nothing was run
+EXIT_SOME_FAILED = 3  # the run finished, but at least one scene or product failed (see the manifest)
+EXIT_LOCKED = JobLockedError.exit_code  # 4: another run of the job holds the output folder; nothing was run
+
+# Products that other modules provide: (module, function). A job asking for one that this build lacks is
+# refused before anything runs. Adding a product is one line here plus its unit builder below.
+_PRODUCT_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "vectors": ("workflows.vectorize", "vectorize_scene"),
+    "change": ("workflows.change", "detect_change"),
+    "timeline": ("workflows.change", "run_timeline"),
+}
+
+_COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+_MEDIA = {".gpkg": "application/geopackage+sqlite3", ".parquet": "application/vnd.apache.parquet",
+          ".geojson": "application/geo+json", ".fgb": "application/vnd.flatgeobuf", ".shp": "application/x-shapefile",
+          ".tif": "image/tiff; application=geotiff"}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """What this run did with one item: ``done`` (computed now), ``skipped`` (up to date) or ``failed``."""
+
+    item_id: str
+    kind: str
+    status: str
+    stage: str
+    seconds: float
+    attempts: int = 0
+    error_class: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    job: str
+    out_dir: Path
+    run_id: int
+    outcomes: tuple[ItemOutcome, ...]
+    catalog: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.count("failed") else EXIT_OK
+
+
+class _LazyDask:
+    """The run's one Dask client, started when the first item needs it: a night with nothing new to do
+    does not pay for a cluster."""
+
+    def __init__(self, stack: contextlib.ExitStack, config: PredictConfig, client: Client | None) -> None:
+        self._stack, self._config, self._given = stack, config, client
+        self._client: Client | None = None
+        self.own_cluster = client is None and config.scheduler is None
+
+    def get(self) -> Client:
+        if self._client is None:
+            self._client = self._stack.enter_context(
+                dask_client(self._config.workers, self._config.scheduler, self._given))
+        return self._client
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """Everything fixed for the whole run, handed to each item."""
+
+    job: Job
+    manifest: Manifest
+    run_id: int
+    dask: _LazyDask
+    ref: ModelRef
+    info: ModelInfo
+    identity: str
+    config: PredictConfig
+    params: str
+    force: bool
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = False,
+            client: Client | None = None, progress: bool | None = None,
+            report: Callable[[ItemOutcome, int, int], None] | None = None) -> RunSummary:
+    """Run a job file over its archive; see the module docstring for what is skipped, redone and recorded.
+
+    ``out`` overrides the job's output folder; ``force`` redoes every item; ``client`` runs on an existing
+    Dask client (else the job's ``dask:`` settings). ``progress``: a bar (None: only when interactive);
+    ``report(outcome, index, total)`` is called after each item (the CLI prints plain lines with it).
+    Raises ConfigError (job invalid) or JobLockedError (another run holds the folder) before doing anything.
+
+    Example::
+
+        summary = run_job("workflows/jobs/naip_vegetation.yaml", out="out/naip")
+        print(summary.count("done"), summary.count("failed"), summary.exit_code)
+    """
+    from tqdm import tqdm
+
+    job = load_job(job_path, out)
+    _check_products(job)
+    scenes = discover_scenes(job)
+    config = job.spec.predict_config()
+    ref = _model_ref(job, config)
+    info = _model_info(job, ref)
+    identity, model_sha256 = model_identity(ref, info)
+    params = _scene_params(job, config)
+    with job_lock(job.out_dir, job.name):
+        _remove_stale_temps(job.out_dir)
+        with open_manifest(job.out_dir / MANIFEST_NAME) as manifest:
+            others = [j for j in manifest.jobs() if j != job.name]
+            if others:  # its STAC catalog and stale-file clean-up assume the folder is the job's alone
+                raise ConfigError(f"job {job.path.name}: output folder {job.out_dir} holds the products of job "
+                                  f"{others[0]!r}; give this job its own outputs.folder (or --out)")
+            run_id = manifest.start_run(job.name, _scenewatch_version(), identity, model_sha256,
+                                        job.resolved_json())
+            outcomes: list[ItemOutcome] = []
+            units = _product_units(job, scenes)
+            total = len(scenes) + len(units)
+            bar = tqdm(total=total, desc=job.name, unit="item", disable=None if progress is None else not progress)
+            with bar, contextlib.ExitStack() as stack:
+                ctx = _Context(job, manifest, run_id, _LazyDask(stack, config, client), ref, info, identity,
+                               config, params, force)
+                work: Iterable[Callable[[], ItemOutcome]] = itertools.chain(
+                    (functools.partial(_run_scene, ctx, s) for s in scenes),
+                    (functools.partial(_run_unit, ctx, u) for u in units))
+                for index, item in enumerate(work, start=1):
+                    outcome = item()
+                    outcomes.append(outcome)
+                    bar.update(1)
+                    if report is not None:
+                        report(outcome, index, total)
+            catalog = _publish(job, manifest, scenes) if job.spec.outputs.stac else None
+            summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes), catalog)
+            counts = {s: summary.count(s) for s in ("done", "skipped", "failed")}
+            manifest.finish_run(run_id, summary.exit_code, counts)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- fingerprints
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _input_sha256(manifest: Manifest, path: str) -> str:
+    """The file's sha256, from the manifest's cache when size, mtime and inode are unchanged."""
+    if "://" in path or path.startswith("/vsi"):
+        return "href:" + path  # remote assets: identified by href (immutable object URLs are the norm)
+    resolved = str(Path(path).resolve())
+    st = os.stat(resolved)
+    cached = manifest.cached_sha256(resolved, st.st_size, st.st_mtime_ns, st.st_ino)
+    if cached is not None:
+        return cached
+    digest = file_sha256(resolved)
+    manifest.store_sha256(resolved, st.st_size, st.st_mtime_ns, st.st_ino, digest)
+    return digest
+
+
+def model_identity(ref: ModelRef, info: ModelInfo) -> tuple[str, str | None]:
+    """A canonical JSON identity of the model (what decides its outputs) and, for a bundle, its sha256.
+
+    Built-in and factory models are identified by name, version and options (their code ships with
+    scenewatch or the user's package); a bundle by the sha256 of every file in it (weights and spec), and
+    its weights' sha256 (as its spec states it and every loading worker verifies) is the one recorded.
+    """
+    ident: dict[str, Any] = {"name": info.name, "version": info.version, "options": dict(ref.options)}
+    bundle_sha = None
+    if ref.factory:
+        ident["factory"] = ref.factory
+        ident["kwargs"] = dict(ref.kwargs)
+    elif ref.source in BUILTIN_MODELS:
+        ident["builtin"] = ref.source
+    else:
+        from pipeline.bundle import read_spec
+
+        bundle_sha = read_spec(ref.source).sha256  # the weights' sha256, checked by every worker that loads it
+        ident["weights_sha256"] = bundle_sha
+        ident["bundle_files_sha256"] = _tree_sha256(Path(ref.source))  # spec, scaling, class names too
+    return json.dumps(ident, sort_keys=True, default=str), bundle_sha
+
+
+def _tree_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in name order)."""
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + file_sha256(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _scene_params(job: Job, config: PredictConfig) -> str:
+    """The parameters that decide a scene's products (not how fast they are made), as canonical JSON."""
+    tiling = config.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
+    products = job.spec.products
+    return json.dumps({"tiling": tiling, "naming": job.spec.outputs.naming,
+                       "segmentation": products.segmentation.model_dump(mode="json"),
+                       "vectors": products.vectors.model_dump(mode="json") if products.vectors else None},
+                      sort_keys=True)
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ scenes
+
+
+def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
+    started = time.perf_counter()
+    job, manifest = ctx.job, ctx.manifest
+    where = f"scene {scene.scene_id}"
+    try:
+        digest = _input_sha256(manifest, scene.path)
+    except OSError as err:
+        manifest.begin(job.name, scene.scene_id, "scene", scene.path, "", ctx.run_id, _when(scene))
+        message = f"{where}: input {scene.path} cannot be read ({err.strerror or err}); check the archive"
+        return _failed(ctx, scene.scene_id, "scene", "fingerprint", type(err).__name__, message, started)
+    fingerprint = _fingerprint(digest, ctx.identity, ctx.params)
+    ctx.fingerprints[scene.scene_id] = fingerprint
+    previous = manifest.get(job.name, scene.scene_id)
+    if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
+        return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
+                           previous.attempts if previous else 0)
+    manifest.begin(job.name, scene.scene_id, "scene", scene.path, fingerprint, ctx.run_id, _when(scene))
+    ctx.dask.get()
+    started = time.perf_counter()  # the scene's own time, not the cluster's start-up
+    name = _product_name(job, scene)
+    folder = job.out_dir / Path(name).parent
+    base = Path(name).name
+    stage = "plan"
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            stage = "plan"
+            manifest.set_stage(job.name, scene.scene_id, stage)
+            plan_scene(scene.path, ctx.ref, ctx.config, scene_id=base)
+            stage = "predict"
+            manifest.set_stage(job.name, scene.scene_id, stage)
+            dask = ctx.dask.get()
+            result = predict_scene(scene.path, _with_threads(ctx, dask), folder, config=ctx.config,
+                                   client=dask, progress=False, scene_id=base, tags=_date_tags(scene))
+            paths = [result.classes_path]
+            if job.spec.products.segmentation.proba:
+                paths.append(result.proba_path)
+            else:
+                result.proba_path.unlink(missing_ok=True)
+            if job.spec.products.vectors is not None:
+                stage = "vectors"
+                manifest.set_stage(job.name, scene.scene_id, stage)
+                proba = result.proba_path if job.spec.products.segmentation.proba else None
+                paths += _vectorize(ctx, scene, result.classes_path, proba, folder)
+            stage = "checksum"
+            manifest.set_stage(job.name, scene.scene_id, stage)
+            outputs = [_output_record(job.out_dir, p) for p in paths]
+            properties = {**_when(scene), "bbox": _bbox_4326(result.classes_path), "source_id": scene.source_id}
+            seconds = time.perf_counter() - started
+            manifest.succeed(job.name, scene.scene_id, outputs, seconds, properties)
+            return ItemOutcome(scene.scene_id, "scene", "done", "done", seconds, attempts)
+        except KilledWorker as err:
+            if attempts <= job.spec.retries:
+                log.warning("%s: a Dask worker died during %s; running the scene again (%d/%d)", where, stage,
+                            attempts, job.spec.retries)
+                continue
+            message = (f"{where}: Dask workers died {attempts} time(s) during {stage} ({err}); check worker "
+                       f"memory (the scene is retried on the next run)")
+            return _failed(ctx, scene.scene_id, "scene", stage, "KilledWorker", message, started, attempts)
+        except ScenewatchError as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return _failed(ctx, scene.scene_id, "scene", stage, type(err).__name__, message, started, attempts)
+        except Exception as err:
+            _failed(ctx, scene.scene_id, "scene", stage, type(err).__name__,
+                    f"{where}: unexpected error, please report it: {str(err).splitlines()[0] if str(err) else ''}",
+                    started, attempts)
+            raise
+
+
+def _failed(ctx: _Context, item_id: str, kind: str, stage: str, error_class: str, message: str,
+            started: float, attempts: int = 1) -> ItemOutcome:
+    seconds = time.perf_counter() - started
+    ctx.manifest.fail(ctx.job.name, item_id, stage, error_class, message, seconds)
+    log.info("%s", message)  # the outcome carries it; the CLI prints it once
+    return ItemOutcome(item_id, kind, "failed", stage, seconds, attempts, error_class, message)
+
+
+def _up_to_date(previous: ItemRecord | None, fingerprint: str, out_dir: Path) -> bool:
+    """Done with the same fingerprint, and every recorded output still there with its checksum."""
+    if previous is None or previous.status != "done" or previous.fingerprint != fingerprint:
+        return False
+    for output in previous.outputs:
+        path = out_dir / output.path
+        try:
+            if path.stat().st_size != output.size or file_sha256(path) != output.sha256:
+                return False
+        except OSError:
+            return False
+    return bool(previous.outputs)
+
+
+def _output_record(out_dir: Path, path: Path) -> OutputRecord:
+    return OutputRecord(str(Path(path).resolve().relative_to(out_dir)), Path(path).stat().st_size, file_sha256(path))
+
+
+def _when(scene: SceneInput) -> dict[str, Any]:
+    if scene.when is None:
+        return {}
+    return {"start": scene.when.start.isoformat(), "end": scene.when.end.isoformat()}
+
+
+def _date_tags(scene: SceneInput) -> dict[str, str]:
+    """``SCENEWATCH_DATE``: the acquisition day (the first day of a year-long composite), so that change and
+    timeline products, and any GIS user, can date a classes raster without its input beside it."""
+    return {"SCENEWATCH_DATE": scene.when.start.date().isoformat()} if scene.when else {}
+
+
+def _product_name(job: Job, scene: SceneInput) -> str:
+    day = scene.when.start.date().isoformat() if scene.when else "undated"
+    year = str(scene.when.start.year) if scene.when else "undated"
+    return job.spec.outputs.naming.format(scene_id=scene.scene_id, date=day, year=year)
+
+
+def _bbox_4326(path: Path) -> list[float]:
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(path) as src:
+        return [round(v, 9) for v in transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)]
+
+
+# ------------------------------------------------------------------------------------ products plug-ins
+
+
+def _product_function(kind: str) -> Callable[..., Any] | None:
+    module_name, attr = _PRODUCT_FUNCTIONS[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return None
+        raise
+    return getattr(module, attr, None)
+
+
+def _check_products(job: Job) -> None:
+    products = job.spec.products
+    for kind in ("vectors", "change", "timeline"):
+        if getattr(products, kind) is not None and _product_function(kind) is None:
+            module, attr = _PRODUCT_FUNCTIONS[kind]
+            raise ConfigError(f"job {job.path.name}: products.{kind} needs {module}.{attr}, which this scenewatch "
+                              f"does not have yet; remove products.{kind} from the job or update scenewatch")
+
+
+def _call(func: Callable[..., Any], *args: Any, options: Mapping[str, Any], **offered: Any) -> Any:
+    """Call a product function with the job's ``options`` and those ``offered`` keywords it accepts."""
+    params = inspect.signature(func).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {k: v for k, v in offered.items() if takes_any or k in params}
+    return func(*args, **{**extra, **options})  # the job's options win
+
+
+def _paths_from(result: Any) -> list[Path]:
+    """Output files from a product function's return value: a path, paths, a mapping of them, or an
+    object with ``paths``/``outputs``."""
+    if result is None:
+        return []
+    if isinstance(result, (str, os.PathLike)):
+        return [Path(result)]
+    if isinstance(result, Mapping):
+        return [p for v in result.values() for p in _paths_from(v)]
+    for attr in ("paths", "outputs"):
+        if hasattr(result, attr):
+            return _paths_from(getattr(result, attr))
+    if isinstance(result, Iterable):
+        return [p for v in result for p in _paths_from(v)]
+    return []
+
+
+def _vectorize(ctx: _Context, scene: SceneInput, classes_path: Path, proba_path: Path | None,
+               folder: Path) -> list[Path]:
+    spec = ctx.job.spec.products.vectors
+    func = _product_function("vectors")
+    assert spec is not None and func is not None
+    result = _call(func, classes_path, folder, options=spec.options, formats=list(spec.formats),
+                   proba_path=proba_path, client=ctx.dask.get(), progress=False,
+                   scene_id=classes_path.name.removesuffix(".classes.tif"),
+                   acquired=scene.when.start.date() if scene.when and scene.when.instant else None)
+    paths = [p for p in _paths_from(result) if p.is_file()]
+    if not paths:
+        raise ScenewatchError(f"scene {classes_path.name}: the vectorizer wrote no file")
+    return paths
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """A product made from several scenes: a change pair or a timeline."""
+
+    item_id: str
+    kind: str
+    members: tuple[SceneInput, ...]
+    options: Mapping[str, Any]
+    model: str | None = None  # another model for this product (dnbr, dndvi...); None: the job's
+
+
+def _product_units(job: Job, scenes: Sequence[SceneInput]) -> list[_Unit]:
+    products = job.spec.products
+    units: list[_Unit] = []
+    if products.change is not None:
+        if products.change.pairs == "consecutive":
+            pairs = list(itertools.pairwise(scenes))
+        elif products.change.pairs == "first-last":
+            pairs = [(scenes[0], scenes[-1])] if len(scenes) > 1 else []
+        else:
+            pairs = list(itertools.combinations(scenes, 2))
+        units += [_Unit(f"change_{a.scene_id}__{b.scene_id}", "change", (a, b), products.change.options,
+                        products.change.model) for a, b in pairs]
+    if products.timeline is not None and len(scenes) > 1:
+        units.append(_Unit("timeline", "timeline", tuple(scenes), products.timeline.options,
+                           products.timeline.model))
+    return units
+
+
+def _member_input(ctx: _Context, unit: _Unit, scene: SceneInput) -> str:
+    """What a change or timeline reads for one date: the scene's classes raster made in this job (so no
+    date is classified twice), or the scene itself when the product has a model of its own (dnbr...)."""
+    record = ctx.manifest.get(ctx.job.name, scene.scene_id)
+    if unit.model is None and record is not None and record.status == "done":
+        for output in record.outputs:
+            if output.path.endswith(".classes.tif"):
+                return str(ctx.job.out_dir / output.path)
+    return scene.path
+
+
+def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
+    started = time.perf_counter()
+    job, manifest = ctx.job, ctx.manifest
+    def usable(scene: SceneInput) -> bool:
+        record = manifest.get(job.name, scene.scene_id)
+        return scene.scene_id in ctx.fingerprints and record is not None and record.status == "done"
+
+    missing = [m.scene_id for m in unit.members if not usable(m)]
+    if unit.kind == "timeline" and len(unit.members) - len(missing) >= 2:
+        # a timeline goes on without a failed date; once that date is fixed the fingerprint changes
+        unit = dataclasses.replace(unit, members=tuple(m for m in unit.members if usable(m)))
+        missing = []
+    members = [ctx.fingerprints[m.scene_id] for m in unit.members if m.scene_id in ctx.fingerprints]
+    source = " ".join(m.scene_id for m in unit.members)
+    if missing:
+        manifest.begin(job.name, unit.item_id, unit.kind, source, "", ctx.run_id, {})
+        return _failed(ctx, unit.item_id, unit.kind, "inputs", "MissingInput",
+                       f"{unit.kind} {unit.item_id}: input scene {', '.join(missing)} failed; see its own record",
+                       started, 0)
+    fingerprint = _fingerprint(*members, unit.model or "",
+                               json.dumps(unit.options, sort_keys=True, default=str))
+    previous = manifest.get(job.name, unit.item_id)
+    if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
+        return ItemOutcome(unit.item_id, unit.kind, "skipped", "done", time.perf_counter() - started)
+    manifest.begin(job.name, unit.item_id, unit.kind, source, fingerprint, ctx.run_id, {})
+    folder = job.out_dir / unit.kind / unit.item_id
+    func = _product_function(unit.kind)
+    assert func is not None
+    try:
+        manifest.set_stage(job.name, unit.item_id, unit.kind)
+        paths = [_member_input(ctx, unit, m) for m in unit.members]
+        args = (paths[0], paths[1]) if unit.kind == "change" else (paths,)
+        dask = ctx.dask.get()
+        model: ModelRef | str = unit.model or _with_threads(ctx, dask)
+        # The scenes' own predict options (bands, tiling) go along as keywords to functions that take them
+        # (detect_change and run_timeline hand them to predict_scene).
+        predict_options = ctx.config.model_dump(exclude_none=True, exclude=set(EXECUTION_FIELDS))
+        result = _call(func, *args, model, folder, options=unit.options, client=dask, progress=False,
+                       **predict_options)
+        files = [p for p in _paths_from(result) if p.is_file()] or sorted(
+            p for p in folder.rglob("*") if p.is_file() and TEMP_MARKER not in p.name)
+        outputs = [_output_record(job.out_dir, p) for p in files]
+        seconds = time.perf_counter() - started
+        manifest.succeed(job.name, unit.item_id, outputs, seconds, {})
+        return ItemOutcome(unit.item_id, unit.kind, "done", "done", seconds, 1)
+    except (ScenewatchError, KilledWorker) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return _failed(ctx, unit.item_id, unit.kind, unit.kind, type(err).__name__, message, started)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _with_threads(ctx: _Context, dask: Client) -> ModelRef:
+    """On our own LocalCluster, give each worker's model its share of the cores (as predict_scene does)."""
+    if not ctx.dask.own_cluster:
+        return ctx.ref
+    return ctx.ref.with_threads(max(1, cpu_count() // worker_count(dask)))
+
+
+def _model_ref(job: Job, config: PredictConfig) -> ModelRef:
+    spec = job.spec.model
+    if spec.factory is not None:
+        return ModelRef.from_factory(spec.factory, **spec.kwargs).with_options(**spec.options)
+    assert spec.name is not None
+    source = spec.name if spec.name in BUILTIN_MODELS else str(job.resolve(spec.name))
+    # as predict_scene does: "auto" is each model's own default, so it is not passed
+    precision = config.precision if config.precision != "auto" else None
+    return ModelRef.of(source, **spec.options).with_options(precision=precision)
+
+
+def _model_info(job: Job, ref: ModelRef) -> ModelInfo:
+    try:
+        return describe_model(ref)  # a bundle's spec, without building the network in this process
+    except ModelError as err:
+        raise ConfigError(f"job {job.path.name}: model: {err}") from err
+    except TypeError as err:  # a factory or model refusing the job's options
+        raise ConfigError(f"job {job.path.name}: model: options do not fit the model ({err})") from err
+
+
+def _scenewatch_version() -> str:
+    try:
+        return version("scenewatch")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temporary files of a run that was killed: only ever ours (the marker), and safe under the lock."""
+    for leftover in out_dir.rglob(f"*{TEMP_MARKER}*"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+
+
+def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path:
+    entries = []
+    for scene in scenes:
+        record = manifest.get(job.name, scene.scene_id)
+        if record is None or record.status != "done" or "bbox" not in record.properties:
+            continue
+        assets = []
+        for output in record.outputs:
+            path = job.out_dir / output.path
+            key = ("classes" if path.name.endswith(".classes.tif") else
+                   "proba" if path.name.endswith(".proba.tif") else f"vectors-{path.suffix.lstrip('.')}")
+            media = _COG if key in ("classes", "proba") else _MEDIA.get(path.suffix, "application/octet-stream")
+            title = (f"classes ({', '.join(_class_names(path))})" if key == "classes" else
+                     "class probabilities" if key == "proba" else "class polygons")
+            assets.append(CatalogAsset(key, path, media, ("data",), title))
+        props = record.properties
+        start = dt.datetime.fromisoformat(props["start"]) if "start" in props else None
+        end = dt.datetime.fromisoformat(props["end"]) if "end" in props else None
+        entries.append(CatalogEntry(scene.scene_id, tuple(props["bbox"]), start, end, tuple(assets),  # type: ignore[arg-type]
+                                    {"scenewatch:fingerprint": record.fingerprint}))
+    return publish_catalog(job.out_dir, job.name, job.name, entries)
+
+
+def _class_names(path: Path) -> list[str]:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return [c for c in src.tags().get("SCENEWATCH_CLASSES", "").split(",") if c]
+
+
+# -------------------------------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    item_id: str
+    kind: str
+    status: str  # done, failed, pending, running, interrupted, changed
+    stage: str
+    finished_at: str
+    message: str
+
+
+def read_status(job_path: str | Path, out: str | Path | None = None
+                ) -> tuple[Job, list[StatusRow], RunRecord | None]:
+    """What the manifest says of every scene the job now finds (plus recorded products) and of the last
+    run, without running anything.
+
+    ``pending``: never run; ``changed``: done, but its input file was modified since (the next run
+    re-hashes it and redoes the scene if the content differs);
+    ``interrupted``: a run stopped during it; ``running``: a run holding the lock is on it now.
+    """
+    job = load_job(job_path, out)
+    scenes = discover_scenes(job)
+    path = job.out_dir / MANIFEST_NAME
+    locked = is_locked(job.out_dir)
+    if not path.exists():
+        return job, [StatusRow(s.scene_id, "scene", "pending", "", "", "") for s in scenes], None
+    with open_manifest(path, create=False) as manifest:
+        records = {r.item_id: r for r in manifest.items(job.name)}
+        runs = manifest.runs(job.name)
+        rows = []
+        for scene in scenes:
+            rec = records.pop(scene.scene_id, None)
+            if rec is None:
+                rows.append(StatusRow(scene.scene_id, "scene", "pending", "", "", ""))
+                continue
+            status = rec.status
+            if status == "running" and not locked:
+                status = "interrupted"
+            elif status == "done" and _input_changed(manifest, scene.path):
+                status = "changed"
+            rows.append(StatusRow(rec.item_id, rec.kind, status, rec.stage or "", rec.finished_at or "",
+                                  rec.error_message or ""))
+        for rec in records.values():
+            if rec.kind != "scene":
+                status = "interrupted" if rec.status == "running" and not locked else rec.status
+                rows.append(StatusRow(rec.item_id, rec.kind, status, rec.stage or "", rec.finished_at or "",
+                                      rec.error_message or ""))
+    return job, rows, runs[-1] if runs else None
+
+
+def _input_changed(manifest: Manifest, path: str) -> bool:
+    if "://" in path:
+        return False
+    try:
+        resolved = str(Path(path).resolve())
+        st = os.stat(resolved)
+    except OSError:
+        return True
+    return manifest.cached_sha256(resolved, st.st_size, st.st_mtime_ns, st.st_ino) is None

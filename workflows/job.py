@@ -1,0 +1,492 @@
+"""Job files: what a scheduled batch run does, as one validated, frozen value loaded from YAML.
+
+A job names its inputs (a folder, a glob, a list of files, or a STAC catalog / item collection on disk,
+filtered by date range and bounding box), the model, the band map and tiling, the products and where they
+go. It is validated once, here; every error names the key and the line of the YAML file::
+
+    scenewatch: error: job nightly.yaml line 14: tiling.tile_sise: unknown key (extra inputs are not permitted)
+
+Relative paths in a job file are relative to the job file's folder, so a job and its data can move together.
+:func:`discover_scenes` turns the inputs into :class:`SceneInput` values with safe, distinct ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob as globlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.config import PredictConfig
+from pipeline.errors import ConfigError
+from pipeline.names import unique_names
+
+__all__ = [
+    "Job",
+    "JobSpec",
+    "SceneInput",
+    "TimeRange",
+    "load_job",
+    "discover_scenes",
+    "date_from_name",
+    "EXECUTION_FIELDS",
+]
+
+# PredictConfig fields that change how fast a scene is done, never what is written: left out of fingerprints.
+EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputsSpec(_Frozen):
+    """Exactly one of ``folder``, ``glob``, ``files`` or ``stac``; then optional filters."""
+
+    folder: str | None = Field(None, description="folder of scenes, with `pattern`")
+    pattern: str = Field("*.tif", description="glob pattern inside `folder` (** for subfolders)")
+    glob: str | None = Field(None, description="one glob pattern, e.g. archive/**/*.tif")
+    files: list[str] | None = Field(None, description="explicit list of scene files")
+    stac: str | None = Field(None, description="STAC catalog.json or item collection JSON on disk")
+    asset: str | None = Field(None, description="STAC asset key of the image [default: first GeoTIFF asset]")
+    start: dt.date | None = Field(None, description="keep scenes dated on or after this day (YYYY-MM-DD)")
+    end: dt.date | None = Field(None, description="keep scenes dated on or before this day (YYYY-MM-DD)")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="keep scenes intersecting [west, south, east, north] in degrees (EPSG:4326)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputsSpec:
+        given = [k for k in ("folder", "glob", "files", "stac") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of folder, glob, files, stac" +
+                             (f" (got {', '.join(given)})" if given else ""))
+        if self.files is not None and not self.files:
+            raise ValueError("files is empty")
+        if self.start and self.end and self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not (w < e and s < n and -180 <= w and e <= 180 and -90 <= s and n <= 90):
+                raise ValueError("bbox must be [west, south, east, north] in degrees with west < east, south < north")
+        return self
+
+
+class ModelSpec(_Frozen):
+    """A built-in model name or a bundle path (``name``), or a ``module:function`` factory; plus options."""
+
+    name: str | None = Field(None, description="built-in model (vegetation, ...) or model bundle path")
+    factory: str | None = Field(None, description="'package.module:function' returning a SegmentationModel")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the factory")
+    options: dict[str, Any] = Field(default_factory=dict, description="model options, e.g. threshold: 0.4")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelSpec:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of name, factory")
+        if self.factory is not None and not re.fullmatch(r"[\w.]+:[\w.]+", self.factory):
+            raise ValueError(f"factory {self.factory!r} must look like 'package.module:function'")
+        return self
+
+
+class DaskSpec(_Frozen):
+    workers: int | None = Field(None, gt=0, description="local worker processes [default: one per core]")
+    scheduler: str | None = Field(None, description="existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
+
+
+class SegmentationSpec(_Frozen):
+    proba: bool = Field(True, description="also keep the class probability raster")
+
+
+class VectorsSpec(_Frozen):
+    formats: list[Literal["gpkg", "parquet", "geojson", "fgb"]] = Field(default_factory=lambda: ["gpkg"])
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to vectorize_scene")
+
+
+class ChangeSpec(_Frozen):
+    pairs: Literal["consecutive", "first-last", "all"] = Field(
+        "consecutive", description="which dated scene pairs to compare")
+    model: str | None = Field(None, description="model for the change (e.g. dnbr, dndvi) [default: the job's]")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to detect_change")
+
+
+class TimelineSpec(_Frozen):
+    model: str | None = Field(None, description="model for the timeline [default: the job's]")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to run_timeline")
+
+
+class ProductsSpec(_Frozen):
+    segmentation: SegmentationSpec = SegmentationSpec()
+    vectors: VectorsSpec | None = None
+    change: ChangeSpec | None = None
+    timeline: TimelineSpec | None = None
+
+
+_NAMING_FIELDS = ("scene_id", "date", "year")
+
+
+class OutputsSpec(_Frozen):
+    folder: str = Field(..., description="output folder (relative to the job file); `--out` overrides it")
+    naming: str = Field("{scene_id}", description="product name template: {scene_id}, {date}, {year}; "
+                                                  "'/' makes subfolders")
+    stac: bool = Field(True, description="publish the products as a STAC catalog (catalog.json)")
+
+    @field_validator("naming")
+    @classmethod
+    def _naming_is_safe(cls, value: str) -> str:
+        fields = re.findall(r"{([^{}]*)}", value)
+        unknown = [f for f in fields if f not in _NAMING_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown field {{{unknown[0]}}}; use {', '.join('{%s}' % f for f in _NAMING_FIELDS)}")
+        if "{scene_id}" not in value:
+            raise ValueError("must contain {scene_id} so that scenes never share a name")
+        literal = re.sub(r"{[^{}]*}", "x", value)
+        parts = literal.split("/")
+        if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or re.search(r"[^\w./-]", literal):
+            raise ValueError("must be a relative name of letters, digits, . _ - and / (no '..', no absolute path)")
+        return value
+
+
+class JobSpec(_Frozen):
+    """The whole job file."""
+
+    version: Literal[1] = 1
+    name: str | None = Field(None, description="job name [default: the job file name]")
+    inputs: InputsSpec
+    model: ModelSpec
+    bands: str | None = Field(None, description="band map 'red=3,nir=2' or a preset (naip, sentinel2, ...)")
+    tiling: PredictConfig = PredictConfig()
+    dask: DaskSpec = DaskSpec()
+    products: ProductsSpec = ProductsSpec()
+    outputs: OutputsSpec
+    retries: int = Field(1, ge=0, le=5, description="re-runs of a scene whose Dask worker died")
+
+    @field_validator("tiling")
+    @classmethod
+    def _tiling_only(cls, value: PredictConfig) -> PredictConfig:
+        misplaced = [k for k in ("bands", "workers", "scheduler") if getattr(value, k) is not None]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]} belongs at the top level (bands:) or under dask:, not under tiling:")
+        return value
+
+    def predict_config(self) -> PredictConfig:
+        """The per-scene configuration: tiling plus the band map and Dask placement."""
+        return self.tiling.model_copy(update={"bands": self.bands, "workers": self.dask.workers,
+                                              "scheduler": self.dask.scheduler})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A loaded job: the validated spec, where it came from, and its paths resolved."""
+
+    spec: JobSpec
+    path: Path
+    name: str
+    out_dir: Path
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the job file, relative to the job file's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def resolved_json(self) -> str:
+        """The job as run (defaults filled, output folder resolved), for the manifest's provenance."""
+        data = self.spec.model_dump(mode="json")
+        data["name"] = self.name
+        data["outputs"]["folder"] = str(self.out_dir)
+        return json.dumps(data, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+class _JobLoader(yaml.SafeLoader):
+    """YAML's safe loader, but dates stay text: pydantic parses them with an error that names the key
+    (PyYAML's own date parsing raises a bare ValueError for 2020-13-01)."""
+
+
+_JobLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_job(path: str | Path, out: str | Path | None = None) -> Job:
+    """Read and validate a job file; ``out`` overrides ``outputs.folder``. Raises ConfigError naming the
+    key and line of every problem."""
+    path = Path(path).resolve()
+    where = f"job {path.name}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot be read ({err.strerror or err}); check the path") from err
+    try:
+        root = yaml.compose(text, Loader=_JobLoader)
+        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        context = ""
+        if err.context and err.context_mark is not None and err.context_mark.line != getattr(mark, "line", None):
+            context = f"; {err.context} from line {err.context_mark.line + 1}"
+        raise ConfigError(f"{where}{line}: not valid YAML ({err.problem or err.context}{context})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from err
+    if root is None or not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping with inputs:, model: and outputs: keys")
+    _refuse_duplicate_keys(root, where)
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e, root) for e in err.errors())) from err
+    name = spec.name or path.stem
+    job = Job(spec=spec, path=path, name=name, out_dir=Path())
+    out_dir = Path(out).resolve() if out is not None else job.resolve(spec.outputs.folder).resolve()
+    return Job(spec=spec, path=path, name=name, out_dir=out_dir)
+
+
+def _describe(error: Any, root: yaml.Node) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("function-after",)))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(root, loc)
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key (extra inputs are not permitted); check the spelling"
+    elif error["type"] == "missing":
+        msg = "required key is missing"
+    msg = msg.removeprefix("Value error, ")
+    return f"line {line}: {key}: {msg}"
+
+
+def _line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
+    """The 1-based line of the deepest YAML node along a pydantic error location."""
+    line = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    line = key.start_mark.line + 1
+                    child = value
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: str, path: str = "") -> None:
+    """PyYAML keeps the last of two equal keys silently; a job file with both is almost surely a mistake."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            full = f"{path}.{key.value}" if path else str(key.value)
+            if key.value in seen:
+                raise ConfigError(f"{where} line {key.start_mark.line + 1}: {full}: key given twice; keep one")
+            seen.add(key.value)
+            _refuse_duplicate_keys(value, where, full)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, where, f"{path}.{i}")
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """When a scene was taken: one instant (start == end) or a span such as a whole year."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def instant(self) -> bool:
+        return self.start == self.end
+
+    def overlaps(self, first: dt.date | None, last: dt.date | None) -> bool:
+        if first is not None and self.end.date() < first:
+            return False
+        return not (last is not None and self.start.date() > last)
+
+
+@dataclass(frozen=True, slots=True)
+class SceneInput:
+    """One scene of the archive: its safe, distinct id, the file to read, and what is known of it."""
+
+    scene_id: str
+    path: str
+    when: TimeRange | None = None
+    bbox: tuple[float, float, float, float] | None = None  # EPSG:4326, from a STAC item
+    source_id: str = ""  # the raw id (file path relative to the inputs, or STAC item id)
+
+
+_DATE = re.compile(r"(?<!\d)(\d{4})[-_]?(\d{2})[-_]?(\d{2})(?!\d)")
+_YEAR = re.compile(r"(?<!\d)(19\d{2}|20\d{2})(?!\d)")
+_UTC = dt.timezone.utc
+
+
+def date_from_name(name: str) -> TimeRange | None:
+    """A date written in a file name: ``20200831`` / ``2020-08-31`` (that day, 00:00 UTC), else a lone year
+    ``1985`` (the whole year, as for annual composites); None when neither is there."""
+    for match in _DATE.finditer(name):
+        try:
+            day = dt.datetime(int(match[1]), int(match[2]), int(match[3]), tzinfo=_UTC)
+        except ValueError:
+            continue
+        if 1900 <= day.year <= 2100:
+            return TimeRange(day, day)
+    match = _YEAR.search(name)
+    if match:
+        year = int(match[1])
+        return TimeRange(dt.datetime(year, 1, 1, tzinfo=_UTC), dt.datetime(year, 12, 31, 23, 59, 59, tzinfo=_UTC))
+    return None
+
+
+def discover_scenes(job: Job) -> list[SceneInput]:
+    """The job's scenes after the date and bbox filters, ordered by date then id (the order of change
+    pairs and timelines). Ids are safe and distinct (see :func:`pipeline.names.unique_names`)."""
+    spec = job.spec.inputs
+    if spec.stac is not None:
+        scenes = _stac_scenes(job, job.resolve(spec.stac))
+    else:
+        scenes = _file_scenes(job)
+    kept = [s for s in scenes if _keep(s, spec)]
+    return sorted(kept, key=lambda s: (s.when.start if s.when else dt.datetime.max.replace(tzinfo=_UTC),
+                                       s.scene_id))
+
+
+def _file_scenes(job: Job) -> list[SceneInput]:
+    spec = job.spec.inputs
+    where = f"job {job.path.name}"
+    if spec.files is not None:
+        paths = [job.resolve(f) for f in spec.files]
+        root = job.base
+    elif spec.folder is not None:
+        root = job.resolve(spec.folder)
+        if not root.is_dir():
+            raise ConfigError(f"{where}: inputs.folder {root} is not a folder; check the path")
+        paths = sorted(Path(p) for p in globlib.glob(str(root / spec.pattern), recursive=True))
+    else:
+        assert spec.glob is not None
+        pattern = spec.glob if Path(spec.glob).is_absolute() else str(job.base / spec.glob)
+        paths = sorted(Path(p) for p in globlib.glob(pattern, recursive=True))
+        root = job.base
+    paths = [p for p in paths if not p.is_dir()]
+    if not paths:
+        raise ConfigError(f"{where}: inputs match no files; check inputs in the job file")
+    raw = [_relative_or_name(p, root) for p in paths]
+    stems = [_strip_raster_ext(Path(r).name) for r in raw]
+    ids = unique_names(stems, keys=[str(p.resolve()) for p in paths])
+    return [SceneInput(i, str(p), date_from_name(p.name), None, r) for i, p, r in zip(ids, paths, raw, strict=True)]
+
+
+def _relative_or_name(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _strip_raster_ext(name: str) -> str:
+    for ext in (".tiff", ".tif", ".vrt", ".jp2", ".img"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
+    import pystac
+
+    where = f"job {job.path.name}: inputs.stac {source.name}"
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: cannot be read as JSON ({err})") from err
+    try:
+        if data.get("type") == "FeatureCollection":
+            items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
+            for item in items:
+                item.set_self_href(None)
+            base = source.parent
+        else:
+            catalog = pystac.read_file(str(source))
+            if not isinstance(catalog, pystac.Catalog):
+                raise ConfigError(f"{where}: is a STAC {type(catalog).__name__}, not a catalog or item collection")
+            items = list(catalog.get_items(recursive=True))
+            base = None
+    except pystac.STACError as err:
+        raise ConfigError(f"{where}: not a STAC catalog or item collection ({err})") from err
+    found: list[tuple[str, str, TimeRange | None, tuple[float, float, float, float] | None]] = []
+    for item in items:
+        asset = _pick_asset(item, job.spec.inputs.asset, where)
+        href = asset.get_absolute_href() if base is None else asset.href
+        if href is None:
+            raise ConfigError(f"{where}: item {item.id!r} asset has no href")
+        if base is not None and "://" not in href and not Path(href).is_absolute():
+            href = str(base / href)
+        found.append((item.id, href, _item_time(item), tuple(item.bbox) if item.bbox else None))  # type: ignore[arg-type]
+    ids = unique_names([f[0] for f in found], keys=[f"{f[0]}\0{f[1]}" for f in found])
+    return [SceneInput(i, href, when, bbox, raw) for i, (raw, href, when, bbox) in zip(ids, found, strict=True)]
+
+
+def _pick_asset(item: Any, key: str | None, where: str) -> Any:
+    if key is not None:
+        if key not in item.assets:
+            raise ConfigError(f"{where}: item {item.id!r} has no asset {key!r} (has {', '.join(item.assets)}); "
+                              f"set inputs.asset")
+        return item.assets[key]
+    for asset in item.assets.values():
+        if asset.media_type and "tiff" in asset.media_type.lower():
+            return asset
+    raise ConfigError(f"{where}: item {item.id!r} has no GeoTIFF asset; name one with inputs.asset")
+
+
+def _item_time(item: Any) -> TimeRange | None:
+    if item.datetime is not None:
+        when = item.datetime if item.datetime.tzinfo else item.datetime.replace(tzinfo=_UTC)
+        return TimeRange(when, when)
+    start, end = item.common_metadata.start_datetime, item.common_metadata.end_datetime
+    if start is not None and end is not None:
+        return TimeRange(start, end)
+    return None
+
+
+def _keep(scene: SceneInput, spec: InputsSpec) -> bool:
+    if spec.start is not None or spec.end is not None:
+        if scene.when is None or not scene.when.overlaps(spec.start, spec.end):
+            return False
+    if spec.bbox is not None:
+        bbox = scene.bbox or _file_bbox(scene.path)
+        if bbox is not None:
+            w, s, e, n = spec.bbox
+            return not (bbox[2] < w or bbox[0] > e or bbox[3] < s or bbox[1] > n)
+    return True
+
+
+def _file_bbox(path: str) -> tuple[float, float, float, float] | None:
+    """The scene's bounds in EPSG:4326 from its header; None when unreadable (the run records why)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.warp import transform_bounds
+
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                return None
+            return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))  # type: ignore[return-value]
+    except (RasterioError, OSError):
+        return None
