@@ -61,7 +61,7 @@ from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
 @click.option("--overlap", type=int, default=None, help="Blend ramp half-width in pixels, at most the halo [default: halo/2].")
 @click.option("--blend", type=click.Choice(["cosine", "linear", "none"]), default=None,
               help="How overlapping tiles are blended; 'none' crops each tile to its core [default: cosine].")
-@click.option("--batch-size", type=int, default=None, help="Tiles per model call [default: 2].")
+@click.option("--batch-size", type=int, default=None, help="Tiles per model call; raise it on a GPU [default: 1].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
               help="Inference precision for neural networks [default: auto].")
 @click.option("--proba-dtype", type=click.Choice(["uint8", "float32"]), default=None,
