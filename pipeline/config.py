@@ -7,23 +7,36 @@ left as None take the model's own preference (tile size, halo) or a documented d
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from typing_extensions import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
-__all__ = ["PredictConfig", "DEFAULT_MAX_PIXELS", "load_config_error", "VectorizeConfig", "DEFAULT_MAX_POLYGONS",
+__all__ = ["FrozenConfig", "PredictConfig", "DEFAULT_MAX_PIXELS", "load_config_error", "VectorizeConfig", "DEFAULT_MAX_POLYGONS",
            "parse_area"]
 
 DEFAULT_MAX_PIXELS = 50_000 * 50_000
 
 
-class _Frozen(BaseModel):
+class FrozenConfig(BaseModel):
+    """Base of every config: frozen, unknown keys refused, and :meth:`build` for keyword options."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+    where: ClassVar[str] = "options"  # how errors name the source of the values
+
+    @classmethod
+    def build(cls, **values: Any) -> Self:
+        """Validate ``values`` (None means "not given"), turning pydantic's report into a ConfigError."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as err:
+            raise load_config_error(err, cls.where) from err
 
 
-class PredictConfig(_Frozen):
+class PredictConfig(FrozenConfig):
     """Everything that shapes one segmentation run of one scene, apart from the scene and the model."""
 
     bands: str | None = Field(None, description="band map 'red=1,nir=4' or a preset (naip, sentinel2, ...)")
@@ -47,14 +60,6 @@ class PredictConfig(_Frozen):
             raise ValueError(f"overlap ({self.overlap}) cannot be larger than halo ({self.halo})")
         return self
 
-    @classmethod
-    def build(cls, **values: object) -> PredictConfig:
-        """Validate ``values`` (None means "not given"), turning pydantic's report into a ConfigError."""
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as err:
-            raise load_config_error(err, "options") from err
-
 
 DEFAULT_MAX_POLYGONS = 2_000_000
 
@@ -74,7 +79,7 @@ def parse_area(value: str | float | int) -> float:
     return float(match.group(1)) * _AREA_UNITS[match.group(2)]
 
 
-class VectorizeConfig(_Frozen):
+class VectorizeConfig(FrozenConfig):
     """Everything that shapes turning one class raster into polygon layers."""
 
     formats: tuple[Literal["gpkg", "parquet", "fgb", "geojson"], ...] = Field(("gpkg",), min_length=1)
@@ -88,14 +93,6 @@ class VectorizeConfig(_Frozen):
     workers: int | None = Field(None, gt=0)
     scheduler: str | None = None
     max_tiles_in_flight: int | None = Field(None, gt=0, description="default: 4 tiles per worker")
-
-    @classmethod
-    def build(cls, **values: object) -> VectorizeConfig:
-        """Validate ``values`` (None means "not given"), turning pydantic's report into a ConfigError."""
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as err:
-            raise load_config_error(err, "options") from err
 
 
 def load_config_error(err: ValidationError, where: str) -> ConfigError:

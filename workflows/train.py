@@ -13,13 +13,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.chips import Split, split_blocks
-from pipeline.config import load_config_error
+from pipeline.config import FrozenConfig, load_config_error
 from pipeline.errors import ConfigError, ModelError
 from pipeline.labels import open_labels
 from pipeline.read import open_scene, parse_band_map, resolve_bands
@@ -45,10 +45,10 @@ def parse_region(value: str | Sequence[int] | None) -> PixelWindow | None:
     return PixelWindow(*numbers)
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(FrozenConfig):
     """Everything one ``scenewatch train`` run needs. ``scenes`` and ``labels`` pair up in order."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    where: ClassVar[str] = "train options"
 
     scenes: tuple[str, ...] = Field(min_length=1)
     labels: tuple[str, ...] = Field(min_length=1)
@@ -103,13 +103,6 @@ class TrainConfig(BaseModel):
                             chips_per_epoch=self.chips_per_epoch, learning_rate=self.learning_rate,
                             weight_decay=self.weight_decay, patience=self.patience, seed=self.seed,
                             freeze_encoder=self.freeze_encoder, sampling=self.sampling, jitter=self.jitter)
-
-    @classmethod
-    def build(cls, **values: Any) -> TrainConfig:
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as err:
-            raise load_config_error(err, "train options") from err
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
