@@ -114,7 +114,7 @@ def _reference_alerts(series: list[int], days: list[int], watch: np.ndarray, con
 
 def test_alerts_match_a_scalar_reference_on_random_stacks() -> None:
     rng = np.random.default_rng(11)
-    t, h, w, k = 7, 30, 40, 3
+    t, h, w = 7, 30, 40
     stack = rng.choice([0, 0, 0, 1, 2, 255], size=(t, h, w)).astype(np.uint8)
     stack[:, :5] = 0  # some stable pixels
     days = sorted(rng.choice(np.arange(1000, 20000), t, replace=False).tolist())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, SceneReadError, ScenewatchError
+from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, ScenewatchError
 from pipeline.read import open_scene, parse_band_map, read_window, resolve_bands
 from tiles.grid import PixelWindow
 
