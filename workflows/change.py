@@ -57,7 +57,7 @@ from pipeline.errors import ConfigError, InvalidSceneError
 from pipeline.names import safe_name, scene_id
 from pipeline.raster import CogWriter, hex_to_rgba
 from pipeline.read import open_scene, parse_band_map, resolve_bands
-from pipeline.stitch import CLASS_NODATA, decode_proba
+from pipeline.stitch import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, decode_proba
 from tiles.grid import PixelWindow, plan_tiles
 from workflows.cluster import dask_client
 
@@ -66,8 +66,9 @@ __all__ = ["DatedClasses", "ChangeResult", "TimelineResult", "detect_change", "r
 
 log = logging.getLogger("scenewatch")
 
-CONFIDENCE_NODATA = 255
-CONFIDENCE_SCALE = 254  # confidence c is stored as round(c * 254) in band 2 of a change raster
+# Confidence is stored as the probability rasters are (pipeline.stitch): round(c * 254), 255 = nodata.
+CONFIDENCE_NODATA = PROBA_UINT8_NODATA
+CONFIDENCE_SCALE = PROBA_UINT8_SCALE
 _CLASSES_SUFFIX = ".classes.tif"
 
 
