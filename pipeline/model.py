@@ -17,6 +17,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +169,14 @@ def _bundle_fingerprint(ref: ModelRef) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=4)
 def _load_model(ref: ModelRef, fingerprint: tuple[int, ...]) -> SegmentationModel:
-    if ref.threads:
+    model = _build_model(ref)
+    if ref.threads and "torch" in sys.modules:
+        # only where the model brought torch in: importing it costs a spectral model's worker ~500 MiB
         _set_torch_threads(ref.threads)
+    return model
+
+
+def _build_model(ref: ModelRef) -> SegmentationModel:
     options = dict(ref.options)
     if ref.factory:
         module_name, _, attr = ref.factory.partition(":")
