@@ -58,7 +58,7 @@ def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: T
             groups.setdefault(item.data.shape, []).append(i)
     k = model.info.num_classes
     for shape, members in groups.items():
-        batch = np.stack([inputs[i].data for i in members])
+        batch = inputs[members[0]].data[None] if len(members) == 1 else np.stack([inputs[i].data for i in members])
         probs = _check_output(model, model.predict(batch), (len(members), k, shape[1], shape[2]))
         for j, i in enumerate(members):
             results[i] = _contribution(inputs[i], probs[j], grid, overlap, method, proba_dtype)

@@ -41,16 +41,23 @@ __all__ = ["SpectralIndexModel", "normalized_difference", "SPECTRAL_DEFAULTS"]
 
 def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(a - b) / (a + b)``, 0 where both are 0."""
-    num = np.asarray(a, dtype=np.float32) - b
-    den = np.asarray(a, dtype=np.float32) + b
-    out = np.zeros_like(num, dtype=np.float32)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
+    a = np.asarray(a, dtype=np.float32)
+    num = np.subtract(a, b, dtype=np.float32)
+    den = np.add(a, b, dtype=np.float32)
+    zero = den == 0
+    np.divide(num, den, out=num, where=~zero)
+    num[zero] = 0.0
+    return num
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function of a float32 array, computed in place (the array is consumed)."""
     # Clipped so a tiny softness saturates to 0/1 instead of overflowing exp (warnings are errors here).
-    return (1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))).astype(np.float32)
+    np.clip(x, -60.0, 60.0, out=x)
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1.0
+    return np.reciprocal(x, out=x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +80,17 @@ class SpectralIndexModel:
             raise ModelError(
                 f"model {self.info.name}: expects (N, {len(self.info.bands)}, H, W) input, got {batch.shape}"
             )
-        value = self.index(*(batch[:, i] for i in range(batch.shape[1])))
-        margin = value - self.threshold if self.above else self.threshold - value
-        p = _sigmoid(margin / max(self.softness, 1e-6))
-        return np.stack([1.0 - p, p], axis=1)
+        value = np.asarray(self.index(*(batch[:, i] for i in range(batch.shape[1]))), dtype=np.float32)
+        # margin / softness, computed in place in a fresh array (the index function may return a view)
+        scale = np.float32(1.0 / max(self.softness, 1e-6))
+        margin = np.subtract(value, np.float32(self.threshold), dtype=np.float32)
+        if not self.above:
+            np.negative(margin, out=margin)
+        margin *= scale
+        out = np.empty((batch.shape[0], 2, *batch.shape[2:]), dtype=np.float32)
+        out[:, 1] = _sigmoid(margin)
+        np.subtract(np.float32(1.0), out[:, 1], out=out[:, 0])
+        return out
 
 
 # name -> (threshold, target above the threshold?); the documented defaults of the table above.
