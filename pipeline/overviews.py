@@ -14,6 +14,7 @@ any other window.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 __all__ = ["overview_factors", "reduce2", "RESAMPLINGS"]
