@@ -34,7 +34,7 @@ from tiles.grid import PixelWindow
 
 __all__ = ["CogWriter", "hex_to_rgba", "COPY_CACHE_MB"]
 
-COPY_CACHE_MB = 64
+COPY_CACHE_MB = 16
 # Staging rasters up to this many bytes are written uncompressed: ZSTD level 1 cost the writing process
 # three times the CPU of a plain write (0.45 vs 0.16 s for 128 MiB of probabilities) on the serial path,
 # and the COG copy reads them faster. Larger ones are compressed so that the temporary disk space stays
@@ -212,7 +212,8 @@ def _small_block_cache() -> Iterator[None]:
     with _cache_lock:
         if _cache_users == 0:
             _cache_before = get_gdal_config("GDAL_CACHEMAX")
-            set_gdal_config("GDAL_CACHEMAX", COPY_CACHE_MB)
+            # bytes: rasterio passes the value to GDALSetCacheMax64 as is, so a bare 64 was a 64-byte cache
+            set_gdal_config("GDAL_CACHEMAX", COPY_CACHE_MB * 2**20)
         _cache_users += 1
     try:
         yield
