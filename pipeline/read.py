@@ -8,16 +8,21 @@ process ever holds the whole scene.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import CRSError, NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -32,6 +37,9 @@ __all__ = [
     "parse_band_map",
     "resolve_bands",
     "read_window",
+    "read_cache_bytes",
+    "use_read_cache",
+    "close_open_scenes",
     "SUPPORTED_DTYPES",
 ]
 
@@ -252,14 +260,14 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
     """
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
-        with rasterio.open(meta.path) as src:
-            data = src.read(list(indexes), window=rio_window, out_dtype="float32")
-            with warnings.catch_warnings():
-                # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
-                # nodata wins, which is what we want; the warning would repeat for every tile.
-                warnings.simplefilter("ignore", NodataShadowWarning)
-                mask = src.dataset_mask(window=rio_window)
-    except RasterioIOError as err:
+        src = _open_for_reading(meta.path)
+        data = src.read(list(indexes), window=rio_window, out_dtype="float32")
+        with warnings.catch_warnings():
+            # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
+            # nodata wins, which is what we want; the warning would repeat for every tile.
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            mask = src.dataset_mask(window=rio_window)
+    except (RasterioIOError, OSError) as err:
         raise SceneReadError(
             f"scene {meta.name}: pixels at rows {window.row_off}-{window.row_end}, columns "
             f"{window.col_off}-{window.col_end} cannot be read; the file looks truncated or corrupt"
@@ -269,3 +277,49 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
         valid &= np.all(np.isfinite(data), axis=0)
     data[:, ~valid] = 0.0
     return data, valid
+
+
+# Datasets stay open between windows, per thread (a GDAL dataset is not thread-safe), so that the blocks
+# neighbouring tiles share are decoded once and served from GDAL's block cache: a 576 px window of a tile
+# with a 32 px halo touches 3 x 3 blocks of 512 px, and reopening the file for every tile decoded each
+# block up to nine times (51 ms per tile against 6.5 ms for the core alone).
+_OPEN_PER_THREAD = 2
+_local = threading.local()
+
+
+def _open_for_reading(path: str) -> rasterio.DatasetReader:
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size, stat.st_ino)  # a file rewritten in place is reopened
+    handles: OrderedDict[tuple[Any, ...], rasterio.DatasetReader] = _local.__dict__.setdefault(
+        "handles", OrderedDict())
+    src = handles.get(key)
+    if src is None or src.closed:
+        src = handles[key] = rasterio.open(path)
+        while len(handles) > _OPEN_PER_THREAD:
+            handles.popitem(last=False)[1].close()
+    handles.move_to_end(key)
+    return src
+
+
+def close_open_scenes() -> None:
+    """Close the datasets :func:`read_window` keeps open in this thread."""
+    handles = _local.__dict__.pop("handles", {})
+    for src in handles.values():
+        src.close()
+
+
+def read_cache_bytes(meta: SceneMeta, halo: int, cap: int = 256 * 2**20) -> int:
+    """GDAL block cache worth having while reading tiles of ``meta`` with ``halo``: three rows of blocks
+    (a tile row reads its own and the halo's rows above and below, which the next tile row reads again),
+    at most ``cap``; 16 MiB when tiles have no halo, whose blocks are never read twice."""
+    if halo <= 0:
+        return 16 * 2**20
+    row = meta.width * meta.block_height * meta.count * np.dtype(meta.dtype).itemsize
+    return int(min(cap, 3 * row + 16 * 2**20))
+
+
+def use_read_cache(meta: SceneMeta, halo: int) -> None:
+    """Size this process's GDAL block cache for reading tiles of ``meta`` (:func:`read_cache_bytes`)."""
+    want = read_cache_bytes(meta, halo)
+    if get_gdal_config("GDAL_CACHEMAX") != want:
+        set_gdal_config("GDAL_CACHEMAX", want)  # bytes (rasterio hands the number to GDAL as is)

@@ -34,7 +34,8 @@ from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
 from pipeline.predict import TileInput, predict_tiles
 from pipeline.raster import CogWriter, hex_to_rgba
-from pipeline.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands
+from pipeline.read import (SceneMeta, open_scene, parse_band_map, read_window, resolve_bands,
+                           use_read_cache)
 from pipeline.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, TileContribution,
                              decode_proba)
 from tiles.blend import BlendMethod
@@ -110,6 +111,7 @@ def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, .
                    proba_dtype: str) -> list[TileContribution | None]:
     """The Dask task: read a batch of tiles in this worker and run the (cached) model on them."""
     model = load_model(ref)
+    use_read_cache(meta, grid.halo)
     inputs = [TileInput(t, *read_window(meta, t.read_window, indexes)) for t in tiles]
     return predict_tiles(model, inputs, grid, overlap, blend, proba_dtype)
 
