@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -107,10 +108,21 @@ class _ScenewatchKeys(BaseModel):
 # ------------------------------------------------------------------------------------------------ the spec
 
 
-def smp_architectures() -> dict[str, str]:
-    """smp's architectures, lower-case name -> class name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...)."""
-    import segmentation_models_pytorch as smp
+# segmentation-models-pytorch 0.6's architectures, lower-case name -> class name: reading a spec (as the
+# process that plans and writes does) must not import smp, which brings torch in (+500 MiB resident).
+SMP_ARCHITECTURES = {
+    "unet": "Unet", "unetplusplus": "UnetPlusPlus", "manet": "MAnet", "linknet": "Linknet", "fpn": "FPN",
+    "pspnet": "PSPNet", "deeplabv3": "DeepLabV3", "deeplabv3plus": "DeepLabV3Plus", "pan": "PAN",
+    "upernet": "UPerNet", "segformer": "Segformer", "dpt": "DPT",
+}
 
+
+def smp_architectures() -> dict[str, str]:
+    """smp's architectures, lower-case name -> class name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, ...):
+    the installed smp's own list where smp is already loaded, else :data:`SMP_ARCHITECTURES`."""
+    smp = sys.modules.get("segmentation_models_pytorch")
+    if smp is None:
+        return dict(SMP_ARCHITECTURES)
     return {key: cls.__name__ for key, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
 
 

@@ -245,3 +245,26 @@ def test_a_rewritten_bundle_is_not_served_from_the_cache(tmp_path):
     assert load_model(ref) is first  # cached while unchanged
     init_bundle(path, "Unet", ENCODER, BANDS, ["a", "b", "c"], seed=2)  # a new version at the same path
     assert load_model(ref).info.class_names == ("a", "b", "c")
+
+
+def test_smp_architecture_list_matches_installed_smp() -> None:
+    """The static list used to read specs without importing torch is smp's own."""
+    import segmentation_models_pytorch as smp
+
+    from pipeline.bundle import SMP_ARCHITECTURES
+
+    assert SMP_ARCHITECTURES == {k: c.__name__ for k, c in smp.MODEL_ARCHITECTURES_MAPPING.items()}
+
+
+def test_reading_a_spec_does_not_import_torch(tmp_path) -> None:
+    """The process that plans and writes reads the bundle's spec only: no torch (500 MiB) there."""
+    import subprocess
+    import sys
+
+    from pipeline.bundle import init_bundle
+
+    bundle = init_bundle(tmp_path / "b", "Unet", "resnet18", ["red", "green", "blue"], ["a", "b"])
+    code = ("import sys; from pipeline.model import ModelRef, describe_model; "
+            f"info = describe_model(ModelRef.of({str(bundle)!r})); "
+            "assert info.num_classes == 2; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
