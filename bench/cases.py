@@ -16,12 +16,14 @@ import numpy as np
 __all__ = ["CASES"]
 
 
-def _ref(model: dict[str, Any] | str):
+def _ref(model: dict[str, Any] | str, precision: str | None = None):
+    """A built-in name or bundle path (what users pass), or the keywords of ``build_smp_model``."""
     from pipeline.model import ModelRef
 
     if isinstance(model, str):
-        return ModelRef.of(model)
-    return ModelRef.from_factory("pipeline.model:build_smp_model", **model)
+        return ModelRef.of(model, precision=precision)
+    return ModelRef.from_factory("pipeline.model:build_smp_model", **model, **({"precision": precision}
+                                                                                if precision else {}))
 
 
 def read_floor(scene: str, tile: int = 512, bands: tuple[int, ...] = (1, 2, 3, 4)) -> dict[str, Any]:
@@ -38,20 +40,51 @@ def read_floor(scene: str, tile: int = 512, bands: tuple[int, ...] = (1, 2, 3, 4
     return {"seconds": time.perf_counter() - start, "pixels": pixels}
 
 
-def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, options: dict[str, Any]) -> dict[str, Any]:
-    """scenewatch end to end: LocalCluster start, tiles, model, stitch, COGs."""
+def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, options: dict[str, Any],
+            warm_up: str | None = None) -> dict[str, Any]:
+    """scenewatch end to end: LocalCluster start, tiles, model, stitch, COGs.
+
+    ``seconds`` is the whole run, cluster start included. With ``warm_up`` (a small scene), that scene runs
+    first on the same cluster, as the first scene of a batch does (workers started, model loaded and
+    checked), and ``seconds`` is the measured scene alone; ``cold_seconds`` is everything.
+    """
+    from workflows.cluster import dask_client
     from workflows.scene import predict_scene
 
     start = time.perf_counter()
-    result = predict_scene(scene, _ref(model), out, workers=workers, progress=False, **options)
-    seconds = time.perf_counter() - start
+    with dask_client(workers) as client:
+        started = time.perf_counter()
+        if warm_up:
+            predict_scene(warm_up, _ref(model), out, client=client, progress=False, **options)
+        warm = time.perf_counter()
+        result = predict_scene(scene, _ref(model), out, client=client, progress=False, **options)
+        end = time.perf_counter()
+    seconds = end - warm if warm_up else end - start
     return {"seconds": seconds, "pixels": result.grid.height * result.grid.width, "tiles": result.tiles_planned,
+            "cluster_seconds": started - start, "warm_up_seconds": warm - started, "cold_seconds": end - start,
             **result.extra}
 
 
 def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
-                max_tiles: int | None = None) -> dict[str, Any]:
-    """The model alone on the same tiles as the pipeline (read beforehand, not timed), all cores."""
+                max_tiles: int | None = None, processes: int = 1) -> dict[str, Any]:
+    """The model alone on the same tiles as the pipeline (read beforehand, not timed): one process with
+    ``threads`` threads, or ``processes`` processes of ``threads`` threads each taking every n-th tile
+    (the rate is all their pixels over the slowest one's model time)."""
+    if processes == 1:
+        return _model_alone(scene, model, tile, halo, threads, max_tiles, 0, 1)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_model_alone, *zip(*[(scene, model, tile, halo, threads, max_tiles, i, processes)
+                                                    for i in range(processes)], strict=True)))
+    seconds = max(p["seconds"] for p in parts)
+    pixels = sum(p["pixels"] for p in parts)
+    return {"seconds": seconds, "pixels": pixels, "gflops": sum(p["gflops"] * p["seconds"] for p in parts) / seconds}
+
+
+def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
+                 max_tiles: int | None, part: int, parts: int) -> dict[str, Any]:
     import torch
 
     from pipeline.model import load_model
@@ -62,9 +95,11 @@ def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, t
     meta = open_scene(scene)
     m = load_model(_ref(model))
     indexes = tuple(range(1, len(m.info.bands) + 1))
-    tiles = list(plan_tiles(meta.height, meta.width, tile, halo))[:max_tiles]
+    tiles = list(plan_tiles(meta.height, meta.width, tile, halo))[:max_tiles][part::parts]
+    if not tiles:  # more processes than tiles (--quick)
+        return {"seconds": 0.0, "pixels": 0, "gflops": 0.0}
     first = read_window(meta, tiles[0].read_window, indexes)[0][None]
-    m.predict(first)  # warm-up (lazy init, autotune)
+    m.predict(first)  # warm-up (lazy init, autotune, the auto precision check)
     flops_per_pixel = _forward_flops(m, first) / first.shape[-1] / first.shape[-2]
     seconds, pixels, input_pixels = 0.0, 0, 0
     for t in tiles:
@@ -100,7 +135,7 @@ def matmul_peak(threads: int, size: int = 2048, repeat: int = 5) -> dict[str, An
         a = torch.randn(size, size, dtype=dtype)
         b = torch.randn(size, size, dtype=dtype)
         a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(repeat))
+        best = min(_timed(lambda a=a, b=b: a @ b) for _ in range(repeat))
         out[f"{name}_gflops"] = 2 * size**3 / best / 1e9
     return out
 
@@ -112,10 +147,11 @@ def _timed(fn: Any) -> float:
 
 
 def naive(scene: str, model: dict[str, Any] | str, out: str) -> dict[str, Any]:
+    """The hand-written single-process script (fp32, whole scene in memory): :mod:`bench.naive`."""
     from bench.naive import run_naive
 
     start = time.perf_counter()
-    polygons = run_naive(scene, out, _ref(model), (1, 2, 3, 4))
+    polygons = run_naive(scene, out, _ref(model, precision="fp32"), (1, 2, 3, 4))
     import rasterio
 
     with rasterio.open(scene) as src:
