@@ -2,10 +2,10 @@
 
 A Cloud-Optimized GeoTIFF needs its overviews and image directory before the pixel data, so it cannot be
 appended to tile by tile. :class:`CogWriter` writes windows as they arrive into a temporary tiled GeoTIFF
-beside the final path (uncompressed unless large), and halves each window into one staging file per overview level
-while it is in memory (:mod:`pipeline.overviews`). GDAL's COG driver then streams the raster and its levels
-into a second temporary file with the final compression, which is renamed into place. Neither step holds
-the raster in memory, and a failure leaves nothing at the final path.
+beside the final path (uncompressed unless large), and halves each window into one staging file per
+overview level while it is in memory (:mod:`pipeline.overviews`). GDAL's COG driver then streams the raster
+and its levels into a second temporary file with the final compression, which is renamed into place.
+Neither step holds the raster in memory, and a failure leaves nothing at the final path.
 """
 
 from __future__ import annotations

@@ -308,14 +308,20 @@ def close_open_scenes() -> None:
         src.close()
 
 
-def read_cache_bytes(meta: SceneMeta, halo: int, cap: int = 256 * 2**20) -> int:
-    """GDAL block cache worth having while reading tiles of ``meta`` with ``halo``: three rows of blocks
-    (a tile row reads its own and the halo's rows above and below, which the next tile row reads again),
-    at most ``cap``; 16 MiB when tiles have no halo, whose blocks are never read twice."""
+READ_CACHE_MB = 256
+
+
+def read_cache_bytes(meta: SceneMeta, halo: int) -> int:
+    """GDAL block cache worth having while reading tiles of ``meta`` with ``halo``: three rows of blocks (a
+    tile row reads its own and the halo's rows above and below, which the next tile row reads again; an
+    LRU cache smaller than that evicts exactly the blocks needed next), within a fixed :data:`READ_CACHE_MB`
+    so that a worker's memory does not follow the scene's width (scenes wider than about 16384 px of 4
+    uint16 bands in 512 px blocks re-decode some halo blocks instead); 16 MiB when tiles have no halo,
+    whose blocks are read once."""
     if halo <= 0:
         return 16 * 2**20
     row = meta.width * meta.block_height * meta.count * np.dtype(meta.dtype).itemsize
-    return int(min(cap, 3 * row + 16 * 2**20))
+    return int(min(READ_CACHE_MB * 2**20, 3 * row + 16 * 2**20))
 
 
 def use_read_cache(meta: SceneMeta, halo: int) -> None:

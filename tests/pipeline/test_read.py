@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,23 @@ def test_band_maps(make_geotiff):
 def test_band_map_from_descriptions(make_geotiff):
     meta = open_scene(make_geotiff(shape=(3, 10, 10), descriptions=("B04", "B08", "swir1")))
     assert parse_band_map(None, meta).indexes == {"red": 1, "nir": 2, "swir16": 3}
+
+
+def test_read_window_sees_a_file_rewritten_at_the_same_path(make_geotiff):
+    """Workers keep scenes open between tiles; a scene replaced at the same path must be read anew."""
+    path = make_geotiff("same.tif", data=np.full((1, 64, 64), 7, np.uint16), dtype="uint16")
+    window = PixelWindow(0, 0, 32, 32)
+    assert read_window(open_scene(path), window, (1,))[0].max() == 7
+    make_geotiff("same.tif", data=np.full((1, 64, 64), 9, np.uint16), dtype="uint16")
+    assert read_window(open_scene(path), window, (1,))[0].max() == 9
+
+
+def test_read_cache_is_three_block_rows_within_a_fixed_budget(make_geotiff):
+    from pipeline.read import READ_CACHE_MB, read_cache_bytes
+
+    meta = open_scene(make_geotiff("c.tif", shape=(4, 300, 500), blocksize=64))
+    row = 500 * 64 * 4 * 2
+    assert read_cache_bytes(meta, 32) == 3 * row + 16 * 2**20
+    assert read_cache_bytes(meta, 0) == 16 * 2**20
+    wide = dataclasses.replace(meta, width=10**6)
+    assert read_cache_bytes(wide, 32) == READ_CACHE_MB * 2**20
