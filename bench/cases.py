@@ -67,8 +67,8 @@ def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, opt
 
 def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
                 max_tiles: int | None = None, processes: int = 1) -> dict[str, Any]:
-    """The model alone on the same tiles as the pipeline (read beforehand, not timed): one process with
-    ``threads`` threads, or ``processes`` processes of ``threads`` threads each taking every n-th tile
+    """The model alone on the same tiles as the pipeline (``max_tiles`` of them spread over the grid; read
+    beforehand, not timed): one process with ``threads`` threads, or ``processes`` processes of ``threads`` threads each taking every n-th tile
     (the rate is all their pixels over the slowest one's model time)."""
     if processes == 1:
         return _model_alone(scene, model, tile, halo, threads, max_tiles, 0, 1)
@@ -95,7 +95,12 @@ def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, 
     meta = open_scene(scene)
     m = load_model(_ref(model))
     indexes = tuple(range(1, len(m.info.bands) + 1))
-    tiles = list(plan_tiles(meta.height, meta.width, tile, halo))[:max_tiles][part::parts]
+    tiles = list(plan_tiles(meta.height, meta.width, tile, halo))
+    if max_tiles and len(tiles) > max_tiles:
+        # spread over the grid, so that edge tiles (smaller: no halo beyond the scene) weigh as in a run;
+        # the first tiles of a grid are the whole top row, all edge tiles, which made the model look faster
+        tiles = tiles[:: len(tiles) // max_tiles][:max_tiles]
+    tiles = tiles[part::parts]
     if not tiles:  # more processes than tiles (--quick)
         return {"seconds": 0.0, "pixels": 0, "gflops": 0.0}
     first = read_window(meta, tiles[0].read_window, indexes)[0][None]
