@@ -311,21 +311,24 @@ def close_open_scenes() -> None:
 READ_CACHE_MB = 256
 
 
-def read_cache_bytes(meta: SceneMeta, halo: int) -> int:
-    """GDAL block cache worth having while reading tiles of ``meta`` with ``halo``: three rows of blocks (a
-    tile row reads its own and the halo's rows above and below, which the next tile row reads again; an
-    LRU cache smaller than that evicts exactly the blocks needed next), within a fixed :data:`READ_CACHE_MB`
-    so that a worker's memory does not follow the scene's width (scenes wider than about 16384 px of 4
-    uint16 bands in 512 px blocks re-decode some halo blocks instead); 16 MiB when tiles have no halo,
-    whose blocks are read once."""
+def read_cache_bytes(meta: SceneMeta, halo: int, span: int | None = None) -> int:
+    """GDAL block cache worth having while reading tiles of ``meta`` with ``halo`` across ``span`` pixels
+    (default: the scene's width): three rows of blocks over the span (a tile row reads its own blocks and
+    the halo's rows above and below, which the next tile row reads again; an LRU cache smaller than that
+    evicts exactly the blocks needed next), at most :data:`READ_CACHE_MB`; 16 MiB when tiles have no halo,
+    whose blocks are read once. ``predict_scene`` reads in stripes a few tiles wide, so the cache follows
+    the stripe, not the scene."""
     if halo <= 0:
         return 16 * 2**20
-    row = meta.width * meta.block_height * meta.count * np.dtype(meta.dtype).itemsize
+    span = meta.width if span is None else min(span, meta.width)
+    block_w = meta.block_width if meta.block_width < meta.width else meta.width
+    across = min(meta.width, (-(-span // block_w) + 1) * block_w)  # a span starts anywhere in a block
+    row = across * meta.block_height * meta.count * np.dtype(meta.dtype).itemsize
     return int(min(READ_CACHE_MB * 2**20, 3 * row + 16 * 2**20))
 
 
-def use_read_cache(meta: SceneMeta, halo: int) -> None:
+def use_read_cache(meta: SceneMeta, halo: int, span: int | None = None) -> None:
     """Size this process's GDAL block cache for reading tiles of ``meta`` (:func:`read_cache_bytes`)."""
-    want = read_cache_bytes(meta, halo)
+    want = read_cache_bytes(meta, halo, span)
     if get_gdal_config("GDAL_CACHEMAX") != want:
         set_gdal_config("GDAL_CACHEMAX", want)  # bytes (rasterio hands the number to GDAL as is)

@@ -187,7 +187,7 @@ class Stitcher:
     as every tile whose blend window reaches that core has arrived, and then forgets that core.
 
     It holds, per incomplete core, the ring parts that reach it and the core's finished interior: with
-    tiles arriving in roughly row-major order, about one row of cores plus the tiles in flight.
+    tiles arriving stripe by stripe (``workflows.scene``), about one column of cores plus the tiles in flight.
     """
 
     def __init__(self, grid: TileGrid, overlap: int, num_classes: int, proba_dtype: str) -> None:

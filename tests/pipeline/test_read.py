@@ -99,8 +99,11 @@ def test_read_cache_is_three_block_rows_within_a_fixed_budget(make_geotiff):
     from pipeline.read import READ_CACHE_MB, read_cache_bytes
 
     meta = open_scene(make_geotiff("c.tif", shape=(4, 300, 500), blocksize=64))
-    row = 500 * 64 * 4 * 2
+    row = 500 * 64 * 4 * 2  # the whole width: 8 blocks of 64 px
     assert read_cache_bytes(meta, 32) == 3 * row + 16 * 2**20
     assert read_cache_bytes(meta, 0) == 16 * 2**20
+    # a stripe of 150 px can straddle 4 blocks
+    assert read_cache_bytes(meta, 32, span=150) == 3 * (4 * 64) * 64 * 4 * 2 + 16 * 2**20
     wide = dataclasses.replace(meta, width=10**6)
     assert read_cache_bytes(wide, 32) == READ_CACHE_MB * 2**20
+    assert read_cache_bytes(wide, 32, span=2112) < read_cache_bytes(wide, 32)

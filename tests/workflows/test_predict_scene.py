@@ -125,3 +125,20 @@ def test_model_is_built_once_per_worker_not_per_tile(make_geotiff, tmp_path, das
     assert result.tiles_planned == 25
     per_worker = dask_client.run(models.builds, seed)
     assert sum(per_worker.values()) >= 1 and max(per_worker.values()) == 1, per_worker
+
+
+def test_batches_cover_every_tile_once_in_stripes():
+    from tiles.grid import plan_tiles
+    from workflows.scene import STRIPE_TILES, _batches
+
+    grid = plan_tiles(700, 1100, 100, 16)  # 7 rows x 11 columns: stripes of 4, 4 and 3 columns
+    for size in (1, 3, 8):
+        batches = list(_batches(grid, size))
+        tiles = [t for b in batches for t in b]
+        assert sorted((t.row, t.col) for t in tiles) == sorted((t.row, t.col) for t in grid)
+        assert all(len({t.row for t in b}) == 1 and len(b) <= size for b in batches)
+        stripe = max(STRIPE_TILES, size)
+        stripes = [t.col // stripe for t in tiles]
+        assert stripes == sorted(stripes)  # stripe after stripe, each walked top to bottom
+        first = [t for t in tiles if t.col // stripe == 0]
+        assert [t.row for t in first] == sorted(t.row for t in first)
