@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "temp_path_for", "TEMP_MARKER"]
+__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "TEMP_MARKER"]
 
 TEMP_MARKER = ".sw-tmp-"
 
@@ -38,6 +38,11 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
     finally:
-        for leftover in tmp.parent.glob(tmp.name + "*"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        remove_with_sidecars(tmp)
+
+
+def remove_with_sidecars(path: Path) -> None:
+    """Delete ``path`` and the files a driver made beside it (``<name>.aux.xml``, ``<name>.ovr``...), if any."""
+    for leftover in path.parent.glob(path.name + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()

@@ -7,8 +7,7 @@ memory (each level from the one above, as GDAL cascades), written to one staging
 COG copy takes the levels as they are (``OVERVIEWS=FORCE_USE_EXISTING`` through a VRT that lists them).
 
 Windows must start on multiples of the coarsest factor and end on one or at the raster edge, which tiles of
-a block-aligned grid do; :meth:`Pyramid.accepts` says so, and a writer falls back to GDAL's overviews for
-any other window.
+a block-aligned grid do; ``CogWriter`` checks that and falls back to GDAL's overviews for any other window.
 """
 
 from __future__ import annotations
@@ -74,7 +73,7 @@ def _average(a: np.ndarray, invalid: np.ndarray | None, nodata: float | None) ->
         total += 2
         total >>= 2
         return total.astype(np.uint8)
-    acc = np.float64 if a.dtype.itemsize > 2 or a.dtype.kind == "f" and a.dtype.itemsize > 4 else np.float32
+    acc = np.float64 if a.dtype.itemsize > 2 else np.float32  # float32 holds 8- and 16-bit sums exactly
     if invalid is None:
         mean = (q[0].astype(acc) + q[1] + q[2] + q[3]) / 4
         return _cast(mean, a.dtype)

@@ -26,7 +26,7 @@ from affine import Affine
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
-from pipeline.atomic import atomic_path, temp_path_for
+from pipeline.atomic import atomic_path, remove_with_sidecars, temp_path_for
 from pipeline.errors import OutputError
 from pipeline.overviews import RESAMPLINGS, overview_factors, reduce2
 from pipeline.read import SceneMeta
@@ -131,8 +131,9 @@ class CogWriter:
 
     def _drop_levels(self) -> None:
         for _, path, dst in self._levels or ():
-            dst.close()
-            _remove_with_sidecars(path)
+            if not dst.closed:
+                dst.close()
+            remove_with_sidecars(path)
         self._levels = None
 
     def finish(self) -> Path:
@@ -177,12 +178,9 @@ class CogWriter:
         self._cache.close()
 
     def _remove_staging(self) -> None:
-        for _, path, dst in self._levels or ():
-            if not dst.closed:
-                dst.close()
-            _remove_with_sidecars(path)
-        _remove_with_sidecars(self._staging.with_suffix(".vrt"))
-        _remove_with_sidecars(self._staging)
+        self._drop_levels()
+        remove_with_sidecars(self._staging.with_suffix(".vrt"))
+        remove_with_sidecars(self._staging)
 
     def __enter__(self) -> CogWriter:
         return self
@@ -222,9 +220,3 @@ def _small_block_cache() -> Iterator[None]:
             _cache_users -= 1
             if _cache_users == 0 and _cache_before is not None:
                 set_gdal_config("GDAL_CACHEMAX", _cache_before)
-
-
-def _remove_with_sidecars(path: Path) -> None:
-    for leftover in path.parent.glob(path.name + "*"):
-        with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
