@@ -108,11 +108,12 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
 
 
 def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, ...], ref: ModelRef,
-                   grid: TileGrid, overlap: int, blend: BlendMethod,
-                   proba_dtype: str) -> list[TileContribution | None]:
-    """The Dask task: read a batch of tiles in this worker and run the (cached) model on them."""
+                   grid: TileGrid, overlap: int, blend: BlendMethod, proba_dtype: str,
+                   stripe_px: int) -> list[TileContribution | None]:
+    """The Dask task: read a batch of tiles in this worker and run the (cached) model on them.
+    ``stripe_px`` is the width the tiles around this batch are read across (:func:`_batches`)."""
     model = load_model(ref)
-    use_read_cache(meta, grid.halo, STRIPE_TILES * grid.tile_size + 2 * grid.halo)
+    use_read_cache(meta, grid.halo, stripe_px)
     inputs = [TileInput(t, *read_window(meta, t.read_window, indexes)) for t in tiles]
     return predict_tiles(model, inputs, grid, overlap, blend, proba_dtype)
 
@@ -125,10 +126,15 @@ def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, .
 STRIPE_TILES = 4
 
 
+def _stripe_tiles(size: int) -> int:
+    """Tiles across a stripe for batches of ``size`` tiles: :data:`STRIPE_TILES`, or ``size`` if wider."""
+    return max(STRIPE_TILES, size)
+
+
 def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
-    """Batches of up to ``size`` neighbouring tiles of one row, stripe by stripe (:data:`STRIPE_TILES`
-    columns, or ``size`` if wider), each stripe top to bottom."""
-    stripe = max(STRIPE_TILES, size)
+    """Batches of up to ``size`` neighbouring tiles of one row, stripe by stripe (:func:`_stripe_tiles`
+    columns), each stripe top to bottom."""
+    stripe = _stripe_tiles(size)
     for col0 in range(0, grid.cols, stripe):
         cols = range(col0, min(col0 + stripe, grid.cols))
         for row in range(grid.rows):
@@ -212,6 +218,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     stitcher = Stitcher(plan.grid, 0 if plan.blend == "none" else plan.overlap, plan.info.num_classes,
                         config.proba_dtype)
     batches = _batches(plan.grid, config.batch_size)
+    stripe_px = _stripe_tiles(config.batch_size) * plan.grid.tile_size + 2 * plan.grid.halo
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
     run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes
@@ -223,7 +230,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
         if tiles is None:
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
-                          plan.blend, config.proba_dtype, pure=False,
+                          plan.blend, config.proba_dtype, stripe_px, pure=False,
                           key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}")
         futures[fut] = tiles
         pending.add(fut)
