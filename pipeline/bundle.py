@@ -43,6 +43,7 @@ __all__ = [
     "SPEC_FILE",
     "WEIGHTS_FILE",
     "BundleSpec",
+    "Int8Keys",
     "save_bundle",
     "load_bundle",
     "read_spec",
@@ -82,6 +83,7 @@ class BundleSpec:
     weights: str
     sha256: str
     description: str = ""
+    int8: Int8Keys | None = None  # the calibrated int8 variant, if any (pipeline.int8)
     properties: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -89,6 +91,26 @@ class BundleSpec:
         return ModelInfo(name=self.name, version=self.version, bands=self.bands, class_names=self.class_names,
                          class_colors=self.class_colors, tile_size=self.tile_size, halo=self.halo,
                          description=self.description, licence=self.licence)
+
+
+class Int8Keys(BaseModel):
+    """``scenewatch:int8``: the bundle's int8 variant (OpenVINO IR files), what it was made from and what
+    calibration measured (see :mod:`pipeline.int8`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    weights: str = Field(min_length=1)
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    source_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # the safetensors weights it was calibrated from
+    drift: float = Field(ge=0)  # mean |p_int8 - p_fp32| on held-out tiles
+    worst_drift: float = Field(ge=0)  # the same on the held-out tile where it is largest
+    agreement: float = Field(ge=0, le=1)  # share of held-out pixels classed as fp32 classes them
+    scenes: list[str]
+    calibration_tiles: int = Field(gt=0)
+    held_out_tiles: int = Field(gt=0)
+    openvino: str
 
 
 class _ScenewatchKeys(BaseModel):
@@ -103,6 +125,7 @@ class _ScenewatchKeys(BaseModel):
     weights: str = Field(alias="scenewatch:weights", min_length=1)
     sha256: str = Field(alias="scenewatch:weights_sha256", pattern=r"^[0-9a-f]{64}$")
     extra: dict[str, Any] = Field(default_factory=dict, alias="scenewatch:extra")
+    int8: Int8Keys | None = Field(default=None, alias="scenewatch:int8")
 
 
 # ------------------------------------------------------------------------------------------------ the spec
@@ -260,7 +283,7 @@ def parse_spec(doc: Any, where: str = "model.json") -> BundleSpec:
         name=mlm.name, version=str(doc.get("version", "0")), licence=str(doc.get("license", "")), arch=arch,
         encoder=keys.encoder, bands=bands, class_names=names, class_colors=colours, mean=mean, std=std,
         tile_size=keys.tile_size, halo=keys.halo, weights=keys.weights, sha256=keys.sha256,
-        description=str(doc.get("description", "")), properties=doc,
+        description=str(doc.get("description", "")), int8=keys.int8, properties=doc,
     )
 
 
@@ -388,9 +411,14 @@ def load_bundle(path: str | os.PathLike[str], *, precision: str = "auto", compil
                 device: str | None = None, **options: Any) -> TorchSegmentationModel:
     """The bundle at ``path`` as a ready model (checks: spec, sha256, safetensors, exact state dict).
 
-    ``precision`` is auto|fp32|bf16|fp16; ``compile`` runs the network through ``torch.compile`` (faster on
-    long jobs; the first tile in each worker pays the compile time).
+    ``precision`` is auto|fp32|bf16|fp16|int8; ``compile`` runs the network through ``torch.compile``
+    (faster on long jobs; the first tile in each worker pays the compile time). int8 runs the bundle's
+    calibrated int8 variant (``scenewatch models quantize``) on OpenVINO; ``auto`` picks it on a CPU when
+    the bundle has one and OpenVINO is installed.
     """
+    from pipeline import int8
+    from pipeline.model import default_device
+
     folder = _bundle_dir(path)
     if options:
         raise ModelError(f"bundle {folder.name}: unknown model option(s) {', '.join(sorted(options))}; "
@@ -400,8 +428,14 @@ def load_bundle(path: str | os.PathLike[str], *, precision: str = "auto", compil
     network = build_network(spec)
     _check_state_dict(network, state, f"bundle {folder.name}", f"{spec.arch}/{spec.encoder} with "
                       f"{len(spec.bands)} band(s) and {len(spec.class_names)} class(es)")
+    device = device or default_device()
+    variant = None
+    wants_int8 = precision == "int8" or (precision == "auto" and spec.int8 is not None
+                                         and int8.openvino_available())
+    if wants_int8 and not device.startswith("cuda"):
+        variant = int8.load_int8(folder, spec)
     return TorchSegmentationModel(network, spec.info, mean=spec.mean, std=spec.std, precision=precision,
-                                  device=device, compile=compile)
+                                  device=device, compile=compile, int8=variant)
 
 
 # ------------------------------------------------------------------------------------------------- writing

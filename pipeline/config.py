@@ -46,7 +46,7 @@ class PredictConfig(FrozenConfig):
     blend: Literal["cosine", "linear", "none"] = "cosine"
     align_to_blocks: bool = True
     batch_size: int = Field(1, gt=0, description="tiles per model call; raise it on a GPU (1 on CPU: same speed, half the activations)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     proba_dtype: Literal["uint8", "float32"] = "uint8"
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     assume_crs: str | None = None

@@ -41,11 +41,13 @@ __all__ = [
     "load_model",
     "describe_model",
     "resolve_precision",
+    "default_device",
+    "native_bf16",
     "build_smp_model",
 ]
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,21 +235,35 @@ def _set_torch_threads(threads: int) -> None:
 # --------------------------------------------------------------------------------------------- torch models
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """The concrete precision for ``auto``: fp16 on a GPU, bf16 on a CPU with native bf16 kernels, else fp32."""
+def default_device() -> str:
+    """Where a network runs when no device is asked for: the GPU if torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX512-BF16 or AMX) that make bf16 faster than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str, int8: bool = False) -> str:
+    """The concrete precision for ``auto``: fp16 on a GPU; on a CPU, int8 where the model has a calibrated
+    int8 variant (``int8``: see :mod:`pipeline.int8`), else bf16 with native bf16 kernels, else fp32."""
     if precision not in PRECISIONS:
         raise ModelError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "fp16"
-    import torch
-
-    try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
-    return "bf16" if native_bf16 else "fp32"
+    if int8:
+        return "int8"
+    return "bf16" if native_bf16() else "fp32"
 
 
 AUTO_DRIFT_LIMIT = 0.008
@@ -262,24 +278,33 @@ class TorchSegmentationModel:
     stride (reflect), inference mode, channels-last and autocast at the chosen precision, softmax output
     (sigmoid for a one-logit binary network).
 
-    Precision ``auto`` picks fp16 on a GPU and bf16 on a CPU with native bf16 kernels (AVX512-BF16/AMX),
-    then checks itself once: the first batch runs in fp32 too and, if the mean absolute probability
-    difference exceeds :data:`AUTO_DRIFT_LIMIT`, the model falls back to fp32 for good (logged). So ``auto``
-    never trades more accuracy than that for speed, whatever the network. An explicit precision is obeyed.
+    Precision ``auto`` picks fp16 on a GPU; on a CPU, int8 where the model has a calibrated int8 variant
+    (``int8``, a callable from normalized, padded input to logits: :class:`pipeline.int8.OpenVinoForward`),
+    else bf16 where the CPU has native bf16 kernels (AVX512-BF16/AMX). It then checks itself once: the
+    first batch runs in fp32 too and, if the mean absolute probability difference exceeds
+    :data:`AUTO_DRIFT_LIMIT`, the model steps down (int8 to bf16 if that passes, else fp32) for good, and
+    logs it. So ``auto`` never trades more accuracy than that for speed, whatever the network. An explicit
+    precision is obeyed.
 
     ``compile`` wraps the network in ``torch.compile`` (inductor, weights frozen and prepacked): faster per
     tile, but each worker pays a compile of tens of seconds for the first tile and for every new tile shape,
-    so it pays off only on long jobs.
+    so it pays off only on long jobs. It does not apply to int8, which OpenVINO compiles itself.
     """
 
     def __init__(self, network: Any, info: ModelInfo, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, precision: str = "auto", device: str | None = None,
-                 stride: int = 32, compile: bool = False) -> None:
+                 stride: int = 32, compile: bool = False, int8: Callable[[Any], Any] | None = None) -> None:
         import torch
 
         self.info = info
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = resolve_precision(precision, self.device)
+        self.device = device or default_device()
+        on_cpu = not self.device.startswith("cuda")
+        self._int8 = int8 if on_cpu else None
+        self.precision = resolve_precision(precision, self.device, int8=self._int8 is not None)
+        if self.precision == "int8" and self._int8 is None:
+            raise ModelError(f"model {info.name}: precision int8 needs the model's int8 variant on a CPU; "
+                             f"calibrate one with `scenewatch models quantize`" if on_cpu else
+                             f"model {info.name}: int8 runs on the CPU only; use fp16 on {self.device}")
         self.requested_precision = precision
         self._auto_pending = precision == "auto" and self.precision != "fp32"
         self.auto_drift: float | None = None  # measured by the first auto check
@@ -292,9 +317,17 @@ class TorchSegmentationModel:
         self._static_hw = (0, 0)
         self._forward = _compile(self.network) if compile else self.network
 
-    def _run(self, x: Any, precision: str, forward: Any) -> Any:
+    def _network_for(self, precision: str, *, eager: bool = False) -> Any:
+        if precision == "int8":
+            return self._int8
+        return self.network if eager else self._forward
+
+    def run(self, x: Any, precision: str, forward: Any = None) -> Any:
+        """Probabilities ``(N, classes, H, W)`` for prepared input ``x`` (see :meth:`prepare`) at
+        ``precision``, through ``forward`` (default: the network, or the int8 variant for int8)."""
         import torch
 
+        forward = forward or self._network_for(precision, eager=True)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         # no_grad rather than inference_mode: inductor's frozen graphs are built under no_grad, and
@@ -306,7 +339,9 @@ class TorchSegmentationModel:
             return torch.cat([1.0 - p, p], dim=1)
         return torch.softmax(logits.float(), dim=1)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def prepare(self, batch: np.ndarray) -> Any:
+        """A raw ``(N, bands, H, W)`` batch as the network's input: normalized, padded to the stride
+        (reflect), channels-last on the model's device. Crop the output back to ``H, W``."""
         import torch
         import torch.nn.functional as F
 
@@ -314,7 +349,7 @@ class TorchSegmentationModel:
         x = (x - self._mean) / self._std
         h, w = x.shape[-2:]
         target_h, target_w = h + (-h) % self.stride, w + (-w) % self.stride
-        if self.compiled:
+        if self.compiled and self.precision != "int8":
             # One static shape per worker: smaller (edge) tiles are padded up to the largest tile seen, so
             # the graph is compiled once rather than once per edge-tile shape.
             target_h, target_w = max(target_h, self._static_hw[0]), max(target_w, self._static_hw[1])
@@ -323,33 +358,44 @@ class TorchSegmentationModel:
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        h, w = batch.shape[-2:]
+        x = self.prepare(batch)
         if self._auto_pending:
             self._auto_pending = False
             self._check_auto(x)
-        if self.compiled:  # one image per call, for the same reason (batches of 1 and 2 would both compile)
-            probs = torch.cat([self._run(x[i : i + 1], self.precision, self._forward) for i in range(len(x))])
+        forward = self._network_for(self.precision)
+        if self.compiled and self.precision != "int8":
+            # one image per call, for the same reason (batches of 1 and 2 would both compile)
+            probs = torch.cat([self.run(x[i : i + 1], self.precision, forward) for i in range(len(x))])
         else:
-            probs = self._run(x, self.precision, self._forward)
+            probs = self.run(x, self.precision, forward)
         return probs[..., :h, :w].cpu().numpy()
 
     def _check_auto(self, x: Any) -> None:
-        """Compare the reduced precision with fp32 on (a centre crop of) the first image, eagerly, and
-        fall back to fp32 for good if the mean absolute probability difference is over the limit."""
+        """Compare the reduced precision with fp32 on (a centre crop of) the first image, eagerly, and step
+        down (int8 -> bf16 -> fp32) for good while the mean absolute probability difference is over the
+        limit."""
         import torch
 
         size, (hp, wp) = 256, x.shape[-2:]
         r0 = max(0, (hp - size) // 2) // self.stride * self.stride
         c0 = max(0, (wp - size) // 2) // self.stride * self.stride
         crop = x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous(memory_format=torch.channels_last)
-        reduced = self._run(crop, self.precision, self.network)
-        reference = self._run(crop, "fp32", self.network)
-        drift = float((reduced - reference).abs().mean())
-        self.auto_drift = drift
-        if drift > AUTO_DRIFT_LIMIT:
-            log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using fp32",
-                        self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT)
-            self.precision = "fp32"
+        reference = self.run(crop, "fp32")
+        while self.precision != "fp32":
+            drift = float((self.run(crop, self.precision) - reference).abs().mean())
+            self.auto_drift = drift
+            if drift <= AUTO_DRIFT_LIMIT:
+                return
+            lower = "bf16" if self.precision == "int8" and native_bf16() else "fp32"
+            log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using %s",
+                        self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT, lower)
+            self.precision = lower
 
 
 def _compile(network: Any) -> Any:

@@ -62,8 +62,9 @@ from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
 @click.option("--blend", type=click.Choice(["cosine", "linear", "none"]), default=None,
               help="How overlapping tiles are blended; 'none' crops each tile to its core [default: cosine].")
 @click.option("--batch-size", type=int, default=None, help="Tiles per model call; raise it on a GPU [default: 1].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
-              help="Inference precision for neural networks [default: auto].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default=None,
+              help="Inference precision for neural networks; auto: fp16 on a GPU, else the bundle's int8 variant "
+                   "if it has one (`scenewatch models quantize`), else bf16 where the CPU has it [default: auto].")
 @click.option("--proba-dtype", type=click.Choice(["uint8", "float32"]), default=None,
               help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 [default: uint8].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",

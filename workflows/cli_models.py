@@ -1,4 +1,5 @@
-"""``scenewatch models``: list, show, create and import models (built-in spectral models and bundles)."""
+"""``scenewatch models``: list, show, create, import and quantize models (built-in spectral models and
+bundles)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def models(ctx: click.Context, search: str | None) -> None:
       scenewatch models show water
       scenewatch models init --arch Unet --encoder resnet18 --bands red,green,blue,nir \\
           --classes background,tree --out models/trees
+      scenewatch models quantize models/trees --scene scene.tif --bands naip
     """
     ctx.obj = {"search": _search_path(search)}
     if ctx.invoked_subcommand is not None:
@@ -103,8 +105,9 @@ def models(ctx: click.Context, search: str | None) -> None:
         except ModelError as err:
             click.echo(f"  {path.name:<12} unreadable: {err}")
             continue
+        variant = f" +int8 (drift {spec.int8.drift:.4f})" if spec.int8 else ""
         click.echo(f"  {path.name:<12} {spec.arch}/{spec.encoder} v{spec.version} bands {','.join(spec.bands)} "
-                   f"classes {','.join(spec.class_names)}")
+                   f"classes {','.join(spec.class_names)}{variant}")
 
 
 def _locate(name: str, search: Path | None) -> Path | None:
@@ -226,3 +229,37 @@ def import_(weights: str, arch: str, encoder: str, band_list: str, class_list: s
     path = import_state_dict(weights, out, arch=arch, encoder=encoder, bands=_split(band_list),
                              class_names=_split(class_list), **_save_options(**options))
     click.echo(f"bundle written: {path}")
+
+
+@models.command()
+@click.argument("name")
+@click.option("--scene", "scenes", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Scene to calibrate on, repeatable; pick scenes like those the model will see.")
+@click.option("--bands", "-b", default=None,
+              help="Band map for the scenes, as for predict: a preset (naip, sentinel2, landsat8) or red=1,nir=4.")
+@click.option("--tiles", type=int, default=32, show_default=True,
+              help="Tiles to read, spread over the scenes; every other one is held out to measure the drift.")
+@click.pass_context
+@report_errors
+def quantize(ctx: click.Context, name: str, scenes: tuple[str, ...], bands: str | None, tiles: int) -> None:
+    """Calibrate an int8 variant of bundle NAME and store it in the bundle (needs scenewatch[int8]).
+
+    int8 runs a U-Net about twice as fast as bf16 on a CPU. Calibration measures each activation's range on
+    tiles of your scenes, then the drift from fp32 on held-out tiles; a variant over the limit that
+    `--precision auto` allows is refused. Afterwards `--precision auto` uses it on CPUs with OpenVINO.
+
+    \b
+    Example:
+      scenewatch models quantize models/trees --scene scenes/a.tif --scene scenes/b.tif --bands naip
+    """
+    from pipeline.int8 import quantize_bundle
+
+    path = _locate(name, ctx.obj["search"])
+    if path is None:
+        raise ModelError(f"model {name!r}: not a bundle; pass a bundle folder or --path with the folder "
+                         f"that holds it")
+    click.echo(f"bundle {path.name}: calibrating int8 on up to {tiles} tile(s) of {len(scenes)} scene(s) ...")
+    result = quantize_bundle(path, list(scenes), bands=bands, tiles=tiles)
+    click.echo(f"bundle {path.name}: int8 variant written; on {result.held_out_tiles} held-out tile(s) it drifts "
+               f"{result.drift:.4f} from fp32 (worst tile {result.worst_drift:.4f}) and agrees on "
+               f"{result.agreement:.2%} of pixels ({result.seconds:.0f} s)")
