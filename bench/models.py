@@ -8,8 +8,10 @@ the variants round by round so that load from other processes hits them alike, a
 - MP/s (median round) and the ratio to fp32 eager,
 - GFLOP/s reached (FLOPs of one forward counted by torch.utils.flop_counter at fp32),
 - probability drift: mean absolute difference to the fp32 probabilities, on the random-init network and
-  on the same network briefly fitted to an NDVI mask (a "trained" network has peaked logits; random-init
-  nets can be degenerate, so both are reported),
+  on the same network briefly fitted to an NDVI mask, BatchNorm statistics settled (a "trained" network has
+  peaked logits; random-init nets can be degenerate, so both are reported),
+- int8 (when OpenVINO and NNCF are installed): calibrated on 4 other tiles of the scene, without the
+  drift limit that ``scenewatch models quantize`` applies, so that its drift on a random network shows,
 - the spectral models' MP/s,
 - optionally (``--scene``) the end-to-end ``predict_scene`` time, fp32 vs auto, on an existing 2-worker
   LocalCluster (cluster start excluded).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -69,7 +72,23 @@ def fit_to_ndvi(network, data: np.ndarray, mean: np.ndarray, std: np.ndarray, st
         loss = torch.nn.functional.cross_entropy(net(x[:, :, crop, crop]), target[:, crop, crop])
         loss.backward()
         opt.step()
-    return net.eval(), float(loss.detach())
+    return settle_batchnorm(net, x), float(loss.detach())
+
+
+def settle_batchnorm(network, x):
+    """BatchNorm running statistics recomputed over ``x`` (normalized input), as training to convergence
+    leaves them; returns the network in eval mode. After a few steps they lag the weights, and int8
+    calibrated on such a network drifts 0.06 instead of 0.004 (tests/pipeline/test_int8.py)."""
+    import torch
+
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches seen
+    network.train()
+    with torch.no_grad():
+        network(x)
+    return network.eval()
 
 
 def count_flops(network, shape: tuple[int, ...]) -> float:
@@ -114,11 +133,22 @@ def main() -> None:
 
     trained, loss = fit_to_ndvi(network, data, mean, std, args.train_steps) if args.train_steps else (None, 0.0)
 
+    int8_ok = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+    calibration = load_imagery(NAIP, args.tile, args.batch + 4)[0][args.batch:]  # other tiles than those timed
+
     def make(net, precision: str, compile: bool = False) -> TorchSegmentationModel:
+        variant = None
+        if precision == "int8":  # calibrated on other tiles of the scene, as `scenewatch models quantize` does
+            from pipeline.int8 import OpenVinoForward, calibrate
+
+            fp32 = make(net, "fp32")
+            variant = OpenVinoForward(calibrate(fp32, [fp32.prepare(t[None]) for t in calibration]))
         return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision=precision,
-                                      compile=compile, device="cpu")
+                                      compile=compile, device="cpu", int8=variant)
 
     variants = {"fp32 channels-last": ("fp32", False), "bf16 eager": ("bf16", False), "auto": ("auto", False)}
+    if int8_ok:
+        variants["int8 (OpenVINO)"] = ("int8", False)
     plain = copy.deepcopy(network)
     plain_x = torch.from_numpy((data - mean[None, :, None, None]) / std[None, :, None, None]).float()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -54,6 +55,8 @@ __all__ = [
     "is_bundle",
     "smp_architectures",
 ]
+
+log = logging.getLogger("scenewatch")
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -432,6 +435,9 @@ def load_bundle(path: str | os.PathLike[str], *, precision: str = "auto", compil
     variant = None
     wants_int8 = precision == "int8" or (precision == "auto" and spec.int8 is not None
                                          and int8.openvino_available())
+    if precision == "auto" and spec.int8 is not None and not wants_int8:
+        log.info("bundle %s: has an int8 variant, but OpenVINO is not installed (pip install "
+                 "'scenewatch[int8]'); running it in torch", folder.name)
     if wants_int8 and not device.startswith("cuda"):
         variant = int8.load_int8(folder, spec)
     return TorchSegmentationModel(network, spec.info, mean=spec.mean, std=spec.std, precision=precision,

@@ -22,6 +22,7 @@ OpenVINO and NNCF are optional (``pip install 'scenewatch[int8]'``); only calibr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -31,7 +32,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import numpy as np
 from pipeline.errors import ModelError
 
 __all__ = ["INT8_MODEL", "INT8_WEIGHTS", "Int8Result", "OpenVinoForward", "openvino_available", "load_int8",
-           "quantize_bundle"]
+           "calibrate", "quantize_bundle"]
 
 log = logging.getLogger("scenewatch")
 
@@ -233,7 +234,7 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
     where = f"bundle {folder.name}"
     ov = _openvino(where)
     try:
-        nncf = _import_quiet("nncf")
+        import nncf  # noqa: F401
     except ImportError as err:
         raise ModelError(f"{where}: calibrating int8 needs NNCF, which is not installed; install it with "
                          f"pip install 'scenewatch[int8]'") from err
@@ -246,10 +247,8 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
     model = bundle.load_bundle(folder, precision="fp32", device="cpu")
     prepared = _calibration_tiles(scenes, bands, spec, tiles, model.prepare)
     calibration, held_out = prepared[0::2], prepared[1::2] or prepared[:1]
-    converted = ov.convert_model(_export(model.network, calibration[0]))
     log.info("%s: calibrating int8 on %d tile(s)", where, len(calibration))
-    quantized = nncf.quantize(converted, nncf.Dataset([np.ascontiguousarray(x.numpy()) for x in calibration]),
-                              subset_size=len(calibration), advanced_parameters=_global_ranges(nncf))
+    quantized = calibrate(model, calibration)
     forward = OpenVinoForward(quantized)
     drifts, agree = [], []
     for x in held_out:
@@ -267,6 +266,19 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
         "calibration_tiles": len(calibration), "held_out_tiles": len(held_out), "openvino": ov.__version__})
     return Int8Result(folder, tuple(Path(s).name for s in scenes), len(calibration), len(held_out), drift,
                       worst, agreement, time.perf_counter() - started)
+
+
+def calibrate(model: Any, tiles: Sequence[Any]) -> Any:
+    """The int8 OpenVINO model of ``model``'s network (a :class:`pipeline.model.TorchSegmentationModel`),
+    calibrated on ``tiles``: inputs as :meth:`~pipeline.model.TorchSegmentationModel.prepare` makes them.
+    Run it with :class:`OpenVinoForward`; :func:`quantize_bundle` is the checked, stored way."""
+    ov = _openvino(f"model {model.info.name}")
+    with _no_cuda_tools_warning():
+        import nncf
+
+        converted = ov.convert_model(_export(model.network, tiles[0]))
+        return nncf.quantize(converted, nncf.Dataset([np.ascontiguousarray(x.cpu().numpy()) for x in tiles]),
+                             subset_size=len(tiles), advanced_parameters=_global_ranges(nncf))
 
 
 def _global_ranges(nncf: Any) -> Any:
@@ -294,16 +306,15 @@ def _export(network: Any, example: Any) -> Any:
         return torch.export.export(network.eval(), (example,), dynamic_shapes=({0: auto, 2: auto, 3: auto},))
 
 
-def _import_quiet(name: str) -> Any:
-    """Import ``name`` without the warning torch logs when a module asks for its CUDA build tools on a
-    machine without CUDA (NNCF does, on import)."""
-    import importlib
-
+@contextlib.contextmanager
+def _no_cuda_tools_warning() -> Iterator[None]:
+    """Silence the warning torch logs when a module looks for its CUDA build tools on a machine without
+    CUDA, which NNCF does while quantizing; it says nothing about the user's scene or model."""
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        return importlib.import_module(name)
+        yield
     finally:
         logger.setLevel(level)
 

@@ -327,7 +327,8 @@ class TorchSegmentationModel:
         ``precision``, through ``forward`` (default: the network, or the int8 variant for int8)."""
         import torch
 
-        forward = forward or self._network_for(precision, eager=True)
+        if forward is None:
+            forward = self._network_for(precision, eager=True)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         # no_grad rather than inference_mode: inductor's frozen graphs are built under no_grad, and
