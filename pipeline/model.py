@@ -359,7 +359,9 @@ class TorchSegmentationModel:
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+        # OpenVINO takes plain NCHW arrays: channels-last would be converted there and back for nothing
+        layout = torch.contiguous_format if self.precision == "int8" else torch.channels_last
+        return x.to(self.device).contiguous(memory_format=layout)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import torch

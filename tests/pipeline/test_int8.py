@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from pipeline import int8  # noqa: E402
-from pipeline.bundle import load_bundle, read_spec, save_bundle  # noqa: E402
+from pipeline import int8
+from pipeline.bundle import load_bundle, read_spec, save_bundle
 
 BANDS = ("red", "green", "blue", "nir")
 
@@ -90,12 +90,16 @@ def test_quantize_writes_a_checked_variant_that_auto_picks_within_the_limit(quan
     assert auto.precision == "int8"
     out = auto.predict(data)
     assert auto.precision == "int8" and auto.auto_drift <= AUTO_DRIFT_LIMIT  # the first-tile check kept it
+    # OpenVINO must not pin threads: each worker process would pin its one thread to the same first core
+    assert auto._int8._compiled.get_property("ENABLE_CPU_PINNING") is False
     drift = float(np.abs(out - fp32).mean())
     assert 0 < drift <= 0.01  # really another runtime, and within what auto promises
     assert (out.argmax(1) == fp32.argmax(1)).mean() > 0.98
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
     # odd sizes (edge tiles) run without recompiling and come back cropped
     assert auto.predict(data[:, :, :77, :120]).shape == (6, 2, 77, 120)
+    code, listing = _cli("models", "--path", str(path.parent))
+    assert code == 0 and "trees        Unet/resnet18 v0.1.0" in listing and f"+int8 (drift {result.drift:.4f})" in listing
 
 
 @pytest.mark.slow
