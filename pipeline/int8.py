@@ -42,7 +42,7 @@ import numpy as np
 from pipeline.errors import ModelError
 
 __all__ = ["INT8_MODEL", "INT8_WEIGHTS", "Int8Result", "OpenVinoForward", "calibrate", "load_int8",
-           "openvino_available", "quantize_bundle"]
+           "openvino_available", "quantize_bundle", "require_int8"]
 
 log = logging.getLogger("scenewatch")
 
@@ -122,8 +122,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_int8(folder: Path, spec: Any) -> OpenVinoForward:
-    """The bundle's int8 variant, checked (both files' sha256, made from these weights), ready to run."""
+def require_int8(folder: Path, spec: Any) -> Any:
+    """Refuse, naming the bundle, a bundle that cannot run int8 here: no variant, a variant made from
+    other weights, or OpenVINO not installed. Returns the openvino module."""
     where = f"bundle {folder.name}"
     keys = spec.int8
     if keys is None:
@@ -131,7 +132,14 @@ def load_int8(folder: Path, spec: Any) -> OpenVinoForward:
     if keys.source_sha256 != spec.sha256:
         raise ModelError(f"{where}: the int8 variant was made from other weights than {spec.weights}; "
                          f"calibrate it again with `scenewatch models quantize`")
-    ov = _openvino(where)
+    return _openvino(where)
+
+
+def load_int8(folder: Path, spec: Any) -> OpenVinoForward:
+    """The bundle's int8 variant, checked (both files' sha256, made from these weights), ready to run."""
+    where = f"bundle {folder.name}"
+    ov = require_int8(folder, spec)
+    keys = spec.int8
     parts = []
     for name, expected in ((keys.model, keys.model_sha256), (keys.weights, keys.weights_sha256)):
         if Path(name).name != name:

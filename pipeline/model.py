@@ -204,7 +204,12 @@ def describe_model(ref: ModelRef) -> ModelInfo:
     if not ref.factory and ref.source not in BUILTIN_MODELS and Path(ref.source).exists():
         from pipeline import bundle
 
-        return bundle.read_spec(ref.source).info
+        spec = bundle.read_spec(ref.source)
+        if dict(ref.options).get("precision") == "int8":  # refused here, before any worker starts on a tile
+            from pipeline.int8 import require_int8
+
+            require_int8(Path(ref.source), spec)
+        return spec.info
     return load_model(ref).info
 
 

@@ -142,6 +142,13 @@ def test_a_random_network_is_refused_and_the_bundle_left_as_it_was(tmp_path, nai
     with pytest.raises(ModelError, match="bundle random: has no int8 variant; calibrate one with `scenewatch models quantize`"):
         load_bundle(path, precision="int8")
     assert load_bundle(path).precision != "int8"  # auto without a variant: bf16 or fp32 as before
+    # asked for on the command line, it is refused in planning: one line, nothing written
+    code, output = _cli("predict", str(NAIP_2020), "--model", str(path), "--bands", "naip", "--precision", "int8",
+                        "--out", str(tmp_path / "out"), "-q")
+    assert code != 0
+    assert output.strip().splitlines() == ["scenewatch: error: bundle random: has no int8 variant; calibrate one "
+                                           "with `scenewatch models quantize`"]
+    assert not list((tmp_path / "out").glob("*.tif"))
 
 
 def test_auto_steps_down_from_an_int8_variant_that_drifts(caplog):
