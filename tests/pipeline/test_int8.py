@@ -46,19 +46,15 @@ def _save(path: Path, network, mean, std) -> Path:
 
 
 def _settle_batchnorm(network, data, mean, std):
-    """BatchNorm running statistics recomputed over ``data``, as training to convergence leaves them.
+    """BatchNorm running statistics recomputed over ``data`` (torch's ``update_bn``), as training to
+    convergence leaves them.
 
     After a few steps they still lag the weights, and the network in eval mode sees activations far from
     what it was fitted on: int8 then drifts 0.06 where, with settled statistics, it drifts 0.004 (measured
     here); a trained network's statistics are settled.
     """
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the batches seen
-    network.train()
-    with torch.no_grad():
-        network(torch.from_numpy((data - mean[None, :, None, None]) / std[None, :, None, None]).float())
+    x = torch.from_numpy((data - mean[None, :, None, None]) / std[None, :, None, None]).float()
+    torch.optim.swa_utils.update_bn([x], network)
     return network.eval()
 
 
