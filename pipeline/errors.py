@@ -10,7 +10,12 @@ Messages are the only constructor argument so the errors pickle across Dask work
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 __all__ = [
+    "crosses_processes",
     "ScenewatchError",
     "SceneOpenError",
     "SceneReadError",
@@ -56,3 +61,24 @@ class ModelError(ScenewatchError, ValueError):
 
 class OutputError(ScenewatchError, OSError):
     """An output cannot be written."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def crosses_processes(func: F) -> F:
+    """For functions that run as Dask tasks: a :class:`ScenewatchError` leaves them without the errors it
+    was raised from or during, so that it reaches the client as itself. Those travel with it (tblib pickles
+    ``__cause__`` and ``__context__``), and one from GDAL cannot be unpickled (rasterio's CPLE errors refuse
+    their own ``args``): Dask then hands the client a bare ``Exception`` whose message is the error's repr,
+    and the user saw a traceback instead of the one-line error."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScenewatchError as err:
+            clean = type(err)(*err.args)
+        raise clean  # outside the handler, so it has no __context__ either
+
+    return wrapper  # type: ignore[return-value]

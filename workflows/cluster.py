@@ -19,6 +19,8 @@ from pipeline.errors import ConfigError
 
 __all__ = ["dask_client", "worker_count", "cpu_count", "threads_per_model"]
 
+log = logging.getLogger("scenewatch")
+
 
 def cpu_count() -> int:
     try:
@@ -51,9 +53,12 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
     # dashboard_address ":0": any free port, so a second run beside a first never warns about 8787.
+    # Dask's own errors ("Compute Failed" with a worker traceback for a tile that cannot be read) only
+    # with -v: the error itself reaches the user as one line from the client.
+    quiet = logging.ERROR if log.isEnabledFor(logging.INFO) else logging.CRITICAL
     with (dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
           LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                       silence_logs=logging.ERROR, memory_limit=0) as cluster,
+                       silence_logs=quiet, memory_limit=0) as cluster,
           Client(cluster) as local):
         yield local
 

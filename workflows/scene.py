@@ -30,6 +30,7 @@ from typing import Any
 from distributed import Client, as_completed
 
 from pipeline.config import PredictConfig
+from pipeline.errors import crosses_processes
 from pipeline.model import ModelInfo, ModelRef, describe_model, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
@@ -107,6 +108,7 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
     return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid)
 
 
+@crosses_processes
 def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, ...], ref: ModelRef,
                    grid: TileGrid, overlap: int, blend: BlendMethod, proba_dtype: str,
                    stripe_px: int) -> list[TileContribution | None]:

@@ -32,7 +32,7 @@ import pyarrow as pa
 from distributed import Client
 
 from pipeline.config import VectorizeConfig, parse_area
-from pipeline.errors import ConfigError, InvalidSceneError
+from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
 from pipeline.export import FORMATS, LayerSpec, LayerStager, export_layer, feature_table, parse_formats
 from pipeline.measure import area_basis, pixel_size_m
 from pipeline.merge import SeamMerger, split_border
@@ -73,6 +73,7 @@ class _TileJob:
     spec: LayerSpec
 
 
+@crosses_processes
 def _vectorize_tile(job: _TileJob, tile: Tile) -> tuple[pa.Table, CorePieces]:
     """The Dask task: read one core (with a sieve halo), polygonize it, finish the interior polygons."""
     core = tile.core_window

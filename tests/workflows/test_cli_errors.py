@@ -33,8 +33,13 @@ def bad_scenes(make_geotiff, tmp_path):
     good = make_geotiff("good.tif", shape=(4, 256, 256), blocksize=64)
     cut = tmp_path / "cut.tif"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    damaged = tmp_path / "damaged.tif"  # header and last block intact, blocks in the middle overwritten
+    raw = bytearray(good.read_bytes())
+    raw[len(raw) // 3 : 2 * len(raw) // 3] = b"Z" * (2 * len(raw) // 3 - len(raw) // 3)
+    damaged.write_bytes(bytes(raw))
     return {
         "not a raster": (text, [], ["notes.tif", "not a readable raster"]),
+        "damaged inside": (damaged, [], ["damaged.tif", "cannot be read", "truncated or corrupt"]),
         "truncated": (cut, [], ["cut.tif", "truncated"]),
         "no crs": (make_geotiff("nocrs.tif", crs=None), [], ["nocrs.tif", "no CRS"]),
         "band out of range": (good, ["--bands", "red=1,nir=7"], ["good.tif", "nir=7", "4 band"]),
