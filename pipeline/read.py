@@ -39,7 +39,6 @@ __all__ = [
     "read_window",
     "read_cache_bytes",
     "use_read_cache",
-    "close_open_scenes",
     "SUPPORTED_DTYPES",
 ]
 
@@ -299,13 +298,6 @@ def _open_for_reading(path: str) -> rasterio.DatasetReader:
             handles.popitem(last=False)[1].close()
     handles.move_to_end(key)
     return src
-
-
-def close_open_scenes() -> None:
-    """Close the datasets :func:`read_window` keeps open in this thread."""
-    handles = _local.__dict__.pop("handles", {})
-    for src in handles.values():
-        src.close()
 
 
 READ_CACHE_MB = 256
