@@ -219,13 +219,11 @@ def _spread(n: int) -> list[int]:
     evenly spaced for every k, so tiles come from the whole scene whatever the budget."""
     order, seen, step = [], set(), n
     while len(order) < n:
-        for i in range(0, n, max(step, 1)):
+        for i in range(0, n, step):
             if i not in seen:
                 seen.add(i)
                 order.append(i)
-        step //= 2
-        if step == 0:
-            step = 1
+        step = max(step // 2, 1)
     return order
 
 
@@ -273,11 +271,13 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
         raise ModelError(f"{where}: int8 drifts {drift:.4f} from fp32 on {len(held_out)} held-out tile(s), over "
                          f"{limit:.3f}; not written. A trained network usually stays well within it (a "
                          f"random-initialised one does not); calibrating on more --tiles may help")
+    names = [Path(s).name for s in scenes]
     _write_variant(folder, quantized, spec, {
-        "drift": round(drift, 6), "worst_drift": round(worst, 6), "agreement": round(agreement, 6), "scenes": [Path(s).name for s in scenes],
-        "calibration_tiles": len(calibration), "held_out_tiles": len(held_out), "openvino": ov.__version__})
-    return Int8Result(folder, tuple(Path(s).name for s in scenes), len(calibration), len(held_out), drift,
-                      worst, agreement, time.perf_counter() - started)
+        "drift": round(drift, 6), "worst_drift": round(worst, 6), "agreement": round(agreement, 6),
+        "scenes": names, "calibration_tiles": len(calibration), "held_out_tiles": len(held_out),
+        "openvino": ov.__version__})
+    return Int8Result(folder, tuple(names), len(calibration), len(held_out), drift, worst, agreement,
+                      time.perf_counter() - started)
 
 
 def calibrate(model: Any, tiles: Sequence[Any]) -> Any:
