@@ -56,8 +56,10 @@ def _fit(network, data, mean, std, steps: int = 8):
 def _drift(network, data, mean, std) -> tuple[float, TorchSegmentationModel]:
     import copy
 
-    fp32 = TorchSegmentationModel(copy.deepcopy(network), INFO, mean=mean, std=std, precision="fp32")
-    auto = TorchSegmentationModel(copy.deepcopy(network), INFO, mean=mean, std=std, precision="auto")
+    fp32 = TorchSegmentationModel(copy.deepcopy(network), INFO, mean=mean, std=std, precision="fp32",
+                                  device="cpu")
+    auto = TorchSegmentationModel(copy.deepcopy(network), INFO, mean=mean, std=std, precision="auto",
+                                  device="cpu")
     return float(np.abs(auto.predict(data) - fp32.predict(data)).mean()), auto
 
 
@@ -75,7 +77,7 @@ def test_auto_is_bf16_within_limit_on_random_init_unet_and_real_imagery(naip):
 def test_auto_is_within_limit_on_a_fitted_unet(naip):
     data, mean, std = naip
     network = _fit(_unet(), data, mean, std)
-    fp32 = TorchSegmentationModel(network, INFO, mean=mean, std=std, precision="fp32").predict(data)
+    fp32 = TorchSegmentationModel(network, INFO, mean=mean, std=std, precision="fp32", device="cpu").predict(data)
     assert np.abs(fp32[:, 1] - 0.5).mean() > 0.2  # the fit worked: the network is confident, not degenerate
     drift, auto = _drift(network, data, mean, std)
     assert auto.precision == "bf16" and drift <= 0.01  # measured: about 0.001 on fitted networks
@@ -99,9 +101,9 @@ def test_auto_falls_back_to_fp32_when_bf16_drifts(caplog):
     rng = np.random.default_rng(0)
     batch = rng.uniform(0, 1, (1, 4, 64, 64)).astype(np.float32)
     batch[:, 1] = batch[:, 0] + rng.normal(0, 0.01, (1, 64, 64))  # logits near zero, where errors matter
-    auto = TorchSegmentationModel(_Amplifier(), INFO, precision="auto")
-    bf16 = TorchSegmentationModel(_Amplifier(), INFO, precision="bf16")
-    fp32 = TorchSegmentationModel(_Amplifier(), INFO, precision="fp32")
+    auto = TorchSegmentationModel(_Amplifier(), INFO, precision="auto", device="cpu")
+    bf16 = TorchSegmentationModel(_Amplifier(), INFO, precision="bf16", device="cpu")
+    fp32 = TorchSegmentationModel(_Amplifier(), INFO, precision="fp32", device="cpu")
     assert np.abs(bf16.predict(batch) - fp32.predict(batch)).mean() > 0.01  # bf16 really is too coarse here
     with caplog.at_level("WARNING", logger="scenewatch"):
         out = auto.predict(batch)
