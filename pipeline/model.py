@@ -13,6 +13,7 @@ once, through :func:`load_model`'s per-process cache, and keeps it for every lat
 from __future__ import annotations
 
 import functools
+import glob
 import importlib
 import inspect
 import logging
@@ -42,6 +43,8 @@ __all__ = [
     "describe_model",
     "resolve_precision",
     "default_device",
+    "visible_gpus",
+    "runs_on_gpu",
     "native_bf16",
     "build_smp_model",
 ]
@@ -245,6 +248,39 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs CUDA would show this process, counted without importing torch (which costs the process
+    that plans and writes 500 MiB): the ``/dev/nvidia<N>`` device nodes, narrowed by ``CUDA_VISIBLE_DEVICES``."""
+    return _visible(len(glob.glob("/dev/nvidia[0-9]*")), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _visible(nodes: int, cuda_visible_devices: str | None) -> int:
+    """``nodes`` GPUs seen through ``CUDA_VISIBLE_DEVICES``, which CUDA reads up to the first empty or
+    negative id (``""`` and ``"-1"`` hide them all)."""
+    if cuda_visible_devices is None:
+        return nodes
+    count = 0
+    for item in cuda_visible_devices.split(","):
+        if not item.strip() or item.strip().startswith("-"):
+            break
+        count += 1
+    return min(nodes, count)
+
+
+def runs_on_gpu(model: str | os.PathLike[str] | ModelRef) -> bool:
+    """Whether ``model`` would run on a GPU of this machine: a network (spectral models are numpy on the
+    CPU) not asked for the CPU or for int8 (CPU only), with a GPU visible. Reads no weights."""
+    ref = ModelRef.of(model)
+    if not ref.factory and ref.source in BUILTIN_MODELS:
+        return False
+    options = dict(ref.options)
+    if options.get("precision") == "int8":
+        return False
+    if options.get("device"):
+        return str(options["device"]).startswith("cuda")
+    return visible_gpus() > 0
 
 
 def native_bf16() -> bool:

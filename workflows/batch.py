@@ -125,15 +125,16 @@ class _LazyDask:
     """The run's one Dask client, started when the first item needs it: a night with nothing new to do
     does not pay for a cluster."""
 
-    def __init__(self, stack: contextlib.ExitStack, config: PredictConfig, client: Client | None) -> None:
-        self._stack, self._config, self._given = stack, config, client
+    def __init__(self, stack: contextlib.ExitStack, config: PredictConfig, client: Client | None,
+                 model: ModelRef) -> None:
+        self._stack, self._config, self._given, self._model = stack, config, client, model
         self._client: Client | None = None
         self.own_cluster = client is None and config.scheduler is None
 
     def get(self) -> Client:
         if self._client is None:
             self._client = self._stack.enter_context(
-                dask_client(self._config.workers, self._config.scheduler, self._given))
+                dask_client(self._config.workers, self._config.scheduler, self._given, model=self._model))
         return self._client
 
 
@@ -196,7 +197,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
             total = len(scenes) + len(units)
             bar = tqdm(total=total, desc=job.name, unit="item", disable=None if progress is None else not progress)
             with bar, contextlib.ExitStack() as stack:
-                ctx = _Context(job, manifest, run_id, _LazyDask(stack, config, client), ref, info, identity,
+                ctx = _Context(job, manifest, run_id, _LazyDask(stack, config, client, ref), ref, info, identity,
                                config, params, force)
                 work: Iterable[Callable[[], ItemOutcome]] = itertools.chain(
                     (functools.partial(_run_scene, ctx, s) for s in scenes),

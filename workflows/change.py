@@ -277,14 +277,15 @@ def _split_options(options: dict[str, Any]) -> tuple[int | None, str | None, dic
 
 
 @contextlib.contextmanager
-def _client_for(needed: bool, options: dict[str, Any], client: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """One Dask client for every tiled stage of a run (classifying dates, vectorizing), started only when
-    one is ``needed`` and none was given; and the options left for :func:`predict_scene`."""
+def _client_for(needed: bool, options: dict[str, Any], client: Any,
+                model: Any = None) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """One Dask client for every tiled stage of a run (classifying dates with ``model``, vectorizing),
+    started only when one is ``needed`` and none was given; and the options left for :func:`predict_scene`."""
     workers, scheduler, rest = _split_options(options)
     if not needed:
         yield client, rest
         return
-    with dask_client(workers, scheduler, client) as dask:
+    with dask_client(workers, scheduler, client, model=model) as dask:
         yield dask, rest
 
 
@@ -389,7 +390,7 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
     to_classify = diff_model is None and not all(_is_class_raster(p) for p in (before, after))
     if diff_model is None:
         _check_inputs([before, after])
-    with _client_for(to_classify or polygons, options, client) as (dask, rest):
+    with _client_for(to_classify or polygons, options, client, model if to_classify else None) as (dask, rest):
         if diff_model is not None:
             names, areas = _index_change(diff_model, before, after, target, change_path, rest.get("bands"),
                                          window_size, date_tags, progress)
@@ -655,7 +656,7 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
     _check_overlap(target, ordered)
     _check_inputs(ordered)
     to_classify = not all(_is_class_raster(p) for p in ordered)
-    with _client_for(to_classify or polygons, options, client) as (dask, rest):
+    with _client_for(to_classify or polygons, options, client, model if to_classify else None) as (dask, rest):
         items = classify_dates(ordered, model, out_dir, dates, client=dask, progress=progress, options=rest)
         return _timeline_products(items, dates, target, out_dir, name, watch, confirm, window_size, polygons,
                                   plot, min_area, progress, dask)

@@ -61,7 +61,7 @@ from workflows.cli_vectorize import vector_options, write_layers  # noqa: E402
 @click.option("--overlap", type=int, default=None, help="Blend ramp half-width in pixels, at most the halo [default: halo/2].")
 @click.option("--blend", type=click.Choice(["cosine", "linear", "none"]), default=None,
               help="How overlapping tiles are blended; 'none' crops each tile to its core [default: cosine].")
-@click.option("--batch-size", type=int, default=None, help="Tiles per model call; raise it on a GPU [default: 1].")
+@click.option("--batch-size", type=int, default=None, help="Tiles per model call [default: 1, the fastest measured on CPU and on a GPU].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default=None,
               help="Inference precision for neural networks; auto: fp16 on a GPU, else the bundle's int8 variant "
                    "if it has one (`scenewatch models quantize`), else bf16 where the CPU has it [default: auto].")
@@ -99,8 +99,9 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
 
     parsed = parse_model_options(model_options)
     ref = ModelRef.of(model, **parsed) if parsed else model
-    plan_scene(scene, ref, PredictConfig.build(**options))  # bad scene or bands: refused before any cluster starts
-    with dask_client(options.pop("workers"), options.pop("scheduler")) as client:  # one cluster for both passes
+    plan = plan_scene(scene, ref, PredictConfig.build(**options))  # bad scene or bands: refused before any cluster
+    # one cluster for both passes
+    with dask_client(options.pop("workers"), options.pop("scheduler"), model=plan.model) as client:
         result = predict_scene(scene, ref, out_dir, client=client, progress=False if quiet else None, **options)
         click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
                    f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")

@@ -2,7 +2,8 @@
 
 The same job runs unchanged either way; only where the workers live differs. Workers run one task at a
 time (one thread) and give the model the rest of the cores (torch intra-op threads), because on a few
-cores a model uses them better than two concurrent tasks would.
+cores a model uses them better than two concurrent tasks would. A network that runs on a GPU gets
+:data:`GPU_WORKERS` workers instead of one per core (:func:`default_workers`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ import dask
 from distributed import Client, LocalCluster
 
 from pipeline.errors import ConfigError
+from pipeline.model import ModelRef, runs_on_gpu
 
-__all__ = ["dask_client", "worker_count", "cpu_count", "threads_per_model"]
+__all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS"]
 
 log = logging.getLogger("scenewatch")
+
+GPU_WORKERS = 4
+"""Local workers sharing a GPU when no count is asked for. On one H200 with 16 cores (bench/gpu.py, 8192²
+scene, resnet18 U-Net, fp16, warm cluster): 1 worker 6.6 MP/s, 2 workers 12.4, 4 workers 13.4-15.0,
+8 workers 5.4, 16 (one per core) 4.4; 4 workers with 4 tiles per call 5.2. A tile costs a worker about
+22 ms of reading, 11 ms in the model and 2 ms of blending, so a few workers keep the GPU busy, and more
+processes only contend for it. All workers use the first GPU."""
 
 
 def cpu_count() -> int:
@@ -29,11 +38,20 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers(model: str | os.PathLike[str] | ModelRef | None = None) -> int:
+    """Local workers when none are asked for: one per core; :data:`GPU_WORKERS` (at most one per core)
+    for a ``model`` that will run on a GPU here."""
+    if model is not None and runs_on_gpu(model):
+        return min(cpu_count(), GPU_WORKERS)
+    return cpu_count()
+
+
 @contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None,
-                client: Client | None = None) -> Iterator[Client]:
+def dask_client(workers: int | None = None, scheduler: str | None = None, client: Client | None = None,
+                model: str | os.PathLike[str] | ModelRef | None = None) -> Iterator[Client]:
     """A connected client: ``client`` as given, one for ``scheduler``, or a new LocalCluster of ``workers``
-    processes (default: one per core), closed on exit."""
+    processes (default: :func:`default_workers` for ``model``, the model the cluster is for), closed on
+    exit."""
     if client is not None:
         yield client
         return
@@ -45,7 +63,10 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
         with connected:
             yield connected
         return
-    n = workers or cpu_count()
+    n = workers or default_workers(model)
+    if not workers and model is not None and n != cpu_count():
+        log.info("model %s runs on the GPU: %d local workers share it (--workers to change)",
+                 ModelRef.of(model).label, n)
     # Dask's nanny gives workers MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
     # threshold: every large tensor a model allocates is then a fresh mmap, page-faulted and unmapped. Measured
     # here: a resnet18 U-Net tile took 0.45 s in a worker against 0.30 s without it. Memory stays bounded by

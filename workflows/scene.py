@@ -193,7 +193,7 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
     if tags:
         plan = dataclasses.replace(plan, tags=dict(tags))
     out_dir = Path(out_dir)
-    with dask_client(config.workers, config.scheduler, client) as dask:
+    with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
         n_workers = worker_count(dask)
         ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
         in_flight = config.max_tiles_in_flight or 4 * n_workers

@@ -1,0 +1,27 @@
+"""How many local workers a run starts: one per core, or a few sharing the GPU a network runs on."""
+
+from __future__ import annotations
+
+from pipeline.model import ModelRef, _visible, runs_on_gpu, visible_gpus
+from workflows.cluster import GPU_WORKERS, cpu_count, default_workers
+
+
+def test_gpus_are_counted_through_cuda_visible_devices():
+    assert _visible(2, None) == 2
+    assert _visible(2, "1") == 1
+    assert _visible(2, "0,1,2") == 2  # ids beyond the GPUs there are do not add any
+    assert _visible(1, "GPU-8f3b2c51") == 1  # UUIDs count like indexes
+    assert _visible(4, "") == 0 and _visible(4, "-1") == 0  # both hide every GPU
+    assert _visible(4, "0,-1,1") == 1  # CUDA stops at the first negative id
+
+
+def test_networks_share_the_gpu_and_everything_else_gets_a_worker_per_core(tmp_path):
+    bundle = str(tmp_path / "unet")  # a bundle path: its weights are not read to decide
+    assert not runs_on_gpu("vegetation")  # spectral models are numpy on the CPU
+    assert not runs_on_gpu(ModelRef.of(bundle, device="cpu"))
+    assert not runs_on_gpu(ModelRef.of(bundle, precision="int8"))  # OpenVINO on the CPU
+    assert runs_on_gpu(ModelRef.of(bundle, device="cuda:0"))
+    assert runs_on_gpu(bundle) == (visible_gpus() > 0)
+    assert default_workers() == default_workers("vegetation") == cpu_count()
+    assert default_workers(ModelRef.of(bundle, device="cuda")) == min(cpu_count(), GPU_WORKERS)
+    assert default_workers(ModelRef.of(bundle, device="cpu")) == cpu_count()
