@@ -10,7 +10,7 @@ Data flow (module names in brackets)::
 
 Workers send each tile's contribution here once; this process blends the cores whose neighbours are all
 in and writes them straight away, so it never holds more than about a column of cores (tiles go out in
-stripes a few tiles wide, each top to bottom: :func:`_batches`), and at most
+stripes a few tiles wide, each top to bottom, one stripe per worker side by side: :func:`_batches`), and at most
 ``max_tiles_in_flight`` batches are submitted ahead of what has been written (backpressure keeps memory
 bounded by tiles in flight, not by scene size).
 """
@@ -133,16 +133,23 @@ def _stripe_tiles(size: int) -> int:
     return max(STRIPE_TILES, size)
 
 
-def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
-    """Batches of up to ``size`` neighbouring tiles of one row, stripe by stripe (:func:`_stripe_tiles`
-    columns), each stripe top to bottom."""
+def _batches(grid: TileGrid, size: int, lanes: int = 1) -> Iterator[tuple[int, list[Tile]]]:
+    """``(lane, batch)``: batches of up to ``size`` neighbouring tiles of one row, stripe by stripe
+    (:func:`_stripe_tiles` columns), each stripe top to bottom.
+
+    ``lanes`` stripes are walked side by side, a row of each in turn, and every batch carries the lane of its
+    stripe (0 to ``lanes - 1``): :func:`_run` sends a lane to one worker, so that the blocks the tiles of a
+    stripe share are decoded in one worker's cache. Handed out tile by tile instead, two workers each
+    decoded most blocks of the stripe (15 ms of reading per 576 px tile against 8-10 ms, one worker reading
+    a whole stripe)."""
     stripe = _stripe_tiles(size)
-    for col0 in range(0, grid.cols, stripe):
-        cols = range(col0, min(col0 + stripe, grid.cols))
+    starts = list(range(0, grid.cols, stripe))
+    for group in range(0, len(starts), lanes):
         for row in range(grid.rows):
-            tiles = [grid.tile(row, col) for col in cols]
-            for i in range(0, len(tiles), size):
-                yield tiles[i : i + size]
+            for lane, col0 in enumerate(starts[group : group + lanes]):
+                tiles = [grid.tile(row, col) for col in range(col0, min(col0 + stripe, grid.cols))]
+                for i in range(0, len(tiles), size):
+                    yield lane, tiles[i : i + size]
 
 
 def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]] | None:
@@ -219,7 +226,9 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
 
     stitcher = Stitcher(plan.grid, 0 if plan.blend == "none" else plan.overlap, plan.info.num_classes,
                         config.proba_dtype)
-    batches = _batches(plan.grid, config.batch_size)
+    # one lane of stripes per worker, each pinned to it loosely (Dask may still move a task to an idle worker)
+    workers = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
+    batches = _batches(plan.grid, config.batch_size, max(1, len(workers)))
     stripe_px = _stripe_tiles(config.batch_size) * plan.grid.tile_size + 2 * plan.grid.halo
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
@@ -228,12 +237,13 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     futures: dict[Any, list[Tile]] = {}
 
     def submit_next() -> bool:
-        tiles = next(batches, None)
+        lane, tiles = next(batches, (0, None))
         if tiles is None:
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
                           plan.blend, config.proba_dtype, stripe_px, pure=False,
-                          key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}")
+                          key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}",
+                          **({"workers": [workers[lane]], "allow_other_workers": True} if workers else {}))
         futures[fut] = tiles
         pending.add(fut)
         return True

@@ -133,12 +133,17 @@ def test_batches_cover_every_tile_once_in_stripes():
 
     grid = plan_tiles(700, 1100, 100, 16)  # 7 rows x 11 columns: stripes of 4, 4 and 3 columns
     for size in (1, 3, 8):
-        batches = list(_batches(grid, size))
-        tiles = [t for b in batches for t in b]
-        assert sorted((t.row, t.col) for t in tiles) == sorted((t.row, t.col) for t in grid)
-        assert all(len({t.row for t in b}) == 1 and len(b) <= size for b in batches)
-        stripe = max(STRIPE_TILES, size)
-        stripes = [t.col // stripe for t in tiles]
-        assert stripes == sorted(stripes)  # stripe after stripe, each walked top to bottom
-        first = [t for t in tiles if t.col // stripe == 0]
-        assert [t.row for t in first] == sorted(t.row for t in first)
+        for lanes in (1, 2, 5):
+            batches = list(_batches(grid, size, lanes))
+            tiles = [t for _, b in batches for t in b]
+            assert sorted((t.row, t.col) for t in tiles) == sorted((t.row, t.col) for t in grid)
+            assert all(len({t.row for t in b}) == 1 and len(b) <= size for _, b in batches)
+            stripe = max(STRIPE_TILES, size)
+            # each stripe is walked top to bottom, in one lane; lanes take stripes side by side
+            for s in {t.col // stripe for t in tiles}:
+                mine = [(lane, t) for lane, b in batches for t in b if t.col // stripe == s]
+                assert [t.row for _, t in mine] == sorted(t.row for _, t in mine)
+                assert {lane for lane, _ in mine} == {s % lanes}
+            # stripes of a later group of lanes start after the earlier group is done
+            groups = [t.col // stripe // lanes for t in tiles]
+            assert groups == sorted(groups)
