@@ -113,12 +113,13 @@ def stages(bundle: Path, scene: Path, tiles: int) -> dict[str, float]:
     return {"read_ms": read / n, "model_ms": run / n, "blend_ms": blend / n}
 
 
-def end_to_end(model: str, scene: Path, warm: Path, out: Path, workers: int, **options: Any) -> dict[str, Any]:
+def end_to_end(model: str, scene: Path, warm: Path, out: Path, workers: int, threads: int = 1,
+               **options: Any) -> dict[str, Any]:
     from workflows.cluster import dask_client
     from workflows.scene import predict_scene
 
     start = time.perf_counter()
-    with dask_client(workers or None, model=model) as client:
+    with dask_client(workers or None, model=model, threads=threads) as client:
         n = len(client.scheduler_info(n_workers=-1)["workers"])
         predict_scene(warm, model, out, client=client, progress=False, bands="naip", **options)
         ready = time.perf_counter()
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/scenewatch-gpu"))
     parser.add_argument("--size", type=int, default=8192, help="side of the end-to-end scene, px")
     parser.add_argument("--runs", default="1:1,1:8,2:1,4:1,4:4,8:1,0:1",
-                        help="end-to-end runs as WORKERS:BATCH_SIZE; 0 workers = the default")
+                        help="end-to-end runs as WORKERS:BATCH_SIZE[:THREADS per worker]; 0 workers = the default")
     parser.add_argument("--tiles", type=int, default=32, help="tiles for the model-alone rows")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: alone,stages,e2e,agreement,ndvi")
@@ -209,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         figures["end_to_end"] = []
         say(f"## End to end, precision auto, warm cluster, {args.size}² scene\n")
         for run in args.runs.split(","):
-            w, batch = (int(x) for x in run.split(":"))
-            row = end_to_end(str(bundle), scene, warm, out, w, batch_size=batch)
-            row["batch"] = batch
+            w, batch, threads = ([int(x) for x in run.split(":")] + [1])[:3]
+            row = end_to_end(str(bundle), scene, warm, out, w, threads, batch_size=batch)
+            row |= {"batch": batch, "threads": threads}
             figures["end_to_end"].append(row)
             save()
-        say(table(figures["end_to_end"], ["workers", "batch", "mps", "precision", "seconds", "waiting_seconds",
+        say(table(figures["end_to_end"], ["workers", "threads", "batch", "mps", "precision", "seconds", "waiting_seconds",
                                           "writing_seconds", "finishing_seconds", "gpu_peak_mib",
                                           "gpu_reserved_mib_total", "cold_seconds"]) + "\n")
     if "agreement" not in skip:

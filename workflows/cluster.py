@@ -48,10 +48,10 @@ def default_workers(model: str | os.PathLike[str] | ModelRef | None = None) -> i
 
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, client: Client | None = None,
-                model: str | os.PathLike[str] | ModelRef | None = None) -> Iterator[Client]:
+                model: str | os.PathLike[str] | ModelRef | None = None, threads: int = 1) -> Iterator[Client]:
     """A connected client: ``client`` as given, one for ``scheduler``, or a new LocalCluster of ``workers``
-    processes (default: :func:`default_workers` for ``model``, the model the cluster is for), closed on
-    exit."""
+    processes (default: :func:`default_workers` for ``model``, the model the cluster is for) of ``threads``
+    threads each, closed on exit."""
     if client is not None:
         yield client
         return
@@ -78,7 +78,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     # with -v: the error itself reaches the user as one line from the client.
     quiet = logging.ERROR if log.isEnabledFor(logging.INFO) else logging.CRITICAL
     with (dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-          LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+          LocalCluster(n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=":0",
                        silence_logs=quiet, memory_limit=0) as cluster,
           Client(cluster) as local):
         yield local
