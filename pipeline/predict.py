@@ -45,11 +45,13 @@ def _check_output(model: SegmentationModel, probs: np.ndarray, expected: tuple[i
 
 
 def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: TileGrid, overlap: int,
-                  method: BlendMethod = "cosine", proba_dtype: str = "float32") -> list[TileContribution | None]:
+                  method: BlendMethod = "cosine", proba_dtype: str = "float32",
+                  max_batch: int | None = None) -> list[TileContribution | None]:
     """Run ``model`` on a batch of tiles; ``None`` for tiles whose core holds no valid pixel (not run).
 
-    Tiles with the same read-window shape are stacked into one model call; edge tiles, clipped by the scene
-    border, run in their own groups so that no padding is invented where the scene has none.
+    Tiles with the same read-window shape are stacked into model calls of up to ``max_batch`` tiles (default:
+    all of them); edge tiles, clipped by the scene border, run in their own groups so that no padding is
+    invented where the scene has none.
     """
     results: list[TileContribution | None] = [None] * len(inputs)
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -57,11 +59,14 @@ def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: T
         if item.core_has_data:
             groups.setdefault(item.data.shape, []).append(i)
     k = model.info.num_classes
-    for shape, members in groups.items():
-        batch = inputs[members[0]].data[None] if len(members) == 1 else np.stack([inputs[i].data for i in members])
-        probs = _check_output(model, model.predict(batch), (len(members), k, shape[1], shape[2]))
-        for j, i in enumerate(members):
-            results[i] = _contribution(inputs[i], probs[j], grid, overlap, method, proba_dtype)
+    step = max_batch or max(1, len(inputs))
+    for shape, group in groups.items():
+        for start in range(0, len(group), step):
+            members = group[start : start + step]
+            batch = inputs[members[0]].data[None] if len(members) == 1 else np.stack([inputs[i].data for i in members])
+            probs = _check_output(model, model.predict(batch), (len(members), k, shape[1], shape[2]))
+            for j, i in enumerate(members):
+                results[i] = _contribution(inputs[i], probs[j], grid, overlap, method, proba_dtype)
     return results
 
 

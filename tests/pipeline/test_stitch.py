@@ -65,3 +65,31 @@ def test_interior_is_core_minus_overlap_on_shared_sides():
     assert split_core(corner, grid, 4) == type(corner.core_window)(0, 0, 46, 46)
     assert split_core(middle, grid, 4) == type(middle.core_window)(54, 54, 42, 42)
     assert split_core(middle, grid, 25) is None
+
+
+def test_model_calls_hold_at_most_max_batch_tiles():
+    data, valid = _scene()
+    grid = TileGrid(150, 230, 50, 8)
+    inputs = []
+    for t in grid:
+        r, c = t.read_window.relative_to(grid.bounds)
+        inputs.append(TileInput(t, data[:, r, c], valid[r, c]))
+    model = vegetation_model()
+    calls = []
+
+    class Counting:
+        info = model.info
+
+        def predict(self, batch):
+            calls.append(len(batch))
+            return model.predict(batch)
+
+    stacked = predict_tiles(Counting(), inputs, grid, 4, "cosine", "float32")
+    assert max(calls) > 1  # same-shaped tiles share a call by default
+    calls.clear()
+    single = predict_tiles(Counting(), inputs, grid, 4, "cosine", "float32", max_batch=1)
+    assert set(calls) == {1} and len(calls) == sum(c is not None for c in single)
+    for a, b in zip(stacked, single, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a.proba, b.proba)
