@@ -11,7 +11,7 @@ Data flow (module names in brackets)::
 Workers send each tile's contribution here once; this process blends the cores whose neighbours are all
 in and writes them straight away, so it never holds more than about a column of cores (tiles go out in
 stripes a few tiles wide, each top to bottom, one stripe per worker side by side: :func:`_batches`), and at most
-``max_tiles_in_flight`` batches are submitted ahead of what has been written (backpressure keeps memory
+``max_tiles_in_flight`` tiles are submitted ahead of what has been written (backpressure keeps memory
 bounded by tiles in flight, not by scene size).
 """
 
@@ -210,8 +210,7 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
     with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
         n_workers = worker_count(dask)
         ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
-        in_flight = config.max_tiles_in_flight or 4 * n_workers
-        timings = _run(dask, plan, ref, config, out_dir, in_flight, progress, on_core)
+        timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
     skipped = int(timings.pop("tiles_skipped"))
     result = SceneResult(
         scene=str(scene), scene_id=plan.scene_id, classes_path=out_dir / f"{plan.scene_id}.classes.tif",
@@ -225,7 +224,7 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
     return result
 
 
-def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, out_dir: Path, in_flight: int,
+def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, out_dir: Path,
          progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> dict[str, float]:
     """Submit, stitch and write; returns tiles skipped and where this process spent its time (seconds
     waiting for workers, blending and writing, finishing the COGs)."""
@@ -236,6 +235,9 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     # one lane of stripes per worker, each pinned to it loosely (Dask may still move a task to an idle worker)
     workers = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
     task_size = max(config.batch_size, TILES_PER_TASK)
+    # tiles in flight (default: two tasks per worker, one running and one waiting), as tasks
+    tiles_in_flight = config.max_tiles_in_flight or 2 * task_size * max(1, len(workers))
+    in_flight = max(1, -(-tiles_in_flight // task_size))
     batches = _batches(plan.grid, task_size, max(1, len(workers)))
     stripe_px = _stripe_tiles(task_size) * plan.grid.tile_size + 2 * plan.grid.halo
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
