@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import statistics
@@ -129,7 +130,9 @@ def main() -> None:
             from pipeline.int8 import OpenVinoForward, calibrate
 
             fp32 = make(net, "fp32")
-            variant = OpenVinoForward(calibrate(fp32, [fp32.prepare(t[None]) for t in calibration]))
+            # NNCF draws progress bars on stdout, which is this script's table
+            with contextlib.redirect_stdout(sys.stderr):
+                variant = OpenVinoForward(calibrate(fp32, [fp32.prepare(t[None]) for t in calibration]))
         return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision=precision,
                                       compile=compile, device="cpu", int8=variant)
 
