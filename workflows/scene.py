@@ -135,21 +135,26 @@ STRIPE_TILES = 4
 TILES_PER_TASK = 2
 
 
-def _stripe_tiles(size: int) -> int:
-    """Tiles across a stripe for batches of ``size`` tiles: :data:`STRIPE_TILES`, or ``size`` if wider."""
-    return max(STRIPE_TILES, size)
+def _stripe_tiles(size: int, cols: int | None = None, workers: int = 1) -> int:
+    """Tiles across a stripe for batches of ``size`` tiles: :data:`STRIPE_TILES`, or ``size`` if wider;
+    narrower (down to ``size``) where a grid of ``cols`` columns would otherwise give fewer stripes than
+    ``workers``, so that every worker gets a stripe of its own."""
+    stripe = max(STRIPE_TILES, size)
+    if cols is not None and workers > 1 and -(-cols // stripe) < workers:
+        stripe = max(size, cols // workers, 1)
+    return stripe
 
 
-def _batches(grid: TileGrid, size: int, lanes: int = 1) -> Iterator[tuple[int, list[Tile]]]:
+def _batches(grid: TileGrid, size: int, lanes: int = 1, stripe: int | None = None) -> Iterator[tuple[int, list[Tile]]]:
     """``(lane, batch)``: batches of up to ``size`` neighbouring tiles of one row, stripe by stripe
-    (:func:`_stripe_tiles` columns), each stripe top to bottom.
+    (``stripe`` columns, default :func:`_stripe_tiles`), each stripe top to bottom.
 
     ``lanes`` stripes are walked side by side, a row of each in turn, and every batch carries the lane of its
     stripe (0 to ``lanes - 1``): :func:`_run` sends a lane to one worker, so that the blocks the tiles of a
     stripe share are decoded in one worker's cache. Handed out tile by tile instead, two workers each
     decoded most blocks of the stripe (15 ms of reading per 576 px tile against 8-10 ms, one worker reading
     a whole stripe)."""
-    stripe = _stripe_tiles(size)
+    stripe = stripe or _stripe_tiles(size)
     starts = list(range(0, grid.cols, stripe))
     for group in range(0, len(starts), lanes):
         for row in range(grid.rows):
@@ -238,8 +243,12 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     # tiles in flight (default: two tasks per worker, one running and one waiting), as tasks
     tiles_in_flight = config.max_tiles_in_flight or 2 * task_size * max(1, len(workers))
     in_flight = max(1, -(-tiles_in_flight // task_size))
-    batches = _batches(plan.grid, task_size, max(1, len(workers)))
-    stripe_px = _stripe_tiles(task_size) * plan.grid.tile_size + 2 * plan.grid.halo
+    stripe = _stripe_tiles(task_size, plan.grid.cols, len(workers))
+    lanes = min(len(workers), -(-plan.grid.cols // stripe))
+    if lanes <= 1:
+        workers = []  # one stripe at a time: Dask places every task, nothing is pinned
+    batches = _batches(plan.grid, task_size, max(1, lanes), stripe)
+    stripe_px = stripe * plan.grid.tile_size + 2 * plan.grid.halo
     classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
     run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes

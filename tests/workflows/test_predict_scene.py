@@ -147,3 +147,13 @@ def test_batches_cover_every_tile_once_in_stripes():
             # stripes of a later group of lanes start after the earlier group is done
             groups = [t.col // stripe // lanes for t in tiles]
             assert groups == sorted(groups)
+
+
+def test_every_worker_gets_a_stripe_of_its_own_where_the_grid_allows():
+    from workflows.scene import STRIPE_TILES, _stripe_tiles
+
+    assert _stripe_tiles(2) == STRIPE_TILES == _stripe_tiles(2, cols=16, workers=2)
+    assert _stripe_tiles(2, cols=4, workers=2) == 2  # one stripe of 4 would leave a worker without one
+    assert _stripe_tiles(1, cols=4, workers=4) == 1
+    assert _stripe_tiles(2, cols=3, workers=4) == 2  # never narrower than a task
+    assert _stripe_tiles(8, cols=4, workers=2) == 8  # a batch wider than the grid is one stripe
