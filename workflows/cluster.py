@@ -25,7 +25,7 @@ log = logging.getLogger("scenewatch")
 
 GPU_WORKERS = 4
 """Local workers sharing a GPU when no count is asked for. On one H200 with 16 cores (bench/gpu.py, 8192²
-scene, resnet18 U-Net, fp16, warm cluster): 1 worker 6.6 MP/s, 2 workers 12.4, 4 workers 13.4-15.0,
+scene, resnet18 U-Net, fp16, warm cluster): 1 worker 6.6 MP/s, 2 workers 12.4, 4 workers 12.8-15.0,
 8 workers 5.4, 16 (one per core) 4.4; 4 workers with 4 tiles per call 5.2. A tile costs a worker about
 22 ms of reading, 11 ms in the model and 2 ms of blending, so a few workers keep the GPU busy, and more
 processes only contend for it. All workers use the first GPU."""
