@@ -18,10 +18,12 @@ class PeakMemory:
     ``peak`` is in bytes: an upper bound of the tree's simultaneous total, since processes need not peak at
     the same moment. A process's high-water mark covers its whole life, so it is used only for ``pid`` (a
     process started for the measurement) and processes started after the measurement began; this
-    process (``pid`` None) counts by samples of its resident memory. Sampling the simultaneous total instead missed short peaks: the same 4096² NDVI run
-    read 0.39, 0.47 and 0.47 GiB. ``sampled`` keeps that figure for comparison. Resident memory counts
-    shared library pages once per process, as the operating system does when it runs out of memory, so it
-    is the figure that matters for "does it fit".
+    process (``pid`` None) counts by samples of its resident memory.
+
+    Sampling the simultaneous total instead missed short peaks: the same 4096² NDVI run read 0.39, 0.47 and
+    0.47 GiB. ``sampled`` keeps that figure for comparison. Resident memory counts shared library pages once
+    per process, as the operating system does when it runs out of memory, so it is the figure that matters
+    for "does it fit".
     """
 
     def __init__(self, interval: float = 0.05, pid: int | None = None) -> None:

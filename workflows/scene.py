@@ -42,7 +42,7 @@ from pipeline.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
                              decode_proba)
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
-from workflows.cluster import dask_client, threads_per_model, worker_count
+from workflows.cluster import dask_client, threads_per_model
 
 __all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene", "StitchedCore"]
 
@@ -213,7 +213,6 @@ def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation"
         plan = dataclasses.replace(plan, tags=dict(tags))
     out_dir = Path(out_dir)
     with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
-        n_workers = worker_count(dask)
         ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
         timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
     skipped = int(timings.pop("tiles_skipped"))
