@@ -66,25 +66,29 @@ def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, opt
 
 
 def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
-                max_tiles: int | None = None, processes: int = 1) -> dict[str, Any]:
+                max_tiles: int | None = None, processes: int = 1, plain: bool = False) -> dict[str, Any]:
     """The model alone on the same tiles as the pipeline (``max_tiles`` of them spread over the grid; read
-    beforehand, not timed): one process with ``threads`` threads, or ``processes`` processes of ``threads`` threads each taking every n-th tile
-    (the rate is all their pixels over the slowest one's model time)."""
+    beforehand, not timed): one process with ``threads`` threads, or ``processes`` processes of ``threads``
+    threads each taking every n-th tile (the rate is all their pixels over the slowest one's model time).
+
+    ``plain``: the issue's "fp32 eager" instead of the model's own precision: the bare network, contiguous
+    fp32 under ``no_grad``, then softmax, on input normalized beforehand (as ``bench/models.py``'s baseline).
+    """
     if processes == 1:
-        return _model_alone(scene, model, tile, halo, threads, max_tiles, 0, 1)
+        return _model_alone(scene, model, tile, halo, threads, max_tiles, 0, 1, plain)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(_model_alone, *zip(*[(scene, model, tile, halo, threads, max_tiles, i, processes)
-                                                    for i in range(processes)], strict=True)))
+        jobs = [(scene, model, tile, halo, threads, max_tiles, i, processes, plain) for i in range(processes)]
+        parts = list(pool.map(_model_alone, *zip(*jobs, strict=True)))
     seconds = max(p["seconds"] for p in parts)
     pixels = sum(p["pixels"] for p in parts)
     return {"seconds": seconds, "pixels": pixels, "gflops": sum(p["gflops"] * p["seconds"] for p in parts) / seconds}
 
 
 def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
-                 max_tiles: int | None, part: int, parts: int) -> dict[str, Any]:
+                 max_tiles: int | None, part: int, parts: int, plain: bool = False) -> dict[str, Any]:
     import torch
 
     from pipeline.model import load_model
@@ -93,7 +97,7 @@ def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, 
 
     torch.set_num_threads(threads)
     meta = open_scene(scene)
-    m = load_model(_ref(model))
+    m = load_model(_ref(model, precision="fp32" if plain else None))
     indexes = tuple(range(1, len(m.info.bands) + 1))
     tiles = list(plan_tiles(meta.height, meta.width, tile, halo))
     if max_tiles and len(tiles) > max_tiles:
@@ -103,18 +107,36 @@ def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, 
     tiles = tiles[part::parts]
     if not tiles:  # more processes than tiles (--quick)
         return {"seconds": 0.0, "pixels": 0, "gflops": 0.0}
+    prepare, predict = _plain_fp32(m) if plain else ((lambda batch: batch), m.predict)
     first = read_window(meta, tiles[0].read_window, indexes)[0][None]
-    m.predict(first)  # warm-up (lazy init, autotune, the auto precision check)
+    predict(prepare(first))  # warm-up (lazy init, autotune, the auto precision check)
     flops_per_pixel = _forward_flops(m, first) / first.shape[-1] / first.shape[-2]
     seconds, pixels, input_pixels = 0.0, 0, 0
     for t in tiles:
-        data, _ = read_window(meta, t.read_window, indexes)
+        x = prepare(read_window(meta, t.read_window, indexes)[0][None])
         start = time.perf_counter()
-        m.predict(data[None])
+        predict(x)
         seconds += time.perf_counter() - start
         pixels += t.core_window.size
         input_pixels += t.read_window.size
     return {"seconds": seconds, "pixels": pixels, "gflops": flops_per_pixel * input_pixels / seconds / 1e9}
+
+
+def _plain_fp32(model: Any) -> tuple[Any, Any]:
+    """(prepare, predict) for ``model``'s network as plain fp32 eager: contiguous weights and input,
+    ``no_grad``, softmax. Normalizing and padding (``prepare``) are left out of the timed call."""
+    import torch
+
+    network = model.network.to(memory_format=torch.contiguous_format)
+
+    def prepare(batch: np.ndarray) -> Any:
+        return model.prepare(batch).contiguous()
+
+    def predict(x: Any) -> Any:
+        with torch.no_grad():
+            return torch.softmax(network(x), dim=1)
+
+    return prepare, predict
 
 
 def _forward_flops(model: Any, batch: np.ndarray) -> float:

@@ -180,8 +180,17 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
     variant = read_spec(unet).int8
     resolved = (f"auto = the int8 variant, held-out drift {variant.drift:.4f}" if variant else
                 "auto = bf16 (no int8 variant: OpenVINO/NNCF not installed)")
-    rows.append(Row(f"U-Net end to end, precision auto vs fp32, warm cluster ({small}²)",
-                    f"{auto.mps:.2f} vs {fp32.mps:.2f} MP/s ({resolved})", auto.mps / fp32.mps, ">= 4",
+    # Issue 4's goal: `auto` end to end at least 4x "fp32 eager", the bare network's rate (0.55 MP/s in the
+    # issue, 2 threads). Measured here on the same tiles, best of one process of two threads and two of one.
+    eager = max((run_case("model_alone", scene=str(scenes[mid]), model=unet, tile=512, halo=32, threads=t,
+                          max_tiles=n_alone, processes=p, plain=True) for t, p in ((2, 1), (1, 2))),
+                key=lambda m: m.mps)
+    rows.append(Row(f"U-Net end to end, precision auto, warm cluster, vs plain fp32 eager model alone ({mid}²)",
+                    f"{unet_mid.mps:.2f} vs {eager.mps:.2f} MP/s ({resolved})", unet_mid.mps / eager.mps, ">= 4",
+                    unet_mid.mps / eager.mps >= 4))
+    # Stricter, our own aim: both ends through scenewatch, the baseline our channels-last fp32 (1.3x eager).
+    rows.append(Row(f"U-Net end to end, precision auto vs --precision fp32, both warm ({small}²)",
+                    f"{auto.mps:.2f} vs {fp32.mps:.2f} MP/s", auto.mps / fp32.mps, "our aim: >= 4",
                     auto.mps / fp32.mps >= 4))
     naive = run_case("naive", scene=str(scenes[mid]), model=unet, out=out)
     log(f"naive {mid}^2: {naive.mps:.2f} MP/s, peak {gib(naive.peak):.2f} GiB")
