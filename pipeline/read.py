@@ -23,6 +23,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.env import get_gdal_config, set_gdal_config
+from rasterio.enums import MaskFlags
 from rasterio.errors import CRSError, NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -261,21 +262,48 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
     try:
         src = _open_for_reading(meta.path)
         data = src.read(list(indexes), window=rio_window, out_dtype="float32")
-        with warnings.catch_warnings():
-            # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
-            # nodata wins, which is what we want; the warning would repeat for every tile.
-            warnings.simplefilter("ignore", NodataShadowWarning)
-            mask = src.dataset_mask(window=rio_window)
+        valid = _valid_from_bands(src, indexes, data)
+        if valid is None:
+            with warnings.catch_warnings():
+                # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
+                # nodata wins, which is what we want; the warning would repeat for every tile.
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                valid = src.dataset_mask(window=rio_window) > 0
     except (RasterioIOError, OSError) as err:
         raise SceneReadError(
             f"scene {meta.name}: pixels at rows {window.row_off}-{window.row_end}, columns "
             f"{window.col_off}-{window.col_end} cannot be read; the file looks truncated or corrupt"
         ) from err
-    valid = mask > 0
-    if data.dtype.kind == "f":
+    if src.dtypes[0] in _FLOAT_DTYPES:
         valid &= np.all(np.isfinite(data), axis=0)
-    data[:, ~valid] = 0.0
+    if not valid.all():
+        data[:, ~valid] = 0.0
     return data, valid
+
+
+_FLOAT_DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
+# integer types that float32 holds exactly, so that a nodata value compares equal after the read
+_SMALL_INTS = ("uint8", "int8", "uint16", "int16")
+
+
+def _valid_from_bands(src: rasterio.DatasetReader, indexes: Sequence[int], data: np.ndarray) -> np.ndarray | None:
+    """GDAL's dataset mask computed from the bands just read, where that gives the same answer; None
+    where only GDAL can tell (an internal mask, an alpha band, bands not read, float nodata).
+
+    With no mask at all every pixel is valid; with a nodata value on every band (and nothing else), a
+    pixel is invalid where every band holds its nodata value. Asking GDAL re-read every band from the block
+    cache for that: about 1 ms of a 9 ms read of a 576 px, 4-band uint16 tile.
+    """
+    flags = src.mask_flag_enums
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return np.ones(data.shape[1:], dtype=bool)
+    if not (all(f == [MaskFlags.nodata] for f in flags) and set(indexes) == set(range(1, src.count + 1))
+            and all(t in _SMALL_INTS for t in src.dtypes)):
+        return None
+    valid = np.zeros(data.shape[1:], dtype=bool)
+    for i, band in enumerate(indexes):
+        valid |= data[i] != np.float32(src.nodatavals[band - 1])
+    return valid
 
 
 # Datasets stay open between windows, per thread (a GDAL dataset is not thread-safe), so that the blocks

@@ -107,3 +107,27 @@ def test_read_cache_is_three_block_rows_within_a_fixed_budget(make_geotiff):
     wide = dataclasses.replace(meta, width=10**6)
     assert read_cache_bytes(wide, 32) == READ_CACHE_MB * 2**20
     assert read_cache_bytes(wide, 32, span=2112) < read_cache_bytes(wide, 32)
+
+
+@pytest.mark.parametrize("case", ["nodata all bands", "nodata subset of bands", "no nodata", "internal mask",
+                                  "int32 nodata"])
+def test_validity_equals_gdals_dataset_mask(make_geotiff, case):
+    """read_window computes the mask from the bands it read where that is GDAL's answer; checked against
+    rasterio's dataset_mask on data where single bands hit the nodata value and all bands do."""
+    import rasterio
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 3, size=(3, 40, 50))  # many zeros: a band at nodata alone must not mask the pixel
+    dtype = "int32" if case == "int32 nodata" else "uint16"
+    nodata = None if case in ("no nodata", "internal mask") else 0
+    path = make_geotiff(data=data, dtype=dtype, nodata=nodata, blocksize=16)
+    if case == "internal mask":
+        with rasterio.open(path, "r+") as dst:
+            dst.write_mask(np.where(data[0] == 1, 0, 255).astype(np.uint8))
+    indexes = [2, 1] if case == "nodata subset of bands" else [3, 1, 2]
+    window = PixelWindow(3, 5, 30, 40)
+    _, valid = read_window(open_scene(path), window, indexes)
+    with rasterio.open(path) as src:
+        expected = src.dataset_mask(window=rasterio.windows.Window(5, 3, 40, 30)) > 0
+    assert 0 < expected.sum() < expected.size or case == "no nodata"
+    np.testing.assert_array_equal(valid, expected)
