@@ -203,7 +203,9 @@ class Stitcher:
         return [n for n in self.grid.neighbours(tile) if window.intersection(n.core_window) is not None]
 
     def _expected(self, core: Tile) -> int:
-        return sum(1 for n in self.grid.neighbours(core) if core in self.covered_cores(n))
+        """How many tiles reach ``core``: as many as the cores ``core``'s own blend window reaches (a blend
+        window is its core grown by the overlap, so A's window meets B's core exactly when B's meets A's)."""
+        return len(self.covered_cores(core))
 
     def add(self, tile: Tile, contribution: TileContribution | None) -> list[FinishedCore]:
         """Add ``tile``'s contribution (None for a tile with no valid pixel); return the cores it completes."""
