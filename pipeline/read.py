@@ -274,7 +274,7 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
             f"scene {meta.name}: pixels at rows {window.row_off}-{window.row_end}, columns "
             f"{window.col_off}-{window.col_end} cannot be read; the file looks truncated or corrupt"
         ) from err
-    if src.dtypes[0] in _FLOAT_DTYPES:
+    if any(src.dtypes[band - 1] in _FLOAT_DTYPES for band in indexes):
         valid &= np.all(np.isfinite(data), axis=0)
     if not valid.all():
         data[:, ~valid] = 0.0

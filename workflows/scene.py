@@ -133,14 +133,11 @@ STRIPE_TILES = 4
 # an int8 U-Net on 2 cores (8192² scene: 174-185 ms against 182-197 ms, main process and workers together);
 # four against two, A/B alternated on 2026-11-30: 170.7 and 170.3 ms against 172.9 and 173.8 (22.1-22.3 s
 # against 22.5-22.7 s); NDVI 16384² 1-9 % faster, its peak 0.68 GiB against 0.60 (twice the tiles in
-# flight). The model still gets ``batch_size`` tiles per call.
+# flight). The model still gets ``batch_size`` tiles per call. A grid too narrow for a stripe of four per
+# worker runs as one stripe whose rows Dask hands to whichever worker is free; narrowing tasks there
+# instead made small scenes hold fewer tiles than large ones (NDVI 4096²: 0.56 GiB against 0.68), which
+# reads as memory growing with the scene.
 TILES_PER_TASK = 4
-
-
-def _task_size(batch_size: int, cols: int, workers: int) -> int:
-    """Tiles per Dask task: :data:`TILES_PER_TASK` (a row of a stripe), fewer where a grid of ``cols``
-    columns is too narrow for that many per worker side by side, never fewer than ``batch_size``."""
-    return max(batch_size, min(TILES_PER_TASK, cols // max(1, workers) or 1))
 
 
 def _stripe_tiles(size: int, cols: int | None = None, workers: int = 1) -> int:
@@ -246,7 +243,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
                         config.proba_dtype)
     # one lane of stripes per worker, each pinned to it loosely (Dask may still move a task to an idle worker)
     workers = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
-    task_size = _task_size(config.batch_size, plan.grid.cols, len(workers))
+    task_size = max(config.batch_size, TILES_PER_TASK)
     # tiles in flight (default: two tasks per worker, one running and one waiting), as tasks
     tiles_in_flight = config.max_tiles_in_flight or 2 * task_size * max(1, len(workers))
     in_flight = max(1, -(-tiles_in_flight // task_size))

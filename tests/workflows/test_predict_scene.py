@@ -158,13 +158,3 @@ def test_every_worker_gets_a_stripe_of_its_own_where_the_grid_allows():
     assert _stripe_tiles(2, cols=3, workers=4) == 2  # never narrower than a task
     assert _stripe_tiles(8, cols=4, workers=2) == 8  # a batch wider than the grid is one stripe
 
-
-def test_tasks_are_a_stripe_row_and_narrow_with_the_grid():
-    from workflows.scene import TILES_PER_TASK, _stripe_tiles, _task_size
-
-    assert _task_size(1, cols=16, workers=2) == TILES_PER_TASK == 4
-    # 4 columns, 2 workers: two stripes of two side by side, not one stripe that leaves a worker idle
-    assert _task_size(1, cols=4, workers=2) == 2 and _stripe_tiles(2, cols=4, workers=2) == 2
-    assert _task_size(1, cols=1, workers=4) == 1
-    assert _task_size(8, cols=4, workers=2) == 8  # a larger --batch-size is honoured
-    assert _task_size(1, cols=16, workers=0) == 4  # no worker yet: as for one
