@@ -89,13 +89,19 @@ def worker_count(client: Client) -> int:
 
 
 def threads_per_model(client: Client) -> int:
-    """Intra-op threads for a model in each worker so that, on every host, workers x threads = cores.
+    """Intra-op threads for a model so that, on every host, the models that can run at once (each worker's
+    threads, summed over the host's workers) times these threads = the cores.
 
-    Asks each worker for its host's cores and counts the workers per host; the smallest share wins.
+    Asks each worker for its host's cores and the scheduler for each worker's threads; the smallest share
+    wins. Counting workers alone gave a worker of 4 threads on 4 cores 4 threads per model: 16 threads
+    contending for 4 cores.
     """
     cores = client.run(cpu_count)
-    hosts: dict[str, list[int]] = {}
+    slots = {address: w.get("nthreads", 1)
+             for address, w in client.scheduler_info(n_workers=-1).get("workers", {}).items()}
+    hosts: dict[str, tuple[int, int]] = {}  # host: (cores, threads of its workers)
     for address, n in cores.items():
         host = address.split("://")[-1].rsplit(":", 1)[0]
-        hosts.setdefault(host, []).append(n)
-    return max(1, min(max(ns) // len(ns) for ns in hosts.values())) if hosts else 1
+        known, threads = hosts.get(host, (0, 0))
+        hosts[host] = (max(known, n), threads + max(1, slots.get(address, 1)))
+    return max(1, min(n // threads for n, threads in hosts.values())) if hosts else 1

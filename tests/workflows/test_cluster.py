@@ -25,3 +25,17 @@ def test_networks_share_the_gpu_and_everything_else_gets_a_worker_per_core(tmp_p
     assert default_workers() == default_workers("vegetation") == cpu_count()
     assert default_workers(ModelRef.of(bundle, device="cuda")) == min(cpu_count(), GPU_WORKERS)
     assert default_workers(ModelRef.of(bundle, device="cpu")) == cpu_count()
+
+
+def test_model_threads_share_the_cores_among_every_worker_thread():
+    """workers x threads per worker x threads per model = the cores (at least one thread per model)."""
+    from distributed import Client, LocalCluster
+
+    from workflows.cluster import threads_per_model
+
+    cores = cpu_count()
+    for workers, threads, expected in ((1, 1, cores), (2, 1, cores // 2), (1, 2, cores // 2), (2, 2, cores // 4)):
+        with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
+                          scheduler_port=0) as cluster, Client(cluster) as client:
+            client.wait_for_workers(workers)
+            assert threads_per_model(client) == max(1, expected), (workers, threads)
