@@ -66,21 +66,24 @@ def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, opt
 
 
 def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
-                max_tiles: int | None = None, processes: int = 1, plain: bool = False) -> dict[str, Any]:
+                max_tiles: int | None = None, processes: int = 1, plain: bool = False,
+                precision: str | None = None) -> dict[str, Any]:
     """The model alone on the same tiles as the pipeline (``max_tiles`` of them spread over the grid; read
     beforehand, not timed): one process with ``threads`` threads, or ``processes`` processes of ``threads``
     threads each taking every n-th tile (the rate is all their pixels over the slowest one's model time).
 
-    ``plain``: the issue's "fp32 eager" instead of the model's own precision: the bare network, contiguous
-    fp32 under ``no_grad``, then softmax, on input normalized beforehand (as ``bench/models.py``'s baseline).
+    ``precision``: as ``--precision`` (default ``auto``). ``plain``: the issue's "fp32 eager" instead: the bare
+    network, contiguous fp32 under ``no_grad``, then softmax, on input normalized beforehand (as
+    ``bench/models.py``'s baseline).
     """
     if processes == 1:
-        return _model_alone(scene, model, tile, halo, threads, max_tiles, 0, 1, plain)
+        return _model_alone(scene, model, tile, halo, threads, max_tiles, 0, 1, plain, precision)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [(scene, model, tile, halo, threads, max_tiles, i, processes, plain) for i in range(processes)]
+        jobs = [(scene, model, tile, halo, threads, max_tiles, i, processes, plain, precision)
+                for i in range(processes)]
         parts = list(pool.map(_model_alone, *zip(*jobs, strict=True)))
     seconds = max(p["seconds"] for p in parts)
     pixels = sum(p["pixels"] for p in parts)
@@ -88,7 +91,8 @@ def model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, t
 
 
 def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, threads: int,
-                 max_tiles: int | None, part: int, parts: int, plain: bool = False) -> dict[str, Any]:
+                 max_tiles: int | None, part: int, parts: int, plain: bool = False,
+                 precision: str | None = None) -> dict[str, Any]:
     import torch
 
     from pipeline.model import load_model
@@ -97,7 +101,7 @@ def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, 
 
     torch.set_num_threads(threads)
     meta = open_scene(scene)
-    m = load_model(_ref(model, precision="fp32" if plain else None))
+    m = load_model(_ref(model, precision="fp32" if plain else precision))
     indexes = tuple(range(1, len(m.info.bands) + 1))
     tiles = list(plan_tiles(meta.height, meta.width, tile, halo))
     if max_tiles and len(tiles) > max_tiles:
