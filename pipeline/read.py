@@ -22,8 +22,8 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.enums import MaskFlags
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import CRSError, NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 

@@ -19,6 +19,7 @@ def test_quick_benchmark_runs_every_comparison(tmp_path):
     run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--work", str(tmp_path)], cwd=REPO,
                          env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    for comparison in ("reading alone", "2 workers vs 1", "vs model alone", "plain fp32 eager", "vs naive script", "peak memory",
-                       "matrix product", "Vectorize and merge", "Inference precision"):
+    for comparison in ("reading alone", "2 workers vs 1", "vs model alone", "model alone in bf16", "plain fp32 eager",
+                       "vs naive script", "peak memory", "matrix product", "Vectorize and merge",
+                       "Inference precision"):
         assert comparison in run.stdout, comparison

@@ -157,4 +157,3 @@ def test_every_worker_gets_a_stripe_of_its_own_where_the_grid_allows():
     assert _stripe_tiles(1, cols=4, workers=4) == 1
     assert _stripe_tiles(2, cols=3, workers=4) == 2  # never narrower than a task
     assert _stripe_tiles(8, cols=4, workers=2) == 8  # a batch wider than the grid is one stripe
-
