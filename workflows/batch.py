@@ -49,7 +49,7 @@ from pipeline.config import PredictConfig
 from pipeline.errors import ConfigError, ModelError, ScenewatchError
 from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
-from workflows.cluster import cpu_count, dask_client, worker_count
+from workflows.cluster import dask_client, threads_per_model
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
@@ -572,7 +572,7 @@ def _with_threads(ctx: _Context, dask: Client) -> ModelRef:
     """On our own LocalCluster, give each worker's model its share of the cores (as predict_scene does)."""
     if not ctx.dask.own_cluster:
         return ctx.ref
-    return ctx.ref.with_threads(max(1, cpu_count() // worker_count(dask)))
+    return ctx.ref.with_threads(threads_per_model(dask))
 
 
 def _model_ref(job: Job, config: PredictConfig) -> ModelRef:
