@@ -52,7 +52,8 @@ class PredictConfig(FrozenConfig):
     assume_crs: str | None = None
     workers: int | None = Field(None, gt=0, description="local worker processes; default: one per core")
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
-    max_tiles_in_flight: int | None = Field(None, gt=0, description="default: two tasks of tiles per worker (4 tiles)")
+    max_tiles_in_flight: int | None = Field(None, gt=0, description="default: two tasks per worker, each of "
+                                            "4 tiles or batch_size if larger")
 
     @model_validator(mode="after")
     def _overlap_within_halo(self) -> PredictConfig:
