@@ -140,14 +140,9 @@ STRIPE_TILES = 4
 TILES_PER_TASK = 4
 
 
-def _stripe_tiles(size: int, cols: int | None = None, workers: int = 1) -> int:
-    """Tiles across a stripe for batches of ``size`` tiles: :data:`STRIPE_TILES`, or ``size`` if wider;
-    narrower (down to ``size``) where a grid of ``cols`` columns would otherwise give fewer stripes than
-    ``workers``, so that every worker gets a stripe of its own."""
-    stripe = max(STRIPE_TILES, size)
-    if cols is not None and workers > 1 and -(-cols // stripe) < workers:
-        stripe = max(size, cols // workers, 1)
-    return stripe
+def _stripe_tiles(size: int) -> int:
+    """Tiles across a stripe for batches of ``size`` tiles: :data:`STRIPE_TILES`, or ``size`` if wider."""
+    return max(STRIPE_TILES, size)
 
 
 def _batches(grid: TileGrid, size: int, lanes: int = 1, stripe: int | None = None) -> Iterator[tuple[int, list[Tile]]]:
@@ -247,7 +242,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     # tiles in flight (default: two tasks per worker, one running and one waiting), as tasks
     tiles_in_flight = config.max_tiles_in_flight or 2 * task_size * max(1, len(workers))
     in_flight = max(1, -(-tiles_in_flight // task_size))
-    stripe = _stripe_tiles(task_size, plan.grid.cols, len(workers))
+    stripe = _stripe_tiles(task_size)
     lanes = min(len(workers), -(-plan.grid.cols // stripe))
     if lanes <= 1:
         workers = []  # one stripe at a time: Dask places every task, nothing is pinned

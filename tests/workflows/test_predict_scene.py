@@ -149,11 +149,9 @@ def test_batches_cover_every_tile_once_in_stripes():
             assert groups == sorted(groups)
 
 
-def test_every_worker_gets_a_stripe_of_its_own_where_the_grid_allows():
-    from workflows.scene import STRIPE_TILES, _stripe_tiles
+def test_stripes_are_at_least_a_task_wide():
+    from workflows.scene import STRIPE_TILES, TILES_PER_TASK, _stripe_tiles
 
-    assert _stripe_tiles(2) == STRIPE_TILES == _stripe_tiles(2, cols=16, workers=2)
-    assert _stripe_tiles(2, cols=4, workers=2) == 2  # one stripe of 4 would leave a worker without one
-    assert _stripe_tiles(1, cols=4, workers=4) == 1
-    assert _stripe_tiles(2, cols=3, workers=4) == 2  # never narrower than a task
-    assert _stripe_tiles(8, cols=4, workers=2) == 8  # a batch wider than the grid is one stripe
+    assert _stripe_tiles(2) == STRIPE_TILES
+    assert _stripe_tiles(8) == 8  # a batch wider than a stripe is one stripe
+    assert _stripe_tiles(TILES_PER_TASK) == TILES_PER_TASK  # a task is one row of a stripe
