@@ -12,6 +12,12 @@ the variants round by round so that load from other processes hits them alike, a
   peaked logits; random-init nets can be degenerate, so both are reported),
 - int8 (when OpenVINO and NNCF are installed): calibrated on 4 other tiles of the scene, without the
   drift limit that ``scenewatch models quantize`` applies, so that its drift on a random network shows,
+- OpenVINO without quantizing (with int8's extras): the precision it picks itself (bf16 on a CPU with
+  AMX or AVX512-BF16),
+- ONNX Runtime (when ``onnxruntime``, ``onnx`` and ``onnxscript`` are installed; not a dependency of
+  scenewatch): the network exported with ``torch.onnx.export`` (dynamic batch, height and width) in fp32,
+  and a static int8 copy (QDQ, per-channel weights, min-max ranges over the same calibration tiles as
+  OpenVINO's), each run through the same ``predict`` (normalisation, padding, softmax) as the others,
 - the spectral models' MP/s,
 - optionally (``--scene``) the end-to-end ``predict_scene`` time, fp32 vs auto, on an existing 2-worker
   LocalCluster (cluster start excluded).
@@ -27,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -79,6 +86,63 @@ def fit_to_ndvi(network, data: np.ndarray, mean: np.ndarray, std: np.ndarray, st
     return net.eval(), float(loss.detach())
 
 
+class OnnxForward:
+    """An ONNX Runtime session as the forward of :class:`TorchSegmentationModel` (normalized, padded input
+    to logits), in the slot that an int8 variant takes, so that both run the same ``predict`` around it."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x):
+        import torch
+
+        return torch.from_numpy(self._session.run(None, {"x": np.ascontiguousarray(x.cpu().numpy())})[0])
+
+
+def export_onnx(network, example, folder: Path, calibration: list) -> dict[str, Path]:
+    """The network as ONNX in fp32 and as static int8 (QDQ) calibrated on ``calibration`` (prepared
+    inputs), in ``folder``: ``{"fp32": path, "int8": path}``."""
+    import torch
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, pre, int8 = folder / "fp32.onnx", folder / "pre.onnx", folder / "int8.onnx"
+    dims = {0: torch.export.Dim("batch", max=64), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its steps on stdout
+        torch.onnx.export(copy.deepcopy(network).eval(), (example,), dynamo=True, input_names=["x"],
+                          dynamic_shapes=(dims,)).save(str(fp32))
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._tiles = iter(calibration)
+
+        def get_next(self):
+            tile = next(self._tiles, None)
+            return None if tile is None else {"x": np.ascontiguousarray(tile.cpu().numpy())}
+
+    cwd = os.getcwd()
+    os.chdir(folder)  # both write scratch files into the working directory
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # it cannot follow dynamic H, W
+        quantize_static(str(pre), str(int8), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        os.chdir(cwd)
+    return {"fp32": fp32, "int8": int8}
+
+
 def count_flops(network, shape: tuple[int, ...]) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -124,8 +188,27 @@ def main() -> None:
     int8_ok = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
     calibration = load_imagery(NAIP, args.tile, args.batch + 4)[0][args.batch:]  # other tiles than those timed
 
+    onnx_ok = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
+
     def make(net, precision: str, compile: bool = False) -> TorchSegmentationModel:
         variant = None
+        if precision.startswith("onnx "):  # ONNX Runtime in the forward's slot; see OnnxForward
+            fp32 = make(net, "fp32")
+            with tempfile.TemporaryDirectory() as folder:  # a session keeps no hold on its file
+                paths = export_onnx(net, fp32.prepare(data), Path(folder),
+                                    [fp32.prepare(t[None]) for t in calibration])
+                forward = OnnxForward(paths[precision[5:]], args.threads)
+            return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision="int8",
+                                          device="cpu", int8=forward)
+        if precision == "openvino":  # OpenVINO without quantizing: its own choice of precision on this CPU
+            import openvino as ov
+
+            from pipeline.int8 import OpenVinoForward, _export
+
+            fp32 = make(net, "fp32")
+            variant = OpenVinoForward(ov.convert_model(_export(fp32.network, fp32.prepare(data))))
+            return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision="int8",
+                                          device="cpu", int8=variant)
         if precision == "int8":  # calibrated on other tiles of the scene, as `scenewatch models quantize` does
             from pipeline.int8 import OpenVinoForward, calibrate
 
@@ -139,6 +222,10 @@ def main() -> None:
     variants = {"fp32 channels-last": ("fp32", False), "bf16 eager": ("bf16", False), "auto": ("auto", False)}
     if int8_ok:
         variants["int8 (OpenVINO)"] = ("int8", False)
+        variants["OpenVINO, not quantized"] = ("openvino", False)
+    if onnx_ok:
+        variants["ONNX Runtime fp32"] = ("onnx fp32", False)
+        variants["ONNX Runtime int8"] = ("onnx int8", False)
     plain = copy.deepcopy(network)
     plain_x = torch.from_numpy((data - mean[None, :, None, None]) / std[None, :, None, None]).float()
 
@@ -183,7 +270,11 @@ def main() -> None:
         else:
             drift_t = "-"
         cpu_s = statistics.median(cpu[name])
-        print(f"| {name} | {model.precision}{' compiled' if model.compiled else ''} | {mp / t:.2f} | "
+        resolved = variants[name][0] if variants[name][0].startswith("onnx ") else model.precision
+        if variants[name][0] == "openvino":  # the precision OpenVINO chose for this CPU
+            hint = model._int8._compiled.get_property("INFERENCE_PRECISION_HINT")
+            resolved = f"openvino {hint.get_type_name()}"
+        print(f"| {name} | {resolved}{' compiled' if model.compiled else ''} | {mp / t:.2f} | "
               f"{base / t:.2f} | {flops / t / 1e9:.0f} | {mp / cpu_s:.2f} | {cpu_base / cpu_s:.2f} | {drift:.4f} | "
               f"{drift_t} | {compile_s[name]:.1f} |")
     if trained is not None:
