@@ -75,12 +75,32 @@ class CogWriter:
         # level files would otherwise stay in it until the end (the level files' blocks fill over several
         # rows of tiles, so memory grew with the scene: +80 MiB at 16384 x 16384).
         self._cache = contextlib.ExitStack()
-        self._cache.enter_context(_small_block_cache())
-        try:
-            self._dst = rasterio.open(self._staging, "w", **profile)
-        except rasterio.errors.RasterioIOError as err:
-            self._cache.close()
-            raise OutputError(f"output {self.path}: cannot be created ({err})") from err
+        self._dst: rasterio.io.DatasetWriter | None = None
+        self._levels: list[tuple[int, Path, rasterio.io.DatasetWriter]] | None = None
+        try:  # any error here, or SIGTERM's SystemExit, removes what was created so far
+            self._cache.enter_context(_small_block_cache())
+            try:
+                self._dst = rasterio.open(self._staging, "w", **profile)
+            except rasterio.errors.RasterioIOError as err:
+                raise OutputError(f"output {self.path}: cannot be created ({err})") from err
+            self._describe(descriptions, colormap, scales, tags, band_tags)
+            self._nodata = nodata
+            factors = overview_factors(meta.height, meta.width, block_size)
+            if factors and resampling in RESAMPLINGS:
+                self._levels = []
+                for factor in factors:
+                    level_path = self._staging.with_name(f"{self._staging.stem}.ovr{factor}.tif")
+                    level = {**profile, "width": math.ceil(meta.width / factor),
+                             "height": math.ceil(meta.height / factor),
+                             "transform": meta.transform * Affine.scale(factor)}
+                    self._levels.append((factor, level_path, rasterio.open(level_path, "w", **level)))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _describe(self, descriptions: Sequence[str], colormap: Mapping[int, tuple[int, int, int, int]] | None,
+                  scales: Sequence[float] | None, tags: Mapping[str, str] | None,
+                  band_tags: Sequence[Mapping[str, str]]) -> None:
         for i, text in enumerate(descriptions, start=1):
             self._dst.set_band_description(i, text)
         if colormap:
@@ -91,17 +111,6 @@ class CogWriter:
             self._dst.update_tags(**tags)
         for i, btags in enumerate(band_tags, start=1):
             self._dst.update_tags(i, **btags)
-        self._nodata = nodata
-        self._levels: list[tuple[int, Path, rasterio.io.DatasetWriter]] | None = None
-        factors = overview_factors(meta.height, meta.width, block_size)
-        if factors and resampling in RESAMPLINGS:
-            self._levels = []
-            for factor in factors:
-                level_path = self._staging.with_name(f"{self._staging.stem}.ovr{factor}.tif")
-                level = {**profile, "width": math.ceil(meta.width / factor),
-                         "height": math.ceil(meta.height / factor),
-                         "transform": meta.transform * Affine.scale(factor)}
-                self._levels.append((factor, level_path, rasterio.open(level_path, "w", **level)))
 
     def write(self, window: PixelWindow, array: np.ndarray) -> None:
         """Write ``(bands, rows, cols)`` (or ``(rows, cols)`` for one band) at ``window``."""
@@ -172,7 +181,8 @@ class CogWriter:
         return vrt
 
     def abort(self) -> None:
-        if not self._dst.closed:
+        """Close and delete everything this writer created; the final path is untouched."""
+        if self._dst is not None and not self._dst.closed:
             self._dst.close()
         self._remove_staging()
         self._cache.close()

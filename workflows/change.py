@@ -684,17 +684,22 @@ def _timeline_products(items: list[DatedClasses], dates: list[dt.date], target: 
             "SCENEWATCH_DATES": ",".join(d.isoformat() for d in dates),
             "SCENEWATCH_WATCH": watch if isinstance(watch, str) else ",".join(watch or ["*"]),
             "SCENEWATCH_CONFIRM": str(confirm)}
-    alerts_w = CogWriter(alerts_path, meta, count=4, dtype="uint16", nodata=ALERT_NODATA, resampling="nearest",
-                         descriptions=["first_day", "count", "confidence", "last_day"],
-                         tags={**tags, "SCENEWATCH_PRODUCT": "alerts",
-                               "SCENEWATCH_ENCODING": "days since 1970-01-01 (0 = none); confidence 0 none, "
-                                                      "1 low (provisional), 2 high (confirmed)"})
     event_names = ["no alert", *(d.isoformat() for d in dates)]
-    events_w = CogWriter(events_path, meta, count=1, dtype="uint8", nodata=CHANGE_NODATA, resampling="nearest",
-                         descriptions=["first detection"],
-                         tags={**tags, "SCENEWATCH_PRODUCT": "events", "SCENEWATCH_CLASSES": ",".join(event_names)})
     windows = list(_windows(target, window_size))
-    with alerts_w, events_w, _progress_bar(len(windows), f"timeline {name}", progress) as bar:
+    # each writer is inside the `with` as soon as it exists: if the second cannot be made, or the run is
+    # stopped meanwhile, the first's staging file is removed too
+    with (
+        CogWriter(alerts_path, meta, count=4, dtype="uint16", nodata=ALERT_NODATA, resampling="nearest",
+                  descriptions=["first_day", "count", "confidence", "last_day"],
+                  tags={**tags, "SCENEWATCH_PRODUCT": "alerts",
+                        "SCENEWATCH_ENCODING": "days since 1970-01-01 (0 = none); confidence 0 none, "
+                                               "1 low (provisional), 2 high (confirmed)"}) as alerts_w,
+        CogWriter(events_path, meta, count=1, dtype="uint8", nodata=CHANGE_NODATA, resampling="nearest",
+                  descriptions=["first detection"],
+                  tags={**tags, "SCENEWATCH_PRODUCT": "events",
+                        "SCENEWATCH_CLASSES": ",".join(event_names)}) as events_w,
+        _progress_bar(len(windows), f"timeline {name}", progress) as bar,
+    ):
         for window in windows:
             stack = np.stack([_read_classes_only(item, target, window) for item in items])
             row_areas = pixel_area_rows(target, window)

@@ -17,6 +17,7 @@ bounded by tiles in flight, not by scene size).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -172,19 +173,24 @@ def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]] | N
     return cmap
 
 
-def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> tuple[CogWriter, CogWriter]:
+@contextlib.contextmanager
+def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> Iterator[tuple[CogWriter, CogWriter]]:
+    """The classes and probability writers, each aborted (staging files removed) if anything fails or the
+    run is stopped before they finish, including while the second is being created."""
     info = plan.info
     tags = {"SCENEWATCH_MODEL": info.name, "SCENEWATCH_MODEL_VERSION": info.version,
             "SCENEWATCH_SCENE": plan.scene_id, "SCENEWATCH_CLASSES": ",".join(info.class_names), **plan.tags}
-    classes = CogWriter(out_dir / f"{plan.scene_id}.classes.tif", plan.meta, count=1, dtype="uint8",
-                        nodata=CLASS_NODATA, resampling="mode", descriptions=["class"],
-                        colormap=_class_colormap(info), tags=tags)
     uint8 = proba_dtype == "uint8"
-    proba = CogWriter(out_dir / f"{plan.scene_id}.proba.tif", plan.meta, count=info.num_classes,
-                      dtype=proba_dtype, nodata=PROBA_UINT8_NODATA if uint8 else float("nan"),
-                      resampling="average", descriptions=[f"p({c})" for c in info.class_names],
-                      scales=[1.0 / PROBA_UINT8_SCALE] * info.num_classes if uint8 else None, tags=tags)
-    return classes, proba
+    with (
+        CogWriter(out_dir / f"{plan.scene_id}.classes.tif", plan.meta, count=1, dtype="uint8",
+                  nodata=CLASS_NODATA, resampling="mode", descriptions=["class"],
+                  colormap=_class_colormap(info), tags=tags) as classes,
+        CogWriter(out_dir / f"{plan.scene_id}.proba.tif", plan.meta, count=info.num_classes,
+                  dtype=proba_dtype, nodata=PROBA_UINT8_NODATA if uint8 else float("nan"),
+                  resampling="average", descriptions=[f"p({c})" for c in info.class_names],
+                  scales=[1.0 / PROBA_UINT8_SCALE] * info.num_classes if uint8 else None, tags=tags) as proba,
+    ):
+        yield classes, proba
 
 
 def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation", out_dir: str | Path = ".", *,
@@ -248,7 +254,6 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
         workers = []  # one stripe at a time: Dask places every task, nothing is pinned
     batches = _batches(plan.grid, task_size, max(1, lanes), stripe)
     stripe_px = stripe * plan.grid.tile_size + 2 * plan.grid.halo
-    classes_w, proba_w = _writers(plan, out_dir, config.proba_dtype)
     skipped = 0
     run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes
     pending = as_completed()
@@ -268,7 +273,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
 
     bar = tqdm(total=len(plan.grid), desc=f"{plan.scene_id}", unit="tile", disable=None if progress is None
                else not progress, leave=False)
-    with classes_w, proba_w, bar:
+    with bar, _writers(plan, out_dir, config.proba_dtype) as (classes_w, proba_w):
         try:
             for _ in range(in_flight):
                 if not submit_next():

@@ -187,3 +187,14 @@ def test_writer_leaves_nothing_behind_on_error(tmp_path: Path) -> None:
         writer.write(PixelWindow(0, 0, 256, 256), np.ones((256, 256), np.uint8))
         raise RuntimeError("model failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_that_fails_while_being_created_leaves_nothing(tmp_path: Path) -> None:
+    """The constructor cleans up after itself: an error after the staging file exists (here a tag for a
+    band the raster lacks; in a run, SIGTERM's SystemExit) removes it and gives back GDAL's cache size."""
+    before = rasterio.env.get_gdal_config("GDAL_CACHEMAX")
+    with pytest.raises(IndexError, match="band"):
+        CogWriter(tmp_path / "out.tif", _meta(600, 600), count=1, dtype="uint8", nodata=255, block_size=128,
+                  resampling="mode", band_tags=[{}, {"SOURCE": "no such band"}])
+    assert list(tmp_path.iterdir()) == []
+    assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == before

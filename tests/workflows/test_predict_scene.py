@@ -13,7 +13,8 @@ from pipeline.predict import predict_array
 from pipeline.read import open_scene, read_window
 from pipeline.stitch import CLASS_NODATA
 from tests.models import small_convnet, unet
-from workflows.scene import predict_scene
+from pipeline.config import PredictConfig
+from workflows.scene import _writers, plan_scene, predict_scene
 
 
 def whole_image(path, ref, indexes):
@@ -155,3 +156,13 @@ def test_stripes_are_at_least_a_task_wide():
     assert _stripe_tiles(2) == STRIPE_TILES
     assert _stripe_tiles(8) == 8  # a batch wider than a stripe is one stripe
     assert _stripe_tiles(TILES_PER_TASK) == TILES_PER_TASK  # a task is one row of a stripe
+
+
+def test_scene_writers_leave_nothing_when_the_second_cannot_be_created(make_geotiff, tmp_path):
+    """The classes writer exists before the probability writer is made; a failure (or a SIGTERM) in
+    between removes its staging file too, so a stopped run leaves no temporary file in the output folder."""
+    plan = plan_scene(make_geotiff(), "vegetation", PredictConfig.build(bands="naip"))
+    out = tmp_path / "out"
+    with pytest.raises(TypeError), _writers(plan, out, proba_dtype="no such type"):
+        pass
+    assert list(out.iterdir()) == []
