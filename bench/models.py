@@ -118,6 +118,7 @@ def export_onnx(network, example, folder: Path, calibration: list) -> dict[str, 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32, pre, int8 = folder / "fp32.onnx", folder / "pre.onnx", folder / "int8.onnx"
+    example = torch.cat([example[:1], example[:1]])  # batch 2: a batch of 1 would be fixed at 1
     dims = {0: torch.export.Dim("batch", max=64), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
     with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its steps on stdout
         torch.onnx.export(copy.deepcopy(network).eval(), (example,), dynamo=True, input_names=["x"],
