@@ -165,8 +165,13 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
                         warm_up=warm_up)
     log(f"unet {mid}^2: {unet_mid.mps:.2f} MP/s warm, peak {gib(unet_mid.peak):.2f} GiB")
     n_alone = 8 if quick else 24
-    alone = max((run_case("model_alone", scene=str(scenes[mid]), model=unet, tile=512, halo=32, threads=t,
-                          max_tiles=n_alone, processes=p) for t, p in ((2, 1), (1, 2))), key=lambda m: m.mps)
+
+    def best_alone(**options: Any) -> Any:  # the best of one process of two threads and two of one
+        return max((run_case("model_alone", scene=str(scenes[mid]), model=unet, tile=512, halo=32, threads=t,
+                             max_tiles=n_alone, processes=p, **options) for t, p in ((2, 1), (1, 2))),
+                   key=lambda m: m.mps)
+
+    alone = best_alone()
     rows.append(Row(f"U-Net (resnet18, precision auto) end to end, warm cluster, vs model alone ({mid}²)",
                     f"{unet_mid.mps:.2f} vs {alone.mps:.2f} MP/s (cold, with cluster start and model "
                     f"loading: {unet_mid.pixels / unet_mid.extra['cold_seconds'] / 1e6:.2f})",
@@ -175,9 +180,7 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
     # tile, so its share, and the ratio, follow the model's speed (bf16 was `auto` until int8 variants).
     unet_bf16 = run_case("predict", scene=str(scenes[mid]), model=unet, out=out, workers=2,
                          options={"precision": "bf16"}, warm_up=warm_up)
-    alone_bf16 = max((run_case("model_alone", scene=str(scenes[mid]), model=unet, tile=512, halo=32, threads=t,
-                               max_tiles=n_alone, processes=p, precision="bf16") for t, p in ((2, 1), (1, 2))),
-                     key=lambda m: m.mps)
+    alone_bf16 = best_alone(precision="bf16")
     rows.append(Row(f"U-Net, --precision bf16, end to end, warm cluster, vs model alone in bf16 ({mid}²)",
                     f"{unet_bf16.mps:.2f} vs {alone_bf16.mps:.2f} MP/s", unet_bf16.mps / alone_bf16.mps,
                     ">= 0.85", unet_bf16.mps / alone_bf16.mps >= 0.85))
@@ -192,9 +195,7 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
                 "auto = bf16 (no int8 variant: OpenVINO/NNCF not installed)")
     # Issue 4's goal: `auto` end to end at least 4x "fp32 eager", the bare network's rate (0.55 MP/s in the
     # issue, 2 threads). Measured here on the same tiles, best of one process of two threads and two of one.
-    eager = max((run_case("model_alone", scene=str(scenes[mid]), model=unet, tile=512, halo=32, threads=t,
-                          max_tiles=n_alone, processes=p, plain=True) for t, p in ((2, 1), (1, 2))),
-                key=lambda m: m.mps)
+    eager = best_alone(plain=True)
     rows.append(Row(f"U-Net end to end, precision auto, warm cluster, vs plain fp32 eager model alone ({mid}²)",
                     f"{unet_mid.mps:.2f} vs {eager.mps:.2f} MP/s ({resolved})", unet_mid.mps / eager.mps, ">= 4",
                     unet_mid.mps / eager.mps >= 4))
