@@ -104,9 +104,9 @@ class OnnxForward:
         return torch.from_numpy(self._session.run(None, {"x": np.ascontiguousarray(x.cpu().numpy())})[0])
 
 
-def export_onnx(network, example, folder: Path, calibration: list) -> dict[str, Path]:
-    """The network as ONNX in fp32 and as static int8 (QDQ) calibrated on ``calibration`` (prepared
-    inputs), in ``folder``: ``{"fp32": path, "int8": path}``."""
+def export_onnx(network, example, folder: Path, calibration: list | None = None) -> Path:
+    """The network as ONNX in ``folder``: fp32, or, given ``calibration`` (prepared inputs), static int8
+    (QDQ) calibrated on them. Returns the file to run."""
     import torch
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -123,6 +123,8 @@ def export_onnx(network, example, folder: Path, calibration: list) -> dict[str, 
     with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its steps on stdout
         torch.onnx.export(copy.deepcopy(network).eval(), (example,), dynamo=True, input_names=["x"],
                           dynamic_shapes=(dims,)).save(str(fp32))
+    if calibration is None:
+        return fp32
 
     class Tiles(CalibrationDataReader):
         def __init__(self) -> None:
@@ -141,7 +143,7 @@ def export_onnx(network, example, folder: Path, calibration: list) -> dict[str, 
                         calibrate_method=CalibrationMethod.MinMax)
     finally:
         os.chdir(cwd)
-    return {"fp32": fp32, "int8": int8}
+    return int8
 
 
 def count_flops(network, shape: tuple[int, ...]) -> float:
@@ -195,10 +197,9 @@ def main() -> None:
         variant = None
         if precision.startswith("onnx "):  # ONNX Runtime in the forward's slot; see OnnxForward
             fp32 = make(net, "fp32")
+            tiles = [fp32.prepare(t[None]) for t in calibration] if precision == "onnx int8" else None
             with tempfile.TemporaryDirectory() as folder:  # a session keeps no hold on its file
-                paths = export_onnx(net, fp32.prepare(data), Path(folder),
-                                    [fp32.prepare(t[None]) for t in calibration])
-                forward = OnnxForward(paths[precision[5:]], args.threads)
+                forward = OnnxForward(export_onnx(net, fp32.prepare(data), Path(folder), tiles), args.threads)
             return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision="int8",
                                           device="cpu", int8=forward)
         if precision == "openvino":  # OpenVINO without quantizing: its own choice of precision on this CPU
