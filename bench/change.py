@@ -35,10 +35,10 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from pipeline.change import iou
-from pipeline.model import ModelRef, load_model
-from pipeline.predict import predict_array
-from pipeline.stitch import classify
+from pipeline.change.transitions import iou
+from pipeline.models.model import ModelRef, load_model
+from pipeline.inference.predict import predict_array
+from pipeline.inference.stitch import classify
 from workflows.change import compare_arrays
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "change" / "flood_ombria_albania"
@@ -79,7 +79,7 @@ def _write_classes(path: Path, size: int, shift: int, seed: int) -> None:
 def _memory_case(kind: str, folder: Path) -> dict[str, float]:
     """One measurement, run in a fresh process: ``windowed`` (detect_change) or ``whole`` (the baseline)."""
     from bench.memory import PeakMemory
-    from pipeline.change import transition_codes
+    from pipeline.change.transitions import transition_codes
     from workflows.change import detect_change
 
     before, after = folder / "a.classes.tif", folder / "b.classes.tif"

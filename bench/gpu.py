@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 def model_alone(bundle: Path, scene: Path, tiles: int, batches: tuple[int, ...]) -> list[dict[str, Any]]:
     import torch
 
-    from pipeline.bundle import load_bundle
-    from pipeline.read import open_scene, read_window
+    from pipeline.models.bundle import load_bundle
+    from pipeline.inference.read import open_scene, read_window
     from tiles.grid import plan_tiles
 
     meta = open_scene(scene)
@@ -79,7 +79,7 @@ def _worker_state(bundle: str) -> dict[str, Any]:
     """Run in a worker after a scene: the precision ``auto`` resolves to there and torch's peak GPU memory."""
     import torch
 
-    from pipeline.model import ModelRef, load_model
+    from pipeline.models.model import ModelRef, load_model
 
     memory = {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
               "gpu_reserved_mib": torch.cuda.memory_reserved() / 2**20}
@@ -89,9 +89,9 @@ def _worker_state(bundle: str) -> dict[str, Any]:
 def stages(bundle: Path, scene: Path, tiles: int) -> dict[str, float]:
     """Milliseconds per tile of each stage of a worker's task, in one process: reading the window, the
     model (``auto``) and the blending around it."""
-    from pipeline.bundle import load_bundle
-    from pipeline.predict import TileInput, _contribution
-    from pipeline.read import open_scene, read_window
+    from pipeline.models.bundle import load_bundle
+    from pipeline.inference.predict import TileInput, _contribution
+    from pipeline.inference.read import open_scene, read_window
     from tiles.grid import plan_tiles
 
     meta = open_scene(scene)
@@ -139,7 +139,7 @@ def compare_outputs(a: Path, b: Path) -> dict[str, float]:
     """Mean absolute difference of stored probabilities and class agreement, block by block."""
     import rasterio
 
-    from pipeline.stitch import decode_proba
+    from pipeline.inference.stitch import decode_proba
 
     diff, agree, n = 0.0, 0, 0
     with rasterio.open(a.with_suffix(".proba.tif")) as pa, rasterio.open(b.with_suffix(".proba.tif")) as pb, \

@@ -1,7 +1,7 @@
 """Model inference speed: megapixels per second per model and precision, against fp32 eager in the same run.
 
 For a seeded smp network (default a resnet18 U-Net) on real imagery (the bundled NAIP sample, 4 bands,
-z-scored with the scene's statistics) it times :class:`pipeline.model.TorchSegmentationModel.predict` at
+z-scored with the scene's statistics) it times :class:`pipeline.models.model.TorchSegmentationModel.predict` at
 each precision (eager fp32 = the baseline; bf16 autocast + channels-last; auto; torch.compile), interleaving
 the variants round by round so that load from other processes hits them alike, and prints:
 
@@ -171,7 +171,7 @@ def main() -> None:
     import segmentation_models_pytorch as smp
     import torch
 
-    from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, TorchSegmentationModel, load_model
+    from pipeline.models.model import BUILTIN_MODELS, ModelInfo, ModelRef, TorchSegmentationModel, load_model
 
     torch.set_num_threads(args.threads)
     data, mean, std = load_imagery(NAIP, args.tile, args.batch)
@@ -205,14 +205,14 @@ def main() -> None:
         if precision == "openvino":  # OpenVINO without quantizing: its own choice of precision on this CPU
             import openvino as ov
 
-            from pipeline.int8 import OpenVinoForward, _export
+            from pipeline.models.int8 import OpenVinoForward, _export
 
             fp32 = make(net, "fp32")
             variant = OpenVinoForward(ov.convert_model(_export(fp32.network, fp32.prepare(data))))
             return TorchSegmentationModel(copy.deepcopy(net), info, mean=mean, std=std, precision="int8",
                                           device="cpu", int8=variant)
         if precision == "int8":  # calibrated on other tiles of the scene, as `scenewatch models quantize` does
-            from pipeline.int8 import OpenVinoForward, calibrate
+            from pipeline.models.int8 import OpenVinoForward, calibrate
 
             fp32 = make(net, "fp32")
             # NNCF draws progress bars on stdout, which is this script's table
@@ -303,8 +303,8 @@ def end_to_end(args: argparse.Namespace, network, mean, std) -> None:
     import rasterio
     from distributed import Client, LocalCluster
 
-    from pipeline.bundle import save_bundle
-    from pipeline.model import ModelRef
+    from pipeline.models.bundle import save_bundle
+    from pipeline.models.model import ModelRef
     from workflows.scene import predict_scene
 
     with rasterio.open(args.scene) as src:

@@ -46,7 +46,7 @@ def make_bundle(path: Path, scene: Path) -> Path:
     import torch
 
     from bench.models import fit_to_ndvi
-    from pipeline.bundle import save_bundle
+    from pipeline.models.bundle import save_bundle
 
     with rasterio.open(scene) as src:
         data = src.read(out_dtype="float32")
@@ -61,7 +61,7 @@ def make_bundle(path: Path, scene: Path) -> Path:
     save_bundle(path, network, arch="Unet", encoder="resnet18", bands=bands, class_names=classes,
                 mean=mean.tolist(), std=std.tolist())
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
-        from pipeline.int8 import quantize_bundle
+        from pipeline.models.int8 import quantize_bundle
 
         quantize_bundle(path, [scene], bands="naip")
     return path
@@ -188,7 +188,7 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
                     options={"precision": "fp32"}, warm_up=warm_up)
     auto = run_case("predict", scene=str(scenes[small]), model=unet, out=out, workers=2, options={},
                     warm_up=warm_up)
-    from pipeline.bundle import read_spec
+    from pipeline.models.bundle import read_spec
 
     variant = read_spec(unet).int8
     resolved = (f"auto = the int8 variant, held-out drift {variant.drift:.4f}" if variant else

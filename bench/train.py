@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from pipeline.labels import IGNORE, open_labels, read_labels
-from pipeline.metrics import confusion_matrix, pixel_metrics
-from pipeline.read import open_scene, read_window
-from pipeline.spectral import normalized_difference
+from pipeline.training.labels import IGNORE, open_labels, read_labels
+from pipeline.training.metrics import confusion_matrix, pixel_metrics
+from pipeline.inference.read import open_scene, read_window
+from pipeline.models.spectral import normalized_difference
 from tiles.grid import PixelWindow
 from workflows.evaluate import evaluate_scene
 from workflows.train import TrainConfig, train

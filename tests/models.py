@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.model import ModelInfo, TorchSegmentationModel, build_smp_model
+from pipeline.models.model import ModelInfo, TorchSegmentationModel, build_smp_model
 
 __all__ = ["small_convnet", "unet"]
 

@@ -47,7 +47,7 @@ from distributed.scheduler import KilledWorker
 from pipeline.atomic import TEMP_MARKER
 from pipeline.config import PredictConfig
 from pipeline.errors import ConfigError, ModelError, ScenewatchError
-from pipeline.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
+from pipeline.models.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, threads_per_model
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, discover_scenes, load_job
@@ -255,7 +255,7 @@ def model_identity(ref: ModelRef, info: ModelInfo) -> tuple[str, str | None]:
     elif ref.source in BUILTIN_MODELS:
         ident["builtin"] = ref.source
     else:
-        from pipeline.bundle import read_spec
+        from pipeline.models.bundle import read_spec
 
         bundle_sha = read_spec(ref.source).sha256  # the weights' sha256, checked by every worker that loads it
         ident["weights_sha256"] = bundle_sha

@@ -5,10 +5,10 @@ Data flow (module names in brackets)::
     each date: scene -> classes + probabilities [workflows.scene.predict_scene on Dask]
                (or an existing <scene>.classes.tif is reused)
     window by window over the common grid [tiles.grid]:
-        read every date's window on that grid [pipeline.align.read_aligned]
-        -> transitions / index difference / alert state [pipeline.change]
-        -> written as it goes [pipeline.raster.CogWriter] -> COG
-    -> polygons with dates, transition, area, confidence; area tables; quicklooks [pipeline.quicklook]
+        read every date's window on that grid [pipeline.change.align.read_aligned]
+        -> transitions / index difference / alert state [pipeline.change.transitions]
+        -> written as it goes [pipeline.inference.raster.CogWriter] -> COG
+    -> polygons with dates, transition, area, confidence; area tables; quicklooks [pipeline.change.quicklook]
 
 The heavy part, classifying each date, runs tiled on Dask as for one scene. The comparison reads each
 window of the common grid from every date (GDAL warps only the source pixels under that window), so
@@ -39,9 +39,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from pipeline.align import GridSpec, covers, grid_meta, grid_of, pixel_area_rows, read_aligned
+from pipeline.change.align import GridSpec, covers, grid_meta, grid_of, pixel_area_rows, read_aligned
 from pipeline.atomic import atomic_path
-from pipeline.change import (
+from pipeline.change.transitions import (
     ALERT_NODATA,
     CHANGE_NODATA,
     IndexDifference,
@@ -52,12 +52,12 @@ from pipeline.change import (
     watch_matrix,
 )
 from pipeline.config import PredictConfig
-from pipeline.dates import compile_date_pattern, days_since_epoch, scene_date
+from pipeline.change.dates import compile_date_pattern, days_since_epoch, scene_date
 from pipeline.errors import ConfigError, InvalidSceneError
 from pipeline.names import safe_name, scene_id
-from pipeline.raster import CogWriter, hex_to_rgba
-from pipeline.read import open_scene, parse_band_map, resolve_bands
-from pipeline.stitch import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, decode_proba
+from pipeline.inference.raster import CogWriter, hex_to_rgba
+from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
+from pipeline.inference.stitch import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, decode_proba
 from tiles.grid import PixelWindow, plan_tiles
 from workflows.cluster import dask_client
 
@@ -66,7 +66,7 @@ __all__ = ["DatedClasses", "ChangeResult", "TimelineResult", "detect_change", "r
 
 log = logging.getLogger("scenewatch")
 
-# Confidence is stored as the probability rasters are (pipeline.stitch): round(c * 254), 255 = nodata.
+# Confidence is stored as the probability rasters are (pipeline.inference.stitch): round(c * 254), 255 = nodata.
 CONFIDENCE_NODATA = PROBA_UINT8_NODATA
 CONFIDENCE_SCALE = PROBA_UINT8_SCALE
 _CLASSES_SUFFIX = ".classes.tif"
@@ -323,7 +323,7 @@ def _encode_confidence(conf: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _change_writer(path: Path, grid: GridSpec, names: Sequence[str], model: str, version: str,
                    extra_tags: dict[str, str]) -> CogWriter:
     colormap = {0: (235, 235, 235, 255), CHANGE_NODATA: (0, 0, 0, 0)}
-    from pipeline.quicklook import CHANGE_COLORS
+    from pipeline.change.quicklook import CHANGE_COLORS
 
     for code in range(1, len(names)):
         colormap[code] = hex_to_rgba(CHANGE_COLORS[(code - 1) % len(CHANGE_COLORS)])
@@ -362,7 +362,7 @@ def detect_change(before: str | Path, after: str | Path, model: Any = "vegetatio
 
     ``before``/``after`` are scenes (classified here with ``model`` via :func:`predict_scene`; ``options``
     are its options such as ``bands="naip"``) or existing ``*.classes.tif`` rasters. ``model`` may also be an
-    index-difference model, ``"dndvi"`` or ``"dnbr"`` (see :data:`pipeline.change.DIFFERENCE_MODELS`), which
+    index-difference model, ``"dndvi"`` or ``"dnbr"`` (see :data:`pipeline.change.transitions.DIFFERENCE_MODELS`), which
     compares band values directly. Both dates are compared on ``grid``: the before scene's grid (default,
     ``"first"``), the grid of a raster path, or a :class:`GridSpec`. Pixels that are nodata on either date,
     or outside either scene, are nodata in the change raster (never "no change", never change).
@@ -483,10 +483,10 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
     """
     import xarray as xr
 
-    from pipeline.change import pair_confidence
-    from pipeline.model import ModelRef, load_model
-    from pipeline.predict import predict_array
-    from pipeline.stitch import classify
+    from pipeline.change.transitions import pair_confidence
+    from pipeline.models.model import ModelRef, load_model
+    from pipeline.inference.predict import predict_array
+    from pipeline.inference.stitch import classify
 
     before = np.asarray(before, dtype=np.float32)
     after = np.asarray(after, dtype=np.float32)
@@ -586,7 +586,7 @@ def _change_polygons(change_path: Path, out_dir: Path, name: str, names: Sequenc
 
 
 def _preview_grid(grid: GridSpec, max_size: int = 800) -> GridSpec:
-    from pipeline.quicklook import preview_shape
+    from pipeline.change.quicklook import preview_shape
 
     h, w = preview_shape(grid, max_size)
     return GridSpec(grid.crs, grid.transform @ Affine.scale(grid.width / w, grid.height / h), h, w)
@@ -602,7 +602,7 @@ def _rgb_indexes(path: str | Path, bands: Any) -> list[int]:
 
 def _pair_quicklook(path: Path, before: str | Path, after: str | Path, change_path: Path, grid: GridSpec,
                     names: Sequence[str], dates: Sequence[dt.date | None], bands: Any) -> None:
-    from pipeline.quicklook import save_pair_quicklook, stretch_rgb
+    from pipeline.change.quicklook import save_pair_quicklook, stretch_rgb
 
     preview = _preview_grid(grid)
     images = []
@@ -628,10 +628,10 @@ def run_timeline(scenes: Sequence[str | Path], model: Any = "vegetation", out_di
                  min_area: float = 0.0, progress: bool | None = None, **options: Any) -> TimelineResult:
     """Follow a dated stack of one place: area per class per date, an alert raster and change events.
 
-    Dates come from STAC items, TIFF tags or the file names (``date_pattern``, see :mod:`pipeline.dates`);
+    Dates come from STAC items, TIFF tags or the file names (``date_pattern``, see :mod:`pipeline.change.dates`);
     scenes are sorted by date and classified with ``model`` (existing ``*.classes.tif`` are reused). On the
     common ``grid`` (the earliest scene's by default) every pixel runs the alert state machine of
-    :func:`pipeline.change.accumulate_alerts` over the dates: a ``watch``-ed transition (default: any change
+    :func:`pipeline.change.transitions.accumulate_alerts` over the dates: a ``watch``-ed transition (default: any change
     of class, e.g. ``"vegetation->other"``) seen on ``confirm`` observations is a confirmed alert.
 
     Writes ``OUT/<name>.alerts.tif`` (uint16 bands first_day, count, confidence, last_day; days since
@@ -732,7 +732,7 @@ def _timeline_products(items: list[DatedClasses], dates: list[dt.date], target: 
                                       window_size, client)
     plot_path = None
     if plot:
-        from pipeline.quicklook import save_area_plot
+        from pipeline.change.quicklook import save_area_plot
 
         plot_path = out_dir / f"{name}.areas.png"
         save_area_plot(plot_path, dates, {c: list(area[:, i]) for i, c in enumerate(class_names)},

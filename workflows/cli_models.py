@@ -85,8 +85,8 @@ def models(ctx: click.Context, search: str | None) -> None:
     ctx.obj = {"search": _search_path(search)}
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline import bundle
-    from pipeline.model import BUILTIN_MODELS, load_model, ModelRef
+    from pipeline.models import bundle
+    from pipeline.models.model import BUILTIN_MODELS, load_model, ModelRef
 
     click.echo("built-in:")
     for name in sorted(BUILTIN_MODELS):
@@ -112,7 +112,7 @@ def models(ctx: click.Context, search: str | None) -> None:
 
 def _locate(name: str, search: Path | None) -> Path | None:
     """A bundle by path, or by folder name under the search path."""
-    from pipeline.bundle import is_bundle
+    from pipeline.models.bundle import is_bundle
 
     for candidate in (Path(name), *( [search / name] if search else [] )):
         if is_bundle(candidate) or (candidate.name == "model.json" and candidate.is_file()):
@@ -135,8 +135,8 @@ def show(ctx: click.Context, name: str, option_pairs: tuple[str, ...]) -> None:
       scenewatch models show ./models/trees
       scenewatch models --path ./models show trees
     """
-    from pipeline.bundle import read_spec
-    from pipeline.model import BUILTIN_MODELS, ModelRef, load_model
+    from pipeline.models.bundle import read_spec
+    from pipeline.models.model import BUILTIN_MODELS, ModelRef, load_model
 
     if name in BUILTIN_MODELS:
         model = load_model(ModelRef.of(name, **parse_model_options(option_pairs)))
@@ -203,7 +203,7 @@ def init(arch: str, encoder: str, band_list: str, class_list: str, out: str, see
       scenewatch models init --arch Unet --encoder resnet18 --bands red,green,blue,nir \\
           --classes background,tree --out models/trees
     """
-    from pipeline.bundle import init_bundle
+    from pipeline.models.bundle import init_bundle
 
     path = init_bundle(out, arch, encoder, _split(band_list), _split(class_list), seed=seed,
                        **_save_options(**options))
@@ -224,7 +224,7 @@ def import_(weights: str, arch: str, encoder: str, band_list: str, class_list: s
       scenewatch models import unet.pth --arch Unet --encoder resnet34 --bands red,green,blue \\
           --classes background,building --out models/buildings
     """
-    from pipeline.bundle import import_state_dict
+    from pipeline.models.bundle import import_state_dict
 
     path = import_state_dict(weights, out, arch=arch, encoder=encoder, bands=_split(band_list),
                              class_names=_split(class_list), **_save_options(**options))
@@ -252,7 +252,7 @@ def quantize(ctx: click.Context, name: str, scenes: tuple[str, ...], bands: str 
     Example:
       scenewatch models quantize models/trees --scene scenes/a.tif --scene scenes/b.tif --bands naip
     """
-    from pipeline.int8 import quantize_bundle
+    from pipeline.models.int8 import quantize_bundle
 
     path = _locate(name, ctx.obj["search"])
     if path is None:

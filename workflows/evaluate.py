@@ -3,7 +3,7 @@
 The model predicts the **whole scene** through :func:`workflows.scene.predict_scene` (tiles, halos,
 blending: exactly what a user gets), and the stitched class raster is compared with the labels, window by
 window, inside ``region`` (default: the whole scene). Pixel metrics come from one confusion matrix summed
-over the windows [pipeline.metrics]; object metrics match polygons of each countable class (predicted ones
+over the windows [pipeline.training.metrics]; object metrics match polygons of each countable class (predicted ones
 from the class raster with ``rasterio.features.shapes``, true ones from the vector labels, or from the label
 raster) after clipping both sides to the region, so an object cut by the region's edge is judged on the
 same part on both sides.
@@ -22,9 +22,9 @@ import rasterio
 from rasterio.windows import Window
 
 from pipeline.errors import ConfigError
-from pipeline.labels import IGNORE, Labels, open_labels, read_labels
-from pipeline.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
-from pipeline.read import SceneMeta, open_scene
+from pipeline.training.labels import IGNORE, Labels, open_labels, read_labels
+from pipeline.training.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
+from pipeline.inference.read import SceneMeta, open_scene
 from tiles.grid import PixelWindow
 
 __all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluation_dict", "polygons_of"]

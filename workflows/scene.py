@@ -2,11 +2,11 @@
 
 Data flow (module names in brackets)::
 
-    scene header [pipeline.read.open_scene] -> tile grid [tiles.grid]
-      -> per batch of tiles, in a worker: read windows [pipeline.read] -> model [pipeline.model]
-         -> weighted contributions [pipeline.predict, tiles.blend]
-      -> in this process, as results arrive: blend [pipeline.stitch.Stitcher] -> classes and probabilities
-         -> written window by window [pipeline.raster.CogWriter] -> COG, renamed into place
+    scene header [pipeline.inference.read.open_scene] -> tile grid [tiles.grid]
+      -> per batch of tiles, in a worker: read windows [pipeline.inference.read] -> model [pipeline.models.model]
+         -> weighted contributions [pipeline.inference.predict, tiles.blend]
+      -> in this process, as results arrive: blend [pipeline.inference.stitch.Stitcher] -> classes and probabilities
+         -> written window by window [pipeline.inference.raster.CogWriter] -> COG, renamed into place
 
 Workers send each tile's contribution here once; this process blends the cores whose neighbours are all
 in and writes them straight away, so it never holds more than about a column of cores (tiles go out in
@@ -32,14 +32,14 @@ from distributed import Client, as_completed
 
 from pipeline.config import PredictConfig
 from pipeline.errors import crosses_processes
-from pipeline.model import ModelInfo, ModelRef, describe_model, load_model
+from pipeline.models.model import ModelInfo, ModelRef, describe_model, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
-from pipeline.predict import TileInput, predict_tiles
-from pipeline.raster import CogWriter, hex_to_rgba
-from pipeline.read import (SceneMeta, open_scene, parse_band_map, read_window, resolve_bands,
+from pipeline.inference.predict import TileInput, predict_tiles
+from pipeline.inference.raster import CogWriter, hex_to_rgba
+from pipeline.inference.read import (SceneMeta, open_scene, parse_band_map, read_window, resolve_bands,
                            use_read_cache)
-from pipeline.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, TileContribution,
+from pipeline.inference.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, TileContribution,
                              decode_proba)
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles

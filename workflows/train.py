@@ -1,8 +1,8 @@
 """Train a model bundle from labelled scenes: the orchestration behind ``scenewatch train``.
 
 One validated, frozen :class:`TrainConfig` (CLI flags or a YAML file) -> open scenes and labels
-[pipeline.read, pipeline.labels] -> split by blocks [pipeline.chips] -> network from scratch, a bundle or a
-weights file -> :func:`pipeline.train.fit` -> bundle [pipeline.bundle.save_bundle] whose spec carries the
+[pipeline.inference.read, pipeline.training.labels] -> split by blocks [pipeline.training.chips] -> network from scratch, a bundle or a
+weights file -> :func:`pipeline.training.train.fit` -> bundle [pipeline.models.bundle.save_bundle] whose spec carries the
 band list, class names, normalization, training history and data sources (file names only, no absolute
 paths, so the same run gives the same spec).
 """
@@ -18,12 +18,12 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.chips import Split, split_blocks
+from pipeline.training.chips import Split, split_blocks
 from pipeline.config import FrozenConfig, load_config_error
 from pipeline.errors import ConfigError, ModelError
-from pipeline.labels import open_labels
-from pipeline.read import open_scene, parse_band_map, resolve_bands
-from pipeline.train import TrainOptions, TrainResult, TrainingScene, fit, prepare_data
+from pipeline.training.labels import open_labels
+from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
+from pipeline.training.train import TrainOptions, TrainResult, TrainingScene, fit, prepare_data
 from tiles.grid import PixelWindow
 
 __all__ = ["TrainConfig", "TrainRun", "train", "load_train_config", "parse_region", "load_network"]
@@ -182,7 +182,7 @@ def load_network(arch: str, encoder: str, bands: int, classes: int, seed: int,
 
 def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
     """Run ``config`` and write its bundle to ``config.out``."""
-    from pipeline.bundle import read_spec, save_bundle
+    from pipeline.models.bundle import read_spec, save_bundle
 
     arch, encoder, base_bands, class_names = config.arch, config.encoder, None, config.classes
     state, source = None, None
@@ -190,7 +190,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
         spec = read_spec(config.model)
         arch, encoder, base_bands = spec.arch, spec.encoder, spec.bands
         class_names = class_names or spec.class_names
-        from pipeline.bundle import load_bundle
+        from pipeline.models.bundle import load_bundle
 
         state = load_bundle(config.model, precision="fp32", device="cpu").network.state_dict()
         source = {"bundle": spec.name, "version": spec.version}

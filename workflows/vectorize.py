@@ -2,12 +2,12 @@
 
 Data flow (module names in brackets)::
 
-    class raster header [pipeline.read.open_scene] -> tile grid [tiles.grid]
-      -> per tile, in a worker: read its class (and probability) window [pipeline.vectorize]
+    class raster header [pipeline.inference.read.open_scene] -> tile grid [tiles.grid]
+      -> per tile, in a worker: read its class (and probability) window [pipeline.vectors.vectorize]
          -> sieve -> label and polygonize -> split: interior polygons are finished there
-            (measured, attributes [pipeline.measure, pipeline.export.feature_table]); border pieces come back
-      -> in this process, in row-major order: seams merged [pipeline.merge.SeamMerger]
-         -> rows staged on disk [pipeline.export.LayerStager] -> each format written [pipeline.export]
+            (measured, attributes [pipeline.vectors.measure, pipeline.vectors.export.feature_table]); border pieces come back
+      -> in this process, in row-major order: seams merged [pipeline.vectors.merge.SeamMerger]
+         -> rows staged on disk [pipeline.vectors.export.LayerStager] -> each format written [pipeline.vectors.export]
 
 No process holds the class raster: each task reads its own window. At most ``max_tiles_in_flight`` tasks
 are ahead of the merge, which holds only the border pieces of about one row of tiles; finished rows go to a
@@ -33,12 +33,12 @@ from distributed import Client
 
 from pipeline.config import VectorizeConfig, parse_area
 from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
-from pipeline.export import FORMATS, LayerSpec, LayerStager, export_layer, feature_table, parse_formats
-from pipeline.measure import area_basis, pixel_size_m
-from pipeline.merge import SeamMerger, split_border
+from pipeline.vectors.export import FORMATS, LayerSpec, LayerStager, export_layer, feature_table, parse_formats
+from pipeline.vectors.measure import area_basis, pixel_size_m
+from pipeline.vectors.merge import SeamMerger, split_border
 from pipeline.names import safe_name
-from pipeline.read import SceneMeta, open_scene
-from pipeline.vectorize import (CorePieces, PolygonLimitError, keep_mask, own_class_proba, polygonize_core,
+from pipeline.inference.read import SceneMeta, open_scene
+from pipeline.vectors.vectorize import (CorePieces, PolygonLimitError, keep_mask, own_class_proba, polygonize_core,
                                 read_class_window, read_proba_window, sieve_classes)
 from tiles.grid import Tile, TileGrid, plan_tiles
 from workflows.cluster import dask_client, worker_count
@@ -169,7 +169,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
     ``config`` (a :class:`VectorizeConfig`; defaults: exact pixel-edge polygons of every class, 1024 px
     tiles); keyword arguments given (not None) win.
 
-    Raises :class:`pipeline.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
+    Raises :class:`pipeline.vectors.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
 
     Example::
 

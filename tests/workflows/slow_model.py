@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.model import ModelInfo
-from pipeline.spectral import vegetation_model
+from pipeline.models.model import ModelInfo
+from pipeline.models.spectral import vegetation_model
 
 
 class SlowModel:

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from rasterio.crs import CRS
 from shapely.geometry import box
 
-from pipeline.align import grid_of
-from pipeline.change import ALERT_HIGH, ALERT_NODATA, CHANGE_NODATA, transition_codes, transition_names
-from pipeline.model import ModelRef, load_model
-from pipeline.predict import predict_array
-from pipeline.stitch import classify
+from pipeline.change.align import grid_of
+from pipeline.change.transitions import ALERT_HIGH, ALERT_NODATA, CHANGE_NODATA, transition_codes, transition_names
+from pipeline.models.model import ModelRef, load_model
+from pipeline.inference.predict import predict_array
+from pipeline.inference.stitch import classify
 from tests.conftest import NAIP_2009, NAIP_2020, shared
 from workflows.change import detect_change, run_timeline
 
@@ -305,7 +305,7 @@ def test_reprojected_resampled_copy_is_aligned_and_shows_change_only_at_block_ed
 def test_compare_arrays_on_ombria_flood_chips_beats_the_trivial_baseline() -> None:
     import re
 
-    from pipeline.change import iou
+    from pipeline.change.transitions import iou
     from workflows.change import compare_arrays
 
     folder = shared("change/flood_ombria_albania/MASK").parent

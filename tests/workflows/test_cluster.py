@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.model import ModelRef, _visible, runs_on_gpu, visible_gpus
+from pipeline.models.model import ModelRef, _visible, runs_on_gpu, visible_gpus
 from workflows.cluster import GPU_WORKERS, cpu_count, default_workers
 
 

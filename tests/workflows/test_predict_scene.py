@@ -9,10 +9,10 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from pipeline.config import PredictConfig
-from pipeline.model import ModelRef, load_model
-from pipeline.predict import predict_array
-from pipeline.read import open_scene, read_window
-from pipeline.stitch import CLASS_NODATA
+from pipeline.models.model import ModelRef, load_model
+from pipeline.inference.predict import predict_array
+from pipeline.inference.read import open_scene, read_window
+from pipeline.inference.stitch import CLASS_NODATA
 from tests.models import small_convnet, unet
 from workflows.scene import _writers, plan_scene, predict_scene
 

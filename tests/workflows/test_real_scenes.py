@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.model import ModelRef
+from pipeline.models.model import ModelRef
 from tests.conftest import NAIP_2020, REPO, shared
 from tests.models import unet
 from workflows.scene import predict_scene

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.bundle import load_bundle, read_spec
+from pipeline.models.bundle import load_bundle, read_spec
 from workflows.cli import main
 from workflows.evaluate import evaluate_scene
 from workflows.scene import predict_scene

@@ -16,9 +16,9 @@ from pyproj import CRS
 
 from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError
-from pipeline.vectorize import PolygonLimitError
+from pipeline.vectors.vectorize import PolygonLimitError
 from tests.conftest import shared
-from tests.pipeline.test_vectorize import BURN_SCAR, blobs, discs
+from tests.pipeline.vectors.test_vectorize import BURN_SCAR, blobs, discs
 from tests.vector_reference import assert_same_polygons, whole_raster_polygons
 from workflows.cli import main
 from workflows.vectorize import vectorize_scene

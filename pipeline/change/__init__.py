@@ -1,0 +1,1 @@
+"""Change over time: common grids, transitions and index differences, alerts, dates, quicklooks."""

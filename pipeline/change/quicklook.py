@@ -1,0 +1,109 @@
+"""Quicklooks: pictures of change products that people would rather look at than read.
+
+Reads are decimated by GDAL (``out_shape``, from overviews where the file has them), so a quicklook of a
+scene of any size costs a picture's worth of memory. Figures are drawn with matplotlib's object API on the Agg
+canvas: no display needed, and no global pyplot state or backend is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from pipeline.change.align import GridSpec
+from pipeline.atomic import atomic_path
+
+__all__ = ["read_preview", "stretch_rgb", "save_pair_quicklook", "save_area_plot", "CHANGE_COLORS"]
+
+# distinct colours for change codes 1.. (code 0, no change, is drawn transparent over a grey background)
+CHANGE_COLORS = ("#d7191c", "#2c7bb6", "#fdae61", "#abd9e9", "#7b3294", "#1a9641", "#e66101", "#5e3c99",
+                 "#b2182b", "#2166ac", "#8c510a", "#01665e")
+
+
+def _figure(**kwargs: object):  # noqa: ANN202 - matplotlib imported lazily
+    """A figure outside pyplot: rendered by the Agg canvas, no global backend switched, no state kept (a
+    notebook's inline plotting is left as it was)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def preview_shape(grid: GridSpec, max_size: int) -> tuple[int, int]:
+    scale = max(grid.height, grid.width) / max_size
+    if scale <= 1:
+        return grid.height, grid.width
+    return max(1, round(grid.height / scale)), max(1, round(grid.width / scale))
+
+
+def read_preview(path: str | os.PathLike[str], grid: GridSpec, indexes: Sequence[int], max_size: int = 800,
+                 resampling: str = "nearest") -> tuple[np.ndarray, np.ndarray]:
+    """``indexes`` of a raster already on ``grid``, decimated to at most ``max_size`` px: data and valid mask."""
+    shape = preview_shape(grid, max_size)
+    with rasterio.open(path) as src:
+        data = src.read(list(indexes), out_shape=(len(indexes), *shape), resampling=Resampling[resampling])
+        masks = src.read_masks(list(indexes), out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
+    return data, np.all(masks > 0, axis=0)
+
+
+def stretch_rgb(data: np.ndarray, valid: np.ndarray, percent: float = 2.0) -> np.ndarray:
+    """``(3, H, W)`` band values to an ``(H, W, 4)`` float RGBA image, each band stretched between its
+    ``percent`` and ``100 - percent`` percentiles over valid pixels; invalid pixels transparent."""
+    rgba = np.zeros((*data.shape[1:], 4), dtype=np.float32)
+    for i in range(3):
+        band = data[min(i, data.shape[0] - 1)].astype(np.float32)
+        values = band[valid]
+        lo, hi = (np.percentile(values, [percent, 100 - percent]) if values.size else (0.0, 1.0))
+        rgba[..., i] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgba[..., 3] = valid
+    return rgba
+
+
+def save_pair_quicklook(path: str | os.PathLike[str], before_rgb: np.ndarray, after_rgb: np.ndarray,
+                        change: np.ndarray, change_names: Sequence[str], *, titles: Sequence[str] = ("before", "after"),
+                        nodata: int = 255) -> None:
+    """Three panels, before / after / change, into a PNG at ``path`` (atomically)."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    n = len(change_names)
+    colors = ["#00000000"] + [CHANGE_COLORS[(i - 1) % len(CHANGE_COLORS)] for i in range(1, n)]
+    present = [c for c in range(1, n) if np.any(change == c)]
+    masked = np.ma.masked_where((change == nodata) | (change == 0), change)
+    fig = _figure(figsize=(15, 5.4), dpi=100)
+    axes = fig.subplots(1, 3)
+    for ax, img, title in zip(axes[:2], (before_rgb, after_rgb), titles, strict=True):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(title)
+    axes[2].imshow(np.where(change == nodata, 0.0, 0.85), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].imshow(masked, cmap=ListedColormap(colors), vmin=0, vmax=max(n - 1, 1), interpolation="nearest")
+    axes[2].set_title("change (black: no data on a date)")
+    handles = [Patch(color=colors[c], label=change_names[c]) for c in present[:12]]
+    if handles:
+        axes[2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def save_area_plot(path: str | os.PathLike[str], dates: Sequence[object], areas: Mapping[str, Sequence[float]],
+                   *, title: str = "area per class", unit: str = "km²", scale: float = 1e-6) -> None:
+    """Area over time, one line per class, into a PNG at ``path`` (atomically)."""
+    fig = _figure(figsize=(9, 4.8), dpi=100)
+    ax = fig.subplots()
+    for name, values in areas.items():
+        ax.plot(list(dates), [v * scale for v in values], marker="o", label=name)
+    ax.set_ylabel(f"area ({unit})")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})

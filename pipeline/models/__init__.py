@@ -1,0 +1,1 @@
+"""Models: the contract every model meets, the built-in spectral models, networks, bundles, int8 variants."""

@@ -1,0 +1,1 @@
+"""Training and scoring: labels, chips, augmentation, the training loop, metrics."""

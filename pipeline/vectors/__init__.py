@@ -1,0 +1,1 @@
+"""Polygon stages: polygonize a core, merge seams, measure, export layers."""

@@ -1,0 +1,335 @@
+"""Exporting polygon layers: attributes, then GeoPackage, GeoParquet, FlatGeobuf and GeoJSON files.
+
+:func:`feature_table` turns finished polygons (pixel coordinates and pixel statistics) into the layer's
+rows: map geometry, stable id, class, area and perimeter in metres, confidence, scene, date and model.
+Rows are staged as they come in an Arrow IPC file beside the outputs (:class:`LayerStager`), so a layer of
+any size is never held in memory; each format is then written from that file by streaming it through
+:func:`export_layer`:
+
+- ``gpkg``: GDAL's GeoPackage driver via :func:`pyogrio.write_arrow`, R-tree spatial index, in the
+  scene's CRS, with ``OGR_CURRENT_DATE`` pinned so that the same layer gives the same bytes.
+- ``parquet``: GeoParquet 1.1 written by pyarrow: WKB geometry, ``geo`` metadata with the CRS as PROJJSON,
+  the layer's bounding box and a ``bbox`` covering column (xmin, ymin, xmax, ymax per row).
+- ``fgb``: FlatGeobuf (GDAL) with its packed Hilbert R-tree, in the scene's CRS.
+- ``geojson``: RFC 7946 GeoJSON, so reprojected to WGS 84 longitude/latitude (EPSG:4326).
+
+Every file is written to a temporary name and renamed into place (:func:`pipeline.atomic.atomic_path`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from affine import Affine
+from pyproj import CRS, Transformer
+
+from pipeline.atomic import atomic_path, temp_path_for
+from pipeline.errors import ConfigError, OutputError
+from pipeline.vectors.measure import AreaBasis, measure, to_map
+from pipeline.vectors.vectorize import Pieces
+
+__all__ = [
+    "FORMATS",
+    "LayerSpec",
+    "LayerStager",
+    "feature_table",
+    "layer_schema",
+    "export_layer",
+    "geoparquet_metadata",
+    "parse_formats",
+    "OGR_CURRENT_DATE",
+]
+
+# format name -> file extension
+FORMATS: dict[str, str] = {"gpkg": "gpkg", "parquet": "parquet", "fgb": "fgb", "geojson": "geojson"}
+_ALIASES = {"geoparquet": "parquet", "flatgeobuf": "fgb", "json": "geojson", "gpkg": "gpkg"}
+
+# GeoPackage stamps its write time into gpkg_contents.last_change unless this is pinned.
+OGR_CURRENT_DATE = "2000-01-01T00:00:00.000Z"
+
+_FIXED_COLUMNS = ("id", "class_id", "class_name", "area_m2", "perimeter_m", "pixels", "proba_mean",
+                  "proba_max", "scene_id", "acquired", "model", "model_version", "geometry")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSpec:
+    """Everything that turns polygons into the rows of one layer (picklable, sent to workers).
+
+    ``class_names`` maps class values to names (values without a name are written as their number).
+    ``simplify_px`` is the simplification tolerance in pixels (0: exact pixel edges); ``min_area_m2``
+    drops smaller polygons. ``attributes`` are constant columns added to every row.
+    """
+
+    scene_id: str
+    crs_wkt: str
+    transform: Affine
+    basis: AreaBasis
+    class_names: Mapping[int, str] = field(default_factory=dict)
+    model: str | None = None
+    model_version: str | None = None
+    acquired: dt.date | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    simplify_px: float = 0.0
+    min_area_m2: float = 0.0
+
+    def __post_init__(self) -> None:
+        clash = sorted(set(self.attributes) & set(_FIXED_COLUMNS))
+        if clash:
+            raise ConfigError(f"attributes {', '.join(clash)}: these names are layer columns already; rename them")
+        for key, value in self.attributes.items():
+            _arrow_type(key, value)
+
+
+def parse_formats(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``"gpkg,parquet"`` (or a sequence) to known format names, in the order given, without repeats."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for raw in items:
+        name = raw.strip().lower().lstrip(".")
+        if not name:
+            continue
+        name = _ALIASES.get(name, name)
+        if name not in FORMATS:
+            raise ConfigError(f"format {raw.strip()!r}: unknown; choose from {', '.join(FORMATS)}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ConfigError(f"format {spec!r}: name at least one of {', '.join(FORMATS)}")
+    return tuple(out)
+
+
+def _arrow_type(key: str, value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, (int, np.integer)):
+        return pa.int64()
+    if isinstance(value, (float, np.floating)):
+        return pa.float64()
+    if isinstance(value, str):
+        return pa.string()
+    if isinstance(value, dt.datetime):
+        return pa.timestamp("ms")
+    if isinstance(value, dt.date):
+        return pa.date32()
+    raise ConfigError(f"attribute {key}: {type(value).__name__} values cannot be written; use str, int, float, "
+                      f"bool or a date")
+
+
+def layer_schema(spec: LayerSpec) -> pa.Schema:
+    """The columns of a layer, in order; the geometry is WKB in the scene's CRS."""
+    fields = [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("class_id", pa.int32(), nullable=False),
+        pa.field("class_name", pa.string()),
+        pa.field("area_m2", pa.float64()),
+        pa.field("perimeter_m", pa.float64()),
+        pa.field("pixels", pa.int64()),
+        pa.field("proba_mean", pa.float64()),
+        pa.field("proba_max", pa.float64()),
+        pa.field("scene_id", pa.string()),
+        pa.field("acquired", pa.date32()),
+        pa.field("model", pa.string()),
+        pa.field("model_version", pa.string()),
+    ]
+    fields += [pa.field(k, _arrow_type(k, v)) for k, v in spec.attributes.items()]
+    fields.append(pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"}))
+    return pa.schema(fields)
+
+
+def feature_ids(scene_id: str, cls: np.ndarray, key_row: np.ndarray, key_col: np.ndarray) -> np.ndarray:
+    """Stable ids: a 63-bit hash of scene id, class and the object's first pixel (unique per class, the
+    same whatever the tiling), so the same inputs always give the same ids."""
+    out = np.empty(len(cls), dtype=np.int64)
+    for i, (c, r, k) in enumerate(zip(cls.tolist(), key_row.tolist(), key_col.tolist())):
+        digest = hashlib.blake2b(f"{scene_id}\x1f{c}\x1f{r}\x1f{k}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "big") >> 1
+    return out
+
+
+def feature_table(pieces: Pieces, spec: LayerSpec) -> pa.Table:
+    """The rows of finished polygons: simplified (topology-preserving, in pixels), measured, filtered by
+    ``min_area_m2``, and georeferenced."""
+    geometry = pieces.geometry
+    if spec.simplify_px > 0 and len(geometry):
+        geometry = shapely.simplify(geometry, spec.simplify_px, preserve_topology=True)
+    area, perimeter = measure(geometry, spec.transform, spec.basis)
+    keep = area >= spec.min_area_m2 if spec.min_area_m2 > 0 else np.ones(len(area), dtype=bool)
+    pieces, geometry, area, perimeter = pieces.take(keep), geometry[keep], area[keep], perimeter[keep]
+    n = len(pieces)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(pieces.proba_count > 0, pieces.proba_sum / np.maximum(pieces.proba_count, 1), np.nan)
+    names = [spec.class_names.get(c, str(c)) for c in pieces.cls.tolist()]
+    columns: dict[str, Any] = {
+        "id": feature_ids(spec.scene_id, pieces.cls, pieces.key_row, pieces.key_col),
+        "class_id": pieces.cls.astype(np.int32),
+        "class_name": names,
+        "area_m2": area,
+        "perimeter_m": perimeter,
+        "pixels": pieces.pixels,
+        "proba_mean": pa.array(mean, pa.float64(), from_pandas=True),
+        "proba_max": pa.array(pieces.proba_max, pa.float64(), from_pandas=True),
+        "scene_id": [spec.scene_id] * n,
+        "acquired": [spec.acquired] * n,
+        "model": [spec.model] * n,
+        "model_version": [spec.model_version] * n,
+    }
+    for key, value in spec.attributes.items():
+        columns[key] = [value] * n
+    columns["geometry"] = shapely.to_wkb(to_map(geometry, spec.transform)) if n else np.empty(0, dtype=object)
+    schema = layer_schema(spec)
+    return pa.table([pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
+                     else columns[f.name] for f in schema], schema=schema)
+
+
+class LayerStager:
+    """Rows staged on disk as they are finished, in an Arrow IPC file beside the outputs, deleted on exit.
+
+    Keeps the running feature count and bounding box (for the GeoParquet metadata).
+    """
+
+    def __init__(self, folder: Path, spec: LayerSpec) -> None:
+        self.spec = spec
+        self.schema = layer_schema(spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = temp_path_for(folder / f"{spec.scene_id}.staging.arrow")
+        self.count = 0
+        self.bbox = [np.inf, np.inf, -np.inf, -np.inf]
+        self._sink = pa.OSFile(str(self.path), "wb")
+        self._writer: pa.ipc.RecordBatchFileWriter | None = pa.ipc.new_file(self._sink, self.schema)
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        assert self._writer is not None, "stager is closed"
+        self._writer.write_table(table)
+        self.count += table.num_rows
+        bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
+        self.bbox = [min(self.bbox[0], bounds[:, 0].min()), min(self.bbox[1], bounds[:, 1].min()),
+                     max(self.bbox[2], bounds[:, 2].max()), max(self.bbox[3], bounds[:, 3].max())]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The staged rows, batch by batch, memory-mapped (nothing is loaded whole)."""
+        self.close()
+        with pa.memory_map(str(self.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+
+    def __enter__(self) -> LayerStager:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
+    """Write the staged layer to ``path`` in ``fmt`` (one of :data:`FORMATS`), atomically."""
+    path = Path(path)
+    writer = {"gpkg": _write_gpkg, "parquet": _write_parquet, "fgb": _write_fgb, "geojson": _write_geojson}[fmt]
+    try:
+        with atomic_path(path) as tmp:
+            writer(stager, tmp)
+    except OSError as err:
+        raise OutputError(f"layer {path}: cannot be written ({err})") from err
+    return path
+
+
+def _stream(stager: LayerStager, batches: Iterator[pa.RecordBatch] | None = None) -> pa.RecordBatchReader:
+    batches = stager.batches() if batches is None else batches
+    return pa.RecordBatchReader.from_batches(stager.schema, batches)
+
+
+def _write_ogr(stager: LayerStager, tmp: Path, driver: str, crs: str, stream: pa.RecordBatchReader,
+               layer_options: Mapping[str, str] | None = None) -> None:
+    import pyogrio
+
+    pyogrio.write_arrow(stream, tmp, layer=stager.spec.scene_id, driver=driver, geometry_name="geometry",
+                        geometry_type="Polygon", crs=crs, layer_options=dict(layer_options or {}))
+
+
+def _write_gpkg(stager: LayerStager, tmp: Path) -> None:
+    with _gdal_config({"OGR_CURRENT_DATE": OGR_CURRENT_DATE}):
+        _write_ogr(stager, tmp, "GPKG", stager.spec.crs_wkt, _stream(stager), {"SPATIAL_INDEX": "YES"})
+
+
+def _write_fgb(stager: LayerStager, tmp: Path) -> None:
+    _write_ogr(stager, tmp, "FlatGeobuf", stager.spec.crs_wkt, _stream(stager), {"SPATIAL_INDEX": "YES"})
+
+
+def _write_geojson(stager: LayerStager, tmp: Path) -> None:
+    transformer = Transformer.from_crs(CRS.from_wkt(stager.spec.crs_wkt), "EPSG:4326", always_xy=True)
+
+    def lonlat(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+
+    def reprojected() -> Iterator[pa.RecordBatch]:
+        for batch in stager.batches():
+            geoms = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
+            wkb = pa.array(shapely.to_wkb(shapely.transform(geoms, lonlat)), pa.binary())
+            yield batch.set_column(batch.schema.get_field_index("geometry"), stager.schema.field("geometry"), wkb)
+
+    _write_ogr(stager, tmp, "GeoJSON", "EPSG:4326", _stream(stager, reprojected()), {"RFC7946": "YES"})
+
+
+def geoparquet_metadata(crs_wkt: str, bbox: list[float] | None) -> dict[str, Any]:
+    """GeoParquet 1.1 ``geo`` metadata for a WKB Polygon column ``geometry`` with a ``bbox`` covering."""
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        "crs": CRS.from_wkt(crs_wkt).to_json_dict(),
+        "covering": {"bbox": {"xmin": ["bbox", "xmin"], "ymin": ["bbox", "ymin"],
+                              "xmax": ["bbox", "xmax"], "ymax": ["bbox", "ymax"]}},
+    }
+    if bbox is not None and np.all(np.isfinite(bbox)):
+        column["bbox"] = [float(v) for v in bbox]
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+_BBOX_TYPE = pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()),
+                        ("ymax", pa.float64())])
+
+
+def _write_parquet(stager: LayerStager, tmp: Path) -> None:
+    geo = geoparquet_metadata(stager.spec.crs_wkt, stager.bbox if stager.count else None)
+    plain = pa.schema([f.remove_metadata() if f.name == "geometry" else f for f in stager.schema])
+    schema = plain.append(pa.field("bbox", _BBOX_TYPE)).with_metadata({b"geo": json.dumps(geo).encode()})
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in stager.batches():
+            bounds = shapely.bounds(shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False)))
+            bbox = pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)],
+                                              fields=list(_BBOX_TYPE))
+            columns = [batch.column(i) for i in range(batch.num_columns)] + [bbox]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+
+
+@contextlib.contextmanager
+def _gdal_config(options: Mapping[str, str]) -> Iterator[None]:
+    import pyogrio
+
+    before = {k: pyogrio.get_gdal_config_option(k) for k in options}
+    pyogrio.set_gdal_config_options(dict(options))
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options(before)

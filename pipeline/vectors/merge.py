@@ -1,0 +1,165 @@
+"""Merging seams: polygons cut by tile borders are joined with their same-class neighbours.
+
+Two polygons in neighbouring cores belong to one object exactly when some pixel of one is 4-adjacent, across
+the shared border, to a pixel of the other with the same class: the whole-raster polygonizer (4-connectivity)
+would have grouped those pixels together. The edge strips of :class:`pipeline.vectors.vectorize.CorePieces` say
+which polygon owns each border pixel, so the pairs fall out of comparing two strips; a union-find joins
+pairs into groups, and each group's pieces are unioned (their vertices are integer pixel corners, so the
+union is exact and one object spanning ``k`` tiles, holes and all, becomes exactly one polygon). Pieces
+that only meet at a corner are never paired, as in the whole-raster reference.
+
+Memory: only polygons that touch an internal border are held, and only until their group can no longer
+grow. Cores arrive in row-major order; when a row of cores is complete, every group with no piece on that
+row's bottom border is finished and handed back, so what is held is about one row of cores' border pieces,
+whatever the raster size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+from pipeline.vectors.vectorize import BOTTOM, CorePieces, Pieces
+from tiles.grid import Tile, TileGrid
+
+__all__ = ["SeamMerger", "split_border", "merge_group"]
+
+
+def split_border(core: CorePieces) -> tuple[Pieces, CorePieces]:
+    """The polygons that touch no internal tile border (complete as they are), and the core reduced to
+    those that do, with its strips renumbered to match."""
+    pieces = core.pieces
+    border = pieces.touches > 0
+    index = np.flatnonzero(border)
+    renumber = np.full(len(pieces) + 1, -1, dtype=np.int64)
+    renumber[index] = np.arange(len(index))
+    # strips hold -1 where no polygon is; renumber[-1] is the extra trailing -1
+    strips = {name: renumber[getattr(core, name)] for name in ("top", "bottom", "left", "right")}
+    return pieces.take(np.flatnonzero(~border)), CorePieces(core.core, pieces.take(index), **strips)
+
+
+def merge_group(parts: list[Pieces]) -> Pieces:
+    """One polygon from pieces known to form one object: the union of their geometry and pooled stats."""
+    group = Pieces.concat(parts)
+    first = np.lexsort((group.key_col, group.key_row))[0]
+    geometry = group.geometry[0] if len(group) == 1 else shapely.union_all(group.geometry)
+    if not isinstance(geometry, shapely.Polygon):
+        raise AssertionError(f"pieces of one object unioned into a {geometry.geom_type}")
+    with np.errstate(invalid="ignore"):
+        top = np.nan if np.all(np.isnan(group.proba_max)) else np.nanmax(group.proba_max)
+    return Pieces(
+        np.array([geometry], dtype=object), group.cls[:1], np.array([group.pixels.sum()]),
+        np.array([group.proba_sum.sum()]), np.array([group.proba_count.sum()]), np.array([top]),
+        group.key_row[first : first + 1], group.key_col[first : first + 1], np.zeros(1, dtype=np.uint8),
+    )
+
+
+class SeamMerger:
+    """Joins the border pieces of a grid's cores into whole objects, fed one core at a time in row-major
+    order (the order of :class:`tiles.grid.TileGrid`).
+
+    Example::
+
+        merger = SeamMerger(grid)
+        for tile in grid:
+            interior, border = split_border(polygonize_core(...))
+            finished = merger.add(tile, border)  # whole objects, once their last row is in
+    """
+
+    def __init__(self, grid: TileGrid) -> None:
+        self.grid = grid
+        self._next = 0  # row-major index of the tile expected next
+        self._pieces: dict[int, Pieces] = {}  # tile index -> its border pieces
+        self._alive: dict[int, np.ndarray] = {}  # tile index -> which of them are still held
+        self._parent: dict[int, int] = {}  # union-find over piece ids (tile index << 32 | local index)
+        self._bottom: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # col -> ids, classes of the row above
+        self._right: tuple[np.ndarray, np.ndarray] | None = None  # ids, classes of the core to the left
+
+    @property
+    def held(self) -> int:
+        """Border pieces currently held (for tests and memory accounting)."""
+        return int(sum(alive.sum() for alive in self._alive.values()))
+
+    def add(self, tile: Tile, core: CorePieces) -> Pieces:
+        """Take one core's border pieces; returns the objects this core completes (empty until a row ends)."""
+        index = tile.row * self.grid.cols + tile.col
+        if index != self._next:
+            raise ValueError(f"tile ({tile.row}, {tile.col}) arrived out of row-major order")
+        self._next += 1
+        pieces = core.pieces
+        if len(pieces):
+            self._pieces[index] = pieces
+            self._alive[index] = np.ones(len(pieces), dtype=bool)
+            for local in range(len(pieces)):
+                self._parent[(index << 32) | local] = (index << 32) | local
+        strip = {name: self._ids(index, pieces, getattr(core, name)) for name in ("top", "bottom", "left", "right")}
+        if tile.col > 0 and self._right is not None:
+            self._pair(self._right, strip["left"])
+        if tile.row > 0:
+            self._pair(self._bottom.pop(tile.col), strip["top"])
+        self._right = strip["right"]
+        self._bottom[tile.col] = strip["bottom"]
+        if tile.col == self.grid.cols - 1:
+            return self._finish_row(tile.row)
+        return Pieces.empty()
+
+    @staticmethod
+    def _ids(index: int, pieces: Pieces, strip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        has = strip >= 0
+        ids = np.where(has, (index << 32) | np.maximum(strip, 0), -1)
+        cls = np.where(has, pieces.cls[np.maximum(strip, 0)] if len(pieces) else -1, -1)
+        return ids, cls
+
+    def _pair(self, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> None:
+        (ids_a, cls_a), (ids_b, cls_b) = a, b
+        same = (ids_a >= 0) & (ids_b >= 0) & (cls_a == cls_b)
+        if not same.any():
+            return
+        for x, y in np.unique(np.stack([ids_a[same], ids_b[same]], axis=1), axis=0):
+            self._union(int(x), int(y))
+
+    def _find(self, x: int) -> int:
+        parent = self._parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def _union(self, x: int, y: int) -> None:
+        rx, ry = self._find(x), self._find(y)
+        if rx != ry:
+            self._parent[max(rx, ry)] = min(rx, ry)
+
+    def _finish_row(self, row: int) -> Pieces:
+        """Hand back every group that cannot grow any more: none of its pieces is on this row's bottom border."""
+        last_row = row == self.grid.rows - 1
+        groups: dict[int, list[tuple[int, int]]] = {}
+        open_roots: set[int] = set()
+        for index, pieces in self._pieces.items():
+            on_bottom = (index // self.grid.cols == row) & ((pieces.touches & BOTTOM) > 0)
+            for local in np.flatnonzero(self._alive[index]).tolist():
+                root = self._find((index << 32) | local)
+                groups.setdefault(root, []).append((index, local))
+                if on_bottom[local] and not last_row:
+                    open_roots.add(root)
+        finished: list[Pieces] = []
+        done: dict[int, list[int]] = {}
+        for root, members in groups.items():
+            if root in open_roots:
+                continue
+            parts = [self._pieces[i].take(np.array([local])) for i, local in members]
+            finished.append(merge_group(parts))
+            for i, local in members:
+                done.setdefault(i, []).append(local)
+        for index, locals_ in done.items():
+            self._alive[index][locals_] = False
+            for local in locals_:
+                del self._parent[(index << 32) | local]
+            if not self._alive[index].any():
+                del self._pieces[index], self._alive[index]
+        if not finished:
+            return Pieces.empty()
+        out = Pieces.concat(finished)
+        return out.take(np.lexsort((out.cls, out.key_col, out.key_row)))

@@ -1,0 +1,350 @@
+"""Vectorizing one core of a class raster: pixel groups become polygons, with their pixel statistics.
+
+GDAL's polygonizer (:func:`rasterio.features.shapes`, 4-connectivity) turns every 4-connected group of
+equal, kept pixels in the core into one polygon. Geometries stay in *scene pixel coordinates* (x = column,
+y = row of the whole raster, vertices on pixel corners, so every coordinate is an integer): unions of
+pieces from neighbouring cores are then exact, and the map transform is applied once, after merging.
+
+Per polygon, the pixel count is its area in pixel units, its first pixel (for stable ids) its top-left
+exterior vertex, and, along the four core edges, the pixels it covers are its boundary runs on those
+edges. Those edge *strips* are what :mod:`pipeline.vectors.merge` pairs across tile borders; polygons that touch no
+internal tile border are complete and never need merging. When probabilities are given, the groups are
+numbered first (:func:`label_groups`, scipy's labelling with the same 4-connectivity) and the label raster
+is what GDAL polygonizes, so the sum and maximum of the probability of each polygon's class come from the
+labels in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+from scipy import ndimage
+
+from pipeline.errors import SceneReadError, ScenewatchError
+from tiles.grid import PixelWindow
+
+__all__ = [
+    "Pieces",
+    "CorePieces",
+    "PolygonLimitError",
+    "polygonize_core",
+    "sieve_classes",
+    "keep_mask",
+    "label_groups",
+    "read_class_window",
+    "read_proba_window",
+    "own_class_proba",
+    "TOP",
+    "BOTTOM",
+    "LEFT",
+    "RIGHT",
+]
+
+# Bits of Pieces.touches: which internal tile borders (not raster edges) a polygon reaches.
+TOP, BOTTOM, LEFT, RIGHT = 1, 2, 4, 8
+
+# Dtypes GDAL's polygonizer takes as they are; other integer rasters are widened or narrowed to int32.
+_SHAPES_DTYPES = ("uint8", "uint16", "int16", "int32")
+
+
+class PolygonLimitError(ScenewatchError, ValueError):
+    """A class raster would yield more polygons than the configured limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pieces:
+    """Polygons as parallel arrays (one row per polygon), geometries in scene pixel coordinates.
+
+    ``key_row``/``key_col`` is the polygon's first pixel in raster order (top row, then leftmost): unique
+    per class, independent of tiling, hence the basis of stable feature ids. ``proba_sum``/``proba_count``
+    /``proba_max`` are over the polygon's pixels that have a probability (NaN max when none has).
+    """
+
+    geometry: np.ndarray  # shapely Polygons, pixel coordinates
+    cls: np.ndarray  # int64 class value
+    pixels: np.ndarray  # int64
+    proba_sum: np.ndarray  # float64
+    proba_count: np.ndarray  # int64
+    proba_max: np.ndarray  # float64
+    key_row: np.ndarray  # int64
+    key_col: np.ndarray  # int64
+    touches: np.ndarray  # uint8 bits TOP | BOTTOM | LEFT | RIGHT
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def take(self, index: np.ndarray) -> Pieces:
+        return Pieces(*(getattr(self, f)[index] for f in self.__slots__))
+
+    @staticmethod
+    def empty() -> Pieces:
+        return Pieces(np.empty(0, dtype=object), *(np.empty(0, dtype=d) for d in
+                      ("int64", "int64", "float64", "int64", "float64", "int64", "int64", "uint8")))
+
+    @staticmethod
+    def concat(parts: Sequence[Pieces]) -> Pieces:
+        if not parts:
+            return Pieces.empty()
+        return Pieces(*(np.concatenate([getattr(p, f) for p in parts]) for f in Pieces.__slots__))
+
+
+@dataclass(frozen=True, slots=True)
+class CorePieces:
+    """The polygons of one core and its edge strips.
+
+    ``top``/``bottom``/``left``/``right`` hold, for each pixel along that core edge, the index (into
+    ``pieces``) of the polygon it belongs to, or -1 where no polygon is (nodata, a class not kept).
+    """
+
+    core: PixelWindow
+    pieces: Pieces
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+
+def keep_mask(classes: np.ndarray, valid: np.ndarray, keep: Sequence[int] | None) -> np.ndarray:
+    """Pixels to polygonize: valid, and of a kept class (all classes when ``keep`` is None)."""
+    if keep is None:
+        return valid
+    if classes.dtype.kind == "u" and classes.dtype.itemsize <= 2:  # a lookup table beats np.isin
+        table = np.zeros(np.iinfo(classes.dtype).max + 1, dtype=bool)
+        wanted = np.asarray(keep, dtype=np.int64)
+        table[wanted[(wanted >= 0) & (wanted < len(table))]] = True
+        return valid & table[classes]
+    return valid & np.isin(classes, np.asarray(keep, dtype=np.int64))
+
+
+def sieve_classes(classes: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
+    """Groups of fewer than ``size`` 4-connected pixels take the class of their largest neighbour (GDAL's
+    sieve filter); nodata pixels are neither removed nor grown into."""
+    if size <= 1:
+        return classes
+    work = classes if classes.dtype.name in _SHAPES_DTYPES else classes.astype(np.int32)
+    return rasterio.features.sieve(work, size, mask=valid, connectivity=4).astype(classes.dtype, copy=False)
+
+
+def polygonize_core(classes: np.ndarray, keep: np.ndarray, core: PixelWindow, scene: PixelWindow, *,
+                    proba: np.ndarray | None = None, max_polygons: int | None = None) -> CorePieces:
+    """Polygonize the ``(rows, cols)`` ``classes`` of ``core`` where ``keep`` is true.
+
+    ``proba`` is the probability of each pixel's own class, ``(rows, cols)`` float, NaN where unknown.
+    ``scene`` is the whole raster's window: edges of the core that are raster edges are not tile borders.
+    Raises :class:`PolygonLimitError` as soon as the core yields more than ``max_polygons`` polygons.
+
+    Without probabilities, GDAL polygonizes the classes directly and everything else comes from the
+    geometry (pixel counts are areas, edge owners are the boundary runs on the core's edges). With them,
+    the groups are numbered first (:func:`label_groups`) so that each pixel's polygon is known for the
+    statistics; both give the same polygons.
+    """
+    if proba is None:
+        geometry, cls = _polygonize_classes(classes, keep, core, max_polygons)
+        n = len(cls)
+        strips = _edge_owners(geometry, core)
+        proba_sum, proba_count, proba_max = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+    else:
+        labels, cls = label_groups(classes, keep)
+        n = len(cls)
+        _check_limit(n, max_polygons, core)
+        geometry = _polygonize_labels(labels, core, n)
+        flat = labels.ravel()
+        p = proba.ravel().astype(np.float64, copy=False)
+        has = np.isfinite(p) & (flat > 0)
+        proba_sum = np.bincount(flat[has], weights=p[has], minlength=n + 1)[1:]
+        proba_count = np.bincount(flat[has], minlength=n + 1)[1:].astype(np.int64)
+        top = np.full(n + 1, -np.inf)
+        np.maximum.at(top, flat[has], p[has])
+        proba_max = np.where(proba_count > 0, top[1:], np.nan)
+        strips = {"top": labels[0, :] - 1, "bottom": labels[-1, :] - 1, "left": labels[:, 0] - 1,
+                  "right": labels[:, -1] - 1}
+    # vertices are integer pixel corners: the area in pixel units is the exact pixel count
+    pixels = np.rint(shapely.area(geometry)).astype(np.int64) if n else np.empty(0, dtype=np.int64)
+    key_row, key_col = _first_pixels(geometry)
+    touches = np.zeros(n, dtype=np.uint8)
+    internal = {
+        "top": (TOP, core.row_off > scene.row_off), "bottom": (BOTTOM, core.row_end < scene.row_end),
+        "left": (LEFT, core.col_off > scene.col_off), "right": (RIGHT, core.col_end < scene.col_end),
+    }
+    for name, (bit, is_internal) in internal.items():
+        if is_internal:
+            hit = np.unique(strips[name])
+            touches[hit[hit >= 0]] |= bit
+    pieces = Pieces(geometry, cls, pixels, proba_sum, proba_count, proba_max, key_row, key_col, touches)
+    return CorePieces(core, pieces, **{k: v.astype(np.int64) for k, v in strips.items()})
+
+
+def _check_limit(n: int, max_polygons: int | None, core: PixelWindow) -> None:
+    if max_polygons is not None and n > max_polygons:
+        raise PolygonLimitError(
+            f"tile at rows {core.row_off}-{core.row_end}, columns {core.col_off}-{core.col_end}: more than "
+            f"{max_polygons:,} polygons; remove speckle first with --sieve N (pixels) or raise --max-polygons"
+        )
+
+
+def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the 4-connected groups of equal kept pixels 1..n (0 elsewhere); also the class of each group.
+
+    This is the grouping GDAL's polygonizer makes with 4-connectivity, so group i becomes polygon i.
+    """
+    labels = np.zeros(classes.shape, dtype=np.int32)
+    cls_of: list[np.ndarray] = []
+    offset = 0
+    mask = np.empty(classes.shape, dtype=bool)
+    for value in _present(classes, keep):
+        np.equal(classes, value, out=mask)
+        mask &= keep
+        group, count = ndimage.label(mask, structure=_FOUR)
+        if offset:
+            np.add(group, offset, out=group, where=mask)  # groups of earlier classes keep 1..offset
+        labels += group  # classes are disjoint: each pixel is written by one class only
+        cls_of.append(np.full(count, value, dtype=np.int64))
+        offset += count
+    return labels, (np.concatenate(cls_of) if cls_of else np.empty(0, dtype=np.int64))
+
+
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
+def _present(classes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The class values among kept pixels, ascending."""
+    if classes.dtype.kind == "u" and classes.dtype.itemsize <= 2:
+        return np.flatnonzero(np.bincount(classes.ravel(), weights=keep.ravel(), minlength=1))
+    return np.unique(classes[keep])
+
+
+def _polygonize_classes(classes: np.ndarray, keep: np.ndarray, core: PixelWindow,
+                        max_polygons: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons and class values straight from GDAL, counted as they come (stops past the limit)."""
+    work = classes if classes.dtype.name in _SHAPES_DTYPES else classes.astype(np.int32)
+    to_scene = Affine.translation(core.col_off, core.row_off)
+    shapes = []
+    for item in rasterio.features.shapes(work, mask=keep, connectivity=4, transform=to_scene):
+        shapes.append(item)
+        if max_polygons is not None and len(shapes) > max_polygons:
+            _check_limit(len(shapes), max_polygons, core)
+    values = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64)
+    return _build_polygons(shapes), values
+
+
+def _polygonize_labels(labels: np.ndarray, core: PixelWindow, n: int) -> np.ndarray:
+    """Polygon i (0-based) of group i + 1, in scene pixel coordinates."""
+    geometry = np.empty(n, dtype=object)
+    if n == 0:
+        return geometry
+    # Pixel coordinates of the whole scene: a core's polygons line up with its neighbours' exactly.
+    to_scene = Affine.translation(core.col_off, core.row_off)
+    shapes = list(rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=to_scene))
+    order = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64) - 1
+    if len(order) != n or len(np.unique(order)) != n:
+        raise AssertionError(f"polygonizer returned {len(order)} polygons for {n} pixel groups")
+    geometry[order] = _build_polygons(shapes)
+    return geometry
+
+
+def _build_polygons(shapes: list[tuple[dict, float]]) -> np.ndarray:
+    """Shapely polygons from GDAL's GeoJSON-like rings, built in bulk (one ragged array, no per-ring objects)."""
+    if not shapes:
+        return np.empty(0, dtype=object)
+    rings = [ring for geojson, _ in shapes for ring in geojson["coordinates"]]
+    rings_per_polygon = np.fromiter((len(g["coordinates"]) for g, _ in shapes), np.int64, len(shapes))
+    ring_lengths = np.fromiter((len(r) for r in rings), np.int64, len(rings))
+    total = int(ring_lengths.sum())
+    xy = np.fromiter(chain.from_iterable(chain.from_iterable(rings)), np.float64, 2 * total).reshape(-1, 2)
+    offsets = (np.concatenate([[0], np.cumsum(ring_lengths)]), np.concatenate([[0], np.cumsum(rings_per_polygon)]))
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
+
+
+def _edge_owners(geometry: np.ndarray, core: PixelWindow) -> dict[str, np.ndarray]:
+    """For each pixel along the core's four edges, the index of the polygon covering it (-1: none).
+
+    A polygon covers the edge pixels under each of its boundary segments that lies on that edge line
+    (vertices are pixel corners, so such a segment spans whole pixels, and only the exterior of a polygon
+    inside the core can lie on the core's edge).
+    """
+    strips = {"top": np.full(core.width, -1), "bottom": np.full(core.width, -1),
+              "left": np.full(core.height, -1), "right": np.full(core.height, -1)}
+    if len(geometry) == 0:
+        return strips
+    xy, ring = shapely.get_coordinates(shapely.get_exterior_ring(geometry), return_index=True)
+    same = ring[1:] == ring[:-1]  # consecutive vertices of one ring form a segment
+    x0, y0, x1, y1 = xy[:-1, 0][same], xy[:-1, 1][same], xy[1:, 0][same], xy[1:, 1][same]
+    owner = ring[:-1][same]
+    lines = {"top": (y0, y1, core.row_off, x0, x1, core.col_off), "bottom": (y0, y1, core.row_end, x0, x1, core.col_off),
+             "left": (x0, x1, core.col_off, y0, y1, core.row_off), "right": (x0, x1, core.col_end, y0, y1, core.row_off)}
+    for name, (a0, a1, at, b0, b1, origin) in lines.items():
+        on = (a0 == at) & (a1 == at)
+        start = np.minimum(b0[on], b1[on]).astype(np.int64) - origin
+        stop = np.maximum(b0[on], b1[on]).astype(np.int64) - origin
+        strip = strips[name]
+        for lo, hi, who in zip(start.tolist(), stop.tolist(), owner[on].tolist()):
+            strip[lo:hi] = who
+    return strips
+
+
+def _first_pixels(geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scene row and column of each polygon's first pixel in raster order (top row, then leftmost; unique
+    per class): the top-left corner of that pixel is the exterior vertex with the smallest y, then x."""
+    if len(geometry) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    xy, index = shapely.get_coordinates(shapely.get_exterior_ring(geometry), return_index=True)
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])  # rings are contiguous, in polygon order
+    top = np.minimum.reduceat(xy[:, 1], starts)
+    x_on_top = np.where(xy[:, 1] == top[index], xy[:, 0], np.inf)
+    left = np.minimum.reduceat(x_on_top, starts)
+    return np.rint(top).astype(np.int64), np.rint(left).astype(np.int64)
+
+
+# --- I/O edge: what each Dask task reads (every worker opens the files itself) -------------------------
+
+
+def read_class_window(path: str, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+    """Band 1 of a class raster over ``window``, and its valid mask (nodata and internal masks honoured)."""
+    rio_window = Window(window.col_off, window.row_off, window.width, window.height)
+    try:
+        with rasterio.open(path) as src:
+            classes = src.read(1, window=rio_window)
+            valid = src.read_masks(1, window=rio_window) > 0
+    except RasterioIOError as err:
+        raise SceneReadError(
+            f"classes {Path(path).name}: pixels at rows {window.row_off}-{window.row_end}, columns "
+            f"{window.col_off}-{window.col_end} cannot be read; the file looks truncated or corrupt"
+        ) from err
+    return classes, valid
+
+
+def read_proba_window(path: str, window: PixelWindow) -> np.ndarray:
+    """Probabilities ``(classes, rows, cols)`` float32 in [0, 1] over ``window``, NaN where nodata; band
+    scales and offsets (uint8 ``p * 254`` storage) are applied."""
+    rio_window = Window(window.col_off, window.row_off, window.width, window.height)
+    try:
+        with rasterio.open(path) as src:
+            data = src.read(window=rio_window, masked=True)
+            scales = np.asarray(src.scales, dtype=np.float32)[:, None, None]
+            offsets = np.asarray(src.offsets, dtype=np.float32)[:, None, None]
+    except RasterioIOError as err:
+        raise SceneReadError(
+            f"probabilities {Path(path).name}: pixels at rows {window.row_off}-{window.row_end} cannot be read; "
+            f"the file looks truncated or corrupt"
+        ) from err
+    proba = data.filled(np.nan).astype(np.float32) if data.dtype.kind == "f" else \
+        np.where(np.ma.getmaskarray(data), np.nan, data.data.astype(np.float32))
+    return proba * scales + offsets
+
+
+def own_class_proba(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The probability each pixel's own class has, ``(rows, cols)``: band ``c`` for class value ``c``
+    (NaN for values without a band)."""
+    k = proba.shape[0]
+    inside = (classes >= 0) & (classes < k)
+    picked = np.take_along_axis(proba, np.where(inside, classes, 0).astype(np.intp)[None], axis=0)[0]
+    return np.where(inside, picked, np.nan)

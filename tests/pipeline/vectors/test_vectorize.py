@@ -1,0 +1,179 @@
+"""Per-tile polygonizing and seam merging against GDAL's polygonizer on the whole raster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from pipeline.vectors.merge import SeamMerger, split_border
+from pipeline.vectors.vectorize import (PolygonLimitError, Pieces, keep_mask, own_class_proba, polygonize_core,
+                                sieve_classes)
+from tests.conftest import shared, textured
+from tests.vector_reference import assert_same_polygons, whole_raster_polygons
+from tiles.grid import TileGrid
+
+RONDONIA = "labeled/deforestation_rondonia_s2_20LLQ/SENTINEL-2_MSI_20LLQ_2020-06-04_2021-08-26_probs_v0.tif"
+BURN_SCAR = "labeled/burn_scar_hls/subsetted_512x512_HLS.S30.T10TGS.2018285.v1.4.mask.tif"
+
+
+def vectorize_tiled(classes: np.ndarray, valid: np.ndarray, tile_size: int, proba: np.ndarray | None = None,
+                    keep: tuple[int, ...] | None = None) -> tuple[Pieces, int]:
+    """The pipeline's stages run in-process tile by tile; also the most border pieces ever held."""
+    grid = TileGrid(classes.shape[0], classes.shape[1], tile_size, 0)
+    merger = SeamMerger(grid)
+    out, held = [], 0
+    for tile in grid:
+        rows, cols = tile.core_window.relative_to(grid.bounds)
+        c, v = classes[rows, cols], valid[rows, cols]
+        p = None if proba is None else proba[rows, cols]
+        interior, border = split_border(polygonize_core(c, keep_mask(c, v, keep), tile.core_window, grid.bounds,
+                                                        proba=p))
+        out.append(interior)
+        out.append(merger.add(tile, border))
+        held = max(held, merger.held)
+    assert merger.held == 0
+    return Pieces.concat(out), held
+
+
+def blobs(shape: tuple[int, int], classes: int, seed: int, noise: float = 0.03) -> np.ndarray:
+    """Smooth class patches (crossing many tile borders) sprinkled with single-pixel speckle."""
+    rng = np.random.default_rng(seed)
+    field = textured(shape, seed, scale=0.5)
+    out = np.minimum((field * classes).astype(np.uint8), classes - 1)
+    speckle = rng.random(shape) < noise
+    out[speckle] = rng.integers(0, classes, speckle.sum())
+    return out
+
+
+@pytest.mark.parametrize("with_proba", [False, True], ids=["geometry-path", "label-path"])
+@pytest.mark.parametrize("tile_size", [16, 37, 64, 500])
+def test_generated_raster_matches_whole_raster_polygonizer(tile_size: int, with_proba: bool) -> None:
+    classes = blobs((210, 333), 4, seed=3)
+    valid = np.random.default_rng(4).random(classes.shape) > 0.02  # scattered nodata holes
+    valid[50:80, 100:140] = False
+    proba = np.random.default_rng(5).random(classes.shape) if with_proba else None
+    ours, _ = vectorize_tiled(classes, valid, tile_size, proba=proba)
+    ref, ref_cls = whole_raster_polygons(classes, valid)
+    assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
+    assert np.array_equal(ours.pixels, shapely.area(ours.geometry).astype(np.int64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tile_size", [64, 100, 256])
+def test_rondonia_class_map_matches_whole_raster(tile_size: int) -> None:
+    with rasterio.open(shared(RONDONIA)) as src:
+        classes = np.argmax(src.read(), axis=0).astype(np.uint8)
+    valid = np.ones(classes.shape, dtype=bool)
+    ours, _ = vectorize_tiled(classes, valid, tile_size)
+    ref, ref_cls = whole_raster_polygons(classes, valid)
+    assert len(ref) > 1000  # a real, fragmented map
+    assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
+
+
+@pytest.mark.parametrize("tile_size", [50, 128, 200])
+def test_burn_scar_mask_with_missing_values_matches_whole_raster(tile_size: int) -> None:
+    with rasterio.open(shared(BURN_SCAR)) as src:
+        mask = src.read(1)
+    valid = mask != -1
+    ours, _ = vectorize_tiled(mask, valid, tile_size)
+    ref, ref_cls = whole_raster_polygons(mask, valid)
+    assert set(ref_cls.tolist()) == {0, 1}
+    assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
+    only_scars, _ = vectorize_tiled(mask, valid, tile_size, keep=(1,))
+    assert_same_polygons(only_scars.geometry, only_scars.cls, ref[ref_cls == 1], ref_cls[ref_cls == 1])
+
+
+def test_object_over_three_by_three_tiles_is_one_polygon() -> None:
+    classes = np.zeros((90, 90), dtype=np.uint8)
+    classes[5:85, 5:85] = 1  # spans all 9 tiles of 30 px
+    ours, _ = vectorize_tiled(classes, np.ones_like(classes, dtype=bool), 30, keep=(1,))
+    assert len(ours) == 1
+    assert ours.geometry[0].equals(shapely.box(5, 5, 85, 85))
+    assert ours.pixels[0] == 80 * 80
+
+
+def test_ring_across_tile_corner_keeps_its_hole() -> None:
+    classes = np.zeros((60, 60), dtype=np.uint8)
+    classes[20:40, 20:40] = 1
+    classes[25:35, 25:35] = 0  # the hole straddles the corner shared by four 30-px tiles
+    ours, _ = vectorize_tiled(classes, np.ones_like(classes, dtype=bool), 30)
+    ring = ours.geometry[ours.cls == 1]
+    assert len(ring) == 1 and len(ring[0].interiors) == 1
+    assert ring[0].equals(shapely.box(20, 20, 40, 40).difference(shapely.box(25, 25, 35, 35)))
+    assert len(ours.geometry[ours.cls == 0]) == 2  # the outside and the hole's filling
+
+
+def test_pieces_meeting_only_at_a_tile_corner_stay_apart() -> None:
+    classes = np.zeros((40, 40), dtype=np.uint8)
+    classes[10:20, 10:20] = 1
+    classes[20:30, 20:30] = 1  # touches the first square at the tile corner (20, 20) only
+    ours, _ = vectorize_tiled(classes, np.ones_like(classes, dtype=bool), 20, keep=(1,))
+    ref, ref_cls = whole_raster_polygons(classes, classes == 1)
+    assert len(ours) == len(ref) == 2
+    assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
+
+
+def discs(shape: tuple[int, int], count: int, seed: int, max_radius: int = 30) -> np.ndarray:
+    """Background 0 with ``count`` random discs of class 1 or 2 (bounded objects, many crossing borders)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    out = np.zeros(shape, dtype=np.uint8)
+    for r, c, radius, value in zip(rng.integers(0, shape[0], count), rng.integers(0, shape[1], count),
+                                   rng.integers(3, max_radius, count), rng.integers(1, 3, count)):
+        out[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = value
+    return out
+
+
+@pytest.mark.slow
+def test_merge_memory_does_not_grow_with_raster_height() -> None:
+    short, tall = discs((200, 400), 60, seed=8), discs((800, 400), 240, seed=9)  # same density, 4x the rows
+    _, held_short = vectorize_tiled(short, np.ones(short.shape, dtype=bool), 40, keep=(1, 2))
+    ours, held_tall = vectorize_tiled(tall, np.ones(tall.shape, dtype=bool), 40, keep=(1, 2))
+    assert 0 < held_tall <= 2 * held_short
+    ref, ref_cls = whole_raster_polygons(tall, tall > 0)
+    assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
+
+
+def test_pixel_statistics_match_direct_computation() -> None:
+    rng = np.random.default_rng(5)
+    classes = blobs((120, 150), 3, seed=5)
+    proba = rng.random((3, 120, 150)).astype(np.float32)
+    proba[:, :10, :10] = np.nan  # probabilities unknown there
+    own = own_class_proba(proba, classes)
+    ours, _ = vectorize_tiled(classes, np.ones(classes.shape, dtype=bool), 32, proba=own)
+    # independent: burn each polygon with GDAL and average the probabilities under it
+    for i in rng.choice(len(ours), size=25, replace=False):
+        inside = rasterio.features.geometry_mask([ours.geometry[i]], classes.shape,
+                                                 rasterio.Affine.identity(), invert=True)
+        values = proba[ours.cls[i]][inside]
+        assert ours.pixels[i] == inside.sum()
+        known = values[np.isfinite(values)]
+        assert ours.proba_count[i] == len(known)
+        if len(known):
+            assert ours.proba_sum[i] == pytest.approx(known.sum(), rel=1e-6)
+            assert ours.proba_max[i] == pytest.approx(known.max())
+        else:
+            assert np.isnan(ours.proba_max[i])
+        rows, cols = np.nonzero(inside)
+        first = np.lexsort((cols, rows))[0]
+        assert (ours.key_row[i], ours.key_col[i]) == (rows[first], cols[first])
+
+
+def test_noisy_tile_hits_the_polygon_limit_before_building_geometry() -> None:
+    noisy = (np.random.default_rng(0).random((200, 200)) < 0.5).astype(np.uint8)
+    grid = TileGrid(200, 200, 200, 0)
+    with pytest.raises(PolygonLimitError, match="--sieve"):
+        polygonize_core(noisy, np.ones_like(noisy, dtype=bool), grid.tile(0, 0).core_window, grid.bounds,
+                        max_polygons=1000)
+
+
+def test_sieve_removes_groups_below_the_threshold() -> None:
+    classes = blobs((100, 100), 3, seed=2, noise=0.05)
+    valid = np.ones(classes.shape, dtype=bool)
+    sieved = sieve_classes(classes, valid, 10)
+    ours, _ = vectorize_tiled(sieved, valid, 25)
+    assert ours.pixels.min() >= 10
+    assert ours.pixels.sum() == classes.size
+    assert len(ours) < len(whole_raster_polygons(classes, valid)[0])
