@@ -7,16 +7,32 @@ left as None take the model's own preference (tile size, halo) or a documented d
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from pipeline.errors import ConfigError
+from pipeline.vocab import VECTOR_FORMAT_ALIASES, BlendMethod, Precision, ProbaDtype, VectorFormat
 
-__all__ = ["FrozenConfig", "PredictConfig", "DEFAULT_MAX_PIXELS", "load_config_error", "VectorizeConfig", "DEFAULT_MAX_POLYGONS",
-           "parse_area"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_POLYGONS",
+    "Area",
+    "ChangeConfig",
+    "ChangeOptions",
+    "EvaluateConfig",
+    "FrozenConfig",
+    "PredictConfig",
+    "TimelineConfig",
+    "TimelineOptions",
+    "VectorFormats",
+    "VectorOptions",
+    "VectorizeConfig",
+    "load_config_error",
+    "parse_area",
+    "split_list",
+]
 
 DEFAULT_MAX_PIXELS = 50_000 * 50_000
 
@@ -43,11 +59,11 @@ class PredictConfig(FrozenConfig):
     tile_size: int | None = Field(None, gt=0, description="core tile size in px; default: the model's")
     halo: int | None = Field(None, ge=0, description="context read around each core, px; default: the model's")
     overlap: int | None = Field(None, ge=0, description="blend ramp half-width, px, at most the halo; default halo/2")
-    blend: Literal["cosine", "linear", "none"] = "cosine"
+    blend: BlendMethod = "cosine"
     align_to_blocks: bool = True
     batch_size: int = Field(1, gt=0, description="tiles per model call; 1 was fastest on CPU and, with the default workers, on a GPU")
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
-    proba_dtype: Literal["uint8", "float32"] = "uint8"
+    precision: Precision = "auto"
+    proba_dtype: ProbaDtype = "uint8"
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     assume_crs: str | None = None
     workers: int | None = Field(None, gt=0, description="local worker processes; default: one per core")
@@ -80,20 +96,127 @@ def parse_area(value: str | float | int) -> float:
     return float(match.group(1)) * _AREA_UNITS[match.group(2)]
 
 
-class VectorizeConfig(FrozenConfig):
-    """Everything that shapes turning one class raster into polygon layers."""
+def _area(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        try:
+            return parse_area(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+    return value
 
-    formats: tuple[Literal["gpkg", "parquet", "fgb", "geojson"], ...] = Field(("gpkg",), min_length=1)
-    min_area: float = Field(0.0, ge=0, description="drop polygons smaller than this, m²")
+
+def split_list(value: Any) -> Any:
+    """``"a,b"`` -> ``("a", "b")`` (blanks dropped); sequences and None pass through."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _formats(value: Any) -> Any:
+    """``"gpkg, GeoParquet"`` -> ``("gpkg", "parquet")``: names or aliases, any case, a leading dot allowed."""
+    value = split_list(value)
+    if isinstance(value, (list, tuple)):
+        names = (str(v).strip().lower().lstrip(".") for v in value)
+        return tuple(VECTOR_FORMAT_ALIASES.get(n, n) for n in names if n)
+    return value
+
+
+VectorFormats = Annotated[tuple[VectorFormat, ...], BeforeValidator(_formats), Field(min_length=1)]
+"""Polygon layer formats, distinct, in the order given; also ``"gpkg,parquet"``."""
+
+Area = Annotated[float, BeforeValidator(_area), Field(ge=0)]
+"""An area in m²; configs also take ``"0.5ha"``, ``"5000m2"``, ``"1km2"``."""
+
+
+class VectorOptions(FrozenConfig):
+    """What shapes a polygon layer's content: the part of :class:`VectorizeConfig` a batch job's
+    ``products.vectors.options`` sets."""
+
+    min_area: Area = Field(0.0, description="drop polygons smaller than this, m² (or '0.5ha')")
     sieve: int = Field(0, ge=0, description="merge pixel groups smaller than this many pixels into a neighbour")
     simplify: float = Field(0.0, ge=0, description="topology-preserving simplification tolerance, metres")
-    classes: tuple[str, ...] | None = Field(None, description="class names or values to keep; default all")
+    classes: Annotated[tuple[str, ...] | None, BeforeValidator(split_list)] = Field(
+        None, description="class names or values to keep; default all")
     tile_size: int = Field(1024, gt=0, description="core tile size in px")
     max_polygons: int = Field(DEFAULT_MAX_POLYGONS, gt=0, description="refuse layers with more polygons")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_as_text(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v) for v in value)
+        return value
+
+
+class VectorizeConfig(VectorOptions):
+    """Everything that shapes turning one class raster into polygon layers."""
+
+    formats: VectorFormats = ("gpkg",)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
+    assume_crs: str | None = Field(None, description="CRS for a raster that has none, e.g. EPSG:32618")
     workers: int | None = Field(None, gt=0)
     scheduler: str | None = None
     max_tiles_in_flight: int | None = Field(None, gt=0, description="default: 4 tiles per worker")
+
+    @field_validator("formats")
+    @classmethod
+    def _distinct_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
+
+
+class _ChangeProducts(FrozenConfig):
+    """Settings of a change product other than how each date is classified: shared by pairs and timelines."""
+
+    grid: str | None = Field(None, description="grid the dates are compared on: 'first' (default) or a raster path")
+    date_pattern: str | None = Field(None, description="regular expression with a named group year (month, day)")
+    window_size: int = Field(1024, gt=0, description="window of the common grid processed at once, px")
+    polygons: bool = Field(True, description="also write the change polygons")
+    min_area: Area = Field(0.0, description="drop change polygons smaller than this, m² (or '0.5ha')")
+    sieve: int = Field(0, ge=0, description="merge change patches smaller than this many pixels into a neighbour")
+
+
+class ChangeOptions(_ChangeProducts):
+    """What a batch job's ``products.change.options`` sets."""
+
+    quicklook: bool = Field(True, description="also write a before / after / change PNG")
+
+
+class ChangeConfig(ChangeOptions):
+    """Everything that shapes comparing two dates, apart from the scenes and the model.
+
+    ``predict`` is how each date is classified (band map, tiling, precision, the cluster)."""
+
+    predict: PredictConfig = PredictConfig()
+    name: str | None = Field(None, description="product name [default: <before>__<after>]")
+
+
+class TimelineOptions(_ChangeProducts):
+    """What a batch job's ``products.timeline.options`` sets."""
+
+    watch: Annotated[tuple[str, ...] | None, BeforeValidator(split_list)] = Field(
+        None, description="transitions that raise alerts, 'vegetation->other' [default: any change of class]")
+    confirm: int = Field(2, ge=1, description="observations that confirm an alert")
+    plot: bool = Field(True, description="also write the area-over-time plot")
+
+
+class TimelineConfig(TimelineOptions):
+    """Everything that shapes following a dated stack, apart from the scenes and the model."""
+
+    predict: PredictConfig = PredictConfig()
+    name: str = Field("timeline", min_length=1, description="product name")
+
+
+class EvaluateConfig(FrozenConfig):
+    """How a prediction is scored against labels, apart from the scene, the model and the labels."""
+
+    predict: PredictConfig = PredictConfig()
+    label_attribute: str | None = Field(None, description="attribute of vector labels holding the class")
+    region: tuple[int, int, int, int] | None = Field(
+        None, description="row_off, col_off, height, width of the window scored [default: the whole scene]")
+    object_classes: Annotated[tuple[str, ...] | None, BeforeValidator(split_list)] = Field(
+        None, description="classes scored as objects [default: every class but the first for vector labels]")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU at which a predicted object matches a label")
+    min_object_pixels: int = Field(0, ge=0, description="ignore predicted objects smaller than this")
 
 
 def load_config_error(err: ValidationError, where: str) -> ConfigError:
@@ -101,5 +224,5 @@ def load_config_error(err: ValidationError, where: str) -> ConfigError:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
-        parts.append(f"{key}: {e['msg']}")
+        parts.append(f"{key}: {e['msg'].removeprefix('Value error, ')}")
     return ConfigError(f"{where}: " + "; ".join(parts))

@@ -28,14 +28,12 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
-import importlib
-import inspect
 import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -45,12 +43,13 @@ from distributed import Client
 from distributed.scheduler import KilledWorker
 
 from pipeline.atomic import TEMP_MARKER
-from pipeline.config import PredictConfig
+from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
 from pipeline.errors import ConfigError, ModelError, ScenewatchError
 from pipeline.models.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, threads_per_model
-from workflows.job import EXECUTION_FIELDS, Job, SceneInput, discover_scenes, load_job
+from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
+from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
 from workflows.scene import plan_scene, predict_scene
@@ -76,20 +75,6 @@ EXIT_ERROR = 1  # the run stopped: an unexpected error (a bug) or the output fol
 EXIT_JOB_INVALID = ConfigError.exit_code  # 2: the job file (or an option) is invalid; nothing was run
 EXIT_SOME_FAILED = 3  # the run finished, but at least one scene or product failed (see the manifest)
 EXIT_LOCKED = JobLockedError.exit_code  # 4: another run of the job holds the output folder; nothing was run
-
-# Products that other modules provide: (module, function). A job asking for one that this build lacks is
-# refused before anything runs. Adding a product is one line here plus its unit builder below.
-_PRODUCT_FUNCTIONS: dict[str, tuple[str, str]] = {
-    "vectors": ("workflows.vectorize", "vectorize_scene"),
-    "change": ("workflows.change", "detect_change"),
-    "timeline": ("workflows.change", "run_timeline"),
-}
-
-_COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-_MEDIA = {".gpkg": "application/geopackage+sqlite3", ".parquet": "application/vnd.apache.parquet",
-          ".geojson": "application/geo+json", ".fgb": "application/vnd.flatgeobuf", ".shp": "application/x-shapefile",
-          ".tif": "image/tiff; application=geotiff"}
-
 
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
@@ -176,7 +161,6 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     from tqdm import tqdm
 
     job = load_job(job_path, out)
-    _check_products(job)
     scenes = discover_scenes(job)
     config = job.spec.predict_config()
     ref = _model_ref(job, config)
@@ -279,8 +263,13 @@ def _scene_params(job: Job, config: PredictConfig) -> str:
     products = job.spec.products
     return json.dumps({"tiling": tiling, "naming": job.spec.outputs.naming,
                        "segmentation": products.segmentation.model_dump(mode="json"),
-                       "vectors": products.vectors.model_dump(mode="json") if products.vectors else None},
+                       "vectors": _vectors_params(products.vectors) if products.vectors else None},
                       sort_keys=True)
+
+
+def _vectors_params(spec: VectorsSpec) -> dict[str, Any]:
+    # only the options the job sets: a job's fingerprint does not change when a default is added
+    return {"formats": list(spec.formats), "options": spec.options.model_dump(mode="json", exclude_unset=True)}
 
 
 def _fingerprint(*parts: str) -> str:
@@ -319,12 +308,12 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
         try:
             stage = "plan"
             manifest.set_stage(job.name, scene.scene_id, stage)
-            plan_scene(scene.path, ctx.ref, ctx.config, scene_id=base)
+            dask = ctx.dask.get()
+            plan = plan_scene(scene.path, _with_threads(ctx, dask), ctx.config, scene_id=base,
+                              tags=_date_tags(scene))
             stage = "predict"
             manifest.set_stage(job.name, scene.scene_id, stage)
-            dask = ctx.dask.get()
-            result = predict_scene(scene.path, _with_threads(ctx, dask), folder, config=ctx.config,
-                                   client=dask, progress=False, scene_id=base, tags=_date_tags(scene))
+            result = predict_scene(plan, folder, client=dask, progress=False)
             paths = [result.classes_path]
             if job.spec.products.segmentation.proba:
                 paths.append(result.proba_path)
@@ -395,7 +384,7 @@ def _when(scene: SceneInput) -> dict[str, Any]:
 def _date_tags(scene: SceneInput) -> dict[str, str]:
     """``SCENEWATCH_DATE``: the acquisition day (the first day of a year-long composite), so that change and
     timeline products, and any GIS user, can date a classes raster without its input beside it."""
-    return {"SCENEWATCH_DATE": scene.when.start.date().isoformat()} if scene.when else {}
+    return {Tag.DATE: scene.when.start.date().isoformat()} if scene.when else {}
 
 
 def _product_name(job: Job, scene: SceneInput) -> str:
@@ -415,63 +404,19 @@ def _bbox_4326(path: Path) -> list[float]:
 # ------------------------------------------------------------------------------------ products plug-ins
 
 
-def _product_function(kind: str) -> Callable[..., Any] | None:
-    module_name, attr = _PRODUCT_FUNCTIONS[kind]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            return None
-        raise
-    return getattr(module, attr, None)
+def _vectorize(ctx: _Context, scene: SceneInput, classes: Path, proba: Path | None, folder: Path) -> list[Path]:
+    from workflows.vectorize import vectorize_scene
 
-
-def _check_products(job: Job) -> None:
-    products = job.spec.products
-    for kind in ("vectors", "change", "timeline"):
-        if getattr(products, kind) is not None and _product_function(kind) is None:
-            module, attr = _PRODUCT_FUNCTIONS[kind]
-            raise ConfigError(f"job {job.path.name}: products.{kind} needs {module}.{attr}, which this scenewatch "
-                              f"does not have yet; remove products.{kind} from the job or update scenewatch")
-
-
-def _call(func: Callable[..., Any], *args: Any, options: Mapping[str, Any], **offered: Any) -> Any:
-    """Call a product function with the job's ``options`` and those ``offered`` keywords it accepts."""
-    params = inspect.signature(func).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    extra = {k: v for k, v in offered.items() if takes_any or k in params}
-    return func(*args, **{**extra, **options})  # the job's options win
-
-
-def _paths_from(result: Any) -> list[Path]:
-    """Output files from a product function's return value: a path, paths, a mapping of them, or an
-    object with ``paths``/``outputs``."""
-    if result is None:
-        return []
-    if isinstance(result, (str, os.PathLike)):
-        return [Path(result)]
-    if isinstance(result, Mapping):
-        return [p for v in result.values() for p in _paths_from(v)]
-    for attr in ("paths", "outputs"):
-        if hasattr(result, attr):
-            return _paths_from(getattr(result, attr))
-    if isinstance(result, Iterable):
-        return [p for v in result for p in _paths_from(v)]
-    return []
-
-
-def _vectorize(ctx: _Context, scene: SceneInput, classes_path: Path, proba_path: Path | None,
-               folder: Path) -> list[Path]:
     spec = ctx.job.spec.products.vectors
-    func = _product_function("vectors")
-    assert spec is not None and func is not None
-    result = _call(func, classes_path, folder, options=spec.options, formats=list(spec.formats),
-                   proba_path=proba_path, client=ctx.dask.get(), progress=False,
-                   scene_id=classes_path.name.removesuffix(".classes.tif"),
-                   acquired=scene.when.start.date() if scene.when and scene.when.instant else None)
-    paths = [p for p in _paths_from(result) if p.is_file()]
+    assert spec is not None
+    config = VectorizeConfig(**dict(spec.options), formats=spec.formats, max_pixels=ctx.config.max_pixels,
+                             assume_crs=ctx.config.assume_crs)
+    result = vectorize_scene(classes, folder, config, proba_path=proba, scene_id=name_of(classes),
+                             acquired=scene.when.start.date() if scene.when and scene.when.instant else None,
+                             client=ctx.dask.get(), progress=False)
+    paths = [p for p in result.paths.values() if p.is_file()]
     if not paths:
-        raise ScenewatchError(f"scene {classes_path.name}: the vectorizer wrote no file")
+        raise ScenewatchError(f"scene {classes.name}: the vectorizer wrote no file")
     return paths
 
 
@@ -482,7 +427,7 @@ class _Unit:
     item_id: str
     kind: str
     members: tuple[SceneInput, ...]
-    options: Mapping[str, Any]
+    options: ChangeOptions | TimelineOptions
     model: str | None = None  # another model for this product (dnbr, dndvi...); None: the job's
 
 
@@ -510,7 +455,7 @@ def _member_input(ctx: _Context, unit: _Unit, scene: SceneInput) -> str:
     record = ctx.manifest.get(ctx.job.name, scene.scene_id)
     if unit.model is None and record is not None and record.status == "done":
         for output in record.outputs:
-            if output.path.endswith(".classes.tif"):
+            if is_classes_path(output.path):
                 return str(ctx.job.out_dir / output.path)
     return scene.path
 
@@ -535,27 +480,27 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
                        f"{unit.kind} {unit.item_id}: input scene {', '.join(missing)} failed; see its own record",
                        started, 0)
     fingerprint = _fingerprint(*members, unit.model or "",
-                               json.dumps(unit.options, sort_keys=True, default=str))
+                               json.dumps(unit.options.model_dump(mode="json", exclude_unset=True), sort_keys=True))
     previous = manifest.get(job.name, unit.item_id)
     if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
         return ItemOutcome(unit.item_id, unit.kind, "skipped", "done", time.perf_counter() - started)
     manifest.begin(job.name, unit.item_id, unit.kind, source, fingerprint, ctx.run_id, {})
     folder = job.out_dir / unit.kind / unit.item_id
-    func = _product_function(unit.kind)
-    assert func is not None
     try:
         manifest.set_stage(job.name, unit.item_id, unit.kind)
+        from workflows.change import detect_change, run_timeline
+
         paths = [_member_input(ctx, unit, m) for m in unit.members]
-        args = (paths[0], paths[1]) if unit.kind == "change" else (paths,)
         dask = ctx.dask.get()
         model: ModelRef | str = unit.model or _with_threads(ctx, dask)
-        # The scenes' own predict options (bands, tiling) go along as keywords to functions that take them
-        # (detect_change and run_timeline hand them to predict_scene).
-        predict_options = ctx.config.model_dump(exclude_none=True, exclude=set(EXECUTION_FIELDS))
-        result = _call(func, *args, model, folder, options=unit.options, client=dask, progress=False,
-                       **predict_options)
-        files = [p for p in _paths_from(result) if p.is_file()] or sorted(
-            p for p in folder.rglob("*") if p.is_file() and TEMP_MARKER not in p.name)
+        # each date that is not yet classified is predicted as the job's scenes are (bands, tiling)
+        if isinstance(unit.options, ChangeOptions):
+            detect_change(paths[0], paths[1], model, folder, ChangeConfig(**dict(unit.options), predict=ctx.config),
+                          client=dask, progress=False)
+        else:
+            run_timeline(paths, model, folder, TimelineConfig(**dict(unit.options), predict=ctx.config),
+                         client=dask, progress=False)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and TEMP_MARKER not in p.name)
         outputs = [_output_record(job.out_dir, p) for p in files]
         seconds = time.perf_counter() - started
         manifest.succeed(job.name, unit.item_id, outputs, seconds, {})
@@ -581,9 +526,7 @@ def _model_ref(job: Job, config: PredictConfig) -> ModelRef:
         return ModelRef.from_factory(spec.factory, **spec.kwargs).with_options(**spec.options)
     assert spec.name is not None
     source = spec.name if spec.name in BUILTIN_MODELS else str(job.resolve(spec.name))
-    # as predict_scene does: "auto" is each model's own default, so it is not passed
-    precision = config.precision if config.precision != "auto" else None
-    return ModelRef.of(source, **spec.options).with_options(precision=precision)
+    return ModelRef.of(source, **spec.options).with_options(precision=config.precision)
 
 
 def _model_info(job: Job, ref: ModelRef) -> ModelInfo:
@@ -618,12 +561,10 @@ def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path
         assets = []
         for output in record.outputs:
             path = job.out_dir / output.path
-            key = ("classes" if path.name.endswith(".classes.tif") else
-                   "proba" if path.name.endswith(".proba.tif") else f"vectors-{path.suffix.lstrip('.')}")
-            media = _COG if key in ("classes", "proba") else _MEDIA.get(path.suffix, "application/octet-stream")
-            title = (f"classes ({', '.join(_class_names(path))})" if key == "classes" else
-                     "class probabilities" if key == "proba" else "class polygons")
-            assets.append(CatalogAsset(key, path, media, ("data",), title))
+            key, media, roles, title = asset_of(path)
+            if key == "classes":
+                title = f"classes ({', '.join(_class_names(path))})"
+            assets.append(CatalogAsset(key, path, media, roles, title))
         props = record.properties
         start = dt.datetime.fromisoformat(props["start"]) if "start" in props else None
         end = dt.datetime.fromisoformat(props["end"]) if "end" in props else None
@@ -636,7 +577,7 @@ def _class_names(path: Path) -> list[str]:
     import rasterio
 
     with rasterio.open(path) as src:
-        return [c for c in src.tags().get("SCENEWATCH_CLASSES", "").split(",") if c]
+        return [name for name in class_names_from_tags(src.tags()) if name]
 
 
 # -------------------------------------------------------------------------------------------------- status

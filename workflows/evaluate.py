@@ -21,10 +21,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError
+from pipeline.models.model import ModelRef
 from pipeline.training.labels import IGNORE, Labels, open_labels, read_labels
 from pipeline.training.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
-from pipeline.inference.read import SceneMeta, open_scene
+from pipeline.inference.read import SceneMeta
 from tiles.grid import PixelWindow
 
 __all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluation_dict", "polygons_of"]
@@ -120,33 +122,36 @@ def _class_index(name: str, class_names: Sequence[str]) -> int:
     return lowered.index(name.lower())
 
 
-def evaluate_scene(scene: str | Path, model: Any, labels_path: str | Path, *, label_attribute: str | None = None,
-                   region: PixelWindow | None = None, object_classes: Sequence[str] | None = None,
-                   out_dir: str | Path | None = None, iou_threshold: float = 0.5, min_object_pixels: int = 0,
-                   client: Any = None, progress: bool | None = None, **predict_options: Any) -> Evaluation:
-    """Predict ``scene`` whole with ``model`` and score it against ``labels_path`` inside ``region``.
+def evaluate_scene(scene: str | Path, model: str | Path | ModelRef, labels_path: str | Path,
+                   config: EvaluateConfig = EvaluateConfig(), *, out_dir: str | Path | None = None,
+                   client: Any = None, progress: bool | None = None) -> Evaluation:
+    """Predict ``scene`` whole with ``model`` (as ``config.predict`` says) and score it against
+    ``labels_path`` inside ``config.region``.
 
-    ``object_classes`` default: every class but the first for vector labels (footprints are countable
+    ``config.object_classes`` default: every class but the first for vector labels (footprints are countable
     things), none for a label raster. Predictions go to ``out_dir`` (kept) or a temporary folder.
     """
-    from workflows.scene import predict_scene
+    from workflows.scene import plan_scene, predict_scene
 
-    meta = open_scene(scene, assume_crs=predict_options.get("assume_crs"))
+    plan = plan_scene(scene, model, config.predict)
+    meta = plan.meta
+    region = PixelWindow(*config.region) if config.region is not None else None
     if region is not None:
         clipped = region.intersection(meta.bounds)
         if clipped is None:
-            raise ConfigError(f"scene {meta.name}: --region lies outside the scene ({meta.height} x {meta.width} px)")
+            raise ConfigError(f"scene {meta.name}: `region` lies outside the scene ({meta.height} x {meta.width} px)")
         region = clipped
     with tempfile.TemporaryDirectory(prefix="scenewatch-eval-") as tmp:
-        result = predict_scene(scene, model, out_dir if out_dir is not None else tmp, client=client,
-                               progress=progress, **predict_options)
+        result = predict_scene(plan, out_dir if out_dir is not None else tmp, client=client, progress=progress)
         names = result.model.class_names
-        labels = open_labels(labels_path, meta, names, label_attribute)
+        labels = open_labels(labels_path, meta, names, config.label_attribute)
+        object_classes = config.object_classes
         if object_classes is None:
             object_classes = names[1:] if labels.is_vector else ()
         pixels, objects, unknown = evaluate_prediction(result.classes_path, labels, names, region=region,
-                                                       object_classes=object_classes, iou_threshold=iou_threshold,
-                                                       min_object_pixels=min_object_pixels)
+                                                       object_classes=object_classes,
+                                                       iou_threshold=config.iou_threshold,
+                                                       min_object_pixels=config.min_object_pixels)
     return Evaluation(scene=Path(scene).name, model=result.model.name, labels=Path(labels_path).name,
                       region=region or meta.bounds, pixels=pixels, objects=objects, unknown_pixels=unknown)
 

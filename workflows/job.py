@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import PredictConfig
+from pipeline.config import ChangeOptions, FrozenConfig, PredictConfig, TimelineOptions, VectorFormats, VectorOptions
 from pipeline.errors import ConfigError
 from pipeline.names import unique_names
+from pipeline.vocab import ChangePairs
 
 __all__ = [
     "Job",
@@ -43,8 +44,7 @@ __all__ = [
 EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight"})
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Frozen = FrozenConfig
 
 
 class InputsSpec(_Frozen):
@@ -105,20 +105,19 @@ class SegmentationSpec(_Frozen):
 
 
 class VectorsSpec(_Frozen):
-    formats: list[Literal["gpkg", "parquet", "geojson", "fgb"]] = Field(default_factory=lambda: ["gpkg"])
-    options: dict[str, Any] = Field(default_factory=dict, description="passed to vectorize_scene")
+    formats: VectorFormats = ("gpkg",)
+    options: VectorOptions = Field(VectorOptions(), description="min_area, sieve, simplify, classes, ...")
 
 
 class ChangeSpec(_Frozen):
-    pairs: Literal["consecutive", "first-last", "all"] = Field(
-        "consecutive", description="which dated scene pairs to compare")
+    pairs: ChangePairs = Field("consecutive", description="which dated scene pairs to compare")
     model: str | None = Field(None, description="model for the change (e.g. dnbr, dndvi) [default: the job's]")
-    options: dict[str, Any] = Field(default_factory=dict, description="passed to detect_change")
+    options: ChangeOptions = Field(ChangeOptions(), description="grid, min_area, sieve, quicklook, ...")
 
 
 class TimelineSpec(_Frozen):
     model: str | None = Field(None, description="model for the timeline [default: the job's]")
-    options: dict[str, Any] = Field(default_factory=dict, description="passed to run_timeline")
+    options: TimelineOptions = Field(TimelineOptions(), description="watch, confirm, min_area, plot, ...")
 
 
 class ProductsSpec(_Frozen):

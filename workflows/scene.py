@@ -18,7 +18,6 @@ bounded by tiles in flight, not by scene size).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
@@ -35,12 +34,13 @@ from pipeline.errors import crosses_processes
 from pipeline.models.model import ModelInfo, ModelRef, describe_model, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
+from pipeline.products import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Tag, class_tags, classes_path,
+                               model_tags, proba_path)
 from pipeline.inference.predict import TileInput, predict_tiles
 from pipeline.inference.raster import CogWriter, hex_to_rgba
 from pipeline.inference.read import (SceneMeta, open_scene, parse_band_map, read_window, resolve_bands,
                            use_read_cache)
-from pipeline.inference.stitch import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Stitcher, TileContribution,
-                             decode_proba)
+from pipeline.inference.stitch import Stitcher, TileContribution, decode_proba
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.cluster import dask_client, threads_per_model
@@ -52,7 +52,10 @@ log = logging.getLogger("scenewatch")
 
 @dataclass(frozen=True, slots=True)
 class ScenePlan:
-    """Everything decided before the first pixel is read."""
+    """Everything decided before the first pixel is read: the value :func:`predict_scene` runs.
+
+    Made once by :func:`plan_scene`, which opens the scene's header and reads the model's description;
+    nothing downstream parses options or opens the header again."""
 
     meta: SceneMeta
     model: ModelRef
@@ -62,7 +65,12 @@ class ScenePlan:
     overlap: int
     blend: BlendMethod
     scene_id: str
+    config: PredictConfig = PredictConfig()
     tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for both rasters
+
+    @property
+    def scene(self) -> str:
+        return str(self.meta.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +96,23 @@ class SceneResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig,
-               scene_id: str | None = None) -> ScenePlan:
+def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig = PredictConfig(), *,
+               scene_id: str | None = None, tags: Mapping[str, str] | None = None) -> ScenePlan:
     """Check the scene and the model against each other and plan the tiles; reads no pixels.
 
-    ``scene_id`` names the outputs (made safe); default: from the file name.
+    ``scene_id`` names the outputs (made safe); default: from the file name. ``tags`` are written into both
+    rasters (e.g. ``SCENEWATCH_DATE``, the acquisition date a batch knows).
+
+    Example::
+
+        from pipeline.config import PredictConfig
+        from workflows.scene import plan_scene, predict_scene
+
+        plan = plan_scene("naip.tif", "vegetation", PredictConfig(bands="naip"))
+        result = predict_scene(plan, "out/")
     """
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
-    ref = ModelRef.of(model, precision=config.precision if config.precision != "auto" else None)
+    ref = ModelRef.of(model, precision=config.precision)
     info = describe_model(ref)
     indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
     tile_size = config.tile_size or info.tile_size
@@ -106,7 +123,7 @@ def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictC
     overlap = min(halo // 2 if config.overlap is None else config.overlap, halo)
     grid = plan_tiles(meta.height, meta.width, tile_size, halo)
     sid = make_scene_id(scene) if scene_id is None else safe_name(scene_id)
-    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid)
+    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid, config, dict(tags or {}))
 
 
 @crosses_processes
@@ -178,14 +195,14 @@ def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> Iterator[tuple
     """The classes and probability writers, each aborted (staging files removed) if anything fails or the
     run is stopped before they finish, including while the second is being created."""
     info = plan.info
-    tags = {"SCENEWATCH_MODEL": info.name, "SCENEWATCH_MODEL_VERSION": info.version,
-            "SCENEWATCH_SCENE": plan.scene_id, "SCENEWATCH_CLASSES": ",".join(info.class_names), **plan.tags}
+    tags = {**model_tags(info.name, info.version), Tag.SCENE: plan.scene_id, **class_tags(info.class_names),
+            **plan.tags}
     uint8 = proba_dtype == "uint8"
     with (
-        CogWriter(out_dir / f"{plan.scene_id}.classes.tif", plan.meta, count=1, dtype="uint8",
+        CogWriter(classes_path(out_dir, plan.scene_id), plan.meta, count=1, dtype="uint8",
                   nodata=CLASS_NODATA, resampling="mode", descriptions=["class"],
                   colormap=_class_colormap(info), tags=tags) as classes,
-        CogWriter(out_dir / f"{plan.scene_id}.proba.tif", plan.meta, count=info.num_classes,
+        CogWriter(proba_path(out_dir, plan.scene_id), plan.meta, count=info.num_classes,
                   dtype=proba_dtype, nodata=PROBA_UINT8_NODATA if uint8 else float("nan"),
                   resampling="average", descriptions=[f"p({c})" for c in info.class_names],
                   scales=[1.0 / PROBA_UINT8_SCALE] * info.num_classes if uint8 else None, tags=tags) as proba,
@@ -193,38 +210,33 @@ def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> Iterator[tuple
         yield classes, proba
 
 
-def predict_scene(scene: str | Path, model: str | Path | ModelRef = "vegetation", out_dir: str | Path = ".", *,
-                  config: PredictConfig | None = None, client: Client | None = None,
-                  progress: bool | None = None, on_core: Callable[[StitchedCore], None] | None = None,
-                  scene_id: str | None = None, tags: Mapping[str, str] | None = None,
-                  **options: Any) -> SceneResult:
-    """Segment one scene into ``<out_dir>/<scene>.classes.tif`` and ``<scene>.proba.tif`` (COGs).
+def predict_scene(plan: ScenePlan, out_dir: str | Path = ".", *, client: Client | None = None,
+                  progress: bool | None = None,
+                  on_core: Callable[[StitchedCore], None] | None = None) -> SceneResult:
+    """Segment a planned scene into ``<out_dir>/<scene>.classes.tif`` and ``<scene>.proba.tif`` (COGs).
 
-    ``model`` is a built-in name (``"vegetation"``), a bundle path or a :class:`ModelRef`. ``options`` are
-    :class:`PredictConfig` fields (``bands="naip"``, ``tile_size=512``, ``workers=2``...). Runs on
-    ``client`` if given, else on ``config.scheduler`` if set, else on a new LocalCluster. ``on_core`` is
-    called here with every finished core, in completion order, as it is written. ``scene_id`` names the
-    outputs instead of the file name (a batch uses it for STAC ids and to keep same-named files apart);
-    ``tags`` are written into both rasters (e.g. ``SCENEWATCH_DATE``, the acquisition date a batch knows).
+    ``plan`` comes from :func:`plan_scene`. Runs on ``client`` if given, else on ``plan.config.scheduler``
+    if set, else on a new LocalCluster of ``plan.config.workers`` processes. ``on_core`` is called here with
+    every finished core, in completion order, as it is written.
 
     Example::
 
-        from workflows.scene import predict_scene
-        result = predict_scene("naip.tif", "vegetation", "out/", bands="naip")
+        from pipeline.config import PredictConfig
+        from workflows.scene import plan_scene, predict_scene
+
+        result = predict_scene(plan_scene("naip.tif", "vegetation", PredictConfig(bands="naip")), "out/")
+        result.classes_path, result.proba_path
     """
     started = time.perf_counter()
-    config = PredictConfig.build(**{**(config.model_dump() if config is not None else {}), **options})
-    plan = plan_scene(scene, model, config, scene_id)
-    if tags:
-        plan = dataclasses.replace(plan, tags=dict(tags))
+    config = plan.config
     out_dir = Path(out_dir)
     with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
         ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
         timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
     skipped = int(timings.pop("tiles_skipped"))
     result = SceneResult(
-        scene=str(scene), scene_id=plan.scene_id, classes_path=out_dir / f"{plan.scene_id}.classes.tif",
-        proba_path=out_dir / f"{plan.scene_id}.proba.tif", tiles_planned=len(plan.grid), tiles_skipped=skipped,
+        scene=plan.scene, scene_id=plan.scene_id, classes_path=classes_path(out_dir, plan.scene_id),
+        proba_path=proba_path(out_dir, plan.scene_id), tiles_planned=len(plan.grid), tiles_skipped=skipped,
         seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid, extra=timings,
     )
     log.info("scene %s: %d tiles (%d without data) in %.1f s; this process waited %.1f s for workers, "

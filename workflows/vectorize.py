@@ -31,12 +31,13 @@ import numpy as np
 import pyarrow as pa
 from distributed import Client
 
-from pipeline.config import VectorizeConfig, parse_area
+from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
-from pipeline.vectors.export import FORMATS, LayerSpec, LayerStager, export_layer, feature_table, parse_formats
+from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table
 from pipeline.vectors.measure import area_basis, pixel_size_m
 from pipeline.vectors.merge import SeamMerger, split_border
 from pipeline.names import safe_name
+from pipeline.products import Tag, class_names_from_tags, name_of
 from pipeline.inference.read import SceneMeta, open_scene
 from pipeline.vectors.vectorize import (CorePieces, PolygonLimitError, keep_mask, own_class_proba, polygonize_core,
                                 read_class_window, read_proba_window, sieve_classes)
@@ -95,9 +96,8 @@ def _vectorize_tile(job: _TileJob, tile: Tile) -> tuple[pa.Table, CorePieces]:
 
 
 def class_names_of(meta: SceneMeta) -> dict[int, str]:
-    """Class value -> name from the SCENEWATCH_CLASSES tag (comma-separated, value = position)."""
-    tag = meta.tags.get("SCENEWATCH_CLASSES", "")
-    return {i: name.strip() for i, name in enumerate(tag.split(",")) if name.strip()} if tag else {}
+    """Class value -> name from the raster's class-name tag (value = position)."""
+    return {value: name for value, name in enumerate(class_names_from_tags(meta.tags)) if name}
 
 
 def resolve_classes(wanted: Sequence[str | int] | None, names: Mapping[int, str], where: str) -> tuple[int, ...] | None:
@@ -122,7 +122,7 @@ def _acquired(meta: SceneMeta, scene_id: str, given: dt.date | str | None) -> dt
     """The acquisition date: as given, else a SCENEWATCH_ACQUIRED tag, else a date in the scene's name."""
     if isinstance(given, dt.date):
         return given
-    text = given or meta.tags.get("SCENEWATCH_ACQUIRED")
+    text = given or meta.tags.get(Tag.ACQUIRED)
     if text:
         try:
             return dt.date.fromisoformat(str(text)[:10])
@@ -138,54 +138,37 @@ def _acquired(meta: SceneMeta, scene_id: str, given: dt.date | str | None) -> dt
 
 
 def _default_scene_id(path: Path, meta: SceneMeta) -> str:
-    tag = meta.tags.get("SCENEWATCH_SCENE")
-    if tag:
-        return safe_name(tag)
-    name = path.name
-    for ext in (".classes.tiff", ".classes.tif", ".tiff", ".tif", ".vrt"):
-        if name.lower().endswith(ext):
-            return safe_name(name[: -len(ext)])
-    return safe_name(path.stem)
+    tag = meta.tags.get(Tag.SCENE)
+    return safe_name(tag if tag else name_of(path))
 
 
-def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: Sequence[str] | str | None = None,
-                    proba_path: str | Path | None = None, min_area: float | str | None = None,
-                    sieve: int | None = None, simplify: float | None = None,
-                    classes: Sequence[str | int] | None = None, tile_size: int | None = None,
-                    client: Client | None = None, workers: int | None = None, scheduler: str | None = None,
-                    max_polygons: int | None = None, progress: bool | None = None,
-                    attributes: Mapping[str, Any] | None = None, scene_id: str | None = None,
-                    acquired: dt.date | str | None = None, assume_crs: str | None = None,
-                    config: VectorizeConfig | None = None) -> VectorResult:
-    """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per format.
+def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: VectorizeConfig = VectorizeConfig(), *,
+                    proba_path: str | Path | None = None, scene_id: str | None = None,
+                    acquired: dt.date | str | None = None, attributes: Mapping[str, Any] | None = None,
+                    client: Client | None = None, progress: bool | None = None) -> VectorResult:
+    """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per ``config.formats``.
 
-    ``formats``: any of ``gpkg`` (the default), ``parquet``, ``fgb``, ``geojson`` (a list or ``"gpkg,parquet"``).
+    ``config`` (a :class:`VectorizeConfig`; default: exact pixel-edge polygons of every class as a GeoPackage,
+    1024 px tiles) says what is kept and how (``min_area`` in m², ``sieve`` in pixels, ``simplify`` in metres,
+    ``classes`` by name, from the raster's SCENEWATCH_CLASSES tag, or value).
     ``proba_path``: the matching probability raster (band ``c`` = class ``c``) for the confidence columns;
-    without it they are null. ``min_area`` in m² (or ``"0.5ha"``); ``sieve`` in pixels; ``simplify`` in
-    metres; ``classes``: names (from the raster's SCENEWATCH_CLASSES tag) or values to keep.
-    ``attributes``: constant columns added to every feature (e.g. both dates of a change product).
-    ``scene_id`` and ``acquired`` default to the raster's tags or file name; ``assume_crs`` gives a CRS
-    to a raster that has none. Settings also come from
-    ``config`` (a :class:`VectorizeConfig`; defaults: exact pixel-edge polygons of every class, 1024 px
-    tiles); keyword arguments given (not None) win.
+    without it they are null. ``attributes``: constant columns added to every feature (e.g. both dates of a
+    change product). ``scene_id`` and ``acquired`` default to the raster's tags or file name.
 
     Raises :class:`pipeline.vectors.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
 
     Example::
 
+        from pipeline.config import VectorizeConfig
         from workflows.vectorize import vectorize_scene
-        result = vectorize_scene("out/naip.classes.tif", "out/", formats="gpkg,parquet",
-                                 proba_path="out/naip.proba.tif", classes=["vegetation"], min_area="0.1ha")
+
+        config = VectorizeConfig(formats=("gpkg", "parquet"), classes=("vegetation",), min_area="0.1ha")
+        result = vectorize_scene("out/naip.classes.tif", "out/", config, proba_path="out/naip.proba.tif")
     """
     started = time.perf_counter()
-    given = dict(formats=parse_formats(formats) if formats is not None else None,
-                 min_area=parse_area(min_area) if min_area is not None else None, sieve=sieve, simplify=simplify,
-                 classes=tuple(str(c) for c in classes) if classes is not None else None, tile_size=tile_size,
-                 max_polygons=max_polygons, workers=workers, scheduler=scheduler)
-    base = config.model_dump() if config is not None else {}
-    cfg = VectorizeConfig.build(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    cfg = config
     classes_path, out_dir = Path(classes_path), Path(out_dir)
-    meta = open_scene(classes_path, max_pixels=cfg.max_pixels, assume_crs=assume_crs)
+    meta = open_scene(classes_path, max_pixels=cfg.max_pixels, assume_crs=cfg.assume_crs)
     where = f"classes {classes_path.name}"
     if np.dtype(meta.dtype).kind not in "iu":
         raise InvalidSceneError(f"{where}: {meta.dtype} pixels are not classes; vectorize needs an integer raster "
@@ -197,7 +180,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
     simplify_px = cfg.simplify / pixel_size_m(basis, meta.transform, meta.height, meta.width) if cfg.simplify else 0.0
     spec = LayerSpec(
         scene_id=sid, crs_wkt=meta.crs.to_wkt(), transform=meta.transform, basis=basis, class_names=names,
-        model=meta.tags.get("SCENEWATCH_MODEL") or None, model_version=meta.tags.get("SCENEWATCH_MODEL_VERSION") or None,
+        model=meta.tags.get(Tag.MODEL) or None, model_version=meta.tags.get(Tag.MODEL_VERSION) or None,
         acquired=_acquired(meta, sid, acquired), attributes=dict(attributes or {}), simplify_px=simplify_px,
         min_area_m2=cfg.min_area,
     )
@@ -209,7 +192,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, *, formats: S
         in_flight = cfg.max_tiles_in_flight or 4 * worker_count(dask)
         _run(dask, job, stager, in_flight, progress, where)
         for fmt in cfg.formats:
-            paths[fmt] = export_layer(stager, out_dir / f"{sid}.{FORMATS[fmt]}", fmt)
+            paths[fmt] = export_layer(stager, out_dir / f"{sid}.{fmt}", fmt)
         count = stager.count
     result = VectorResult(sid, paths, count, len(grid), time.perf_counter() - started, grid)
     log.info("vectorized %s: %d polygons from %d tiles in %.1f s", sid, count, len(grid), result.seconds)

@@ -107,3 +107,42 @@ def save_area_plot(path: str | os.PathLike[str], dates: Sequence[object], areas:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def _preview_grid(grid: GridSpec, max_size: int = 800) -> GridSpec:
+    from affine import Affine
+
+    h, w = preview_shape(grid, max_size)
+    return GridSpec(grid.crs, grid.transform @ Affine.scale(grid.width / w, grid.height / h), h, w)
+
+
+def _rgb_indexes(path: str | os.PathLike[str], bands: str | None) -> list[int]:
+    from pipeline.inference.read import open_scene, parse_band_map
+
+    meta = open_scene(path)
+    band_map = parse_band_map(bands, meta).indexes
+    if all(b in band_map for b in ("red", "green", "blue")):
+        return [band_map["red"], band_map["green"], band_map["blue"]]
+    return [min(i, meta.count) for i in (1, 2, 3)]
+
+
+def write_pair_quicklook(path: str | os.PathLike[str], before: str | os.PathLike[str],
+                         after: str | os.PathLike[str], change_path: str | os.PathLike[str], grid: GridSpec,
+                         names: Sequence[str], dates: Sequence[object | None], bands: str | None) -> None:
+    """Before, after and change side by side at preview size: scenes in true colour (``bands`` names their
+    red, green and blue), class rasters as they are."""
+    from pipeline.change.align import read_aligned
+    from pipeline.change.transitions import CHANGE_NODATA
+    from pipeline.products import is_classes_path
+
+    preview = _preview_grid(grid)
+    images = []
+    for scene in (before, after):
+        indexes = [1, 1, 1] if is_classes_path(scene) else _rgb_indexes(scene, bands)
+        data, valid = read_aligned(scene, preview, preview.bounds, indexes, dtype="float32")
+        images.append(stretch_rgb(data, valid))
+    change, valid = read_aligned(change_path, preview, preview.bounds, [1])
+    titles = [f"{label} {d.isoformat()}" if d else label  # type: ignore[attr-defined]
+              for label, d in zip(("before", "after"), dates, strict=True)]
+    save_pair_quicklook(path, images[0], images[1], np.where(valid, change[0], CHANGE_NODATA), names,
+                        titles=titles)

@@ -16,9 +16,11 @@ import math
 
 import numpy as np
 
+from pipeline.vocab import Resampling, choices
+
 __all__ = ["overview_factors", "reduce2", "RESAMPLINGS"]
 
-RESAMPLINGS = ("average", "mode", "nearest")
+RESAMPLINGS = choices(Resampling)
 
 
 def overview_factors(height: int, width: int, block: int) -> list[int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.products import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
 from tiles.blend import blend_window
 from tiles.grid import PixelWindow, Tile, TileGrid
 
@@ -39,9 +40,6 @@ __all__ = [
     "PROBA_UINT8_SCALE",
 ]
 
-CLASS_NODATA = 255
-PROBA_UINT8_NODATA = 255
-PROBA_UINT8_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 
 
 @dataclass(frozen=True, slots=True)

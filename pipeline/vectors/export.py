@@ -39,6 +39,7 @@ from pipeline.atomic import atomic_path, temp_path_for
 from pipeline.errors import ConfigError, OutputError
 from pipeline.vectors.measure import AreaBasis, measure, to_map
 from pipeline.vectors.vectorize import Pieces
+from pipeline.vocab import VectorFormat, choices
 
 __all__ = [
     "FORMATS",
@@ -48,13 +49,10 @@ __all__ = [
     "layer_schema",
     "export_layer",
     "geoparquet_metadata",
-    "parse_formats",
     "OGR_CURRENT_DATE",
 ]
 
-# format name -> file extension
-FORMATS: dict[str, str] = {"gpkg": "gpkg", "parquet": "parquet", "fgb": "fgb", "geojson": "geojson"}
-_ALIASES = {"geoparquet": "parquet", "flatgeobuf": "fgb", "json": "geojson", "gpkg": "gpkg"}
+FORMATS: tuple[str, ...] = choices(VectorFormat)  # each format's name is its file extension
 
 # GeoPackage stamps its write time into gpkg_contents.last_change unless this is pinned.
 OGR_CURRENT_DATE = "2000-01-01T00:00:00.000Z"
@@ -90,24 +88,6 @@ class LayerSpec:
             raise ConfigError(f"attributes {', '.join(clash)}: these names are layer columns already; rename them")
         for key, value in self.attributes.items():
             _arrow_type(key, value)
-
-
-def parse_formats(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """``"gpkg,parquet"`` (or a sequence) to known format names, in the order given, without repeats."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out: list[str] = []
-    for raw in items:
-        name = raw.strip().lower().lstrip(".")
-        if not name:
-            continue
-        name = _ALIASES.get(name, name)
-        if name not in FORMATS:
-            raise ConfigError(f"format {raw.strip()!r}: unknown; choose from {', '.join(FORMATS)}")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise ConfigError(f"format {spec!r}: name at least one of {', '.join(FORMATS)}")
-    return tuple(out)
 
 
 def _arrow_type(key: str, value: Any) -> pa.DataType:

@@ -16,9 +16,9 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
+from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError
-from pipeline.vectors.export import (FORMATS, OGR_CURRENT_DATE, LayerSpec, LayerStager, export_layer, feature_table,
-                             parse_formats)
+from pipeline.vectors.export import FORMATS, OGR_CURRENT_DATE, LayerSpec, LayerStager, export_layer, feature_table
 from pipeline.vectors.measure import area_basis
 from tests.pipeline.vectors.test_vectorize import blobs, vectorize_tiled
 
@@ -48,7 +48,7 @@ def make_layer(folder: Path, formats: tuple[str, ...] = tuple(FORMATS)) -> tuple
         stager.add(table.slice(0, 40))  # staged in several batches, as the workflow does
         stager.add(table.slice(40))
         for fmt in formats:
-            paths[fmt] = export_layer(stager, folder / f"layer.{FORMATS[fmt]}", fmt)
+            paths[fmt] = export_layer(stager, folder / f"layer.{fmt}", fmt)
     return paths, table
 
 
@@ -126,7 +126,7 @@ def test_same_layer_gives_same_bytes(tmp_path: Path) -> None:
     second, _ = make_layer(tmp_path / "b")
     for fmt in FORMATS:
         assert first[fmt].read_bytes() == second[fmt].read_bytes(), fmt
-    leftovers = [p.name for p in (tmp_path / "a").iterdir() if p.name not in {f"layer.{e}" for e in FORMATS.values()}]
+    leftovers = [p.name for p in (tmp_path / "a").iterdir() if p.name not in {f"layer.{e}" for e in FORMATS}]
     assert leftovers == []  # no staging or temporary files left behind
 
 
@@ -139,6 +139,6 @@ def test_attribute_names_and_types_are_checked() -> None:
 
 
 def test_formats_are_parsed_with_a_clear_error() -> None:
-    assert parse_formats("gpkg, GeoParquet,fgb,gpkg") == ("gpkg", "parquet", "fgb")
-    with pytest.raises(ConfigError, match="shp.*choose from gpkg, parquet, fgb, geojson"):
-        parse_formats("gpkg,shp")
+    assert VectorizeConfig.build(formats="gpkg, GeoParquet,fgb,gpkg").formats == ("gpkg", "parquet", "fgb")
+    with pytest.raises(ConfigError, match="formats.1: Input should be 'gpkg', 'parquet', 'fgb' or 'geojson'"):
+        VectorizeConfig.build(formats="gpkg,shp")
