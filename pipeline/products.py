@@ -25,6 +25,7 @@ from typing import Literal
 
 __all__ = [
     "CLASS_NODATA",
+    "IGNORE",
     "PROBA_UINT8_NODATA",
     "PROBA_UINT8_SCALE",
     "Tag",
@@ -44,6 +45,8 @@ __all__ = [
 
 CLASS_NODATA = 255
 """Class rasters' nodata: no valid input pixel, or outside the scene."""
+IGNORE = 255
+"""Label rasters' "unknown": pixels that are neither trained on nor scored."""
 PROBA_UINT8_NODATA = 255
 PROBA_UINT8_SCALE = 254
 """uint8 probabilities store ``round(p x 254)``; GDAL's band scale 1/254 gives readers 0..1 back."""

@@ -27,13 +27,14 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from pipeline.errors import ConfigError, InvalidSceneError
+from pipeline.products import Tag
 
 __all__ = ["scene_date", "date_from_name", "date_from_tags", "date_from_stac", "days_since_epoch",
            "compile_date_pattern"]
 
 _EPOCH = dt.date(1970, 1, 1)
 _TAG_KEYS = ("ACQUISITIONDATE", "ACQUISITION_DATE", "DATE_ACQUIRED", "DATETIME", "datetime",
-             "TIFFTAG_DATETIME", "SCENEWATCH_DATE")
+             "TIFFTAG_DATETIME", Tag.DATE)
 _DEFAULT_PATTERNS = (
     re.compile(r"(?<!\d)(?P<year>(?:19|20)\d{2})(?P<month>0[1-9]|1[0-2])(?P<day>0[1-9]|[12]\d|3[01])(?!\d)"),
     re.compile(r"(?<!\d)(?P<year>(?:19|20)\d{2})-(?P<month>0[1-9]|1[0-2])-(?P<day>0[1-9]|[12]\d|3[01])(?!\d)"),

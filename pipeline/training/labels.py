@@ -32,12 +32,12 @@ from rasterio.windows import transform as window_transform
 
 from pipeline.errors import ConfigError, SceneOpenError
 from pipeline.inference.read import SceneMeta
+from pipeline.products import IGNORE
 from tiles.grid import PixelWindow
 
 __all__ = ["IGNORE", "VECTOR_SUFFIXES", "Labels", "open_labels", "read_labels", "rasterize_labels",
            "class_codes"]
 
-IGNORE = 255
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".parquet", ".geoparquet")
 
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.products import IGNORE
+
 __all__ = ["confusion_matrix", "ClassMetrics", "PixelMetrics", "pixel_metrics", "ObjectMetrics", "match_objects",
            "IGNORE"]
 
-IGNORE = 255
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
