@@ -526,7 +526,8 @@ def _model_ref(job: Job, config: PredictConfig) -> ModelRef:
         return ModelRef.from_factory(spec.factory, **spec.kwargs).with_options(**spec.options)
     assert spec.name is not None
     source = spec.name if spec.name in BUILTIN_MODELS else str(job.resolve(spec.name))
-    return ModelRef.of(source, **spec.options).with_options(precision=config.precision)
+    # a precision among the model's own options wins over tiling.precision (default "auto")
+    return ModelRef.of(source, **({"precision": config.precision} | dict(spec.options)))
 
 
 def _model_info(job: Job, ref: ModelRef) -> ModelInfo:

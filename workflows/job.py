@@ -84,7 +84,8 @@ class ModelSpec(_Frozen):
     name: str | None = Field(None, description="built-in model (vegetation, ...) or model bundle path")
     factory: str | None = Field(None, description="'package.module:function' returning a SegmentationModel")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the factory")
-    options: dict[str, Any] = Field(default_factory=dict, description="model options, e.g. threshold: 0.4")
+    options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="model options, e.g. threshold: 0.4 (see `scenewatch models show NAME`)")
 
     @model_validator(mode="after")
     def _one_model(self) -> ModelSpec:
