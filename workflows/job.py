@@ -244,6 +244,7 @@ def load_job(path: str | Path, out: str | Path | None = None) -> Job:
         raise ConfigError(f"{where}: not valid YAML ({err})") from err
     if root is None or not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping with inputs:, model: and outputs: keys")
+    _refuse_alias_bombs(root, where)
     _refuse_duplicate_keys(root, where)
     try:
         spec = JobSpec.model_validate(data)
@@ -286,6 +287,34 @@ def _line_of(node: yaml.Node, loc: Sequence[Any]) -> int:
             break
         node = child
     return line
+
+
+MAX_JOB_NODES = 100_000
+"""A job file's values once YAML aliases are expanded: a real job has a few hundred."""
+
+
+def _refuse_alias_bombs(root: yaml.Node, where: str) -> None:
+    """Refuse a document whose aliases expand it past :data:`MAX_JOB_NODES` values ("billion laughs"),
+    counted on the composed node graph (each node once, its size remembered), before anything walks the
+    expanded document."""
+    sizes: dict[int, int] = {}
+    # iterative post-order walk: nested anchors cannot overflow the stack either
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else
+                    list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        sizes[id(node)] = min(1 + sum(sizes.get(id(c), 1) for c in children), MAX_JOB_NODES + 1)
+        if sizes[id(node)] > MAX_JOB_NODES:
+            line = node.start_mark.line + 1
+            raise ConfigError(f"{where} line {line}: its aliases expand to more than {MAX_JOB_NODES:,} values; "
+                              "write the values out, or use fewer aliases")
 
 
 def _refuse_duplicate_keys(node: yaml.Node, where: str, path: str = "") -> None:
