@@ -1,7 +1,9 @@
 """Atomic outputs: every product is written beside its final path and renamed into place on success.
 
 A run killed at any moment leaves either the previous complete file or the new complete file at the final
-path, never a partial one; the temporary file of a failed write is removed.
+path, never a partial one; the temporary file of a failed write is removed. The new file is flushed to
+disk (fsync) before the rename and the folder after it, so a crash of the machine cannot publish an empty
+or partial file either.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "TEMP_MARKER"]
+__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "fsync_path", "free_bytes", "TEMP_MARKER"]
 
 TEMP_MARKER = ".sw-tmp-"
 
@@ -36,9 +38,34 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = temp_path_for(final)
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, final)
+        fsync_path(final.parent)
     finally:
         remove_with_sidecars(tmp)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; a path that is not there is left alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free to this user in ``folder``'s file system (None when it cannot be told)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def remove_with_sidecars(path: Path) -> None:

@@ -23,18 +23,22 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
-from pipeline.atomic import atomic_path, remove_with_sidecars, temp_path_for
+from pipeline.atomic import atomic_path, free_bytes, remove_with_sidecars, temp_path_for
 from pipeline.errors import OutputError
 from pipeline.inference.overviews import RESAMPLINGS, overview_factors, reduce2
 from pipeline.inference.read import SceneMeta
 from tiles.grid import PixelWindow
 
-__all__ = ["CogWriter", "hex_to_rgba", "COPY_CACHE_MB"]
+__all__ = ["CogWriter", "hex_to_rgba", "verify_raster", "COPY_CACHE_MB"]
 
 COPY_CACHE_MB = 16
+# What GDAL raises when a write fails (a full disk, a vanished folder): rasterio's own errors, the bare CPL
+# errors some drivers raise through rasterio.shutil (not RasterioError subclasses), and the OS's.
+_WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
 # Staging rasters up to this many bytes are written uncompressed: ZSTD level 1 cost the writing process
 # three times the CPU of a plain write (0.45 vs 0.16 s for 128 MiB of probabilities) on the serial path,
 # and the COG copy reads them faster. Larger ones are compressed so that the temporary disk space stays
@@ -116,19 +120,38 @@ class CogWriter:
         """Write ``(bands, rows, cols)`` (or ``(rows, cols)`` for one band) at ``window``."""
         if array.ndim == 2:
             array = array[None]
-        self._dst.write(array, window=Window(window.col_off, window.row_off, window.width, window.height))
-        if self._levels is None:
-            return
-        if not self._aligned(window):
-            self._drop_levels()  # GDAL computes the overviews at the end instead
-            return
-        level, offset, previous = array, (window.row_off, window.col_off), 1
-        for factor, _, dst in self._levels:
-            for _ in range(factor.bit_length() - previous.bit_length()):
-                level = reduce2(level, self.resampling, self._nodata)
-            previous = factor
-            row, col = offset[0] // factor, offset[1] // factor
-            dst.write(level, window=Window(col, row, level.shape[2], level.shape[1]))
+        try:
+            self._dst.write(array, window=Window(window.col_off, window.row_off, window.width, window.height))
+            if self._levels is None:
+                return
+            if not self._aligned(window):
+                self._drop_levels()  # GDAL computes the overviews at the end instead
+                return
+            level, offset, previous = array, (window.row_off, window.col_off), 1
+            for factor, _, dst in self._levels:
+                for _ in range(factor.bit_length() - previous.bit_length()):
+                    level = reduce2(level, self.resampling, self._nodata)
+                previous = factor
+                row, col = offset[0] // factor, offset[1] // factor
+                dst.write(level, window=Window(col, row, level.shape[2], level.shape[1]))
+        except _WRITE_ERRORS as err:
+            raise self._write_error("writing", err) from err
+
+    def _write_error(self, doing: str, err: BaseException, tmp: Path | None = None) -> OutputError:
+        """What a failed write means to the user: usually a full disk, said with the space it needs."""
+        folder = self.path.parent
+        free = free_bytes(folder)
+        ours = [self._staging, self._staging.with_suffix(".vrt"), *(p for _, p, _ in self._levels or ()),
+                *([tmp] if tmp is not None else [])]
+        held = sum(p.stat().st_size for p in ours if p.exists())  # ours, removed as this error propagates
+        d = self._dst
+        need = d.width * d.height * d.count * np.dtype(d.dtypes[0]).itemsize * 2 if d is not None else 0
+        if free is not None and free < 2**20 + need - held:
+            return OutputError(f"output {self.path.name}: no space left in {folder} while {doing} "
+                               f"({(free + held) / 2**20:.1f} MiB free without this raster's temporary files, "
+                               f"about {need / 2**20:.1f} MiB needed); free some space and run again")
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return OutputError(f"output {self.path.name}: cannot be written in {folder} while {doing} ({detail})")
 
     def _aligned(self, window: PixelWindow) -> bool:
         """Whether ``window`` halves into whole cells at every level (starts, and ends unless at the edge,
@@ -146,22 +169,34 @@ class CogWriter:
         self._levels = None
 
     def finish(self) -> Path:
-        """Close the staging file and copy it into a COG at the final path, atomically."""
-        self._dst.close()
-        for _, _, dst in self._levels or ():
-            dst.close()
+        """Close the staging file and copy it into a COG at the final path, atomically; the COG is reopened
+        and checked before it is renamed into place."""
         try:
-            source, overviews = self._staging, {"overview_resampling": self.resampling}
-            if self._levels:
-                source, overviews = self._with_levels(), {"overviews": "force_use_existing"}
+            try:
+                self._dst.close()
+                for _, _, dst in self._levels or ():
+                    dst.close()
+                source, overviews = self._staging, {"overview_resampling": self.resampling}
+                if self._levels:
+                    source, overviews = self._with_levels(), {"overviews": "force_use_existing"}
+            except _WRITE_ERRORS as err:
+                raise self._write_error("writing", err) from err
             with atomic_path(self.path) as tmp:
-                rasterio.shutil.copy(
-                    # DEFLATE level 1: every GDAL reader decodes it; levels above 1 tripled the time of this
-                    # serial step for files 10 % smaller, and a predictor made uint8 class/probability
-                    # rasters larger, not smaller (measured on a 4096 x 4096 probability raster).
-                    source, tmp, driver="COG", compress="deflate", level=1, blocksize=self.block_size,
-                    bigtiff="if_safer", num_threads="all_cpus", **overviews,
-                )
+                try:
+                    rasterio.shutil.copy(
+                        # DEFLATE level 1: every GDAL reader decodes it; levels above 1 tripled the time of
+                        # this serial step for files 10 % smaller, and a predictor made uint8 class/probability
+                        # rasters larger, not smaller (measured on a 4096 x 4096 probability raster).
+                        source, tmp, driver="COG", compress="deflate", level=1, blocksize=self.block_size,
+                        bigtiff="if_safer", num_threads="all_cpus", **overviews,
+                    )
+                    # On a full disk GDAL's copy can end without an error and leave a file it cannot read
+                    # back: nothing is renamed into place before it has been reopened and checked.
+                    problem = verify_raster(tmp, self._dst.height, self._dst.width, self._dst.count)
+                except _WRITE_ERRORS as err:
+                    raise self._write_error("making the COG", err, tmp) from err
+                if problem is not None:
+                    raise self._write_error("making the COG", OSError(problem), tmp)
         finally:
             self._remove_staging()
             self._cache.close()
@@ -199,6 +234,26 @@ class CogWriter:
                  tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def verify_raster(path: Path, height: int, width: int, count: int) -> str | None:
+    """Why a raster just written cannot be published (None when it can): it must open with the expected
+    size, and the last block of every band, at full resolution and at each overview level, must decode.
+    Blocks are written in order, so a file cut short fails on its last block."""
+    try:
+        with rasterio.open(path) as src:
+            if (src.height, src.width, src.count) != (height, width, count):
+                return f"{src.height} x {src.width} x {src.count} instead of {height} x {width} x {count}"
+            levels = len(src.overviews(1))
+        for level in range(-1, levels):
+            with rasterio.open(path, **({} if level < 0 else {"overview_level": level})) as src:
+                block_h, block_w = src.block_shapes[0]
+                row = (src.height - 1) // block_h * block_h
+                col = (src.width - 1) // block_w * block_w
+                src.read(window=Window(col, row, min(block_w, src.width - col), min(block_h, src.height - row)))
+    except _WRITE_ERRORS as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
 
 
 _cache_lock = threading.Lock()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, OutputError
+from pipeline.inference.read import SceneMeta
+from tiles.grid import PixelWindow
 from workflows.job import MAX_JOB_NODES, load_job
 
 
@@ -34,3 +40,66 @@ def test_aliases_that_expand_to_a_normal_size_are_fine(tmp_path: Path) -> None:
     job.write_text(_laughs(3))  # 729 strings
     assert 9 ** 3 < MAX_JOB_NODES
     assert load_job(job).spec.model.kwargs["l2"][0][0] == ["x"] * 9
+
+
+# ----------------------------------------------------------------------------------------------- full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """``mount(kib)``: a fresh tmpfs of that size, really full when it is full (CI runs as root). Skipped
+    where this machine does not let the test mount one."""
+    mounts: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not root'}); "
+                        "the full-disk cases need one")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_never_publishes_a_broken_raster(small_disk: Callable[[int], Path]) -> None:
+    """The COG copy filling the disk made GDAL leave unreadable files that were renamed into place: at every
+    size from too small for the staging file to large enough, the final path holds either nothing or the
+    whole raster, and a failure is an OutputError that says the disk is full."""
+    from pipeline.inference.raster import CogWriter
+
+    meta = _meta(1024, 1024)
+    data = np.random.default_rng(7).integers(0, 255, (2, 1024, 1024), dtype=np.uint8)  # incompressible
+    outcomes = []
+    for kib in range(1500, 6600, 300):
+        disk = small_disk(kib)
+        target = disk / "scene.proba.tif"
+        try:
+            with CogWriter(target, meta, count=2, dtype="uint8", nodata=255, resampling="average") as writer:
+                for row in range(0, 1024, 256):
+                    writer.write(PixelWindow(row, 0, 256, 1024), data[:, row:row + 256])
+                writer.finish()
+        except OutputError as err:
+            assert f"no space left in {disk}" in str(err) and "MiB needed" in str(err), str(err)
+            assert not target.exists(), f"{kib} KiB: a failed write left {target.name}"
+            outcomes.append("full")
+        else:
+            with rasterio.open(target) as src:
+                np.testing.assert_array_equal(src.read(), data)
+            outcomes.append("written")
+        assert sorted(p.name for p in disk.iterdir()) in ([], ["scene.proba.tif"]), f"{kib} KiB: leftovers"
+    assert "full" in outcomes and "written" in outcomes, outcomes
+
+
+def _meta(height: int, width: int) -> SceneMeta:
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    return SceneMeta(path="synthetic", crs=CRS.from_epsg(32614), transform=from_origin(500000, 5000000, 1, 1),
+                     height=height, width=width, count=1, dtype="uint8", nodata=None, block_height=256,
+                     block_width=256)
