@@ -9,12 +9,13 @@ or partial file either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "fsync_path", "free_bytes", "TEMP_MARKER"]
+__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "fsync_path", "free_bytes", "is_disk_full", "TEMP_MARKER"]
 
 TEMP_MARKER = ".sw-tmp-"
 
@@ -57,6 +58,18 @@ def fsync_path(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether an error (or one it was raised from) says the file system is full."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+                text in str(err) for text in ("No space left", "disk is full", "Disk quota exceeded")):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
 
 
 def free_bytes(folder: Path) -> int | None:

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "ModelError",
     "OutputError",
+    "DiskFullError",
 ]
 
 
@@ -61,6 +62,13 @@ class ModelError(ScenewatchError, ValueError):
 
 class OutputError(ScenewatchError, OSError):
     """An output cannot be written."""
+
+
+class DiskFullError(OutputError):
+    """An output's file system is full: every later output would fail too, so a batch stops (and a rerun
+    after freeing space finishes the job)."""
+
+    exit_code = 5
 
 
 F = TypeVar("F", bound=Callable[..., Any])

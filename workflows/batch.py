@@ -44,7 +44,7 @@ from distributed.scheduler import KilledWorker
 
 from pipeline.atomic import TEMP_MARKER
 from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
-from pipeline.errors import ConfigError, ModelError, ScenewatchError
+from pipeline.errors import ConfigError, DiskFullError, ModelError, ScenewatchError
 from pipeline.models.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, threads_per_model
@@ -65,6 +65,7 @@ __all__ = [
     "EXIT_JOB_INVALID",
     "EXIT_SOME_FAILED",
     "EXIT_LOCKED",
+    "EXIT_DISK_FULL",
     "file_sha256",
 ]
 
@@ -75,6 +76,7 @@ EXIT_ERROR = 1  # the run stopped: an unexpected error (a bug) or the output fol
 EXIT_JOB_INVALID = ConfigError.exit_code  # 2: the job file (or an option) is invalid; nothing was run
 EXIT_SOME_FAILED = 3  # the run finished, but at least one scene or product failed (see the manifest)
 EXIT_LOCKED = JobLockedError.exit_code  # 4: another run of the job holds the output folder; nothing was run
+EXIT_DISK_FULL = DiskFullError.exit_code  # 5: the output disk filled up; the run stopped, a rerun goes on
 
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
@@ -102,7 +104,14 @@ class RunSummary:
         return sum(o.status == status for o in self.outcomes)
 
     @property
+    def stopped(self) -> bool:
+        """Whether the run stopped early because the output disk is full (the items not tried are left)."""
+        return any(o.error_class == DiskFullError.__name__ for o in self.outcomes)
+
+    @property
     def exit_code(self) -> int:
+        if self.stopped:
+            return EXIT_DISK_FULL
         return EXIT_SOME_FAILED if self.count("failed") else EXIT_OK
 
 
@@ -192,8 +201,13 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
                     bar.update(1)
                     if report is not None:
                         report(outcome, index, total)
-            catalog = _publish(job, manifest, scenes) if job.spec.outputs.stac else None
-            summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes), catalog)
+                    if outcome.error_class == DiskFullError.__name__:
+                        log.warning("%s; the run stops here, and a rerun after freeing space goes on",
+                                    outcome.message)
+                        break  # every later item would fail the same way
+            summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes))
+            if job.spec.outputs.stac and not summary.stopped:  # on a full disk the catalog waits for the rerun
+                summary = dataclasses.replace(summary, catalog=_publish(job, manifest, scenes))
             counts = {s: summary.count(s) for s in ("done", "skipped", "failed")}
             manifest.finish_run(run_id, summary.exit_code, counts)
     return summary

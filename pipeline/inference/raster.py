@@ -28,7 +28,7 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, free_bytes, remove_with_sidecars, temp_path_for
-from pipeline.errors import OutputError
+from pipeline.errors import DiskFullError, OutputError
 from pipeline.inference.overviews import RESAMPLINGS, overview_factors, reduce2
 from pipeline.inference.read import SceneMeta
 from tiles.grid import PixelWindow
@@ -147,7 +147,7 @@ class CogWriter:
         d = self._dst
         need = d.width * d.height * d.count * np.dtype(d.dtypes[0]).itemsize * 2 if d is not None else 0
         if free is not None and free < 2**20 + need - held:
-            return OutputError(f"output {self.path.name}: no space left in {folder} while {doing} "
+            return DiskFullError(f"output {self.path.name}: no space left in {folder} while {doing} "
                                f"({(free + held) / 2**20:.1f} MiB free without this raster's temporary files, "
                                f"about {need / 2**20:.1f} MiB needed); free some space and run again")
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -35,8 +35,8 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from pipeline.atomic import atomic_path, temp_path_for
-from pipeline.errors import ConfigError, OutputError
+from pipeline.atomic import atomic_path, free_bytes, is_disk_full, temp_path_for
+from pipeline.errors import ConfigError, DiskFullError, OutputError
 from pipeline.vectors.measure import AreaBasis, measure, to_map
 from pipeline.vectors.vectorize import Pieces
 from pipeline.vocab import VectorFormat, choices
@@ -193,7 +193,13 @@ class LayerStager:
         if table.num_rows == 0:
             return
         assert self._writer is not None, "stager is closed"
-        self._writer.write_table(table)
+        try:
+            self._writer.write_table(table)
+        except OSError as err:
+            if is_disk_full(err):
+                raise DiskFullError(f"layer {self.spec.scene_id}: no space left in {self.path.parent} for the "
+                                    "polygons being staged; free some space and run again") from err
+            raise
         self.count += table.num_rows
         bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
         self.bbox = [min(self.bbox[0], bounds[:, 0].min()), min(self.bbox[1], bounds[:, 1].min()),
@@ -201,9 +207,11 @@ class LayerStager:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            finally:
+                self._sink.close()
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The staged rows, batch by batch, memory-mapped (nothing is loaded whole)."""
@@ -218,9 +226,15 @@ class LayerStager:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        try:
+            self.close()
+        except OSError:
+            if exc_type is None:
+                raise
+            # the error already on its way (a full disk, say) is the one to report
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
@@ -230,9 +244,28 @@ def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
     try:
         with atomic_path(path) as tmp:
             writer(stager, tmp)
-    except OSError as err:
-        raise OutputError(f"layer {path}: cannot be written ({err})") from err
+            written = _feature_count(tmp, fmt)
+            if written != stager.count:  # a layer cut short is never renamed into place
+                raise OSError(f"{written} features written instead of {stager.count}")
+    except Exception as err:  # noqa: BLE001 - pyogrio, pyarrow and GDAL each raise their own kinds
+        staged = stager.path.stat().st_size if stager.path.exists() else 0  # about the layer's size
+        if is_disk_full(err) or (free_bytes(path.parent) or 2**40) < max(2**20, 2 * staged):
+            raise DiskFullError(f"layer {path.name}: no space left in {path.parent} "
+                                f"({(free_bytes(path.parent) or 0) / 2**20:.1f} MiB free); free some space and "
+                                "run again") from err
+        if isinstance(err, OSError):
+            raise OutputError(f"layer {path}: cannot be written ({err})") from err
+        raise
     return path
+
+
+def _feature_count(path: Path, fmt: str) -> int:
+    """Features in a layer file just written, read back from it."""
+    if fmt == "parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    import pyogrio
+
+    return int(pyogrio.read_info(path, force_feature_count=True)["features"])
 
 
 def _stream(stager: LayerStager, batches: Iterator[pa.RecordBatch] | None = None) -> pa.RecordBatchReader:

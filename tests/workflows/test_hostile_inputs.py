@@ -13,6 +13,7 @@ import rasterio
 
 from pipeline.errors import ConfigError, OutputError
 from pipeline.inference.read import SceneMeta
+from tests.workflows.helpers import make_archive, sha256, write_job
 from tiles.grid import PixelWindow
 from workflows.job import MAX_JOB_NODES, load_job
 
@@ -103,3 +104,42 @@ def _meta(height: int, width: int) -> SceneMeta:
     return SceneMeta(path="synthetic", crs=CRS.from_epsg(32614), transform=from_origin(500000, 5000000, 1, 1),
                      height=height, width=width, count=1, dtype="uint8", nodata=None, block_height=256,
                      block_width=256)
+
+
+@pytest.mark.slow
+def test_a_batch_stops_cleanly_on_a_full_disk_and_a_rerun_finishes_it(
+        tmp_path: Path, small_disk: Callable[[int], Path], make_geotiff: Callable[..., Path]) -> None:
+    """A full disk in a batch was a 60-line traceback, 'unexpected error', the other scenes never tried and
+    `status` saying the run did not finish. Now: the scene is recorded failed with one line naming the folder,
+    the run stops with exit code 5, and once space is freed a rerun finishes with the same products."""
+    from workflows.batch import EXIT_DISK_FULL, run_job
+    from workflows.manifest import MANIFEST_NAME, open_manifest
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 3)
+    reference = tmp_path / "reference"
+    assert run_job(write_job(tmp_path, {"folder": str(archive)}, reference, name="ref"), progress=False).exit_code == 0
+    for kib in range(1000, 2600, 300):  # from a disk that holds nothing to one that holds all but the last scene
+        out = small_disk(kib)
+        summary = run_job(write_job(tmp_path, {"folder": str(archive)}, out, name="full"), progress=False)
+        if summary.exit_code == EXIT_DISK_FULL and summary.count("done") >= 1:
+            break
+    else:
+        pytest.fail("no disk size between 1000 and 2500 KiB stopped the batch after its first scene")
+    failed = [o for o in summary.outcomes if o.status == "failed"]
+    assert len(failed) == 1 and failed[0].error_class == "DiskFullError"
+    assert f"no space left in {out}" in failed[0].message and "\n" not in failed[0].message
+    assert len(summary.outcomes) < 3 or summary.outcomes[-1] is failed[0]  # nothing tried after it
+    with open_manifest(out / MANIFEST_NAME) as manifest:
+        assert manifest.runs("full")[-1].exit_code == EXIT_DISK_FULL  # `status` shows a run that ended, with its code
+    done_before = {p.name: sha256(p) for p in out.glob("*.tif")
+                   if p.name.startswith(tuple(o.item_id + "." for o in summary.outcomes if o.status == "done"))}
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)  # space freed
+    rerun = run_job(write_job(tmp_path, {"folder": str(archive)}, out, name="full"), progress=False)
+    assert rerun.exit_code == 0 and rerun.count("failed") == 0
+    assert {o.item_id for o in rerun.outcomes if o.status == "skipped"} == {n.split(".")[0] for n in done_before}
+    for name, digest in done_before.items():
+        assert sha256(out / name) == digest
+    for product in sorted(reference.glob("*.tif")):
+        assert sha256(out / product.name) == sha256(product), product.name
+    assert not list(out.rglob("*.sw-tmp-*"))
