@@ -8,11 +8,12 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
+import workflows.scene
 from pipeline.config import PredictConfig
-from pipeline.models.model import ModelRef, load_model
 from pipeline.inference.predict import predict_array
 from pipeline.inference.read import open_scene, read_window
-from pipeline.inference.stitch import CLASS_NODATA
+from pipeline.models.model import ModelRef, load_model
+from pipeline.products import CLASS_NODATA
 from tests.models import small_convnet, unet
 from workflows.scene import _writers, plan_scene, predict_scene
 
@@ -32,9 +33,10 @@ def read_proba(path):
 @pytest.mark.parametrize(("tile_size", "halo", "overlap"), [(64, 0, 0), (100, 8, 4), (128, 16, 16), (96, 24, None)])
 def test_ndvi_tiled_equals_whole_image(make_geotiff, tmp_path, dask_client, tile_size, halo, overlap):
     scene = make_geotiff(shape=(4, 300, 500), nodata=0, nodata_box=(0, 40, 0, 90))  # 300 x 500: no multiple
-    result = predict_scene(scene, "vegetation", tmp_path / "out", client=dask_client, bands="naip",
-                           tile_size=tile_size, halo=halo, overlap=overlap, proba_dtype="float32",
-                           align_to_blocks=False, progress=False)
+    config = PredictConfig(bands="naip", tile_size=tile_size, halo=halo, overlap=overlap, proba_dtype="float32",
+                           align_to_blocks=False)
+    result = predict_scene(plan_scene(scene, "vegetation", config), tmp_path / "out", client=dask_client,
+                           progress=False)
     expected, valid = whole_image(scene, ModelRef.of("vegetation"), (1, 4))
     got = read_proba(result.proba_path)
     assert np.array_equal(np.isnan(got[0]), ~valid)
@@ -51,8 +53,8 @@ def test_convnet_tiled_equals_whole_image(make_geotiff, tmp_path, dask_client, t
     """Receptive field radius 2 px: exact as long as halo - overlap >= 2."""
     scene = make_geotiff(shape=(4, 230, 310))
     ref = ModelRef.from_factory(small_convnet, bands=("red", "nir"))
-    result = predict_scene(scene, ref, tmp_path / "out", client=dask_client, bands="naip", tile_size=tile_size,
-                           halo=halo, overlap=overlap, proba_dtype="float32", progress=False)
+    config = PredictConfig(bands="naip", tile_size=tile_size, halo=halo, overlap=overlap, proba_dtype="float32")
+    result = predict_scene(plan_scene(scene, ref, config), tmp_path / "out", client=dask_client, progress=False)
     expected, _ = whole_image(scene, ref, (1, 4))
     np.testing.assert_allclose(read_proba(result.proba_path), expected, atol=1e-6, rtol=0)
 
@@ -81,8 +83,8 @@ def test_unet_seam_error_with_blending(tmp_path, dask_client):
     expected, valid = whole_image(scene, ref, (1, 2, 3, 4))
     figures = {}
     for blend in ("cosine", "none"):
-        result = predict_scene(scene, ref, tmp_path / blend, client=dask_client, bands="naip", tile_size=128,
-                               halo=32, overlap=16, blend=blend, proba_dtype="float32", progress=False)
+        config = PredictConfig(bands="naip", tile_size=128, halo=32, overlap=16, blend=blend, proba_dtype="float32")
+        result = predict_scene(plan_scene(scene, ref, config), tmp_path / blend, client=dask_client, progress=False)
         diff = np.abs(read_proba(result.proba_path)[1] - expected[1])
         figures[blend] = seam_errors(diff, 128)
     print(f"seam error (border, interior): blended {figures['cosine']}, hard crop {figures['none']}")
@@ -95,8 +97,9 @@ def test_unet_seam_error_with_blending(tmp_path, dask_client):
 def test_outputs_are_georeferenced_cogs_with_nodata(make_geotiff, tmp_path, dask_client):
     scene = make_geotiff(shape=(4, 333, 257), dtype="uint16", nodata=0, nodata_box=(100, 333, 0, 257),
                          blocksize=64)
-    result = predict_scene(scene, "vegetation", tmp_path / "out", client=dask_client, bands="naip",
-                           tile_size=64, halo=8, progress=False)
+    config = PredictConfig(bands="naip", tile_size=64, halo=8)
+    result = predict_scene(plan_scene(scene, "vegetation", config), tmp_path / "out", client=dask_client,
+                           progress=False)
     # pixel rows 100..333 hold only nodata: tiles whose core lies there are read but not run
     assert result.tiles_skipped == 4 * 5  # tile rows 2..5 (from row 128 on) x 5 columns
     with rasterio.open(scene) as src:
@@ -121,11 +124,31 @@ def test_model_is_built_once_per_worker_not_per_tile(make_geotiff, tmp_path, das
 
     seed = 12345
     ref = ModelRef.from_factory(models.counted_convnet, seed=seed, bands=("red", "nir"))
-    result = predict_scene(make_geotiff(shape=(4, 200, 200)), ref, tmp_path, client=dask_client, bands="naip",
-                           tile_size=40, halo=4, batch_size=1, progress=False)
+    config = PredictConfig(bands="naip", tile_size=40, halo=4, batch_size=1)
+    plan = plan_scene(make_geotiff(shape=(4, 200, 200)), ref, config)
+    result = predict_scene(plan, tmp_path, client=dask_client, progress=False)
     assert result.tiles_planned == 25
     per_worker = dask_client.run(models.builds, seed)
     assert sum(per_worker.values()) >= 1 and max(per_worker.values()) == 1, per_worker
+
+
+@pytest.mark.slow
+def test_the_scene_header_is_opened_once_per_run(make_geotiff, tmp_path, dask_client, monkeypatch):
+    """plan_scene opens the header; the plan carries it, so predict_scene never opens it again here."""
+    calls = []
+
+    def counting_open_scene(*args, **kwargs):
+        calls.append(args[0] if args else kwargs.get("path"))
+        return open_scene(*args, **kwargs)
+
+    monkeypatch.setattr(workflows.scene, "open_scene", counting_open_scene)
+    monkeypatch.setattr("pipeline.inference.read.open_scene", counting_open_scene)
+    scene = make_geotiff(shape=(4, 96, 128))
+    plan = plan_scene(scene, "vegetation", PredictConfig(bands="naip", tile_size=64, halo=8))
+    assert calls == [scene]
+    result = predict_scene(plan, tmp_path / "out", client=dask_client, progress=False)
+    assert calls == [scene]
+    assert result.classes_path.exists() and result.tiles_planned == len(plan.grid)
 
 
 def test_batches_cover_every_tile_once_in_stripes():
