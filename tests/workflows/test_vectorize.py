@@ -74,8 +74,9 @@ def test_layers_match_whole_raster_polygonizer_for_several_tile_sizes(scene, tmp
     ids = {}
     for tile_size in (32, 100):
         out = tmp_path / f"out{tile_size}"
-        result = vectorize_scene(classes_path, out, formats="gpkg,parquet", proba_path=proba_path,
-                                 tile_size=tile_size, client=dask_client, attributes={"date_after": dt.date(2021, 1, 1)})
+        config = VectorizeConfig(formats="gpkg,parquet", tile_size=tile_size)
+        result = vectorize_scene(classes_path, out, config, proba_path=proba_path, client=dask_client,
+                                 attributes={"date_after": dt.date(2021, 1, 1)})
         assert result.paths["gpkg"] == out / "naip_20200831.gpkg" and result.features == len(ref)
         frame, geoms = read_layer(result.paths["gpkg"])
         assert_same_polygons(pixel_geoms(geoms, TRANSFORM), frame["class_id"].to_numpy(), ref, ref_cls)
@@ -101,8 +102,8 @@ def test_burn_scar_mask_layers(tmp_path: Path, dask_client) -> None:
         mask, transform, crs = src.read(1), src.transform, src.crs
     ref, ref_cls = whole_raster_polygons(mask, mask != -1)
     for tile_size in (64, 200):
-        result = vectorize_scene(mask_path, tmp_path / str(tile_size), formats=("fgb",), tile_size=tile_size,
-                                 classes=["1"], client=dask_client)
+        config = VectorizeConfig(formats=("fgb",), tile_size=tile_size, classes=["1"])
+        result = vectorize_scene(mask_path, tmp_path / str(tile_size), config, client=dask_client)
         frame, geoms = read_layer(result.paths["fgb"])
         assert CRS.from_user_input(pyogrio.read_info(result.paths["fgb"])["crs"]) == CRS.from_user_input(crs)
         assert_same_polygons(pixel_geoms(geoms, transform), frame["class_id"].to_numpy(), ref[ref_cls == 1],
@@ -114,8 +115,8 @@ def test_geographic_raster_areas_are_geodesic(tmp_path: Path, dask_client) -> No
     classes = discs((200, 200), 30, seed=4)
     transform = Affine(0.0005, 0.0, -64.5, 0.0, -0.0005, -9.5)  # ~55 m pixels in Rondonia
     path = write_raster(tmp_path / "geo.tif", classes, crs="EPSG:4326", transform=transform)
-    result = vectorize_scene(path, tmp_path / "out", formats="geojson", tile_size=64, classes=[1, 2],
-                             client=dask_client)
+    config = VectorizeConfig(formats="geojson", tile_size=64, classes=[1, 2])
+    result = vectorize_scene(path, tmp_path / "out", config, client=dask_client)
     frame, _ = read_layer(result.paths["geojson"])
     # independent: the area of each pixel row in an equal-area projection, times the pixels in that row
     from pyproj import Transformer
@@ -134,19 +135,20 @@ def test_noisy_raster_hits_the_polygon_limit(tmp_path: Path, dask_client) -> Non
     noisy = (np.random.default_rng(0).random((256, 256)) < 0.5).astype(np.uint8)
     path = write_raster(tmp_path / "noisy.tif", noisy)
     with pytest.raises(PolygonLimitError, match=r"classes noisy.tif: tile at rows .*--sieve"):
-        vectorize_scene(path, tmp_path / "out", tile_size=64, max_polygons=500, client=dask_client)
+        vectorize_scene(path, tmp_path / "out", VectorizeConfig(tile_size=64, max_polygons=500), client=dask_client)
     assert not (tmp_path / "out" / "noisy.gpkg").exists()
     assert list((tmp_path / "out").glob("*")) == []  # staging removed
-    sieved = vectorize_scene(path, tmp_path / "out", tile_size=64, max_polygons=500, sieve=40,
-                             min_area="0.5ha", client=dask_client)
+    config = VectorizeConfig(tile_size=64, max_polygons=500, sieve=40, min_area="0.5ha")
+    sieved = vectorize_scene(path, tmp_path / "out", config, client=dask_client)
     frame, _ = read_layer(sieved.paths["gpkg"])
     assert 0 < len(frame) <= 500 and frame["pixels"].min() >= 40 and frame["area_m2"].min() >= 5000
 
 
 def test_simplify_keeps_polygons_valid_and_counts(scene, tmp_path: Path, dask_client) -> None:
     classes_path, _, classes, _ = scene
-    exact = vectorize_scene(classes_path, tmp_path / "a", tile_size=64, client=dask_client)
-    simple = vectorize_scene(classes_path, tmp_path / "b", tile_size=64, simplify=15.0, client=dask_client)
+    exact = vectorize_scene(classes_path, tmp_path / "a", VectorizeConfig(tile_size=64), client=dask_client)
+    simple = vectorize_scene(classes_path, tmp_path / "b", VectorizeConfig(tile_size=64, simplify=15.0),
+                             client=dask_client)
     f_exact, g_exact = read_layer(exact.paths["gpkg"])
     f_simple, g_simple = read_layer(simple.paths["gpkg"])
     assert list(f_exact["id"]) == list(f_simple["id"])
@@ -157,12 +159,12 @@ def test_simplify_keeps_polygons_valid_and_counts(scene, tmp_path: Path, dask_cl
 def test_user_errors_name_the_thing(scene, tmp_path: Path, dask_client) -> None:
     classes_path, _, _, _ = scene
     with pytest.raises(ConfigError, match="no class named 'cleard'.*1=cleared"):
-        vectorize_scene(classes_path, tmp_path, classes=["cleard"], client=dask_client)
+        vectorize_scene(classes_path, tmp_path, VectorizeConfig(classes=["cleard"]), client=dask_client)
     floats = write_raster(tmp_path / "f.tif", np.zeros((10, 10), dtype=np.float32))
     with pytest.raises(InvalidSceneError, match="f.tif: float32 pixels are not classes"):
         vectorize_scene(floats, tmp_path, client=dask_client)
-    with pytest.raises(ConfigError, match="shp"):
-        vectorize_scene(classes_path, tmp_path, formats="shp", client=dask_client)
+    with pytest.raises(ConfigError, match="shp"):  # refused where the config is built, before any work
+        vectorize_scene(classes_path, tmp_path, VectorizeConfig.build(formats="shp"), client=dask_client)
 
 
 def test_cli_vectorize(scene, tmp_path: Path, dask_client) -> None:
@@ -213,7 +215,7 @@ def test_raster_without_crs_needs_assume_crs(tmp_path: Path, dask_client) -> Non
     with pytest.raises(InvalidSceneError, match="no CRS.*--assume-crs"):
         vectorize_scene(path, tmp_path / "out", client=dask_client)
     config = VectorizeConfig.build(formats=("fgb", "gpkg"), tile_size=16)
-    result = vectorize_scene(path, tmp_path / "out", assume_crs="EPSG:32633", formats="fgb", config=config,
-                             client=dask_client)
-    assert list(result.paths) == ["fgb"] and result.tiles == 9  # the keyword wins, the rest is the config's
+    given = VectorizeConfig.build(**{**config.model_dump(), "assume_crs": "EPSG:32633", "formats": "fgb"})
+    result = vectorize_scene(path, tmp_path / "out", given, client=dask_client)
+    assert list(result.paths) == ["fgb"] and result.tiles == 9  # the value given wins, the rest is the config's
     assert CRS.from_user_input(pyogrio.read_info(result.paths["fgb"])["crs"]) == CRS.from_epsg(32633)
