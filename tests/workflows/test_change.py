@@ -17,9 +17,10 @@ from shapely.geometry import box
 
 from pipeline.change.align import grid_of
 from pipeline.change.transitions import ALERT_HIGH, ALERT_NODATA, CHANGE_NODATA, transition_codes, transition_names
-from pipeline.models.model import ModelRef, load_model
+from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig
 from pipeline.inference.predict import predict_array
 from pipeline.inference.stitch import classify
+from pipeline.models.model import ModelRef, load_model
 from tests.conftest import NAIP_2009, NAIP_2020, shared
 from workflows.change import detect_change, run_timeline
 
@@ -89,9 +90,10 @@ def test_known_changes_give_exactly_those_codes_polygons_and_areas(known_pair, d
 
 def test_swapping_dates_swaps_loss_and_gain(known_pair, dask_client, tmp_path: Path) -> None:
     before, after = known_pair
-    forward = detect_change(before, after, out_dir=tmp_path / "f", quicklook=False, client=dask_client,
+    config = ChangeConfig(quicklook=False)
+    forward = detect_change(before, after, out_dir=tmp_path / "f", config=config, client=dask_client,
                             progress=False).polygons()
-    backward = detect_change(after, before, out_dir=tmp_path / "b", quicklook=False, client=dask_client,
+    backward = detect_change(after, before, out_dir=tmp_path / "b", config=config, client=dask_client,
                              progress=False).polygons()
     flip = {t: "->".join(reversed(t.split("->"))) for t in forward["class_name"]}
     f = forward.assign(class_name=forward["class_name"].map(flip)).sort_values("area_m2")
@@ -110,8 +112,9 @@ def test_scenes_are_classified_and_compared_against_whole_array_reference(make_g
     after_data[0, 20:60, 30:90] = 2500  # red up, nir down: vegetation cleared
     after_data[3, 20:60, 30:90] = 700
     after_path = make_geotiff("after_20200701.tif", data=after_data, nodata=0, nodata_box=(100, 130, 0, 50))
-    result = detect_change(before_path, after_path, "vegetation", tmp_path / "out", bands="rgbn", client=dask_client,
-                           tile_size=64, halo=0, progress=False)
+    config = ChangeConfig(predict=PredictConfig(bands="rgbn", tile_size=64, halo=0))
+    result = detect_change(before_path, after_path, "vegetation", tmp_path / "out", config, client=dask_client,
+                           progress=False)
     model = load_model(ModelRef.of("vegetation"))
     cls, pmax = [], []
     for path in (before_path, after_path):
@@ -134,8 +137,8 @@ def test_scenes_are_classified_and_compared_against_whole_array_reference(make_g
     assert np.abs(conf[ok].astype(int) - expected_conf[ok]).max() <= 2
 
     # an index-difference model on the same pair sees the same clearing
-    diff = detect_change(before_path, after_path, "dndvi", tmp_path / "out", bands="rgbn", name="dndvi",
-                         polygons=False, quicklook=False, progress=False)
+    config = ChangeConfig(predict=PredictConfig(bands="rgbn"), name="dndvi", polygons=False, quicklook=False)
+    diff = detect_change(before_path, after_path, "dndvi", tmp_path / "out", config, progress=False)
     codes = read_band(diff.change_path)
     assert (codes[20:60, 30:90] == diff.class_names.index("vegetation loss")).mean() > 0.9
     assert (codes[100:130, 0:50] == CHANGE_NODATA).all()
@@ -155,8 +158,8 @@ def test_shifted_copy_of_a_real_scene_shows_no_change(dask_client, tmp_path: Pat
 
     a = write("a_20200831.tif", data, transform)
     b = write("b_20200831.tif", data[:, 7:, 11:].copy(), transform @ Affine.translation(11, 7))
-    result = detect_change(a, b, "vegetation", tmp_path / "out", bands="naip", client=dask_client, progress=False,
-                           quicklook=False)
+    config = ChangeConfig(predict=PredictConfig(bands="naip"), quicklook=False)
+    result = detect_change(a, b, "vegetation", tmp_path / "out", config, client=dask_client, progress=False)
     codes = read_band(result.change_path)
     inside = np.zeros(codes.shape, bool)
     inside[7:, 11:] = True
@@ -167,8 +170,8 @@ def test_shifted_copy_of_a_real_scene_shows_no_change(dask_client, tmp_path: Pat
 
 @pytest.mark.slow
 def test_naip_pair_end_to_end_lines_up_with_the_inputs(dask_client, tmp_path: Path) -> None:
-    result = detect_change(NAIP_2009, NAIP_2020, "vegetation", tmp_path, bands="naip", client=dask_client,
-                           progress=False)
+    config = ChangeConfig(predict=PredictConfig(bands="naip"))
+    result = detect_change(NAIP_2009, NAIP_2020, "vegetation", tmp_path, config, client=dask_client, progress=False)
     grid = grid_of(NAIP_2009)
     with rasterio.open(result.change_path) as src:
         assert (src.crs, src.transform, src.height, src.width) == (grid.crs, grid.transform, grid.height, grid.width)
@@ -191,8 +194,9 @@ def test_naip_pair_end_to_end_lines_up_with_the_inputs(dask_client, tmp_path: Pa
 @pytest.mark.slow
 def test_pucallpa_timeline_end_to_end(dask_client, tmp_path: Path) -> None:
     scenes = [shared(f"change/landsat_timeseries_pucallpa_peru/{y}.tif") for y in range(2020, 1984, -5)]
-    result = run_timeline(scenes, "vegetation", tmp_path, date_pattern=r"(?P<year>\d{4})", bands="red=3,nir=2",
-                          watch="vegetation->other", client=dask_client, progress=False)
+    config = TimelineConfig(predict=PredictConfig(bands="red=3,nir=2"), date_pattern=r"(?P<year>\d{4})",
+                            watch="vegetation->other")
+    result = run_timeline(scenes, "vegetation", tmp_path, config, client=dask_client, progress=False)
     assert [d.date.year for d in result.dates] == list(range(1985, 2021, 5))
     grid = grid_of(scenes[-1])  # 1985, the earliest
     assert result.grid == grid and grid.crs == CRS.from_epsg(4326)
@@ -229,8 +233,8 @@ def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(dask_clie
         if year >= 2019:
             classes[20:30, 10:20] = 1  # a real clearing, seen twice
         dates.append(write_classes(tmp_path / f"{year}.classes.tif", classes))
-    result = run_timeline(dates[::-1], out_dir=tmp_path / "out", date_pattern=r"(?P<year>\d{4})",
-                          watch="forest->cleared", client=dask_client, progress=False)
+    config = TimelineConfig(date_pattern=r"(?P<year>\d{4})", watch="forest->cleared")
+    result = run_timeline(dates[::-1], out_dir=tmp_path / "out", config=config, client=dask_client, progress=False)
     with rasterio.open(result.alerts_path) as src:
         first_day, count, confidence, last_day = src.read()
     clearing = np.zeros(base.shape, bool)
@@ -281,8 +285,8 @@ def test_reprojected_resampled_copy_is_aligned_and_shows_change_only_at_block_ed
                        transform=transform, nodata=255) as dst:
         dst.write(warped, 1)
         dst.update_tags(SCENEWATCH_CLASSES=",".join(NAMES))
-    result = detect_change(original, copy, out_dir=tmp_path / "out", quicklook=False, polygons=False,
-                           progress=False)
+    result = detect_change(original, copy, out_dir=tmp_path / "out",
+                           config=ChangeConfig(quicklook=False, polygons=False), progress=False)
     codes = read_band(result.change_path)
     assert codes.shape == classes.shape  # on the first scene's grid
     valid = codes != CHANGE_NODATA
@@ -296,8 +300,8 @@ def test_reprojected_resampled_copy_is_aligned_and_shows_change_only_at_block_ed
     assert (codes[valid & ~edges] == 0).all()
     assert (codes[valid] == 0).mean() > 0.95
     # the same comparison on the copy's grid: outputs line up with that grid instead
-    on_copy = detect_change(original, copy, out_dir=tmp_path / "out2", grid=copy, polygons=False, quicklook=False,
-                            progress=False)
+    on_copy = detect_change(original, copy, out_dir=tmp_path / "out2",
+                            config=ChangeConfig(grid=str(copy), polygons=False, quicklook=False), progress=False)
     with rasterio.open(on_copy.change_path) as src:
         assert (src.crs, src.transform, src.shape) == (dst_crs, transform, (height, width))
 
@@ -305,8 +309,8 @@ def test_reprojected_resampled_copy_is_aligned_and_shows_change_only_at_block_ed
 def test_compare_arrays_on_ombria_flood_chips_beats_the_trivial_baseline() -> None:
     import re
 
+    from pipeline.change.compare import compare_arrays
     from pipeline.change.transitions import iou
-    from workflows.change import compare_arrays
 
     folder = shared("change/flood_ombria_albania/MASK").parent
     predicted, truth = [], []
@@ -325,8 +329,8 @@ def test_compare_arrays_on_ombria_flood_chips_beats_the_trivial_baseline() -> No
 
 
 def test_compare_arrays_index_difference_and_errors() -> None:
+    from pipeline.change.compare import compare_arrays
     from pipeline.errors import ConfigError
-    from workflows.change import compare_arrays
 
     before = np.zeros((2, 4, 4), np.float32)
     before[0], before[1] = 100, 500  # red, nir: vegetated
@@ -357,7 +361,8 @@ def test_pairs_that_cannot_be_compared_are_refused_in_the_users_words(known_pair
     (tmp_path / "2019").mkdir()
     twin = make_geotiff("2019/scene.tif", shape=(4, 20, 20))
     with pytest.raises(ConfigError, match="would both write scene.classes.tif"):
-        detect_change(scene, twin, out_dir=tmp_path / "o", bands="rgbn", progress=False)
+        detect_change(scene, twin, out_dir=tmp_path / "o", config=ChangeConfig(predict=PredictConfig(bands="rgbn")),
+                      progress=False)
     untagged = tmp_path / "plain.classes.tif"
     with rasterio.open(untagged, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8",
                        crs=CRS.from_epsg(32633), transform=ORIGIN, nodata=255) as dst:
