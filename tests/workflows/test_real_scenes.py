@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline.config import PredictConfig
 from pipeline.models.model import ModelRef
 from tests.conftest import NAIP_2020, REPO, shared
 from tests.models import unet
-from workflows.scene import predict_scene
+from workflows.scene import plan_scene, predict_scene
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +29,8 @@ def check_aligned(scene: Path, out: Path) -> np.ndarray:
 
 
 def test_naip_four_band(tmp_path, dask_client):
-    result = predict_scene(NAIP_2020, "vegetation", tmp_path, client=dask_client, bands="naip", tile_size=256,
-                           progress=False)
+    plan = plan_scene(NAIP_2020, "vegetation", PredictConfig(bands="naip", tile_size=256))
+    result = predict_scene(plan, tmp_path, client=dask_client, progress=False)
     classes = check_aligned(NAIP_2020, result.classes_path)
     share = (classes == 1).mean()
     assert 0.05 < share < 0.95  # farmland in August: both classes present
@@ -38,8 +39,8 @@ def test_naip_four_band(tmp_path, dask_client):
 def test_landsat_collar_is_nodata(tmp_path, dask_client):
     scene = shared("scenes/landsat7_bahamas/RGB.byte.tif")
     ref = ModelRef.from_factory(unet, bands=("red", "green", "blue"))
-    result = predict_scene(scene, ref, tmp_path, client=dask_client, bands="rgb", tile_size=256, halo=32,
-                           progress=False)
+    plan = plan_scene(scene, ref, PredictConfig(bands="rgb", tile_size=256, halo=32))
+    result = predict_scene(plan, tmp_path, client=dask_client, progress=False)
     classes = check_aligned(scene, result.classes_path)
     with rasterio.open(scene) as src:
         collar = src.dataset_mask() == 0
@@ -48,8 +49,8 @@ def test_landsat_collar_is_nodata(tmp_path, dask_client):
 
 def test_worldview_float64(tmp_path, dask_client):
     scene = shared("scenes/spacenet6_rotterdam/ms1.tif")
-    result = predict_scene(scene, "vegetation", tmp_path, client=dask_client, bands="bgrn", tile_size=128,
-                           progress=False)
+    plan = plan_scene(scene, "vegetation", PredictConfig(bands="bgrn", tile_size=128))
+    result = predict_scene(plan, tmp_path, client=dask_client, progress=False)
     check_aligned(scene, result.classes_path)
 
 

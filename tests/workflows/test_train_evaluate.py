@@ -10,10 +10,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from pipeline.config import EvaluateConfig, PredictConfig
 from pipeline.models.bundle import load_bundle, read_spec
 from workflows.cli import main
 from workflows.evaluate import evaluate_scene
-from workflows.scene import predict_scene
+from workflows.scene import plan_scene, predict_scene
 from workflows.train import TrainConfig, train
 
 
@@ -66,8 +67,9 @@ def test_tiny_training_lowers_the_loss_and_its_bundle_predicts(labelled, tmp_pat
 
     model = load_bundle(run.bundle, precision="fp32")
     assert model.info.bands == ("pan",)
-    result = predict_scene(scene, str(run.bundle), tmp_path / "pred", client=dask_client, progress=False,
-                           bands="pan=1", precision="fp32")
+    config = PredictConfig(bands="pan=1", precision="fp32")
+    result = predict_scene(plan_scene(scene, str(run.bundle), config), tmp_path / "pred", client=dask_client,
+                           progress=False)
     import rasterio
 
     with rasterio.open(result.classes_path) as src:
@@ -76,8 +78,8 @@ def test_tiny_training_lowers_the_loss_and_its_bundle_predicts(labelled, tmp_pat
     assert set(np.unique(predicted[6:])) <= {0, 1}
 
     # Evaluation on the stitched prediction equals an independent pixel count on the same raster.
-    ev = evaluate_scene(scene, str(run.bundle), label_path, client=dask_client, progress=False, bands="pan=1",
-                        precision="fp32")
+    ev = evaluate_scene(scene, str(run.bundle), label_path, EvaluateConfig(predict=config), client=dask_client,
+                        progress=False)
     expected = [[int(np.sum((labels[6:] == t) & (predicted[6:] == p))) for p in (0, 1)] for t in (0, 1)]
     assert [list(r) for r in ev.pixels.confusion] == expected
     assert ev.unknown_pixels == 6 * labels.shape[1]
