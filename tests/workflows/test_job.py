@@ -10,9 +10,9 @@ import pystac
 import pytest
 
 from pipeline.errors import ConfigError
-from workflows.job import date_from_name, discover_scenes, load_job
 from tests.conftest import REPO, SAMPLE_DIR
 from tests.workflows.helpers import SHAPE, write_job
+from workflows.job import date_from_name, discover_scenes, load_job
 
 JOBS = sorted((REPO / "workflows" / "jobs").glob("*.yaml"))
 
@@ -71,6 +71,42 @@ def test_validation_error_names_key_and_line(tmp_path: Path, text: str, line: in
     assert message.startswith(f"job job.yaml: line {line}: {key}: "), message
     assert words in message
     assert "\n" not in message
+
+
+def _with_products(products: str) -> str:
+    """GOOD with a ``products:`` section (its first line is line 9) before ``outputs:``."""
+    return GOOD.replace("outputs:\n", f"products:\n{products}outputs:\n")
+
+
+@pytest.mark.parametrize(("products", "line", "key", "words"), [
+    ("  vectors:\n    options:\n      min_aera: 0.5ha\n", 12, "products.vectors.options.min_aera", "unknown key"),
+    ("  vectors:\n    options:\n      sieve: 4\n      simplfy: 2\n", 13, "products.vectors.options.simplfy",
+     "unknown key"),
+    ("  change:\n    options:\n      quiklook: false\n", 12, "products.change.options.quiklook", "unknown key"),
+    ("  timeline:\n    options:\n      confrim: 3\n", 12, "products.timeline.options.confrim", "unknown key"),
+    ("  vectors:\n    options:\n      min_area: lots\n", 12, "products.vectors.options.min_area", "area 'lots'"),
+])
+def test_product_options_are_checked_when_the_job_is_loaded(tmp_path: Path, products: str, line: int, key: str,
+                                                             words: str) -> None:
+    """A misspelt product option is refused by load_job, naming the key and its line, not after the first scene."""
+    with pytest.raises(ConfigError) as info:
+        _load_text(tmp_path, _with_products(products))
+    message = str(info.value)
+    assert message.startswith(f"job job.yaml: line {line}: {key}: "), message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_product_options_load_as_typed_values(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(_with_products("  vectors:\n    formats: gpkg,parquet\n    options: {min_area: 0.5ha, classes: "
+                                   "vegetation}\n  change:\n    options: {quicklook: false, min_area: 5000m2}\n"
+                                   "  timeline:\n    options: {watch: 'vegetation->other', confirm: 3}\n"))
+    products = load_job(path).spec.products
+    assert products.vectors.formats == ("gpkg", "parquet")
+    assert products.vectors.options.min_area == 5000.0 and products.vectors.options.classes == ("vegetation",)
+    assert products.change.options.min_area == 5000.0 and products.change.options.quicklook is False
+    assert products.timeline.options.watch == ("vegetation->other",) and products.timeline.options.confirm == 3
 
 
 def test_yaml_syntax_error_and_duplicate_key_name_the_line(tmp_path: Path) -> None:
