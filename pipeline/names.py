@@ -17,11 +17,12 @@ def safe_name(raw: str, max_length: int = 100) -> str:
     """A file-name-safe form of ``raw`` that cannot escape a folder and keeps distinct ids distinct.
 
     Letters, digits, ``.``, ``_`` and ``-`` are kept (accents are folded to ASCII); anything else becomes
-    ``_``; leading dots are dropped so that ``..`` and hidden names cannot arise. When anything had to change,
+    ``_``; leading dots and dashes are dropped so that ``..``, hidden names and names that read as options
+(``-rf``, for GDAL's layer rules and every command line) cannot arise. When anything had to change,
     a short hash of the raw id is appended, so ``a/b`` and ``a_b`` never collide.
     """
     folded = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
-    cleaned = _UNSAFE.sub("_", folded).lstrip(".").strip("_") or "scene"
+    cleaned = _UNSAFE.sub("_", folded).lstrip(".-").strip("_") or "scene"
     cleaned = cleaned[:max_length]
     if cleaned != raw:
         digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]

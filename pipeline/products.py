@@ -36,6 +36,7 @@ __all__ = [
     "proba_path",
     "proba_beside",
     "is_classes_path",
+    "is_product_path",
     "name_of",
     "class_names_from_tags",
     "class_tags",
@@ -121,6 +122,12 @@ def proba_path(out_dir: str | Path, name: str) -> Path:
 
 def is_classes_path(path: str | Path) -> bool:
     return Path(path).name.lower().endswith(PRODUCTS["classes"].suffix)
+
+
+def is_product_path(path: str | Path) -> bool:
+    """Whether a file name is one of scenewatch's raster products (``*.classes.tif``, ``*.change.tif``...)."""
+    lower = Path(path).name.lower()
+    return any(lower.endswith(kind.suffix) for kind in PRODUCTS.values())
 
 
 def proba_beside(classes: str | Path) -> Path:

@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +46,9 @@ from distributed.scheduler import KilledWorker
 
 from pipeline.atomic import TEMP_MARKER
 from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
-from pipeline.errors import ConfigError, DiskFullError, ModelError, ScenewatchError
-from pipeline.models.model import BUILTIN_MODELS, ModelInfo, ModelRef, describe_model
+from pipeline.errors import ConfigError, DiskFullError, ModelError, OutputError, ScenewatchError
+from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
+from pipeline.models.loader import describe_model
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, threads_per_model
 from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
@@ -230,6 +233,8 @@ def _input_sha256(manifest: Manifest, path: str) -> str:
         return "href:" + path  # remote assets: identified by href (immutable object URLs are the norm)
     resolved = str(Path(path).resolve())
     st = os.stat(resolved)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or /dev/zero would block or never end here
+        raise OSError(errno.EINVAL, "not a regular file")
     cached = manifest.cached_sha256(resolved, st.st_size, st.st_mtime_ns, st.st_ino)
     if cached is not None:
         return cached
@@ -286,6 +291,23 @@ def _vectors_params(spec: VectorsSpec) -> dict[str, Any]:
     return {"formats": list(spec.formats), "options": spec.options.model_dump(mode="json", exclude_unset=True)}
 
 
+def output_folder(out_dir: Path, relative: Path) -> Path:
+    """``out_dir / relative``, created, after checking that writing there stays inside ``out_dir``: no part
+    below ``out_dir`` may be a symbolic link (``out/2009 -> /elsewhere`` would send products out of it)."""
+    folder = out_dir
+    for part in relative.parts:
+        if part in ("", ".", ".."):
+            raise OutputError(f"output folder {out_dir / relative}: not a plain relative name")
+        folder = folder / part
+        if folder.is_symlink():
+            raise OutputError(f"output folder {folder}: is a symbolic link; scenewatch writes only inside "
+                              f"{out_dir}, so remove the link or choose another output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.resolve().is_relative_to(out_dir.resolve()):
+        raise OutputError(f"output folder {folder}: resolves outside {out_dir}")
+    return folder
+
+
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
@@ -313,7 +335,6 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
     ctx.dask.get()
     started = time.perf_counter()  # the scene's own time, not the cluster's start-up
     name = _product_name(job, scene)
-    folder = job.out_dir / Path(name).parent
     base = Path(name).name
     stage = "plan"
     attempts = 0
@@ -322,6 +343,7 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
         try:
             stage = "plan"
             manifest.set_stage(job.name, scene.scene_id, stage)
+            folder = output_folder(job.out_dir, Path(name).parent)
             dask = ctx.dask.get()
             plan = plan_scene(scene.path, _with_threads(ctx, dask), ctx.config, scene_id=base,
                               tags=_date_tags(scene))
@@ -499,8 +521,8 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
     if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
         return ItemOutcome(unit.item_id, unit.kind, "skipped", "done", time.perf_counter() - started)
     manifest.begin(job.name, unit.item_id, unit.kind, source, fingerprint, ctx.run_id, {})
-    folder = job.out_dir / unit.kind / unit.item_id
     try:
+        folder = output_folder(job.out_dir, Path(unit.kind, unit.item_id))
         manifest.set_stage(job.name, unit.item_id, unit.kind)
         from workflows.change import detect_change, run_timeline
 

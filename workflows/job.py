@@ -27,6 +27,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.config import ChangeOptions, FrozenConfig, PredictConfig, TimelineOptions, VectorFormats, VectorOptions
 from pipeline.errors import ConfigError
 from pipeline.names import unique_names
+from pipeline.products import is_product_path
 from pipeline.vocab import ChangePairs
 
 __all__ = [
@@ -415,6 +416,10 @@ def _file_scenes(job: Job) -> list[SceneInput]:
         paths = sorted(Path(p) for p in globlib.glob(pattern, recursive=True))
         root = job.base
     paths = [p for p in paths if not p.is_dir()]
+    if spec.files is None:
+        # a job whose output folder is (or is inside) its input folder must not take its own products for new
+        # scenes on the next run
+        paths = [p for p in paths if not is_product_path(p)]
     if not paths:
         raise ConfigError(f"{where}: inputs match no files; check inputs in the job file")
     raw = [_relative_or_name(p, root) for p in paths]

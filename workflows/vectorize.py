@@ -175,7 +175,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
                                 f"(run `scenewatch predict` first, or round the raster to integers)")
     proba = _check_proba(proba_path, meta)
     names = class_names_of(meta)
-    sid = scene_id or _default_scene_id(classes_path, meta)
+    sid = safe_name(scene_id) if scene_id else _default_scene_id(classes_path, meta)
     basis = area_basis(meta.crs, meta.transform, meta.height, meta.width)
     simplify_px = cfg.simplify / pixel_size_m(basis, meta.transform, meta.height, meta.width) if cfg.simplify else 0.0
     spec = LayerSpec(

@@ -143,3 +143,71 @@ def test_a_batch_stops_cleanly_on_a_full_disk_and_a_rerun_finishes_it(
     for product in sorted(reference.glob("*.tif")):
         assert sha256(out / product.name) == sha256(product), product.name
     assert not list(out.rglob("*.sw-tmp-*"))
+
+
+# --------------------------------------------------------------------------------------------- batch rooms
+
+
+@pytest.mark.slow
+def test_a_batch_writing_into_its_input_folder_does_not_take_its_products_for_scenes(
+        tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    from workflows.batch import run_job
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 2)
+    job = write_job(tmp_path, {"folder": str(archive), "pattern": "**/*.tif"}, archive)  # out == in
+    first = run_job(job, progress=False)
+    assert first.exit_code == 0 and first.count("done") == 2
+    again = run_job(job, progress=False)
+    assert sorted(o.item_id for o in again.outcomes) == ["scene_00", "scene_01"]
+    assert again.count("skipped") == 2
+
+
+@pytest.mark.slow
+def test_a_symlinked_folder_inside_the_output_folder_is_never_written_through(
+        tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    from workflows.batch import run_job
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 1)
+    (tmp_path / "archive" / "scene_00.tif").rename(tmp_path / "archive" / "scene_2009.tif")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "2009").symlink_to(elsewhere)
+    job = write_job(tmp_path, {"folder": str(archive)}, out, outputs={"folder": str(out),
+                                                                       "naming": "{year}/{scene_id}"})
+    summary = run_job(job, progress=False)
+    assert summary.exit_code == 3 and summary.count("failed") == 1
+    assert "is a symbolic link" in summary.outcomes[0].message
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_fifo_or_a_device_in_the_archive_fails_that_scene_only(
+        tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    import os
+
+    from workflows.batch import run_job
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 1)
+    os.mkfifo(archive / "fifo.tif")
+    (archive / "zero.tif").symlink_to("/dev/zero")
+    summary = run_job(write_job(tmp_path, {"folder": str(archive)}, tmp_path / "out"), progress=False)
+    by_id = {o.item_id: o for o in summary.outcomes}
+    assert by_id["scene_00"].status == "done"
+    for bad in ("fifo", "zero"):
+        assert by_id[bad].status == "failed" and "not a regular file" in by_id[bad].message
+
+
+@pytest.mark.slow
+def test_a_scene_named_like_an_option_is_processed(tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    """``-rf.tif`` made the GeoPackage writer refuse the layer name and stopped the batch."""
+    from workflows.batch import run_job
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 1)
+    (archive / "scene_00.tif").rename(archive / "-rf.tif")
+    out = tmp_path / "out"
+    summary = run_job(write_job(tmp_path, {"folder": str(archive)}, out, products={"vectors": {}}), progress=False)
+    assert summary.exit_code == 0, summary.outcomes
+    (layer,) = out.glob("*.gpkg")
+    assert not layer.name.startswith("-")
