@@ -18,11 +18,11 @@ __all__ = ["CASES"]
 
 def _ref(model: dict[str, Any] | str, precision: str | None = None):
     """A built-in name or bundle path (what users pass), or the keywords of ``build_smp_model``."""
-    from pipeline.models.model import ModelRef
+    from pipeline.models.contract import ModelRef
 
     if isinstance(model, str):
         return ModelRef.of(model, precision=precision)
-    return ModelRef.from_factory("pipeline.models.model:build_smp_model", **model, **({"precision": precision}
+    return ModelRef.from_factory("pipeline.models.network:build_smp_model", **model, **({"precision": precision}
                                                                                 if precision else {}))
 
 
@@ -95,7 +95,7 @@ def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, 
                  precision: str | None = None) -> dict[str, Any]:
     import torch
 
-    from pipeline.models.model import load_model
+    from pipeline.models.loader import load_model
     from pipeline.inference.read import open_scene, read_window
     from tiles.grid import plan_tiles
 

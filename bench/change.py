@@ -36,7 +36,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.change.transitions import iou
-from pipeline.models.model import ModelRef, load_model
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 from pipeline.inference.predict import predict_array
 from pipeline.inference.stitch import classify
 from workflows.change import compare_arrays

@@ -79,7 +79,8 @@ def _worker_state(bundle: str) -> dict[str, Any]:
     """Run in a worker after a scene: the precision ``auto`` resolves to there and torch's peak GPU memory."""
     import torch
 
-    from pipeline.models.model import ModelRef, load_model
+    from pipeline.models.contract import ModelRef
+    from pipeline.models.loader import load_model
 
     memory = {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
               "gpu_reserved_mib": torch.cuda.memory_reserved() / 2**20}

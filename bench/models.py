@@ -171,7 +171,9 @@ def main() -> None:
     import segmentation_models_pytorch as smp
     import torch
 
-    from pipeline.models.model import BUILTIN_MODELS, ModelInfo, ModelRef, TorchSegmentationModel, load_model
+    from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
+    from pipeline.models.loader import load_model
+    from pipeline.models.network import TorchSegmentationModel
 
     torch.set_num_threads(args.threads)
     data, mean, std = load_imagery(NAIP, args.tile, args.batch)
@@ -304,7 +306,7 @@ def end_to_end(args: argparse.Namespace, network, mean, std) -> None:
     from distributed import Client, LocalCluster
 
     from pipeline.models.bundle import save_bundle
-    from pipeline.models.model import ModelRef
+    from pipeline.models.contract import ModelRef
     from workflows.scene import predict_scene
 
     with rasterio.open(args.scene) as src:

@@ -16,7 +16,8 @@ import numpy as np
 import rasterio
 from rasterio.features import shapes
 
-from pipeline.models.model import ModelRef, load_model
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 
 __all__ = ["run_naive"]
 
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--bands", default="1,2,3,4")
     args = parser.parse_args()
     if args.model.startswith("{"):
-        ref = ModelRef.from_factory("pipeline.models.model:build_smp_model", **json.loads(args.model))
+        ref = ModelRef.from_factory("pipeline.models.network:build_smp_model", **json.loads(args.model))
     else:
         ref = ModelRef.of(args.model)
     print(run_naive(args.scene, args.out_dir, ref, tuple(int(b) for b in args.bands.split(","))))

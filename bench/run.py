@@ -61,7 +61,7 @@ def make_bundle(path: Path, scene: Path) -> Path:
     save_bundle(path, network, arch="Unet", encoder="resnet18", bands=bands, class_names=classes,
                 mean=mean.tolist(), std=std.tolist())
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
-        from pipeline.models.int8 import quantize_bundle
+        from pipeline.models.quantize import quantize_bundle
 
         quantize_bundle(path, [scene], bands="naip")
     return path

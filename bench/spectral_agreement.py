@@ -47,7 +47,7 @@ def stack_rondonia(out: Path) -> Path:
 def main() -> None:
     from distributed import Client, LocalCluster
 
-    from pipeline.models.model import ModelRef
+    from pipeline.models.contract import ModelRef
     from workflows.scene import predict_scene
 
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.models.model import ModelInfo, TorchSegmentationModel, build_smp_model
+from pipeline.models.contract import ModelInfo
+from pipeline.models.network import TorchSegmentationModel, build_smp_model
 
 __all__ = ["small_convnet", "unet"]
 

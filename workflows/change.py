@@ -53,7 +53,7 @@ from pipeline.change.transitions import (ALERT_NODATA, CHANGE_NODATA, IndexDiffe
 from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig, VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError
 from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
-from pipeline.models.model import ModelRef
+from pipeline.models.contract import ModelRef
 from pipeline.names import safe_name, scene_id
 from pipeline.products import CLASS_NODATA, PRODUCTS, Tag, is_classes_path, product_path
 from tiles.grid import PixelWindow

@@ -89,7 +89,7 @@ def predict(scene: str, model: str, out_dir: str, quiet: bool, model_options: tu
       scenewatch predict s2.tif --model water-mndwi --model-option threshold=0.1 --bands sentinel2 --out out/
       scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
     """
-    from pipeline.models.model import ModelRef
+    from pipeline.models.contract import ModelRef
     from workflows.cli_models import parse_model_options
     from workflows.scene import predict_scene
 

@@ -86,7 +86,8 @@ def models(ctx: click.Context, search: str | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from pipeline.models import bundle
-    from pipeline.models.model import BUILTIN_MODELS, load_model, ModelRef
+    from pipeline.models.contract import BUILTIN_MODELS, ModelRef
+    from pipeline.models.loader import load_model
 
     click.echo("built-in:")
     for name in sorted(BUILTIN_MODELS):
@@ -136,7 +137,8 @@ def show(ctx: click.Context, name: str, option_pairs: tuple[str, ...]) -> None:
       scenewatch models --path ./models show trees
     """
     from pipeline.models.bundle import read_spec
-    from pipeline.models.model import BUILTIN_MODELS, ModelRef, load_model
+    from pipeline.models.contract import BUILTIN_MODELS, ModelRef
+    from pipeline.models.loader import load_model
 
     if name in BUILTIN_MODELS:
         model = load_model(ModelRef.of(name, **parse_model_options(option_pairs)))
@@ -252,7 +254,7 @@ def quantize(ctx: click.Context, name: str, scenes: tuple[str, ...], bands: str 
     Example:
       scenewatch models quantize models/trees --scene scenes/a.tif --scene scenes/b.tif --bands naip
     """
-    from pipeline.models.int8 import quantize_bundle
+    from pipeline.models.quantize import quantize_bundle
 
     path = _locate(name, ctx.obj["search"])
     if path is None:

@@ -17,7 +17,8 @@ import dask
 from distributed import Client, LocalCluster
 
 from pipeline.errors import ConfigError
-from pipeline.models.model import ModelRef, runs_on_gpu
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import runs_on_gpu
 
 __all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS"]
 

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError
-from pipeline.models.model import ModelRef
+from pipeline.models.contract import ModelRef
 from pipeline.training.labels import IGNORE, Labels, open_labels, read_labels
 from pipeline.training.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
 from pipeline.inference.read import SceneMeta

@@ -31,7 +31,8 @@ from distributed import Client, as_completed
 
 from pipeline.config import PredictConfig
 from pipeline.errors import crosses_processes
-from pipeline.models.model import ModelInfo, ModelRef, describe_model, load_model
+from pipeline.models.contract import ModelInfo, ModelRef
+from pipeline.models.loader import describe_model, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
 from pipeline.products import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Tag, class_tags, classes_path,

@@ -100,7 +100,8 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
     from pipeline.change.transitions import difference_model
     from pipeline.inference.predict import predict_array
     from pipeline.inference.stitch import classify
-    from pipeline.models.model import ModelRef, load_model
+    from pipeline.models.contract import ModelRef
+    from pipeline.models.loader import load_model
 
     before = np.asarray(before, dtype=np.float32)
     after = np.asarray(after, dtype=np.float32)

@@ -38,7 +38,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ModelError
-from pipeline.models.model import ModelInfo, TorchSegmentationModel
+from pipeline.models import int8
+from pipeline.models.contract import RUNTIME_OPTIONS, ModelInfo
+from pipeline.models.network import TorchSegmentationModel, default_device
+from pipeline.vocab import Precision
 
 __all__ = [
     "SPEC_FILE",
@@ -407,25 +410,19 @@ def _read_weights(folder: Path, spec: BundleSpec) -> dict[str, Any]:
                          f"safetensors weights are loaded") from err
 
 
-_LOAD_OPTIONS = ("precision", "compile", "device")
-
-
-def load_bundle(path: str | os.PathLike[str], *, precision: str = "auto", compile: bool = False,
+def load_bundle(path: str | os.PathLike[str], *, precision: Precision = "auto", compile: bool = False,
                 device: str | None = None, **options: Any) -> TorchSegmentationModel:
     """The bundle at ``path`` as a ready model (checks: spec, sha256, safetensors, exact state dict).
 
-    ``precision`` is auto|fp32|bf16|fp16|int8; ``compile`` runs the network through ``torch.compile``
+    ``precision`` is a :data:`pipeline.vocab.Precision`; ``compile`` runs the network through ``torch.compile``
     (faster on long jobs; the first tile in each worker pays the compile time). int8 runs the bundle's
     calibrated int8 variant (``scenewatch models quantize``) on OpenVINO; ``auto`` picks it on a CPU when
     the bundle has one and OpenVINO is installed.
     """
-    from pipeline.models import int8
-    from pipeline.models.model import default_device
-
     folder = _bundle_dir(path)
     if options:
         raise ModelError(f"bundle {folder.name}: unknown model option(s) {', '.join(sorted(options))}; "
-                         f"a bundle takes {', '.join(_LOAD_OPTIONS)}")
+                         f"a bundle takes {', '.join(RUNTIME_OPTIONS)}")
     spec = read_spec(folder)
     state = _read_weights(folder, spec)
     network = build_network(spec)

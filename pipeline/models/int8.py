@@ -1,9 +1,10 @@
-"""int8 variants of model bundles: calibrated once, run by OpenVINO on the CPU.
+"""int8 variants of model bundles: run by OpenVINO on the CPU, and made by calibration.
 
 bf16 autocast makes a U-Net 2-2.7x faster than fp32 on a CPU with native bf16; int8 makes it 5-6x faster
 (resnet18 U-Net, 576 px tiles, 2 threads: 0.79 MP/s fp32 eager, 2.1 bf16, 4.4 int8). int8 needs what bf16
 does not: calibration, i.e. the range of every activation on real input. That is done once per bundle, on
-scenes the user chooses, by NNCF's post-training quantization, and kept in the bundle next to the weights::
+scenes the user chooses, by NNCF's post-training quantization (:func:`calibrate`; checked and stored in the
+bundle by :func:`pipeline.models.quantize.quantize_bundle`), and kept in the bundle next to the weights::
 
     my-unet/
       model.json            ... "scenewatch:int8": {files, their sha256, the weights they were made from,
@@ -11,11 +12,12 @@ scenes the user chooses, by NNCF's post-training quantization, and kept in the b
       weights.safetensors
       int8.xml, int8.bin    the quantized network as OpenVINO IR (a graph and raw weights; no code)
 
-Calibration refuses to write a variant whose probabilities drift more than
-:data:`pipeline.models.model.AUTO_DRIFT_LIMIT` from fp32 on held-out tiles: a trained network typically drifts
-0.003-0.006, a random-initialised one 0.03 (its activations are not what calibration expects). At run time
-``--precision auto`` uses the variant on a CPU when OpenVINO is installed, and still checks it against fp32
-on each worker's first tile (falling back to bf16 or fp32 past the same limit).
+At run time ``--precision auto`` uses the variant on a CPU when OpenVINO is installed, and still checks it
+against fp32 on each worker's first tile (falling back to bf16 or fp32 past
+:data:`pipeline.models.network.AUTO_DRIFT_LIMIT`).
+
+This module reads the bundle's spec only as the value it is given (``spec``), so that
+:mod:`pipeline.models.bundle` can load a variant without the two importing each other.
 
 OpenVINO and NNCF are optional (``pip install 'scenewatch[int8]'``); only calibrating needs NNCF.
 """
@@ -25,15 +27,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import logging
-import math
-import shutil
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +37,21 @@ import numpy as np
 
 from pipeline.errors import ModelError
 
-__all__ = ["INT8_MODEL", "INT8_WEIGHTS", "Int8Result", "OpenVinoForward", "calibrate", "load_int8",
-           "openvino_available", "quantize_bundle", "require_int8"]
+__all__ = ["INT8_MODEL", "INT8_WEIGHTS", "OpenVinoForward", "calibrate", "load_int8", "openvino_available",
+           "require_int8", "require_openvino", "sha256_hex"]
 
 log = logging.getLogger("scenewatch")
 
 INT8_MODEL = "int8.xml"
 INT8_WEIGHTS = "int8.bin"
-MIN_VALID_FRACTION = 0.5
-"""A calibration tile needs at least this share of valid pixels: nodata (read as 0) is not what the network
-will be asked about, and would stretch the activation ranges."""
-MIN_TILE = 64
-"""No calibration tile core is cut smaller than this."""
 
 
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _openvino(what: str) -> Any:
+def require_openvino(what: str) -> Any:
+    """The openvino module, or an error naming ``what`` needs it and how to install it."""
     try:
         import openvino
     except ImportError as err:
@@ -118,7 +110,8 @@ class OpenVinoForward:
         return torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: the request reuses its buffer
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data`` as a hex string, as ``scenewatch:int8`` records it."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -132,7 +125,7 @@ def require_int8(folder: Path, spec: Any) -> Any:
     if keys.source_sha256 != spec.sha256:
         raise ModelError(f"{where}: the int8 variant was made from other weights than {spec.weights}; "
                          f"calibrate it again with `scenewatch models quantize`")
-    return _openvino(where)
+    return require_openvino(where)
 
 
 def load_int8(folder: Path, spec: Any) -> OpenVinoForward:
@@ -148,7 +141,7 @@ def load_int8(folder: Path, spec: Any) -> OpenVinoForward:
             data = (folder / name).read_bytes()
         except OSError as err:
             raise ModelError(f"{where}: int8 file {name} cannot be read ({err.strerror or err})") from err
-        digest = _sha256(data)
+        digest = sha256_hex(data)
         if digest != expected:
             raise ModelError(f"{where}: int8 file {name} has sha256 {digest[:12]}... but model.json expects "
                              f"{expected[:12]}...; the file was changed or belongs to another bundle")
@@ -165,126 +158,12 @@ def load_int8(folder: Path, spec: Any) -> OpenVinoForward:
 # ------------------------------------------------------------------------------------------- calibration
 
 
-@dataclass(frozen=True, slots=True)
-class Int8Result:
-    """What :func:`quantize_bundle` measured and wrote."""
-
-    bundle: Path
-    scenes: tuple[str, ...]
-    calibration_tiles: int
-    held_out_tiles: int
-    drift: float  # mean |p_int8 - p_fp32| over the held-out tiles
-    worst_drift: float  # the same on the held-out tile where it is largest
-    agreement: float  # share of held-out pixels with the same class as fp32
-    seconds: float
-
-
-def _calibration_tiles(scenes: Sequence[str | Path], bands: Any, spec: Any, tiles: int,
-                       prepare: Callable[[np.ndarray], Any]) -> list[Any]:
-    """``tiles`` prepared tiles spread over the scenes: per scene, evenly spaced through its tile grid,
-    skipping tiles with less than :data:`MIN_VALID_FRACTION` valid pixels. A scene with fewer tiles than
-    its share is cut into tiles half the bundle's size (the network is convolutional), so that a one-tile
-    scene still gives calibration and held-out tiles that are not the same pixels. Not smaller: on the
-    Rondonia U-Net, 2 calibration tiles of 256 px held out at 0.006, 16 of 64 px at 0.021."""
-    from pipeline.inference.read import open_scene, parse_band_map, read_window, resolve_bands
-    from tiles.grid import plan_tiles
-
-    out: list[Any] = []
-    per_scene = math.ceil(tiles / len(scenes))
-    for scene in scenes:
-        meta = open_scene(scene)
-        indexes = resolve_bands(meta, parse_band_map(bands, meta), spec.bands)
-        size = spec.tile_size
-        if size >= 2 * MIN_TILE and len(plan_tiles(meta.height, meta.width, size, spec.halo)) < per_scene:
-            size //= 2
-        grid = plan_tiles(meta.height, meta.width, size, spec.halo)
-        order = [grid.tile(i // grid.cols, i % grid.cols) for i in _spread(len(grid))]
-        taken = 0
-        for tile in order:
-            if taken == per_scene or len(out) == tiles:
-                break
-            data, valid = read_window(meta, tile.read_window, indexes)
-            if valid.mean() < MIN_VALID_FRACTION:
-                continue
-            out.append(prepare(data[None]))
-            taken += 1
-        if taken == 0:
-            raise ModelError(f"scene {meta.name}: no tile with at least {MIN_VALID_FRACTION:.0%} valid pixels "
-                             f"to calibrate on")
-    return out
-
-
-def _spread(n: int) -> list[int]:
-    """0..n-1 in an order that spreads over the range first (0, n/2, n/4, 3n/4, ...): the first k are
-    evenly spaced for every k, so tiles come from the whole scene whatever the budget."""
-    order, seen, step = [], set(), n
-    while len(order) < n:
-        for i in range(0, n, step):
-            if i not in seen:
-                seen.add(i)
-                order.append(i)
-        step = max(step // 2, 1)
-    return order
-
-
-def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: Any = None, tiles: int = 32,
-                    max_drift: float | None = None) -> Int8Result:
-    """Calibrate an int8 variant of the bundle at ``path`` on ``tiles`` tiles of ``scenes`` (its bands
-    picked with ``bands``, as ``--bands``) and write it into the bundle (atomically).
-
-    Every other tile is held out of calibration and used to measure the drift against fp32; a variant
-    drifting more than ``max_drift`` (default :data:`pipeline.models.model.AUTO_DRIFT_LIMIT`) is refused and the
-    bundle is left as it was.
-    """
-    from pipeline.models import bundle
-    from pipeline.models.model import AUTO_DRIFT_LIMIT
-
-    started = time.perf_counter()
-    folder = bundle._bundle_dir(path)
-    where = f"bundle {folder.name}"
-    ov = _openvino(where)
-    try:
-        import nncf  # noqa: F401
-    except ImportError as err:
-        raise ModelError(f"{where}: calibrating int8 needs NNCF, which is not installed; install it with "
-                         f"pip install 'scenewatch[int8]'") from err
-    if not scenes:
-        raise ModelError(f"{where}: give at least one scene to calibrate on")
-    if tiles < 2:
-        raise ModelError(f"{where}: calibrate on at least 2 tiles (one is held out to measure the drift)")
-    limit = AUTO_DRIFT_LIMIT if max_drift is None else max_drift
-    spec = bundle.read_spec(folder)
-    model = bundle.load_bundle(folder, precision="fp32", device="cpu")
-    prepared = _calibration_tiles(scenes, bands, spec, tiles, model.prepare)
-    calibration, held_out = prepared[0::2], prepared[1::2] or prepared[:1]
-    log.info("%s: calibrating int8 on %d tile(s)", where, len(calibration))
-    quantized = calibrate(model, calibration)
-    forward = OpenVinoForward(quantized)
-    drifts, agree = [], []
-    for x in held_out:
-        reference = model.run(x, "fp32")
-        reduced = model.run(x, "int8", forward)
-        drifts.append(float((reduced - reference).abs().mean()))
-        agree.append(float((reduced.argmax(1) == reference.argmax(1)).float().mean()))
-    drift, worst, agreement = float(np.mean(drifts)), float(np.max(drifts)), float(np.mean(agree))
-    if drift > limit:
-        raise ModelError(f"{where}: int8 drifts {drift:.4f} from fp32 on {len(held_out)} held-out tile(s), over "
-                         f"{limit:.3f}; not written. A trained network usually stays well within it (a "
-                         f"random-initialised one does not); calibrating on more --tiles may help")
-    names = [Path(s).name for s in scenes]
-    _write_variant(folder, quantized, spec, {
-        "drift": round(drift, 6), "worst_drift": round(worst, 6), "agreement": round(agreement, 6),
-        "scenes": names, "calibration_tiles": len(calibration), "held_out_tiles": len(held_out),
-        "openvino": ov.__version__})
-    return Int8Result(folder, tuple(names), len(calibration), len(held_out), drift, worst, agreement,
-                      time.perf_counter() - started)
-
-
 def calibrate(model: Any, tiles: Sequence[Any]) -> Any:
-    """The int8 OpenVINO model of ``model``'s network (a :class:`pipeline.models.model.TorchSegmentationModel`),
-    calibrated on ``tiles``: inputs as :meth:`~pipeline.models.model.TorchSegmentationModel.prepare` makes them.
-    Run it with :class:`OpenVinoForward`; :func:`quantize_bundle` is the checked, stored way."""
-    ov = _openvino(f"model {model.info.name}")
+    """The int8 OpenVINO model of ``model``'s network (a :class:`pipeline.models.network.TorchSegmentationModel`),
+    calibrated on ``tiles``: inputs as :meth:`~pipeline.models.network.TorchSegmentationModel.prepare` makes them.
+    Run it with :class:`OpenVinoForward`; :func:`pipeline.models.quantize.quantize_bundle` is the checked,
+    stored way."""
+    ov = require_openvino(f"model {model.info.name}")
     with _no_cuda_tools_warning():
         import nncf
 
@@ -329,26 +208,3 @@ def _no_cuda_tools_warning() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _write_variant(folder: Path, quantized: Any, spec: Any, measured: dict[str, Any]) -> None:
-    """Copy the bundle, add the IR files and the ``scenewatch:int8`` key, and swap the copy in."""
-    import openvino as ov
-
-    from pipeline.models import bundle
-
-    tmp = folder.with_name(f".{folder.name}.sw-tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(INT8_MODEL, INT8_WEIGHTS))
-        ov.save_model(quantized, str(tmp / INT8_MODEL), compress_to_fp16=False)
-        doc = json.loads((tmp / bundle.SPEC_FILE).read_text(encoding="utf-8"))
-        doc["scenewatch:int8"] = {
-            "model": INT8_MODEL, "model_sha256": _sha256((tmp / INT8_MODEL).read_bytes()),
-            "weights": INT8_WEIGHTS, "weights_sha256": _sha256((tmp / INT8_WEIGHTS).read_bytes()),
-            "source_sha256": spec.sha256, **measured}
-        bundle.parse_spec(doc, f"bundle {folder.name}: {bundle.SPEC_FILE}")  # never write what we would refuse
-        (tmp / bundle.SPEC_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        bundle._replace_dir(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Built-in spectral models: a normalized-difference index and a threshold, no weights.
 
-Each is a two-class :class:`~pipeline.models.model.SegmentationModel`, so tiling, stitching, vectorizing and change
+Each is a two-class :class:`~pipeline.models.contract.SegmentationModel`, so tiling, stitching, vectorizing and change
 treat it exactly like a network: ``p(target) = sigmoid(±(index - threshold) / softness)``. With the default
 softness of 0.05 an index 0.1 past the threshold gives p = 0.88, 0.2 past gives 0.98: the class map is the
 plain threshold test, and the probability is a usable confidence near the threshold.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ModelError
-from pipeline.models.model import ModelInfo, builtin_model
+from pipeline.models.contract import ModelInfo, builtin_model
 
 __all__ = ["SpectralIndexModel", "normalized_difference", "SPECTRAL_DEFAULTS"]
 

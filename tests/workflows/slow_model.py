@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models.model import ModelInfo
+from pipeline.models.contract import ModelInfo
 from pipeline.models.spectral import vegetation_model
 
 

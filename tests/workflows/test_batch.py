@@ -18,7 +18,8 @@ import rasterio
 from rasterio.warp import transform_bounds
 
 from pipeline.errors import ConfigError
-from pipeline.models.model import ModelRef, load_model
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 from pipeline.inference.predict import predict_array
 from pipeline.inference.read import open_scene, read_window
 from pipeline.inference.stitch import classify
@@ -279,7 +280,7 @@ def test_bundle_identity_follows_its_files(tmp_path: Path) -> None:
     """A bundle is identified by its files: the recorded sha256 is its weights' (as the bundle states and
     every loading worker checks), and any changed file (weights, spec) changes the identity."""
     from pipeline.models.bundle import init_bundle, read_spec
-    from pipeline.models.model import describe_model
+    from pipeline.models.loader import describe_model
     from workflows.batch import file_sha256, model_identity
 
     bundle = init_bundle(tmp_path / "trees", "Unet", "mobilenet_v2", ["red", "nir"], ["bg", "tree"])

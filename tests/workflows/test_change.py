@@ -20,7 +20,8 @@ from pipeline.change.transitions import ALERT_HIGH, ALERT_NODATA, CHANGE_NODATA,
 from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig
 from pipeline.inference.predict import predict_array
 from pipeline.inference.stitch import classify
-from pipeline.models.model import ModelRef, load_model
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 from tests.conftest import NAIP_2009, NAIP_2020, shared
 from workflows.change import detect_change, run_timeline
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.models.model import ModelRef, _visible, runs_on_gpu, visible_gpus
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import runs_on_gpu
+from pipeline.models.network import _visible, visible_gpus
 from workflows.cluster import GPU_WORKERS, cpu_count, default_workers
 
 

@@ -12,7 +12,8 @@ import workflows.scene
 from pipeline.config import PredictConfig
 from pipeline.inference.predict import predict_array
 from pipeline.inference.read import open_scene, read_window
-from pipeline.models.model import ModelRef, load_model
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 from pipeline.products import CLASS_NODATA
 from tests.models import small_convnet, unet
 from workflows.scene import _writers, plan_scene, predict_scene

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 
 from pipeline.config import PredictConfig
-from pipeline.models.model import ModelRef
+from pipeline.models.contract import ModelRef
 from tests.conftest import NAIP_2020, REPO, shared
 from tests.models import unet
 from workflows.scene import plan_scene, predict_scene

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.errors import ModelError
 from pipeline.models.bundle import (
     SPEC_FILE,
     WEIGHTS_FILE,
@@ -20,8 +21,8 @@ from pipeline.models.bundle import (
     read_spec,
     save_bundle,
 )
-from pipeline.errors import ModelError
-from pipeline.models.model import ModelInfo, TorchSegmentationModel
+from pipeline.models.contract import ModelInfo
+from pipeline.models.network import TorchSegmentationModel
 
 torch = pytest.importorskip("torch")
 smp = pytest.importorskip("segmentation_models_pytorch")
@@ -227,7 +228,8 @@ def test_unknown_bundle_option_is_refused(saved):
 
 
 def test_a_weights_file_is_not_a_bundle(tmp_path):
-    from pipeline.models.model import ModelRef, load_model
+    from pipeline.models.contract import ModelRef
+    from pipeline.models.loader import load_model
 
     weights = tmp_path / "unet.pth"
     weights.write_bytes(b"not used")
@@ -237,7 +239,8 @@ def test_a_weights_file_is_not_a_bundle(tmp_path):
 
 
 def test_a_rewritten_bundle_is_not_served_from_the_cache(tmp_path):
-    from pipeline.models.model import ModelRef, load_model
+    from pipeline.models.contract import ModelRef
+    from pipeline.models.loader import load_model
 
     path = init_bundle(tmp_path / "b", "Unet", ENCODER, BANDS, CLASSES, seed=1)
     ref = ModelRef.of(str(path), precision="fp32")

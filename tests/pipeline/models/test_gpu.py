@@ -14,8 +14,10 @@ import pytest
 import rasterio
 
 from pipeline.errors import ModelError
-from pipeline.models.model import AUTO_DRIFT_LIMIT, ModelRef, TorchSegmentationModel, runs_on_gpu, visible_gpus
 from pipeline.inference.stitch import decode_proba
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import runs_on_gpu
+from pipeline.models.network import AUTO_DRIFT_LIMIT, TorchSegmentationModel, visible_gpus
 from tests.conftest import NAIP_2020
 from tests.pipeline.models.test_model_precision import INFO, _fit, _unet, naip  # noqa: F401 (naip: a fixture)
 

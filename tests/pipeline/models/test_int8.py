@@ -15,7 +15,7 @@ import rasterio
 from click.testing import CliRunner
 
 from pipeline.errors import ModelError
-from pipeline.models.model import AUTO_DRIFT_LIMIT, TorchSegmentationModel
+from pipeline.models.network import AUTO_DRIFT_LIMIT, TorchSegmentationModel
 from tests.conftest import NAIP_2020
 from tests.pipeline.models.test_model_precision import _fit, _unet
 
@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from pipeline.models import int8
 from pipeline.models.bundle import load_bundle, read_spec, save_bundle
+from pipeline.models.quantize import Int8Result, quantize_bundle
 
 BANDS = ("red", "green", "blue", "nir")
 
@@ -59,14 +59,14 @@ def _settle_batchnorm(network, data, mean, std):
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory, naip_crops) -> tuple[Path, int8.Int8Result]:
+def quantized(tmp_path_factory, naip_crops) -> tuple[Path, Int8Result]:
     """A U-Net briefly fitted to the NAIP sample's NDVI mask, saved as a bundle, with an int8 variant
     calibrated on the same scene. Fitted on crops from all over the scene: fitted on three crops of one
     part, one tile elsewhere drifted 0.18 in int8 (0.002 in bf16), as an undertrained network does."""
     data, mean, std = naip_crops
     network = _settle_batchnorm(_fit(_unet(), data, mean, std, steps=20), data, mean, std)
     path = _save(tmp_path_factory.mktemp("int8") / "trees", network, mean, std)
-    return path, int8.quantize_bundle(path, [NAIP_2020], bands="naip", tiles=8)
+    return path, quantize_bundle(path, [NAIP_2020], bands="naip", tiles=8)
 
 
 @pytest.mark.slow
@@ -156,7 +156,7 @@ def test_auto_steps_down_from_an_int8_variant_that_drifts(caplog):
         with torch.no_grad():
             return net(x) + torch.tensor([1.5, -1.5]).view(1, 2, 1, 1)
 
-    from pipeline.models.model import ModelInfo
+    from pipeline.models.contract import ModelInfo
 
     info = ModelInfo("conv", "0", BANDS, ("a", "b"))
     model = TorchSegmentationModel(net, info, precision="auto", int8=off, stride=1)

@@ -7,7 +7,8 @@ import pytest
 import rasterio
 
 from pipeline.errors import ModelError
-from pipeline.models.model import AUTO_DRIFT_LIMIT, ModelInfo, TorchSegmentationModel, resolve_precision
+from pipeline.models.contract import ModelInfo
+from pipeline.models.network import AUTO_DRIFT_LIMIT, TorchSegmentationModel, resolve_precision
 from tests.conftest import NAIP_2020
 
 torch = pytest.importorskip("torch")
@@ -115,7 +116,7 @@ def test_auto_falls_back_to_fp32_when_bf16_drifts(caplog):
 def test_explicit_precision_is_obeyed_and_checked():
     assert TorchSegmentationModel(_Amplifier(), INFO, precision="fp32").precision == "fp32"
     assert resolve_precision("auto", "cuda:0") == "fp16"
-    with pytest.raises(ModelError, match="precision 'fp64': choose one of auto, fp32, bf16, fp16"):
+    with pytest.raises(ModelError, match="`precision` 'fp64': choose one of auto, fp32, bf16, fp16"):
         resolve_precision("fp64", "cpu")
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ModelError
-from pipeline.models.model import BUILTIN_MODELS, ModelRef, SegmentationModel, load_model
+from pipeline.models.contract import BUILTIN_MODELS, ModelRef, SegmentationModel
+from pipeline.models.loader import load_model
 from pipeline.models.spectral import SPECTRAL_DEFAULTS, SpectralIndexModel, normalized_difference
 
 # name -> (value of band 0, value of band 1) for a pixel that is clearly the target class

@@ -1,0 +1,249 @@
+"""Networks: a torch network as a :class:`~pipeline.models.contract.SegmentationModel`, the precision it runs
+at, and the device it runs on.
+
+:class:`TorchSegmentationModel` wraps any torch module (normalization, padding to the stride, autocast,
+softmax); :func:`resolve_precision` turns ``auto`` into a concrete precision for a device; :func:`build_smp_model`
+makes a randomly initialised segmentation-models-pytorch network (bundles load trained ones:
+:mod:`pipeline.models.bundle`). torch is imported inside the functions that need it, so importing this module
+(as the process that plans and writes does, to ask whether a model would run on a GPU) costs nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ModelError
+from pipeline.models.contract import ModelInfo
+from pipeline.vocab import Precision, choices
+
+log = logging.getLogger("scenewatch")
+
+__all__ = [
+    "AUTO_DRIFT_LIMIT",
+    "TorchSegmentationModel",
+    "build_smp_model",
+    "default_device",
+    "native_bf16",
+    "resolve_precision",
+    "visible_gpus",
+]
+
+
+def default_device() -> str:
+    """Where a network runs when no device is asked for: the GPU if torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs CUDA would show this process, counted without importing torch (which costs the process
+    that plans and writes 500 MiB): the ``/dev/nvidia<N>`` device nodes, narrowed by ``CUDA_VISIBLE_DEVICES``."""
+    return _visible(len(glob.glob("/dev/nvidia[0-9]*")), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _visible(nodes: int, cuda_visible_devices: str | None) -> int:
+    """``nodes`` GPUs seen through ``CUDA_VISIBLE_DEVICES``, which CUDA reads up to the first empty or
+    negative id (``""`` and ``"-1"`` hide them all)."""
+    if cuda_visible_devices is None:
+        return nodes
+    count = 0
+    for item in cuda_visible_devices.split(","):
+        if not item.strip() or item.strip().startswith("-"):
+            break
+        count += 1
+    return min(nodes, count)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX512-BF16 or AMX) that make bf16 faster than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str, int8: bool = False) -> str:
+    """The concrete precision for ``auto``: fp16 on a GPU; on a CPU, int8 where the model has a calibrated
+    int8 variant (``int8``: see :mod:`pipeline.models.int8`), else bf16 with native bf16 kernels, else fp32."""
+    if precision not in choices(Precision):
+        raise ModelError(f"`precision` {precision!r}: choose one of {', '.join(choices(Precision))}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "fp16"
+    if int8:
+        return "int8"
+    return "bf16" if native_bf16() else "fp32"
+
+
+AUTO_DRIFT_LIMIT = 0.008
+"""``auto`` keeps a reduced precision only if, on the first real batch, its probabilities stay within this
+mean absolute difference of fp32 (0.01 is promised; 0.002 is margin for later batches). At 0.005, a
+random-initialised U-Net (drift 0.0045-0.0052 depending on the tile) fell back to fp32 on some workers and
+not others, halving end-to-end throughput for no gain; fitted networks drift about 0.001."""
+
+
+class TorchSegmentationModel:
+    """A torch network as a :class:`SegmentationModel`: per-band normalization, padding to the network's
+    stride (reflect), inference mode, channels-last and autocast at the chosen precision, softmax output
+    (sigmoid for a one-logit binary network).
+
+    Precision ``auto`` picks fp16 on a GPU; on a CPU, int8 where the model has a calibrated int8 variant
+    (``int8``, a callable from normalized, padded input to logits: :class:`pipeline.models.int8.OpenVinoForward`),
+    else bf16 where the CPU has native bf16 kernels (AVX512-BF16/AMX). It then checks itself once: the
+    first batch runs in fp32 too and, if the mean absolute probability difference exceeds
+    :data:`AUTO_DRIFT_LIMIT`, the model steps down (int8 to bf16 if that passes, else fp32) for good, and
+    logs it. So ``auto`` never trades more accuracy than that for speed, whatever the network. An explicit
+    precision is obeyed.
+
+    ``compile`` wraps the network in ``torch.compile`` (inductor, weights frozen and prepacked): faster per
+    tile, but each worker pays a compile of tens of seconds for the first tile and for every new tile shape,
+    so it pays off only on long jobs. It does not apply to int8, which OpenVINO compiles itself.
+    """
+
+    def __init__(self, network: Any, info: ModelInfo, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, precision: str = "auto", device: str | None = None,
+                 stride: int = 32, compile: bool = False, int8: Callable[[Any], Any] | None = None) -> None:
+        import torch
+
+        self.info = info
+        self.device = device or default_device()
+        on_cpu = not self.device.startswith("cuda")
+        self._int8 = int8 if on_cpu else None
+        self.precision = resolve_precision(precision, self.device, int8=self._int8 is not None)
+        if self.precision == "int8" and self._int8 is None:
+            raise ModelError(f"model {info.name}: precision int8 needs the model's int8 variant on a CPU; "
+                             f"calibrate one with `scenewatch models quantize`" if on_cpu else
+                             f"model {info.name}: int8 runs on the CPU only; use fp16 on {self.device}")
+        self.requested_precision = precision
+        self._auto_pending = precision == "auto" and self.precision != "fp32"
+        self.auto_drift: float | None = None  # measured by the first auto check
+        self.stride = stride
+        n = len(info.bands)
+        self._mean = torch.tensor(mean if mean is not None else [0.0] * n, dtype=torch.float32).view(1, n, 1, 1)
+        self._std = torch.tensor(std if std is not None else [1.0] * n, dtype=torch.float32).view(1, n, 1, 1)
+        self.network = network.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.compiled = bool(compile)
+        self._static_hw = (0, 0)
+        self._forward = _compile(self.network) if compile else self.network
+
+    def _network_for(self, precision: str, *, eager: bool = False) -> Any:
+        if precision == "int8":
+            return self._int8
+        return self.network if eager else self._forward
+
+    def run(self, x: Any, precision: str, forward: Any = None) -> Any:
+        """Probabilities ``(N, classes, H, W)`` for prepared input ``x`` (see :meth:`prepare`) at
+        ``precision``, through ``forward`` (default: the network, or the int8 variant for int8)."""
+        import torch
+
+        if forward is None:
+            forward = self._network_for(precision, eager=True)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        # no_grad rather than inference_mode: inductor's frozen graphs are built under no_grad, and
+        # inference tensors would force a second compile; with grads off both cost the same eagerly.
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            logits = forward(x)
+        if logits.shape[1] == 1:
+            p = torch.sigmoid(logits.float())
+            return torch.cat([1.0 - p, p], dim=1)
+        return torch.softmax(logits.float(), dim=1)
+
+    def prepare(self, batch: np.ndarray) -> Any:
+        """A raw ``(N, bands, H, W)`` batch as the network's input: normalized, padded to the stride
+        (reflect), channels-last on the model's device. Crop the output back to ``H, W``."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = (x - self._mean) / self._std
+        h, w = x.shape[-2:]
+        target_h, target_w = h + (-h) % self.stride, w + (-w) % self.stride
+        if self.compiled and self.precision != "int8":
+            # One static shape per worker: smaller (edge) tiles are padded up to the largest tile seen, so
+            # the graph is compiled once rather than once per edge-tile shape.
+            target_h, target_w = max(target_h, self._static_hw[0]), max(target_w, self._static_hw[1])
+            self._static_hw = (target_h, target_w)
+        pad_h, pad_w = target_h - h, target_w - w
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        # OpenVINO takes plain NCHW arrays: channels-last would be converted there and back for nothing
+        layout = torch.contiguous_format if self.precision == "int8" else torch.channels_last
+        return x.to(self.device).contiguous(memory_format=layout)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        h, w = batch.shape[-2:]
+        x = self.prepare(batch)
+        if self._auto_pending:
+            self._auto_pending = False
+            self._check_auto(x)
+        forward = self._network_for(self.precision)
+        if self.compiled and self.precision != "int8":
+            # one image per call, for the same reason (batches of 1 and 2 would both compile)
+            probs = torch.cat([self.run(x[i : i + 1], self.precision, forward) for i in range(len(x))])
+        else:
+            probs = self.run(x, self.precision, forward)
+        return probs[..., :h, :w].cpu().numpy()
+
+    def _check_auto(self, x: Any) -> None:
+        """Compare the reduced precision with fp32 on (a centre crop of) the first image, eagerly, and step
+        down (int8 -> bf16 -> fp32) for good while the mean absolute probability difference is over the
+        limit."""
+        import torch
+
+        size, (hp, wp) = 256, x.shape[-2:]
+        r0 = max(0, (hp - size) // 2) // self.stride * self.stride
+        c0 = max(0, (wp - size) // 2) // self.stride * self.stride
+        crop = x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous(memory_format=torch.channels_last)
+        reference = self.run(crop, "fp32")
+        while self.precision != "fp32":
+            drift = float((self.run(crop, self.precision) - reference).abs().mean())
+            self.auto_drift = drift
+            if drift <= AUTO_DRIFT_LIMIT:
+                return
+            lower = "bf16" if self.precision == "int8" and native_bf16() else "fp32"
+            log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using %s",
+                        self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT, lower)
+            self.precision = lower
+
+
+def _compile(network: Any) -> Any:
+    """``torch.compile`` for inference: frozen weights (constant-folded, prepacked for oneDNN on CPU)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(network, dynamic=False)
+
+
+def build_smp_model(arch: str = "Unet", encoder: str = "resnet18", bands: Sequence[str] = ("red", "green", "blue"),
+                    class_names: Sequence[str] = ("background", "foreground"), seed: int = 0,
+                    precision: str = "auto", mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None, name: str | None = None, compile: bool = False,
+                    **_: Any) -> TorchSegmentationModel:
+    """A segmentation-models-pytorch network, randomly initialised with ``seed`` (no weights downloaded)."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    torch.manual_seed(seed)
+    try:
+        network = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=len(bands),
+                                   classes=len(class_names))
+    except (KeyError, ValueError) as err:
+        raise ModelError(f"model {arch}/{encoder}: smp cannot build it ({err})") from err
+    info = ModelInfo(name=name or f"{arch.lower()}-{encoder}", version="0", bands=tuple(bands),
+                     class_names=tuple(class_names), tile_size=512, halo=32)
+    return TorchSegmentationModel(network, info, mean=mean, std=std, precision=precision, compile=compile)
