@@ -92,7 +92,9 @@ def _calibration_tiles(scenes: Sequence[str | Path], bands: Any, spec: Any, tile
 def _spread(n: int) -> list[int]:
     """0..n-1 in an order that spreads over the range first (0, n/2, n/4, 3n/4, ...): the first k are
     evenly spaced for every k, so tiles come from the whole scene whatever the budget."""
-    order, seen, step = [], set(), n
+    order: list[int] = []
+    seen: set[int] = set()
+    step = n
     while len(order) < n:
         for i in range(0, n, step):
             if i not in seen:

@@ -260,14 +260,16 @@ def test_smp_architecture_list_matches_installed_smp() -> None:
 
 
 def test_reading_a_spec_does_not_import_torch(tmp_path) -> None:
-    """The process that plans and writes reads the bundle's spec only: no torch (500 MiB) there."""
+    """The process that plans and writes reads the bundle's spec and asks where it would run, nothing more:
+    no torch (500 MiB) there."""
     import subprocess
     import sys
 
     from pipeline.models.bundle import init_bundle
 
     bundle = init_bundle(tmp_path / "b", "Unet", "resnet18", ["red", "green", "blue"], ["a", "b"])
-    code = ("import sys; from pipeline.models.model import ModelRef, describe_model; "
-            f"info = describe_model(ModelRef.of({str(bundle)!r})); "
+    code = ("import sys; from pipeline.models.contract import ModelRef; "
+            "from pipeline.models.loader import describe_model, runs_on_gpu; "
+            f"ref = ModelRef.of({str(bundle)!r}, precision='auto'); info = describe_model(ref); runs_on_gpu(ref); "
             "assert info.num_classes == 2; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])
