@@ -49,9 +49,10 @@ def test_int8_is_refused_on_the_gpu():
 
 @pytest.mark.slow
 def test_scene_on_a_gpu_worker_matches_the_cpu(tmp_path, naip, fitted):
+    from pipeline.config import PredictConfig
     from pipeline.models.bundle import save_bundle
     from workflows.cluster import GPU_WORKERS, cpu_count, dask_client, worker_count
-    from workflows.scene import predict_scene
+    from workflows.scene import plan_scene, predict_scene
 
     _, mean, std = naip
     bundle = save_bundle(tmp_path / "unet", fitted, arch="Unet", encoder="resnet18", bands=list(INFO.bands),
@@ -65,11 +66,12 @@ def test_scene_on_a_gpu_worker_matches_the_cpu(tmp_path, naip, fitted):
     assert visible_gpus() >= 1 and runs_on_gpu(bundle)
     with dask_client(model=bundle) as client:
         assert worker_count(client) == min(cpu_count(), GPU_WORKERS)  # not one per core
-        gpu = predict_scene(NAIP_2020, bundle, tmp_path / "gpu", client=client, bands="naip", tile_size=256,
-                            progress=False)
+        plan = plan_scene(NAIP_2020, bundle, PredictConfig(bands="naip", tile_size=256))
+        gpu = predict_scene(plan, tmp_path / "gpu", client=client, progress=False)
         assert any(v > 0 for v in client.run(on_gpu).values())  # the workers' network lived on the GPU
-    cpu = predict_scene(NAIP_2020, ModelRef.of(bundle, device="cpu"), tmp_path / "cpu", bands="naip",
-                        tile_size=256, precision="fp32", workers=1, progress=False)
+    config = PredictConfig(bands="naip", tile_size=256, precision="fp32", workers=1)
+    cpu = predict_scene(plan_scene(NAIP_2020, ModelRef.of(bundle, device="cpu"), config), tmp_path / "cpu",
+                        progress=False)
     with rasterio.open(gpu.proba_path) as a, rasterio.open(cpu.proba_path) as b:
         pa, pb = decode_proba(a.read()), decode_proba(b.read())
         assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)

@@ -181,13 +181,14 @@ def test_a_scene_through_the_cluster_runs_int8_in_the_workers(quantized, tmp_pat
     """The real sample scene, tiled on the 2-process LocalCluster: ``auto`` gives what ``int8`` gives (the
     workers picked the variant; OpenVINO's threads may round the last bit differently), within 0.01 of
     fp32, and bf16 is measurably different from it."""
-    from workflows.scene import predict_scene
+    from pipeline.config import PredictConfig
+    from workflows.scene import plan_scene, predict_scene
 
     path = quantized[0]
     outputs = {}
     for precision in ("auto", "int8", "fp32", "bf16"):
-        result = predict_scene(NAIP_2020, path, tmp_path / precision, client=dask_client, bands="naip",
-                               precision=precision, proba_dtype="float32", progress=False)
+        plan = plan_scene(NAIP_2020, path, PredictConfig(bands="naip", precision=precision, proba_dtype="float32"))
+        result = predict_scene(plan, tmp_path / precision, client=dask_client, progress=False)
         with rasterio.open(result.proba_path) as proba, rasterio.open(result.classes_path) as classes:
             outputs[precision] = proba.read(), classes.read(1)
     np.testing.assert_allclose(outputs["auto"][0], outputs["int8"][0], rtol=0, atol=1e-5)
