@@ -8,6 +8,7 @@ tile; :func:`describe_model` and :func:`runs_on_gpu` answer the planning process
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -30,8 +31,17 @@ def load_model(ref: ModelRef) -> SegmentationModel:
 
     A bundle is cached together with its ``model.json``'s modification time and size, so a bundle rewritten
     at the same path (a training loop saving a new version) is loaded again instead of served stale.
+
+    Precision ``auto`` is every model's default, so it is not passed on: a factory that takes no precision
+    (a user's own model) loads with it, and ``auto`` shares the cache with no precision.
     """
+    ref = _without_auto(ref)
     return _load_model(ref, _bundle_fingerprint(ref))
+
+
+def _without_auto(ref: ModelRef) -> ModelRef:
+    options = tuple(item for item in ref.options if item != ("precision", "auto"))
+    return ref if options == ref.options else dataclasses.replace(ref, options=options)
 
 
 def _bundle_fingerprint(ref: ModelRef) -> tuple[int, ...]:

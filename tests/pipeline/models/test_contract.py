@@ -10,8 +10,9 @@ import pytest
 
 from pipeline.errors import ModelError
 from pipeline.models import loader
-from pipeline.models.contract import BUILTIN_MODELS, ModelRef
+from pipeline.models.contract import BUILTIN_MODELS, ModelRef, SegmentationModel
 from pipeline.models.loader import load_model, runs_on_gpu
+from pipeline.models.spectral import vegetation_model
 from pipeline.vocab import Precision, choices
 from tests.test_layout import REPO, import_graph
 
@@ -47,6 +48,17 @@ def test_auto_means_what_no_precision_means_for_a_builtin_model() -> None:
     auto = load_model(ModelRef.of("vegetation", precision="auto"))
     plain = load_model(ModelRef.of("vegetation"))
     np.testing.assert_array_equal(auto.predict(batch), plain.predict(batch))
+
+
+def plain_factory(threshold: float | None = None) -> SegmentationModel:
+    """A user's model factory that knows nothing of precision (loaded by name, as a worker would)."""
+    return vegetation_model(threshold)
+
+
+def test_auto_is_not_passed_to_a_model_and_shares_the_cache_with_no_precision() -> None:
+    ref = ModelRef.from_factory(plain_factory, threshold=0.3)
+    assert load_model(ref.with_options(precision="auto")) is load_model(ref)
+    assert load_model(ModelRef.of("vegetation", precision="auto")) is load_model(ModelRef.of("vegetation"))
 
 
 def test_auto_runs_where_no_precision_runs(monkeypatch: pytest.MonkeyPatch) -> None:
