@@ -3,7 +3,7 @@
 Data flow (module names in brackets)::
 
     scene header [pipeline.inference.read.open_scene] -> tile grid [tiles.grid]
-      -> per batch of tiles, in a worker: read windows [pipeline.inference.read] -> model [pipeline.models.model]
+      -> per batch of tiles, in a worker: read windows [pipeline.inference.read] -> model [pipeline.models.loader]
          -> weighted contributions [pipeline.inference.predict, tiles.blend]
       -> in this process, as results arrive: blend [pipeline.inference.stitch.Stitcher] -> classes and probabilities
          -> written window by window [pipeline.inference.raster.CogWriter] -> COG, renamed into place
