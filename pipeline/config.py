@@ -70,6 +70,8 @@ class PredictConfig(FrozenConfig):
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
     max_tiles_in_flight: int | None = Field(None, gt=0, description="default: two tasks per worker, each of "
                                             "4 tiles or batch_size if larger")
+    timeout: float | None = Field(None, gt=0, description="seconds one scene may take before it is stopped and "
+                                  "reported failed (a batch goes on with the next); default: no limit")
 
     @model_validator(mode="after")
     def _overlap_within_halo(self) -> PredictConfig:

@@ -25,6 +25,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "DiskFullError",
+    "SceneTimeoutError",
 ]
 
 
@@ -58,6 +59,10 @@ class ConfigError(ScenewatchError, ValueError):
 
 class ModelError(ScenewatchError, ValueError):
     """A model cannot be found, loaded, trusted or applied."""
+
+
+class SceneTimeoutError(ScenewatchError, TimeoutError):
+    """A scene took longer than its time budget (``timeout``) and was stopped."""
 
 
 class OutputError(ScenewatchError, OSError):

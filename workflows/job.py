@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # PredictConfig fields that change how fast a scene is done, never what is written: left out of fingerprints.
-EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight"})
+EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight", "timeout"})
 
 
 _Frozen = FrozenConfig

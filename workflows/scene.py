@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from distributed import Client, as_completed
+from distributed import TimeoutError as DaskTimeoutError
 
 from pipeline.config import PredictConfig
-from pipeline.errors import crosses_processes
+from pipeline.errors import SceneTimeoutError, crosses_processes
 from pipeline.models.contract import ModelInfo, ModelRef
 from pipeline.models.loader import describe_model, load_model
 from pipeline.names import safe_name
@@ -269,7 +270,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     stripe_px = stripe * plan.grid.tile_size + 2 * plan.grid.halo
     skipped = 0
     run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes
-    pending = as_completed()
+    pending = as_completed(timeout=config.timeout)  # the scene's time budget, from now
     futures: dict[Any, list[Tile]] = {}
 
     def submit_next() -> bool:
@@ -309,9 +310,12 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
                 submit_next()
                 busy += time.perf_counter() - tick
             loop = time.perf_counter() - loop_start
-        except BaseException:
+        except BaseException as err:
             for fut in futures:
                 fut.cancel()
+            if isinstance(err, DaskTimeoutError):
+                raise SceneTimeoutError(f"scene {plan.scene_id}: not finished after {config.timeout:g} s, the "
+                                        "scene's `timeout`; stopped (raise it for scenes this large)") from err
             raise
         tick = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:

@@ -211,3 +211,22 @@ def test_a_scene_named_like_an_option_is_processed(tmp_path: Path, make_geotiff:
     assert summary.exit_code == 0, summary.outcomes
     (layer,) = out.glob("*.gpkg")
     assert not layer.name.startswith("-")
+
+
+@pytest.mark.slow
+def test_a_scene_past_its_time_budget_is_stopped_and_leaves_nothing(
+        tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    from pipeline.config import PredictConfig
+    from pipeline.errors import SceneTimeoutError
+    from pipeline.models.contract import ModelRef
+    from workflows.scene import plan_scene, predict_scene
+
+    scene = make_geotiff("slow.tif", shape=(4, 600, 600))
+    slow = ModelRef.from_factory("tests.workflows.slow_model:slow_vegetation", delay=3.0)
+    plan = plan_scene(scene, slow, PredictConfig(bands="naip", tile_size=256, workers=1, timeout=2))
+    started = time.perf_counter()
+    with pytest.raises(SceneTimeoutError, match=r"scene slow: not finished after 2 s, the scene's `timeout`"):
+        predict_scene(plan, tmp_path / "out", progress=False)
+    assert time.perf_counter() - started < 30
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())
