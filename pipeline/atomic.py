@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "fsync_path", "free_bytes", "is_disk_full", "TEMP_MARKER"]
+from pipeline.errors import OutputError
+
+__all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "fsync_path", "free_bytes", "is_disk_full",
+           "sweep_stale_temps", "output_folder", "removed_if_left_empty", "TEMP_MARKER"]
 
 TEMP_MARKER = ".sw-tmp-"
+
+
+# This host and process, in every temporary name: a later run can then tell a leftover of a process that
+# died (same host, process gone) from the file of a run still going, here or on another machine.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_OWNER = re.compile(re.escape(TEMP_MARKER) + r"([0-9a-f]{6})-(\d+)-")
 
 
 def temp_path_for(final: Path) -> Path:
@@ -25,7 +37,61 @@ def temp_path_for(final: Path) -> Path:
 
     The suffix is kept so that drivers chosen by extension still recognise the file.
     """
-    return final.with_name(f"{final.stem}{TEMP_MARKER}{uuid.uuid4().hex[:12]}{final.suffix}")
+    return final.with_name(f"{final.stem}{TEMP_MARKER}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}{final.suffix}")
+
+
+def sweep_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` (not below it) that a killed run of this host left: those
+    whose process is gone. Files of live processes, and of other hosts sharing the folder, stay."""
+    removed = []
+    for leftover in folder.glob(f"*{TEMP_MARKER}*"):
+        owner = _OWNER.search(leftover.name)
+        if owner is None or owner.group(1) != _HOST or not leftover.is_file() or _alive(int(owner.group(2))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def output_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder``, created if needed, or an OutputError saying why it cannot be written (read-only, a path
+    under a regular file, no permission), instead of the OS's traceback."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise OutputError(f"output folder {folder}: a file is in the way ({err.strerror}); choose another "
+                          "folder") from err
+    except OSError as err:
+        raise OutputError(f"output folder {folder}: cannot be created ({err.strerror or err}); check the path "
+                          "and its permissions") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {folder}: not writable; check its permissions or choose another")
+    return folder
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` (and the parents this call created) if the block fails and leaves them empty."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 @contextlib.contextmanager

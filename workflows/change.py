@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, output_folder, sweep_stale_temps
 from pipeline.change.align import GridSpec, covers, grid_of, pixel_area_rows, read_aligned
 from pipeline.change.compare import (CONFIDENCE_NODATA, CONFIDENCE_SCALE, AreaTally, class_areas, class_change,
                                      compare_arrays, encode_confidence)
@@ -280,6 +280,7 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
     to_classify = diff_model is None and not all(is_classes_path(p) for p in (before, after))
     if diff_model is None:
         _check_inputs([before, after])
+    sweep_stale_temps(output_folder(out_dir))
     with _client_for(to_classify or config.polygons, config.predict, client, model if to_classify else None) as dask:
         if diff_model is not None:
             tally = _index_change(diff_model, before, after, target, change_path, config, date_tags, progress)
@@ -421,6 +422,7 @@ def run_timeline(scenes: Sequence[str | Path], model: Model = "vegetation", out_
     target = common_grid(config.grid, ordered[0])
     _check_overlap(target, ordered)
     _check_inputs(ordered)
+    sweep_stale_temps(output_folder(out_dir))
     to_classify = not all(is_classes_path(p) for p in ordered)
     with _client_for(to_classify or config.polygons, config.predict, client, model if to_classify else None) as dask:
         items = classify_dates(ordered, model, out_dir, dates, config.predict, client=dask, progress=progress)

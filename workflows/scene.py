@@ -30,6 +30,7 @@ from typing import Any
 from distributed import Client, as_completed
 from distributed import TimeoutError as DaskTimeoutError
 
+from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
 from pipeline.config import PredictConfig
 from pipeline.errors import SceneTimeoutError, crosses_processes
 from pipeline.models.contract import ModelInfo, ModelRef
@@ -232,9 +233,12 @@ def predict_scene(plan: ScenePlan, out_dir: str | Path = ".", *, client: Client 
     started = time.perf_counter()
     config = plan.config
     out_dir = Path(out_dir)
-    with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
-        ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
-        timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
+    with removed_if_left_empty(out_dir):  # a failed first run leaves no empty folder behind
+        output_folder(out_dir)
+        sweep_stale_temps(out_dir)  # what a killed run of this host left here
+        with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
+            ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
+            timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
     skipped = int(timings.pop("tiles_skipped"))
     result = SceneResult(
         scene=plan.scene, scene_id=plan.scene_id, classes_path=classes_path(out_dir, plan.scene_id),

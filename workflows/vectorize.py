@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 from distributed import Client
 
+from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
 from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
 from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table
@@ -188,7 +189,9 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
     job = _TileJob(str(classes_path), proba, grid, resolve_classes(cfg.classes, names, where), cfg.sieve,
                    cfg.max_polygons, spec)
     paths: dict[str, Path] = {}
-    with dask_client(cfg.workers, cfg.scheduler, client) as dask, LayerStager(out_dir, spec) as stager:
+    with removed_if_left_empty(out_dir), dask_client(cfg.workers, cfg.scheduler, client) as dask, \
+            LayerStager(output_folder(out_dir), spec) as stager:
+        sweep_stale_temps(out_dir)
         in_flight = cfg.max_tiles_in_flight or 4 * worker_count(dask)
         _run(dask, job, stager, in_flight, progress, where)
         for fmt in cfg.formats:
@@ -246,8 +249,8 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
                 stager.add(feature_table(merger.add(tile, border), job.spec))
                 if stager.count + merger.held > job.max_polygons:
                     raise PolygonLimitError(
-                        f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with --sieve N "
-                        f"(pixels), keep fewer classes (--classes) or raise --max-polygons"
+                        f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with `sieve` "
+                        f"(pixels), keep fewer `classes` or raise `max_polygons`"
                     )
                 bar.update(1)
         except BaseException:

@@ -228,5 +228,46 @@ def test_a_scene_past_its_time_budget_is_stopped_and_leaves_nothing(
     with pytest.raises(SceneTimeoutError, match=r"scene slow: not finished after 2 s, the scene's `timeout`"):
         predict_scene(plan, tmp_path / "out", progress=False)
     assert time.perf_counter() - started < 30
+    assert not (tmp_path / "out").exists()  # the folder this run made is gone with what it wrote
+
+
+@pytest.mark.slow
+def test_a_later_predict_removes_what_a_killed_one_left_and_nothing_else(
+        tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    import sys
+
+    from pipeline.atomic import temp_path_for
+    from pipeline.config import PredictConfig
+    from workflows.scene import plan_scene, predict_scene
+
     out = tmp_path / "out"
-    assert not out.exists() or not any(out.iterdir())
+    out.mkdir()
+    code = ("import sys; from pathlib import Path; from pipeline.atomic import temp_path_for; "
+            "p = temp_path_for(Path(sys.argv[1])); p.write_text('half'); print(p)")
+    dead = Path(subprocess.run([sys.executable, "-c", code, str(out / "scene.classes.staging.tif")], check=True,
+                               capture_output=True, text=True).stdout.strip())  # its process has ended
+    live = temp_path_for(out / "other.gpkg")  # this process's: a run still going
+    live.write_text("busy")
+    predict_scene(plan_scene(make_geotiff("scene.tif"), "vegetation", PredictConfig(bands="naip", workers=1)),
+                  out, progress=False)
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(["scene.classes.tif", "scene.proba.tif", live.name])
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    from pipeline.atomic import output_folder
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match=r"output folder .*a_file/out: a file is in the way"):
+        output_folder(blocker / "out")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (not root)")
+    try:
+        with pytest.raises(OutputError, match=r"output folder .*ro/new: cannot be created \(Read-only file system\)"):
+            output_folder(read_only / "new")
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
