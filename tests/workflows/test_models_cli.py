@@ -145,7 +145,7 @@ def test_models_show(trees_bundle):
     assert spec["mlm:architecture"] == "Unet" and spec["scenewatch:encoder"] == "resnet18"
     assert spec["mlm:output"][0]["classification:classes"][1] == {"value": 1, "name": "tree", "description": "tree",
                                                                    "color_hint": "1a9641"}
-    code, output = run("models", "show", "water", "--option", "threshold=0.2")
+    code, output = run("models", "show", "water", "--model-option", "threshold=0.2")
     assert code == 0 and json.loads(output)["threshold"] == 0.2
     code, output = run("models", "show", "nope")
     assert code == 1 and "scenewatch: error: model 'nope': not a built-in model" in output

@@ -1,0 +1,121 @@
+"""``scenewatch change`` and ``scenewatch timeline``: change between two dates, alerts over many."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pipeline.config import TimelineConfig
+from workflows.cli import options
+from workflows.cli.options import build, report_errors
+
+__all__ = ["change", "timeline"]
+
+_BANDS_HELP = "Where the model's bands are in the scenes [default: from the band descriptions]."
+
+
+def _predict_config(values: dict[str, Any]) -> Any:
+    """How each date is classified: the PredictConfig part of the flags."""
+    from pipeline.config import PredictConfig
+
+    return build(PredictConfig, **values)
+
+
+@click.command()
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@options.model(help="Built-in model (vegetation, water, water-swir, burn, bare, ...), a model bundle path, or an "
+                    "index difference: dndvi (vegetation loss/gain) or dnbr (burn severity, USGS classes).")
+@options.out()
+@options.grid(first="the BEFORE scene's")
+@options.bands(_BANDS_HELP)
+@options.date_pattern
+@options.min_area
+@options.sieve
+@click.option("--polygons/--no-polygons", default=None, help="Write the change polygons [default: yes].")
+@click.option("--name", default=None, help="Output name [default: BEFORE__AFTER].")
+@options.predict_options
+@options.scene_options
+@options.cluster_options
+@options.quiet()
+@report_errors
+def change(before: str, after: str, model: str, out: str, grid: str, date_pattern: str | None,
+           min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None, quiet: bool,
+           **predict_values: Any) -> None:
+    """Compare BEFORE and AFTER (scenes, or existing *.classes.tif) on one grid.
+
+    Writes OUT/<name>.change.tif (transition codes + confidence, COG), OUT/<name>.change.gpkg (change polygons
+    with both dates, transition, area in m² and confidence) and OUT/<name>.change.png (before/after/change).
+    Pixels that are nodata on either date are nodata in the change raster, never "no change".
+
+    \b
+    Examples:
+      scenewatch change examples/data/m_4709963_se_14_1_20090818.tif \\
+          examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --out out/
+      scenewatch change pre.tif post.tif --model dnbr --bands sentinel2-l2a --min-area 0.5ha --out burn/
+      scenewatch change a.classes.tif b.classes.tif --grid reference.tif --out out/
+    """
+    from pipeline.config import ChangeConfig
+    from workflows.change import detect_change
+
+    config = build(ChangeConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
+                   polygons=polygons, min_area=min_area, sieve=sieve, name=name)
+    result = detect_change(before, after, model, out, config, progress=False if quiet else None)
+    changed = result.areas[result.areas.code != 0]
+    click.echo(f"{result.name}: {result.before_date or '?'} -> {result.after_date or '?'} on a "
+               f"{result.grid.width} x {result.grid.height} grid ({result.grid.crs})")
+    for row in changed.itertuples():
+        click.echo(f"  {row.transition}: {row.area_m2 / 1e4:,.2f} ha")
+    written = [result.change_path, result.polygons_path, result.quicklook_path]
+    click.echo("-> " + ", ".join(str(p) for p in written if p is not None))
+
+
+@click.command()
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@options.model(help="Built-in model (vegetation, water, water-swir, burn, bare, ...) or a model bundle path.")
+@options.out()
+@options.date_pattern
+@options.grid(first="the earliest scene's")
+@options.bands(_BANDS_HELP)
+@click.option("--watch", default=None, metavar="FROM->TO",
+              help="Transitions that raise alerts, e.g. 'vegetation->other' (several comma separated, * = any) "
+                   "[default: any change of class].")
+@click.option("--confirm", type=int, default=None,
+              help="Observations that confirm an alert (high confidence) "
+                   f"[default: {options.default_of(TimelineConfig, 'confirm')}].")
+@options.min_area
+@options.sieve
+@click.option("--name", default=None,
+              help=f"Prefix of the output files [default: {options.default_of(TimelineConfig, 'name')}].")
+@options.predict_options
+@options.scene_options
+@options.cluster_options
+@options.quiet()
+@report_errors
+def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str, watch: str | None,
+             confirm: int | None, min_area: float | None, sieve: int | None, name: str | None, quiet: bool,
+             **predict_values: Any) -> None:
+    """Follow a dated stack of SCENES of one place: areas per date, alerts and change events.
+
+    Writes OUT/<name>.areas.csv and .parquet (area per class per date), OUT/<name>.alerts.tif (first detection
+    day, confirming observations, confidence, last valid day; days since 1970-01-01), OUT/<name>.events.tif and
+    OUT/<name>.events.gpkg (change events with their first-detection date) and OUT/<name>.areas.png.
+
+    \b
+    Examples:
+      scenewatch timeline landsat/*.tif --model vegetation --bands red=3,nir=2 \\
+          --date-pattern '(?P<year>\\d{4})' --watch 'vegetation->other' --out pucallpa/
+      scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --model vegetation --bands naip --out naip/
+    """
+    from workflows.change import run_timeline
+
+    config = build(TimelineConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
+                   watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, name=name)
+    result = run_timeline(list(scenes), model, out, config, progress=False if quiet else None)
+    first, last = result.dates[0].date, result.dates[-1].date
+    click.echo(f"{result.name}: {len(result.dates)} dates {first} .. {last} on a {result.grid.width} x "
+               f"{result.grid.height} grid ({result.grid.crs})")
+    written = [result.areas_csv, result.areas_parquet, result.alerts_path, result.events_path,
+               result.events_polygons_path, result.plot_path]
+    click.echo("-> " + ", ".join(str(p) for p in written if p is not None))

@@ -1,0 +1,56 @@
+"""The ``scenewatch`` command group: logging set-up and the registration of every command.
+
+Each command family lives in its own module (:mod:`~workflows.cli.predict`, :mod:`~workflows.cli.vectorize`,
+:mod:`~workflows.cli.change`, :mod:`~workflows.cli.models`, :mod:`~workflows.cli.train`,
+:mod:`~workflows.cli.batch`) and imports only :mod:`workflows.cli.options`; this module imports them, never
+the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from workflows.cli.batch import run, status
+from workflows.cli.change import change, timeline
+from workflows.cli.models import models
+from workflows.cli.predict import predict
+from workflows.cli.train import evaluate, train
+from workflows.cli.vectorize import vectorize
+
+__all__ = ["configure_logging", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="scenewatch")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """scenewatch: segment large satellite and aerial scenes into seamless GIS layers.
+
+    \b
+    Example:
+      scenewatch predict examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --out out/
+    """
+    configure_logging(verbose)
+
+
+def configure_logging(verbose: int) -> None:
+    """scenewatch's own messages at INFO with -v, DEBUG with -vv; Dask's chatter (cluster start and stop,
+    closed comms at shutdown) only with -vv."""
+    log = logging.getLogger("scenewatch")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("scenewatch: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    dask_level = logging.DEBUG if verbose >= 2 else logging.CRITICAL
+    import distributed  # noqa: F401  - its logging config must exist before it is overridden
+
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "bokeh", "tornado")]:
+        logging.getLogger(name).setLevel(dask_level)
+
+
+for _command in (predict, vectorize, change, timeline, models, train, evaluate, run, status):
+    main.add_command(_command)

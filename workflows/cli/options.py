@@ -1,0 +1,332 @@
+"""Every option that several ``scenewatch`` commands share, declared once, and the one :func:`report_errors`.
+
+As rasterio's ``rio/options.py``: command modules stack these decorators and import nothing from
+:mod:`workflows.cli.main` (which imports them to register the commands), so no import cycle is possible.
+
+Each option's destination is the library's name for the value (``--classes`` -> ``classes``, ``--date`` ->
+``acquired``, ``--objects`` -> ``object_classes``): library errors name parameters in backticks, and
+:func:`report_errors` shows each as the flag of the command that ran (:func:`cli_message`).
+
+One grammar per value, parsed by one function, the same on every command:
+
+- ``--bands``: a band map ``red=1,nir=4``, a preset (``naip``, ``sentinel2``, ...) or band names in file order
+  ``red,green,blue`` (= ``red=1,green=2,blue=3``): :func:`parse_bands`.
+- ``--min-area``: m² as a number, or with a unit (``5000m2``, ``0.5ha``, ``1km2``): :func:`pipeline.config.parse_area`.
+- ``--model-option KEY=VALUE``, repeatable: :func:`parse_model_options`.
+- vocabularies (precision, blend, proba dtype, vector formats) come from :mod:`pipeline.vocab`; defaults
+  shown in help come from the configs in :mod:`pipeline.config`.
+
+A value that does not parse is one line, ``scenewatch: error: ...``, exit code 2 (as every
+:class:`~pipeline.errors.ConfigError`); click's own usage errors (an unknown flag, ``--tile-size abc``, a
+value outside a choice) keep click's format and also exit 2.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from pipeline.config import PredictConfig, VectorizeConfig, parse_area
+from pipeline.errors import BandMapError, ConfigError, ScenewatchError
+from pipeline.inference.read import SENSOR_PRESETS
+from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, choices
+
+__all__ = [
+    "assume_crs", "band_names", "bands", "build", "cli_message", "cluster_options", "date_pattern",
+    "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels", "min_area", "model",
+    "model_options", "out", "parse_bands", "parse_model_options", "predict_options", "quiet", "region",
+    "report_errors", "scene_options", "sieve", "stack", "tile_size", "vector_options",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[F], F]
+
+# ------------------------------------------------------------------------------------------------- errors
+
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)`")
+
+
+def _flags(ctx: click.Context | None) -> dict[str, str]:
+    """Parameter name -> its long flag, for the running command and then the groups above it."""
+    flags: dict[str, str] = {}
+    while ctx is not None:
+        for param in ctx.command.params:
+            if isinstance(param, click.Option) and param.name and param.name not in flags:
+                longs = [opt for opt in param.opts if opt.startswith("--")]
+                flags[param.name] = (longs or param.opts)[0]
+        ctx = ctx.parent
+    return flags
+
+
+def cli_message(message: str, ctx: click.Context | None = None) -> str:
+    """``message`` on one line, with each parameter named in backticks (``` `assume_crs` ```) shown as the
+    command's flag for it (``--assume-crs``), or as the bare name where the command has no such option."""
+    flags = _flags(ctx if ctx is not None else click.get_current_context(silent=True))
+
+    def flag(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return flags.get(name.rsplit(".", 1)[-1], name)
+
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return _PARAMETER.sub(flag, one_line)
+
+
+def report_errors(func: F) -> F:
+    """Turn a :class:`~pipeline.errors.ScenewatchError` into one line on stderr, ``scenewatch: error: ...``,
+    and its exit code (2 for a ConfigError); a bug still shows its traceback. Wraps every command and
+    every option callback that parses a value."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScenewatchError as err:
+            click.echo(f"scenewatch: error: {cli_message(str(err))}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def build(config_class: Any, **values: Any) -> Any:
+    """``config_class.build(**values)``, with each refused key named in backticks so that
+    :func:`report_errors` shows the flag that set it (``--tile-size: Input should be greater than 0``)."""
+    from pydantic import ValidationError
+
+    try:
+        return config_class.build(**values)
+    except ConfigError as err:
+        cause = err.__cause__
+        if not isinstance(cause, ValidationError):
+            raise
+        parts = []
+        for e in cause.errors():
+            names = [str(p) for p in e["loc"] if isinstance(p, str)]
+            text = e["msg"].removeprefix("Value error, ")
+            parts.append(f"`{names[-1]}`: {text}" if names else text)
+        raise ConfigError("; ".join(parts)) from cause
+
+
+# ------------------------------------------------------------------------------------------------ grammars
+
+_BAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def parse_bands(text: str) -> str:
+    """The band map ``text`` as the library reads it (:func:`pipeline.inference.read.parse_band_map`):
+    ``red=1,nir=4`` and presets (``naip``) unchanged, band names in file order (``red,green,blue``) as
+    ``red=1,green=2,blue=3``. Raises :class:`~pipeline.errors.BandMapError` naming what it cannot read."""
+    from pipeline.inference.read import parse_band_map
+
+    if text.strip().lower() in SENSOR_PRESETS:
+        return text
+    parts = [part.strip() for part in text.split(",")]
+    indexed = [part for part in parts if "=" in part]
+    if not indexed:  # names in file order
+        bad = [part for part in parts if not _BAND_NAME.fullmatch(part)]
+        if bad:
+            raise BandMapError(f"band map {text!r}: cannot read {bad[0]!r}; write band names in file order "
+                               f"(red,green,blue), name=index pairs (red=1,nir=4) or a preset "
+                               f"({', '.join(SENSOR_PRESETS)})")
+        lowered = [part.lower() for part in parts]
+        twice = sorted({name for name in lowered if lowered.count(name) > 1})
+        if twice:
+            raise BandMapError(f"band map {text!r}: {', '.join(twice)} named twice")
+        return ",".join(f"{name}={i}" for i, name in enumerate(lowered, start=1))
+    if len(indexed) != len(parts):
+        raise BandMapError(f"band map {text!r}: give every band its index (red=1,nir=4) or none "
+                           f"(red,green,blue: bands 1, 2, 3)")
+    parse_band_map(text)
+    return text
+
+
+def band_names(text: str) -> list[str]:
+    """The band names of a band map in file order: what a model bundle lists as its inputs."""
+    from pipeline.inference.read import parse_band_map
+
+    indexes = parse_band_map(parse_bands(text)).indexes
+    if len(set(indexes.values())) != len(indexes):
+        raise ConfigError(f"band map {text!r}: two names for one band; a model's bands are distinct")
+    return sorted(indexes, key=lambda name: indexes[name])
+
+
+def parse_model_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """``("threshold=0.2", "compile=true")`` -> ``{"threshold": 0.2, "compile": True}``; integers, floats and
+    true/false (yes/no, on/off) are converted, anything else stays text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"`model_options` {pair!r}: write KEY=VALUE, e.g. threshold=0.2")
+        value: Any = raw.strip()
+        if value.lower() in ("true", "yes", "on"):
+            value = True
+        elif value.lower() in ("false", "no", "off"):
+            value = False
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(value)
+                    break
+                except ValueError:
+                    continue
+        options[key] = value
+    return options
+
+
+@report_errors
+def _bands_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else parse_bands(value)
+    except BandMapError as err:  # a flag that does not parse: a usage error, exit code 2
+        raise ConfigError(str(err)) from err
+
+
+@report_errors
+def _area_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    return None if value is None else parse_area(value)
+
+
+@report_errors
+def _model_options_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any]:
+    return parse_model_options(value)
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def stack(*options: Decorator[Any]) -> Decorator[F]:
+    """One decorator applying ``options`` in the order listed (as they appear in --help)."""
+
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+def default_of(config: Any, name: str) -> Any:
+    """The default of a config field, for help texts: each default is written once, in the config."""
+    return config.model_fields[name].default
+
+
+def out(help: str = "Output folder.", required: bool = True) -> Decorator[F]:
+    return click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=required, default=None,
+                        help=help)
+
+
+def model(help: str = "Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
+                      "(see `scenewatch models`).",
+          default: str | None = "vegetation", required: bool = False) -> Decorator[F]:
+    return click.option("--model", "-m", "model", default=default, required=required,
+                        show_default=default is not None, help=help)
+
+
+def bands(help: str = "", required: bool = False) -> Decorator[F]:
+    """``--bands``; ``help`` says what the bands are for in this command (a sentence)."""
+    text = ("Band map 'red=1,green=2,blue=3,nir=4', band names in file order 'red,green,blue,nir', or a preset "
+            f"({', '.join(SENSOR_PRESETS)}).")
+    return click.option("--bands", "-b", "bands", default=None, required=required, callback=_bands_callback,
+                        metavar="BANDS", help=f"{text} {help}".strip())
+
+
+model_options = click.option(
+    "--model-option", "model_options", multiple=True, metavar="KEY=VALUE", callback=_model_options_callback,
+    help="Model setting, repeatable: threshold=0.2 or softness=0.1 for a spectral model, compile=true for a "
+         "network (see `scenewatch models show NAME`).")
+
+
+def tile_size(default: str = "the model's") -> Decorator[F]:
+    return click.option("--tile-size", type=int, default=None, help=f"Core tile size in pixels [default: {default}].")
+
+
+def halo(default: str = "the model's") -> Decorator[F]:
+    return click.option("--halo", type=int, default=None, help=f"Context pixels read around each tile [default: {default}].")
+
+
+predict_options = stack(
+    tile_size(),
+    halo(),
+    click.option("--overlap", type=int, default=None,
+                 help="Blend ramp half-width in pixels, at most the halo [default: halo/2]."),
+    click.option("--blend", type=click.Choice(choices(BlendMethod)), default=None,
+                 help="How overlapping tiles are blended; 'none' crops each tile to its core "
+                      f"[default: {default_of(PredictConfig, 'blend')}]."),
+    click.option("--batch-size", type=int, default=None,
+                 help=f"Tiles per model call [default: {default_of(PredictConfig, 'batch_size')}, the fastest "
+                      f"measured on CPU and on a GPU]."),
+    click.option("--precision", type=click.Choice(choices(Precision)), default=None,
+                 help="Inference precision for neural networks; auto: fp16 on a GPU, else the bundle's int8 variant "
+                      "if it has one (`scenewatch models quantize`), else bf16 where the CPU has it "
+                      f"[default: {default_of(PredictConfig, 'precision')}]."),
+    click.option("--proba-dtype", type=click.Choice(choices(ProbaDtype)), default=None,
+                 help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 "
+                      f"[default: {default_of(PredictConfig, 'proba_dtype')}]."),
+)
+"""How a scene is classified: the tiling and model-run fields of :class:`~pipeline.config.PredictConfig`."""
+
+max_pixels = click.option("--max-pixels", type=int, default=None,
+                          help=f"Refuse rasters with more pixels than this [default: {default_of(PredictConfig, 'max_pixels'):,}].")
+assume_crs = click.option("--assume-crs", default=None, metavar="CRS",
+                          help="CRS for a raster that has none, e.g. EPSG:32618.")
+scene_options = stack(max_pixels, assume_crs)
+"""Limits and repairs of the input rasters."""
+
+cluster_options = stack(
+    click.option("--workers", type=int, default=None, help="Local Dask worker processes [default: one per core]."),
+    click.option("--scheduler", default=None, metavar="ADDRESS",
+                 help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster."),
+)
+"""Where the work runs."""
+
+def quiet(help: str = "No progress bar.") -> Decorator[F]:
+    return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def formats(allow_none: bool = False) -> Decorator[F]:
+    listed = ", ".join(choices(VectorFormat))
+    extra = "; 'none' for rasters only" if allow_none else ""
+    return click.option("--format", "-f", "formats", default=",".join(default_of(VectorizeConfig, "formats")),
+                        show_default=True, metavar="FORMATS",
+                        help=f"Polygon layer formats, comma-separated: {listed}{extra}.")
+
+
+min_area = click.option("--min-area", default=None, metavar="AREA", callback=_area_callback,
+                        help="Drop polygons smaller than AREA: m² (5000) or with a unit (5000m2, 0.5ha, 1km2).")
+sieve = click.option("--sieve", type=int, default=None, metavar="PIXELS",
+                     help="Before polygonizing, merge pixel groups smaller than PIXELS into their largest neighbour.")
+
+vector_options = stack(
+    min_area,
+    sieve,
+    click.option("--simplify", type=float, default=None, metavar="METRES",
+                 help="Topology-preserving simplification tolerance in metres [default: 0, exact pixel edges]."),
+    click.option("--classes", "classes", default=None, metavar="NAMES",
+                 help="Classes to keep, names or values, comma-separated (e.g. cleared) [default: all]."),
+    click.option("--max-polygons", type=int, default=None,
+                 help=f"Stop with an error past this many polygons [default: {default_of(VectorizeConfig, 'max_polygons'):,}]."),
+)
+"""What a polygon layer keeps: the content fields of :class:`~pipeline.config.VectorizeConfig`."""
+
+date_pattern = click.option(
+    "--date-pattern", default=None, metavar="REGEX",
+    help="Read dates from file names with named groups year[, month, day], e.g. '(?P<year>\\d{4})' "
+         "[default: STAC item beside the scene, TIFF date tags, or YYYYMMDD in the name].")
+
+
+def grid(first: str) -> Decorator[F]:
+    return click.option("--grid", default="first", show_default=True, metavar="first|PATH",
+                        help=f"Grid the dates are compared on: {first}, or the grid of the raster at PATH.")
+
+
+region = click.option("--region", default=None, metavar="ROW,COL,HEIGHT,WIDTH",
+                      help="Only this pixel window of each scene, e.g. 0,0,900,600 [default: the whole scene].")
+label_attribute = click.option("--label-attribute", default=None,
+                               help="Class attribute of vector labels (class names or numbers) "
+                                    "[default: every polygon is class 1].")
