@@ -185,7 +185,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
             others = [j for j in manifest.jobs() if j != job.name]
             if others:  # its STAC catalog and stale-file clean-up assume the folder is the job's alone
                 raise ConfigError(f"job {job.path.name}: output folder {job.out_dir} holds the products of job "
-                                  f"{others[0]!r}; give this job its own outputs.folder (or --out)")
+                                  f"{others[0]!r}; give this job its own outputs.folder (or `out`)")
             run_id = manifest.start_run(job.name, _scenewatch_version(), identity, model_sha256,
                                         job.resolved_json())
             outcomes: list[ItemOutcome] = []

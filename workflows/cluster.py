@@ -66,7 +66,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
         return
     n = workers or default_workers(model)
     if not workers and model is not None and n != cpu_count():
-        log.info("model %s runs on the GPU: %d local workers share it (--workers to change)",
+        log.info("model %s runs on the GPU: %d local workers share it (set `workers` to change)",
                  ModelRef.of(model).label, n)
     # Dask's nanny gives workers MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
     # threshold: every large tensor a model allocates is then a fresh mmap, page-faulted and unmapped. Measured

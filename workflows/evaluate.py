@@ -118,7 +118,7 @@ def evaluate_prediction(classes_path: str | Path, labels: Labels, class_names: S
 def _class_index(name: str, class_names: Sequence[str]) -> int:
     lowered = [c.lower() for c in class_names]
     if name.lower() not in lowered:
-        raise ConfigError(f"--objects {name}: not a class of the model ({', '.join(class_names)})")
+        raise ConfigError(f"`object_classes` {name}: not a class of the model ({', '.join(class_names)})")
     return lowered.index(name.lower())
 
 

@@ -92,7 +92,7 @@ class TrainConfig(FrozenConfig):
             raise ValueError(f"{len(self.scenes)} scene(s) but {len(self.labels)} label file(s); give one "
                              f"labels file per scene, in the same order")
         if self.model is not None and self.weights is not None:
-            raise ValueError("give --model BUNDLE or --weights FILE, not both")
+            raise ValueError("give `model` (a bundle) or `weights` (a state dict file), not both")
         if self.classes is not None and len(self.classes) < 2:
             raise ValueError("classes: give at least two (e.g. background,building)")
         return self
@@ -198,7 +198,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
         state = _load_state(Path(config.weights))
         source = {"weights": Path(config.weights).name}
     if class_names is None:
-        raise ConfigError("train: pass --classes (e.g. background,building) or fine-tune a bundle (--model)")
+        raise ConfigError("train: set `classes` (e.g. background,building) or fine-tune a bundle (`model`)")
 
     scenes: list[TrainingScene] = []
     region = parse_region(config.region) if config.region else None
@@ -209,8 +209,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
         band_map = parse_band_map(config.bands, meta)
         names = base_bands or tuple(band_map.indexes)
         if not names:
-            raise ConfigError(f"scene {meta.name}: no band names; pass --bands (e.g. --bands pan=1 or "
-                              f"--bands red=1,green=2,blue=3)")
+            raise ConfigError(f"scene {meta.name}: no band names; set `bands` (e.g. pan=1 or "
+                              f"red=1,green=2,blue=3)")
         indexes = resolve_bands(meta, band_map, names)
         if base_bands is None:
             base_bands = tuple(names)
@@ -218,7 +218,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
         scenes.append(TrainingScene(meta, indexes, labels))
         area = region.intersection(meta.bounds) if region else None
         if region is not None and area is None:
-            raise ConfigError(f"scene {meta.name}: --region {region} lies outside the scene "
+            raise ConfigError(f"scene {meta.name}: `region` {region} lies outside the scene "
                               f"({meta.height} x {meta.width} px)")
         split = split_blocks(meta.height, meta.width, block, config.val_fraction, config.seed, scene=i, region=area)
         splits_train.extend(split.train)
@@ -227,8 +227,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
     split = Split(tuple(splits_train), tuple(splits_val))
     data = prepare_data(scenes, split, class_names)
     network, loaded = load_network(arch, encoder, len(base_bands), len(class_names), config.seed, state,
-                                   f"--model {Path(config.model).name}" if config.model else
-                                   f"--weights {Path(config.weights).name}" if config.weights else "network")
+                                   f"bundle {Path(config.model).name}" if config.model else
+                                   f"weights {Path(config.weights).name}" if config.weights else "network")
     result = fit(network, data, config.options, progress)
     extra = {
         "training": {

@@ -51,9 +51,9 @@ def compile_date_pattern(pattern: str) -> re.Pattern[str]:
     try:
         compiled = re.compile(pattern)
     except re.error as err:
-        raise ConfigError(f"--date-pattern {pattern!r}: not a regular expression ({err})") from err
+        raise ConfigError(f"`date_pattern` {pattern!r}: not a regular expression ({err})") from err
     if "year" not in compiled.groupindex:
-        raise ConfigError(f"--date-pattern {pattern!r}: needs a named group year, e.g. (?P<year>\\d{{4}})")
+        raise ConfigError(f"`date_pattern` {pattern!r}: needs a named group year, e.g. (?P<year>\\d{{4}})")
     return compiled
 
 
@@ -138,7 +138,7 @@ def scene_date(path: str | os.PathLike[str], pattern: str | re.Pattern[str] | No
         where = f"pattern {pattern.pattern if isinstance(pattern, re.Pattern) else pattern!r} does not match " \
             "its name and " if pattern else ""
         raise InvalidSceneError(
-            f"scene {path.name}: no acquisition date ({where}no STAC item beside it, no date tag); pass "
-            "--date-pattern with a year group, e.g. --date-pattern '(?P<year>\\d{4})'"
+            f"scene {path.name}: no acquisition date ({where}no STAC item beside it, no date tag); set "
+            "`date_pattern` to a regular expression with a year group, e.g. '(?P<year>\\d{4})'"
         )
     return date

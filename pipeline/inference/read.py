@@ -140,17 +140,17 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
         if max_pixels is not None and src.height * src.width > max_pixels:
             raise InvalidSceneError(
                 f"{where}: {src.width} x {src.height} px is {src.width * src.height:,} pixels, over the limit "
-                f"of {max_pixels:,}; raise max_pixels (--max-pixels) if this is intended"
+                f"of {max_pixels:,}; raise `max_pixels` if this is intended"
             )
         crs = src.crs
         if assume_crs is not None:
             try:
                 crs = CRS.from_user_input(assume_crs)
             except CRSError as err:
-                raise InvalidSceneError(f"{where}: --assume-crs {assume_crs!r} is not a CRS") from err
+                raise InvalidSceneError(f"{where}: `assume_crs` {assume_crs!r} is not a CRS") from err
         if crs is None:
             raise InvalidSceneError(
-                f"{where}: no CRS; re-export it with one or pass --assume-crs EPSG:<code>"
+                f"{where}: no CRS; re-export it with one or set `assume_crs` (e.g. EPSG:32618)"
             )
         dtypes = set(src.dtypes)
         if len(dtypes) != 1 or src.dtypes[0] not in SUPPORTED_DTYPES:
@@ -243,7 +243,7 @@ def resolve_bands(meta: SceneMeta, band_map: BandMap, required: Sequence[str]) -
         have = str(band_map) or "no named bands"
         raise BandMapError(
             f"{where}: the model needs band(s) {', '.join(missing)} but the band map has {have}; "
-            f"pass --bands (e.g. --bands red=1,green=2,blue=3,nir=4) or a preset such as naip or sentinel2"
+            f"set `bands` (e.g. red=1,green=2,blue=3,nir=4) or a preset such as naip or sentinel2"
         )
     return tuple(band_map.indexes[name] for name in required)
 

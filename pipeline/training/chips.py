@@ -94,8 +94,8 @@ def sample_chips(blocks: Sequence[Block], block_labels: Sequence[np.ndarray], n:
     block i's label array (uint8, 255 = unknown). Blocks smaller than the chip are skipped."""
     usable = [i for i, b in enumerate(blocks) if b.window.height >= chip_size and b.window.width >= chip_size]
     if not usable:
-        raise ConfigError(f"no training block holds a {chip_size} px chip; lower --chip-size or raise "
-                          f"--block-size")
+        raise ConfigError(f"no training block holds a {chip_size} px chip; lower `chip_size` or raise "
+                          f"`block_size`")
     counts = np.array([np.bincount(block_labels[i].ravel(), minlength=256)[:num_classes] for i in usable],
                       dtype=np.float64)
     if counts.sum() == 0:

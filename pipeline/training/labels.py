@@ -84,7 +84,7 @@ def class_codes(values: Sequence[Any], class_names: Sequence[str], attribute: st
             continue
         raise ConfigError(f"labels {where}: {attribute}={value!r} is neither a class name nor a class number "
                           f"({', '.join(f'{i}={c}' for i, c in enumerate(class_names))}); fix the attribute "
-                          f"or pass the right --classes")
+                          f"or set the right `classes`")
     return codes
 
 
@@ -122,7 +122,7 @@ def open_labels(path: str | Path, meta: SceneMeta, class_names: Sequence[str],
         codes = class_codes(frame[attribute].tolist(), class_names, attribute, where)
     else:
         if k < 2:
-            raise ConfigError(f"labels {where}: without --label-attribute every polygon is class 1, so give "
+            raise ConfigError(f"labels {where}: without `label_attribute` every polygon is class 1, so give "
                               f"at least two classes (e.g. background,building)")
         codes = [1] * len(frame)
     frame = frame.to_crs(meta.crs)
@@ -186,6 +186,6 @@ def _read_label_raster(labels: Labels, window: PixelWindow) -> np.ndarray:
     bad = (values != IGNORE) & ((values < 0) | (values >= labels.num_classes))
     if bad.any():
         raise ConfigError(f"labels {name}: value {int(values[bad][0])} is not a class number 0.."
-                          f"{labels.num_classes - 1} (nor nodata or 255); remap the raster or pass the right "
-                          f"--classes")
+                          f"{labels.num_classes - 1} (nor nodata or 255); remap the raster or set the right "
+                          f"`classes`")
     return values.astype(np.uint8)

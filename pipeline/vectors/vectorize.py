@@ -187,7 +187,7 @@ def _check_limit(n: int, max_polygons: int | None, core: PixelWindow) -> None:
     if max_polygons is not None and n > max_polygons:
         raise PolygonLimitError(
             f"tile at rows {core.row_off}-{core.row_end}, columns {core.col_off}-{core.col_end}: more than "
-            f"{max_polygons:,} polygons; remove speckle first with --sieve N (pixels) or raise --max-polygons"
+            f"{max_polygons:,} polygons; remove speckle first with `sieve` (pixels) or raise `max_polygons`"
         )
 
 

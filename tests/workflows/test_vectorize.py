@@ -134,7 +134,7 @@ def test_geographic_raster_areas_are_geodesic(tmp_path: Path, dask_client) -> No
 def test_noisy_raster_hits_the_polygon_limit(tmp_path: Path, dask_client) -> None:
     noisy = (np.random.default_rng(0).random((256, 256)) < 0.5).astype(np.uint8)
     path = write_raster(tmp_path / "noisy.tif", noisy)
-    with pytest.raises(PolygonLimitError, match=r"classes noisy.tif: tile at rows .*--sieve"):
+    with pytest.raises(PolygonLimitError, match=r"classes noisy.tif: tile at rows .*`sieve`"):
         vectorize_scene(path, tmp_path / "out", VectorizeConfig(tile_size=64, max_polygons=500), client=dask_client)
     assert not (tmp_path / "out" / "noisy.gpkg").exists()
     assert list((tmp_path / "out").glob("*")) == []  # staging removed
@@ -212,7 +212,7 @@ def test_raster_without_crs_needs_assume_crs(tmp_path: Path, dask_client) -> Non
     with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=1, dtype="uint8",
                        transform=TRANSFORM) as dst:
         dst.write(discs((40, 40), 3, seed=1)[None])
-    with pytest.raises(InvalidSceneError, match="no CRS.*--assume-crs"):
+    with pytest.raises(InvalidSceneError, match="no CRS.*`assume_crs`"):
         vectorize_scene(path, tmp_path / "out", client=dask_client)
     config = VectorizeConfig.build(formats=("fgb", "gpkg"), tile_size=16)
     given = VectorizeConfig.build(**{**config.model_dump(), "assume_crs": "EPSG:32633", "formats": "fgb"})

@@ -90,7 +90,7 @@ def test_dates_from_names_patterns_tags_and_stac(tmp_path: Path) -> None:
                     tags={"TIFFTAG_DATETIME": "2019:07:14 10:20:30"})
     assert scene_date(tagged) == dt.date(2019, 7, 14)
     plain = _write(tmp_path / "scene_b.tif", np.ones((1, 4, 4), np.uint8), origin)
-    with pytest.raises(InvalidSceneError, match="scene_b.tif: no acquisition date.*--date-pattern"):
+    with pytest.raises(InvalidSceneError, match="scene_b.tif: no acquisition date.*`date_pattern`"):
         scene_date(plain)
     (tmp_path / "scene_b.json").write_text(json.dumps({"type": "Feature",
                                                         "properties": {"datetime": "2018-05-06T10:00:00Z"}}))

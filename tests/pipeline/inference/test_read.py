@@ -58,7 +58,7 @@ def test_truncated_tiff_is_caught_before_any_work(make_geotiff, tmp_path):
 
 def test_no_crs_and_assume_crs(make_geotiff):
     path = make_geotiff(crs=None)
-    with pytest.raises(InvalidSceneError, match=r"scene scene.tif: no CRS; .*--assume-crs"):
+    with pytest.raises(InvalidSceneError, match=r"scene scene.tif: no CRS; .*`assume_crs`"):
         open_scene(path)
     assert open_scene(path, assume_crs="EPSG:32618").crs.to_epsg() == 32618
 

@@ -164,7 +164,7 @@ def test_pixel_statistics_match_direct_computation() -> None:
 def test_noisy_tile_hits_the_polygon_limit_before_building_geometry() -> None:
     noisy = (np.random.default_rng(0).random((200, 200)) < 0.5).astype(np.uint8)
     grid = TileGrid(200, 200, 200, 0)
-    with pytest.raises(PolygonLimitError, match="--sieve"):
+    with pytest.raises(PolygonLimitError, match="`sieve`"):
         polygonize_core(noisy, np.ones_like(noisy, dtype=bool), grid.tile(0, 0).core_window, grid.bounds,
                         max_polygons=1000)
 
