@@ -448,7 +448,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an older bundle there (two renames)."""
     if final.exists():
         if not is_bundle(final):
-            raise ModelError(f"bundle {final}: exists and is not a bundle; choose another --out")
+            raise ModelError(f"bundle {final}: exists and is not a bundle; choose another folder")
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
         os.replace(tmp, final)

@@ -144,7 +144,7 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
     if drift > limit:
         raise ModelError(f"{where}: int8 drifts {drift:.4f} from fp32 on {len(held_out)} held-out tile(s), over "
                          f"{limit:.3f}; not written. A trained network usually stays well within it (a "
-                         f"random-initialised one does not); calibrating on more --tiles may help")
+                         f"random-initialised one does not); calibrating on more `tiles` may help")
     names = [Path(s).name for s in scenes]
     _write_variant(folder, quantized, spec, {
         "drift": round(drift, 6), "worst_drift": round(worst, 6), "agreement": round(agreement, 6),
