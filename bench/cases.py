@@ -48,16 +48,18 @@ def predict(scene: str, model: dict[str, Any] | str, out: str, workers: int, opt
     first on the same cluster, as the first scene of a batch does (workers started, model loaded and
     checked), and ``seconds`` is the measured scene alone; ``cold_seconds`` is everything.
     """
+    from pipeline.config import PredictConfig
     from workflows.cluster import dask_client
-    from workflows.scene import predict_scene
+    from workflows.scene import plan_scene, predict_scene
 
+    config = PredictConfig.build(**options)  # the case's options (JSON-friendly) become a value once
     start = time.perf_counter()
     with dask_client(workers) as client:
         started = time.perf_counter()
         if warm_up:
-            predict_scene(warm_up, _ref(model), out, client=client, progress=False, **options)
+            predict_scene(plan_scene(warm_up, _ref(model), config), out, client=client, progress=False)
         warm = time.perf_counter()
-        result = predict_scene(scene, _ref(model), out, client=client, progress=False, **options)
+        result = predict_scene(plan_scene(scene, _ref(model), config), out, client=client, progress=False)
         end = time.perf_counter()
     seconds = end - warm if warm_up else end - start
     return {"seconds": seconds, "pixels": result.grid.height * result.grid.width, "tiles": result.tiles_planned,
@@ -95,8 +97,8 @@ def _model_alone(scene: str, model: dict[str, Any] | str, tile: int, halo: int, 
                  precision: str | None = None) -> dict[str, Any]:
     import torch
 
-    from pipeline.models.loader import load_model
     from pipeline.inference.read import open_scene, read_window
+    from pipeline.models.loader import load_model
     from tiles.grid import plan_tiles
 
     torch.set_num_threads(threads)

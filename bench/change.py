@@ -1,10 +1,11 @@
 """Flood change on the OMBRIA Sentinel-2 chips (Albania 2021) against their flood masks.
 
 The chips are 8-bit false-colour PNGs without georeferencing, so the product is computed through the
-Python API on arrays, :func:`workflows.change.compare_arrays`: the built-in ``water-swir`` model (red/SWIR
-water index) classifies each date and the ``other->water`` transition is the flood. Reported: IoU of the flooded class, pooled over all chips and as a mean per chip (chips
-without flooded pixels count 1.0 when nothing is predicted), against the trivial baselines "all flooded"
-and "nothing flooded", and against "water on the after date" (no before image) as an ablation.
+Python API on arrays, :func:`pipeline.change.compare.compare_arrays`: the built-in ``water-swir`` model
+(red/SWIR water index) classifies each date and the ``other->water`` transition is the flood. Reported: IoU
+of the flooded class, pooled over all chips and as a mean per chip (chips without flooded pixels count 1.0
+when nothing is predicted), against the trivial baselines "all flooded" and "nothing flooded", and against
+"water on the after date" (no before image) as an ablation.
 
 Channel order of the composites (inferred from the pixels, see docs/benchmarks.md): 1 = SWIR, 2 = NIR,
 3 = red.
@@ -35,12 +36,12 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
+from pipeline.change.compare import compare_arrays
 from pipeline.change.transitions import iou
-from pipeline.models.contract import ModelRef
-from pipeline.models.loader import load_model
 from pipeline.inference.predict import predict_array
 from pipeline.inference.stitch import classify
-from workflows.change import compare_arrays
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "change" / "flood_ombria_albania"
 CHANNELS = {"swir16": 0, "nir": 1, "red": 2}  # PNG channel of each band
@@ -81,13 +82,15 @@ def _memory_case(kind: str, folder: Path) -> dict[str, float]:
     """One measurement, run in a fresh process: ``windowed`` (detect_change) or ``whole`` (the baseline)."""
     from bench.memory import PeakMemory
     from pipeline.change.transitions import transition_codes
+    from pipeline.config import ChangeConfig
     from workflows.change import detect_change
 
     before, after = folder / "a.classes.tif", folder / "b.classes.tif"
     started = time.perf_counter()
     with PeakMemory(interval=0.02) as peak:
         if kind == "windowed":
-            detect_change(before, after, out_dir=folder / "out", polygons=False, quicklook=False, progress=False)
+            detect_change(before, after, out_dir=folder / "out", config=ChangeConfig(polygons=False, quicklook=False),
+                          progress=False)
         else:
             with rasterio.open(before) as a, rasterio.open(after) as b:
                 codes = transition_codes(a.read(1), b.read(1), 3)  # same grid here: the baseline skips the warp

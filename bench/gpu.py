@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 def model_alone(bundle: Path, scene: Path, tiles: int, batches: tuple[int, ...]) -> list[dict[str, Any]]:
     import torch
 
-    from pipeline.models.bundle import load_bundle
     from pipeline.inference.read import open_scene, read_window
+    from pipeline.models.bundle import load_bundle
     from tiles.grid import plan_tiles
 
     meta = open_scene(scene)
@@ -90,9 +90,9 @@ def _worker_state(bundle: str) -> dict[str, Any]:
 def stages(bundle: Path, scene: Path, tiles: int) -> dict[str, float]:
     """Milliseconds per tile of each stage of a worker's task, in one process: reading the window, the
     model (``auto``) and the blending around it."""
-    from pipeline.models.bundle import load_bundle
     from pipeline.inference.predict import TileInput, _contribution
     from pipeline.inference.read import open_scene, read_window
+    from pipeline.models.bundle import load_bundle
     from tiles.grid import plan_tiles
 
     meta = open_scene(scene)
@@ -116,15 +116,17 @@ def stages(bundle: Path, scene: Path, tiles: int) -> dict[str, float]:
 
 def end_to_end(model: str, scene: Path, warm: Path, out: Path, workers: int, threads: int = 1,
                **options: Any) -> dict[str, Any]:
+    from pipeline.config import PredictConfig
     from workflows.cluster import dask_client
-    from workflows.scene import predict_scene
+    from workflows.scene import plan_scene, predict_scene
 
+    config = PredictConfig.build(bands="naip", **options)
     start = time.perf_counter()
     with dask_client(workers or None, model=model, threads=threads) as client:
         n = len(client.scheduler_info(n_workers=-1)["workers"])
-        predict_scene(warm, model, out, client=client, progress=False, bands="naip", **options)
+        predict_scene(plan_scene(warm, model, config), out, client=client, progress=False)
         ready = time.perf_counter()
-        result = predict_scene(scene, model, out, client=client, progress=False, bands="naip", **options)
+        result = predict_scene(plan_scene(scene, model, config), out, client=client, progress=False)
         seconds = time.perf_counter() - ready
         state = client.run(_worker_state, model) if Path(model).exists() else {}
     row = {"workers": n, "seconds": seconds, "mps": result.grid.height * result.grid.width / seconds / 1e6,

@@ -305,9 +305,10 @@ def end_to_end(args: argparse.Namespace, network, mean, std) -> None:
     import rasterio
     from distributed import Client, LocalCluster
 
+    from pipeline.config import PredictConfig
     from pipeline.models.bundle import save_bundle
     from pipeline.models.contract import ModelRef
-    from workflows.scene import predict_scene
+    from workflows.scene import plan_scene, predict_scene
 
     with rasterio.open(args.scene) as src:
         pixels = src.width * src.height
@@ -329,8 +330,8 @@ def end_to_end(args: argparse.Namespace, network, mean, std) -> None:
                 runs = []
                 for _ in range(2):
                     t0 = time.perf_counter()
-                    predict_scene(args.scene, ref, Path(tmp) / "out", client=client, bands="naip",
-                                  progress=False, tile_size=args.tile)
+                    plan = plan_scene(args.scene, ref, PredictConfig(bands="naip", tile_size=args.tile))
+                    predict_scene(plan, Path(tmp) / "out", client=client, progress=False)
                     runs.append(time.perf_counter() - t0)
                 base = base or runs[1]
                 print(f"| {label} | {runs[0]:.1f} | {runs[1]:.1f} | {pixels / runs[1] / 1e6:.2f} | "

@@ -47,8 +47,9 @@ def stack_rondonia(out: Path) -> Path:
 def main() -> None:
     from distributed import Client, LocalCluster
 
+    from pipeline.config import PredictConfig
     from pipeline.models.contract import ModelRef
-    from workflows.scene import predict_scene
+    from workflows.scene import plan_scene, predict_scene
 
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                                             dashboard_address=None) as cluster, Client(cluster) as client:
@@ -66,7 +67,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for name, scene, bands, threshold, above, index in cases:
             out = Path(tmp) / name
-            result = predict_scene(scene, name, out, client=client, bands=bands, tile_size=256, progress=False)
+            plan = plan_scene(scene, name, PredictConfig(bands=bands, tile_size=256))
+            result = predict_scene(plan, out, client=client, progress=False)
             with rasterio.open(result.classes_path) as src:
                 classes = src.read(1)
             with rasterio.open(scene) as src:
@@ -94,7 +96,8 @@ def main() -> None:
         ]:
             out = Path(tmp) / f"{name}-{threshold}"
             ref = ModelRef.of(name, threshold=threshold)
-            result = predict_scene(rondonia, ref, out, client=client, bands=bands, progress=False)
+            result = predict_scene(plan_scene(rondonia, ref, PredictConfig(bands=bands)), out, client=client,
+                                   progress=False)
             with rasterio.open(result.classes_path) as src:
                 classes = src.read(1)
             compared = compared_mask & (classes != 255)

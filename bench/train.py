@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from pipeline.training.labels import IGNORE, open_labels, read_labels
-from pipeline.training.metrics import confusion_matrix, pixel_metrics
+from pipeline.config import EvaluateConfig, PredictConfig
 from pipeline.inference.read import open_scene, read_window
 from pipeline.models.spectral import normalized_difference
+from pipeline.training.labels import IGNORE, open_labels, read_labels
+from pipeline.training.metrics import confusion_matrix, pixel_metrics
 from tiles.grid import PixelWindow
 from workflows.evaluate import evaluate_scene
 from workflows.train import TrainConfig, train
@@ -66,10 +67,15 @@ def _threshold_baseline(values: np.ndarray, truth: np.ndarray, train: PixelWindo
     return {"threshold": round(thr, 4), "above": above, "iou": _iou(truth[rs, cs], pred)}
 
 
+def _region(window: PixelWindow) -> tuple[int, int, int, int]:
+    """A window as the configs take a region: ``(row_off, col_off, height, width)``."""
+    return (window.row_off, window.col_off, window.height, window.width)
+
+
 def _run_case(name: str, scene: Path, labels: Path, *, bands: str, classes: tuple[str, str], train_region: PixelWindow,
               test_region: PixelWindow, epochs: int, chip: int, out: Path, attribute: str | None = None,
               index: Any = None, spectral: tuple[str, str] | None = None, chips_per_epoch: int = 64) -> dict[str, Any]:
-    region = (train_region.row_off, train_region.col_off, train_region.height, train_region.width)
+    region = _region(train_region)
     config = TrainConfig(scenes=(str(scene),), labels=(str(labels),), label_attribute=attribute, bands=bands,
                          classes=classes, region=region, epochs=epochs, chip_size=chip, chips_per_epoch=chips_per_epoch,
                          out=str(out / f"{name}-unet"), seed=0, patience=max(3, epochs // 2))
@@ -77,8 +83,9 @@ def _run_case(name: str, scene: Path, labels: Path, *, bands: str, classes: tupl
     run = train(config, progress=False)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev = evaluate_scene(scene, run.bundle, labels, label_attribute=attribute, region=test_region, bands=bands, workers=1,
-                        progress=False)
+    scoring = EvaluateConfig(predict=PredictConfig(bands=bands, workers=1), label_attribute=attribute,
+                             region=_region(test_region))
+    ev = evaluate_scene(scene, run.bundle, labels, scoring, progress=False)
     eval_s = time.perf_counter() - t0
     result: dict[str, Any] = {
         "case": name, "train_seconds": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
@@ -100,8 +107,8 @@ def _run_case(name: str, scene: Path, labels: Path, *, bands: str, classes: tupl
     result["baseline_threshold"] = _threshold_baseline(values, truth, train_region, test_region)
     if spectral is not None:
         model, sbands = spectral
-        sev = evaluate_scene(scene, model, labels, label_attribute=attribute, region=test_region, bands=sbands, workers=1,
-                             progress=False)
+        spectral_scoring = scoring.model_copy(update={"predict": PredictConfig(bands=sbands, workers=1)})
+        sev = evaluate_scene(scene, model, labels, spectral_scoring, progress=False)
         result[f"baseline_{model}_iou"] = sev.pixels.classes[1].iou
     return result
 

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import psutil
+import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
@@ -93,6 +93,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from bench.memory import PeakMemory
+    from pipeline.config import VectorizeConfig
     from workflows.vectorize import vectorize_scene
 
     mib = 1024 * 1024
@@ -116,8 +117,9 @@ def main() -> None:
                           memory_limit=0) as cluster, Client(cluster) as client:
             workers = list(client.run(os.getpid).values())
             # first use of each worker imports scipy, pyarrow, shapely: not part of the throughput
-            vectorize_scene(warmup, Path(tmp) / "warm", classes=[1, 2, 3], tile_size=256, client=client,
-                            progress=False)
+            vectorize_scene(warmup, Path(tmp) / "warm", VectorizeConfig(classes=[1, 2, 3], tile_size=256),
+                            client=client, progress=False)
+            config = VectorizeConfig(formats=("gpkg",), classes=[1, 2, 3], tile_size=args.tile_size)
             ours = []
             for i in range(args.repeat):
                 # 0.1 s sampling: the samplers run in this process, whose CPU time is counted below
@@ -127,8 +129,7 @@ def main() -> None:
                         stack.enter_context(mem)
                     started = time.perf_counter()
                     cpu_client, cpu_workers = _cpu_seconds([os.getpid()]), _cpu_seconds(workers)
-                    result = vectorize_scene(path, Path(tmp) / f"out{i}", formats=("gpkg",), classes=[1, 2, 3],
-                                             tile_size=args.tile_size, client=client, progress=False)
+                    result = vectorize_scene(path, Path(tmp) / f"out{i}", config, client=client, progress=False)
                     seconds = time.perf_counter() - started
                     cpu_client = _cpu_seconds([os.getpid()]) - cpu_client
                     cpu_workers = _cpu_seconds(workers) - cpu_workers
