@@ -41,9 +41,9 @@ def bad_scenes(make_geotiff, tmp_path):
         "not a raster": (text, [], ["notes.tif", "not a readable raster"]),
         "damaged inside": (damaged, [], ["damaged.tif", "cannot be read", "truncated or corrupt"]),
         "truncated": (cut, [], ["cut.tif", "truncated"]),
-        "no crs": (make_geotiff("nocrs.tif", crs=None), [], ["nocrs.tif", "no CRS"]),
+        "no crs": (make_geotiff("nocrs.tif", crs=None), [], ["nocrs.tif", "no CRS", "set --assume-crs"]),
         "band out of range": (good, ["--bands", "red=1,nir=7"], ["good.tif", "nir=7", "4 band"]),
-        "too many pixels": (good, ["--max-pixels", "1000"], ["good.tif", "over the limit"]),
+        "too many pixels": (good, ["--max-pixels", "1000"], ["good.tif", "over the limit", "raise --max-pixels"]),
     }
 
 
@@ -56,7 +56,14 @@ def test_bad_inputs_are_refused_with_one_line(make_geotiff, tmp_path):
         assert_refused(run, out, *fragments)
 
 
-def test_every_command_has_help_with_example():
-    for command in ([], ["predict"]):
-        run = run_cli(*command, "--help")
-        assert run.returncode == 0 and "Example" in run.stdout
+def test_both_entry_points_run_the_cli():
+    """The installed script (``workflows.cli:main``) and ``python -m workflows.cli``; every command's help is
+    checked in tests/workflows/cli/test_help.py."""
+    for command in ([str(SCENEWATCH)], [sys.executable, "-m", "workflows.cli"]):
+        run = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert run.returncode == 0 and "Example" in run.stdout and "Usage: scenewatch" in run.stdout, run.stderr
+
+
+def test_a_usage_error_exits_2():
+    run = run_cli("predict", "examples/data/m_4709963_se_14_1_20200831.tif", "--out", "unused", "--precision", "fp64")
+    assert run.returncode == 2 and "Invalid value for '--precision'" in run.stderr

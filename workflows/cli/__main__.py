@@ -1,7 +1,7 @@
-"""``python -m workflows.cli``. Kept to the guard alone: Dask's spawned worker processes re-import this
-module (as ``__mp_main__``) and must not load the CLI."""
+"""``python -m workflows.cli``. Only the guard: Dask's spawned worker processes re-import this module (as
+``__mp_main__``), and must not run the CLI."""
 
 if __name__ == "__main__":
-    from workflows.cli.main import main
+    from workflows.cli import main
 
     main(prog_name="scenewatch")

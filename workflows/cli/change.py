@@ -33,7 +33,7 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @options.date_pattern
 @options.min_area
 @options.sieve
-@click.option("--polygons/--no-polygons", default=None, help="Write the change polygons [default: yes].")
+@options.polygons
 @click.option("--name", default=None, help="Output name [default: BEFORE__AFTER].")
 @options.predict_options
 @options.scene_options
@@ -86,6 +86,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
                    f"[default: {options.default_of(TimelineConfig, 'confirm')}].")
 @options.min_area
 @options.sieve
+@options.polygons
 @click.option("--name", default=None,
               help=f"Prefix of the output files [default: {options.default_of(TimelineConfig, 'name')}].")
 @options.predict_options
@@ -94,8 +95,8 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
 @options.quiet()
 @report_errors
 def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str, watch: str | None,
-             confirm: int | None, min_area: float | None, sieve: int | None, name: str | None, quiet: bool,
-             **predict_values: Any) -> None:
+             confirm: int | None, min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None,
+             quiet: bool, **predict_values: Any) -> None:
     """Follow a dated stack of SCENES of one place: areas per date, alerts and change events.
 
     Writes OUT/<name>.areas.csv and .parquet (area per class per date), OUT/<name>.alerts.tif (first detection
@@ -111,7 +112,7 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
     from workflows.change import run_timeline
 
     config = build(TimelineConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
-                   watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, name=name)
+                   watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, polygons=polygons, name=name)
     result = run_timeline(list(scenes), model, out, config, progress=False if quiet else None)
     first, last = result.dates[0].date, result.dates[-1].date
     click.echo(f"{result.name}: {len(result.dates)} dates {first} .. {last} on a {result.grid.width} x "

@@ -13,6 +13,7 @@ import logging
 import click
 
 from workflows.cli.batch import run, status
+from workflows.cli.options import cli_message
 from workflows.cli.change import change, timeline
 from workflows.cli.models import models
 from workflows.cli.predict import predict
@@ -35,13 +36,20 @@ def main(verbose: int) -> None:
     configure_logging(verbose)
 
 
+class _FlagFormatter(logging.Formatter):
+    """Log lines as errors are shown: a parameter named in backticks becomes the running command's flag."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return cli_message(super().format(record))
+
+
 def configure_logging(verbose: int) -> None:
     """scenewatch's own messages at INFO with -v, DEBUG with -vv; Dask's chatter (cluster start and stop,
     closed comms at shutdown) only with -vv."""
     log = logging.getLogger("scenewatch")
     if not log.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("scenewatch: %(message)s"))
+        handler.setFormatter(_FlagFormatter("scenewatch: %(message)s"))
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.WARNING - 10 * min(verbose, 2))

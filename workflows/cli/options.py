@@ -39,8 +39,8 @@ from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, cho
 __all__ = [
     "assume_crs", "band_names", "bands", "build", "cli_message", "cluster_options", "date_pattern",
     "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels", "min_area", "model",
-    "model_options", "out", "parse_bands", "parse_model_options", "predict_options", "quiet", "region",
-    "report_errors", "scene_options", "sieve", "stack", "tile_size", "vector_options",
+    "model_options", "out", "parse_bands", "parse_model_options", "polygons", "predict_options", "quiet",
+    "region", "report_errors", "scene_options", "sieve", "stack", "tile_size", "vector_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,16 +64,15 @@ def _flags(ctx: click.Context | None) -> dict[str, str]:
 
 
 def cli_message(message: str, ctx: click.Context | None = None) -> str:
-    """``message`` on one line, with each parameter named in backticks (``` `assume_crs` ```) shown as the
-    command's flag for it (``--assume-crs``), or as the bare name where the command has no such option."""
+    """``message`` with each parameter named in backticks (```assume_crs```) shown as the flag of the running
+    command for it (``--assume-crs``), or as the bare name where the command has no such option."""
     flags = _flags(ctx if ctx is not None else click.get_current_context(silent=True))
 
     def flag(match: re.Match[str]) -> str:
         name = match.group(1)
         return flags.get(name.rsplit(".", 1)[-1], name)
 
-    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    return _PARAMETER.sub(flag, one_line)
+    return _PARAMETER.sub(flag, message)
 
 
 def report_errors(func: F) -> F:
@@ -86,7 +85,8 @@ def report_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ScenewatchError as err:
-            click.echo(f"scenewatch: error: {cli_message(str(err))}", err=True)
+            one_line = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            click.echo(f"scenewatch: error: {cli_message(one_line)}", err=True)
             sys.exit(err.exit_code)
 
     return wrapper  # type: ignore[return-value]
@@ -133,6 +133,9 @@ def parse_bands(text: str) -> str:
                                f"(red,green,blue), name=index pairs (red=1,nir=4) or a preset "
                                f"({', '.join(SENSOR_PRESETS)})")
         lowered = [part.lower() for part in parts]
+        presets = [name for name in lowered if name in SENSOR_PRESETS]
+        if presets:
+            raise BandMapError(f"band map {text!r}: {presets[0]} is a preset; give it alone, or name each band")
         twice = sorted({name for name in lowered if lowered.count(name) > 1})
         if twice:
             raise BandMapError(f"band map {text!r}: {', '.join(twice)} named twice")
@@ -216,24 +219,29 @@ def default_of(config: Any, name: str) -> Any:
     return config.model_fields[name].default
 
 
+def _given(**settings: Any) -> dict[str, Any]:
+    """``settings`` without those that are None: click >= 8.3 counts an explicit ``default=None`` as a value
+    given, so that a required option without one would pass as None."""
+    return {k: v for k, v in settings.items() if v is not None}
+
+
 def out(help: str = "Output folder.", required: bool = True) -> Decorator[F]:
-    return click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=required, default=None,
-                        help=help)
+    return click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=required, help=help)
 
 
 def model(help: str = "Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
                       "(see `scenewatch models`).",
           default: str | None = "vegetation", required: bool = False) -> Decorator[F]:
-    return click.option("--model", "-m", "model", default=default, required=required,
-                        show_default=default is not None, help=help)
+    return click.option("--model", "-m", "model", required=required, show_default=default is not None, help=help,
+                        **_given(default=default))
 
 
 def bands(help: str = "", required: bool = False) -> Decorator[F]:
     """``--bands``; ``help`` says what the bands are for in this command (a sentence)."""
     text = ("Band map 'red=1,green=2,blue=3,nir=4', band names in file order 'red,green,blue,nir', or a preset "
             f"({', '.join(SENSOR_PRESETS)}).")
-    return click.option("--bands", "-b", "bands", default=None, required=required, callback=_bands_callback,
-                        metavar="BANDS", help=f"{text} {help}".strip())
+    return click.option("--bands", "-b", "bands", required=required, callback=_bands_callback, metavar="BANDS",
+                        help=f"{text} {help}".strip())
 
 
 model_options = click.option(
@@ -313,6 +321,9 @@ vector_options = stack(
                  help=f"Stop with an error past this many polygons [default: {default_of(VectorizeConfig, 'max_polygons'):,}]."),
 )
 """What a polygon layer keeps: the content fields of :class:`~pipeline.config.VectorizeConfig`."""
+
+polygons = click.option("--polygons/--no-polygons", default=None,
+                        help="Also write the polygon layer, or the rasters only [default: --polygons].")
 
 date_pattern = click.option(
     "--date-pattern", default=None, metavar="REGEX",
