@@ -13,9 +13,9 @@ import logging
 import click
 
 from workflows.cli.batch import run, status
-from workflows.cli.options import cli_message
 from workflows.cli.change import change, timeline
 from workflows.cli.models import models
+from workflows.cli.options import cli_message
 from workflows.cli.predict import predict
 from workflows.cli.train import evaluate, train
 from workflows.cli.vectorize import vectorize

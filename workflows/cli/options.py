@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Decorator = Callable[[F], F]
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+"""What ``click.option(...)`` is: a function that takes a command's function and returns it with the option."""
 
 # ------------------------------------------------------------------------------------------------- errors
 
@@ -203,10 +204,10 @@ def _model_options_callback(ctx: click.Context, param: click.Parameter, value: t
 # ------------------------------------------------------------------------------------------------ options
 
 
-def stack(*options: Decorator[Any]) -> Decorator[F]:
+def stack(*options: Decorator) -> Decorator:
     """One decorator applying ``options`` in the order listed (as they appear in --help)."""
 
-    def apply(func: F) -> F:
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed(options):
             func = option(func)
         return func
@@ -225,18 +226,18 @@ def _given(**settings: Any) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def out(help: str = "Output folder.", required: bool = True) -> Decorator[F]:
+def out(help: str = "Output folder.", required: bool = True) -> Decorator:
     return click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=required, help=help)
 
 
 def model(help: str = "Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
                       "(see `scenewatch models`).",
-          default: str | None = "vegetation", required: bool = False) -> Decorator[F]:
+          default: str | None = "vegetation", required: bool = False) -> Decorator:
     return click.option("--model", "-m", "model", required=required, show_default=default is not None, help=help,
                         **_given(default=default))
 
 
-def bands(help: str = "", required: bool = False) -> Decorator[F]:
+def bands(help: str = "", required: bool = False) -> Decorator:
     """``--bands``; ``help`` says what the bands are for in this command (a sentence)."""
     text = ("Band map 'red=1,green=2,blue=3,nir=4', band names in file order 'red,green,blue,nir', or a preset "
             f"({', '.join(SENSOR_PRESETS)}).")
@@ -250,12 +251,13 @@ model_options = click.option(
          "network (see `scenewatch models show NAME`).")
 
 
-def tile_size(default: str = "the model's") -> Decorator[F]:
+def tile_size(default: str = "the model's") -> Decorator:
     return click.option("--tile-size", type=int, default=None, help=f"Core tile size in pixels [default: {default}].")
 
 
-def halo(default: str = "the model's") -> Decorator[F]:
-    return click.option("--halo", type=int, default=None, help=f"Context pixels read around each tile [default: {default}].")
+def halo(default: str = "the model's") -> Decorator:
+    return click.option("--halo", type=int, default=None,
+                        help=f"Context pixels read around each tile [default: {default}].")
 
 
 predict_options = stack(
@@ -280,7 +282,8 @@ predict_options = stack(
 """How a scene is classified: the tiling and model-run fields of :class:`~pipeline.config.PredictConfig`."""
 
 max_pixels = click.option("--max-pixels", type=int, default=None,
-                          help=f"Refuse rasters with more pixels than this [default: {default_of(PredictConfig, 'max_pixels'):,}].")
+                          help="Refuse rasters with more pixels than this "
+                               f"[default: {default_of(PredictConfig, 'max_pixels'):,}].")
 assume_crs = click.option("--assume-crs", default=None, metavar="CRS",
                           help="CRS for a raster that has none, e.g. EPSG:32618.")
 scene_options = stack(max_pixels, assume_crs)
@@ -293,11 +296,11 @@ cluster_options = stack(
 )
 """Where the work runs."""
 
-def quiet(help: str = "No progress bar.") -> Decorator[F]:
+def quiet(help: str = "No progress bar.") -> Decorator:
     return click.option("--quiet", "-q", is_flag=True, help=help)
 
 
-def formats(allow_none: bool = False) -> Decorator[F]:
+def formats(allow_none: bool = False) -> Decorator:
     listed = ", ".join(choices(VectorFormat))
     extra = "; 'none' for rasters only" if allow_none else ""
     return click.option("--format", "-f", "formats", default=",".join(default_of(VectorizeConfig, "formats")),
@@ -318,7 +321,8 @@ vector_options = stack(
     click.option("--classes", "classes", default=None, metavar="NAMES",
                  help="Classes to keep, names or values, comma-separated (e.g. cleared) [default: all]."),
     click.option("--max-polygons", type=int, default=None,
-                 help=f"Stop with an error past this many polygons [default: {default_of(VectorizeConfig, 'max_polygons'):,}]."),
+                 help="Stop with an error past this many polygons "
+                      f"[default: {default_of(VectorizeConfig, 'max_polygons'):,}]."),
 )
 """What a polygon layer keeps: the content fields of :class:`~pipeline.config.VectorizeConfig`."""
 
@@ -331,7 +335,7 @@ date_pattern = click.option(
          "[default: STAC item beside the scene, TIFF date tags, or YYYYMMDD in the name].")
 
 
-def grid(first: str) -> Decorator[F]:
+def grid(first: str) -> Decorator:
     return click.option("--grid", default="first", show_default=True, metavar="first|PATH",
                         help=f"Grid the dates are compared on: {first}, or the grid of the raster at PATH.")
 

@@ -50,7 +50,8 @@ def _region(text: str | None) -> tuple[int, int, int, int] | None:
 @click.option("--chip-size", type=int, default=None, help="Chip size in px, a multiple of 32 [default: 128].")
 @click.option("--chips-per-epoch", type=int, default=None, help="Chips drawn per epoch [default: 128].")
 @click.option("--block-size", type=int, default=None, help="Split block size in px [default: 2 x chip size].")
-@click.option("--val-fraction", type=float, default=None, help="Share of blocks held out for validation [default: 0.2].")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share of blocks held out for validation [default: 0.2].")
 @click.option("--learning-rate", type=float, default=None, help="AdamW peak learning rate [default: 0.001].")
 @click.option("--patience", type=int, default=None,
               help="Stop after this many epochs without a better validation IoU [default: 5].")
@@ -88,8 +89,8 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
         config = build(TrainConfig, **values)
     run = run_train(config, progress=False if quiet else None)
     for record in run.result.history:
-        click.echo(f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val IoU {_fmt(record.get('val_iou'))}",
-                   err=True)
+        click.echo(f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  "
+                   f"val IoU {_fmt(record.get('val_iou'))}", err=True)
     click.echo(f"{run.bundle}: best epoch {run.result.best_epoch}, validation IoU {_fmt(run.result.best_score)}, "
                f"{len(run.split.train)} training / {len(run.split.validation)} validation blocks, "
                f"{run.result.seconds:.0f} s")
@@ -104,11 +105,13 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 @options.model_options
 @options.region
 @click.option("--objects", "object_classes", multiple=True,
-              help="Class to score as objects (repeatable) [default: all but class 0 for vector labels, none for a raster].")
+              help="Class to score as objects (repeatable) "
+                   "[default: all but class 0 for vector labels, none for a raster].")
 @click.option("--iou-threshold", type=float, default=None,
               help=f"Object match threshold [default: {options.default_of(EvaluateConfig, 'iou_threshold')}].")
 @click.option("--min-object-pixels", type=int, default=None,
-              help=f"Ignore predicted objects smaller than this [default: {options.default_of(EvaluateConfig, 'min_object_pixels')}].")
+              help="Ignore predicted objects smaller than this "
+                   f"[default: {options.default_of(EvaluateConfig, 'min_object_pixels')}].")
 @options.out(help="Keep the predicted rasters in this folder [default: a temporary folder].", required=False)
 @options.predict_options
 @options.scene_options
@@ -147,7 +150,8 @@ def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | No
     click.echo(f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'pixels':>12}")
     for c in ev.pixels.classes:
         click.echo(f"{c.name:<16}{_fmt(c.iou):>8}{_fmt(c.f1):>8}{_fmt(c.precision):>8}{_fmt(c.recall):>8}{c.support:>12,}")
-    click.echo("confusion matrix (rows: true, columns: predicted): " + json.dumps([list(r) for r in ev.pixels.confusion]))
+    confusion = json.dumps([list(r) for r in ev.pixels.confusion])
+    click.echo(f"confusion matrix (rows: true, columns: predicted): {confusion}")
     for o in ev.objects:
         click.echo(f"objects {o.name} (IoU >= {o.iou_threshold}): TP {o.true_positives}, FP {o.false_positives}, "
                    f"FN {o.false_negatives}; precision {_fmt(o.precision)}, recall {_fmt(o.recall)}, F1 {_fmt(o.f1)}")

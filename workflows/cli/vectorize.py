@@ -59,7 +59,8 @@ def _sibling_proba(classes: Path) -> Path | None:
 @click.option("--scene-id", default=None, help="Scene id of the layer [default: from the raster's tags or name].")
 @click.option("--date", "acquired", default=None, metavar="YYYY-MM-DD",
               help="Acquisition date [default: from the raster's tags or a date in its name].")
-@click.option("--attr", "attributes", multiple=True, metavar="NAME=VALUE", help="Constant text column on every polygon.")
+@click.option("--attr", "attributes", multiple=True, metavar="NAME=VALUE",
+              help="Constant text column on every polygon.")
 @options.quiet()
 @report_errors
 def vectorize(classes_path: str, out: str, proba_path: str | None, scene_id: str | None, acquired: str | None,

@@ -47,8 +47,8 @@ def usage_error(*args: str | Path, says: str) -> None:
 def write_classes(path: Path, seed: int = 0, crs: str | None = "EPSG:32633", dtype: str = "uint8") -> Path:
     """A small class raster as predict writes them: class names in the tags, nodata 255."""
     data = np.random.default_rng(seed).integers(0, 2, (1, 64, 64)).astype(dtype)
-    profile = dict(driver="GTiff", width=64, height=64, count=1, dtype=dtype, nodata=255,
-                   transform=from_origin(500000.0, 4000000.0, 10.0, 10.0))
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": dtype, "nodata": 255,
+               "transform": from_origin(500000.0, 4000000.0, 10.0, 10.0)}
     if crs is not None:
         profile["crs"] = CRS.from_user_input(crs)
     with rasterio.open(path, "w", **profile) as dst:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import click
 import pytest
@@ -16,8 +15,7 @@ from pipeline.errors import BandMapError, ConfigError, InvalidSceneError
 from pipeline.inference.read import parse_band_map
 from tests.conftest import REPO
 from workflows.cli import main
-from workflows.cli.options import (band_names, build, cli_message, parse_bands, parse_model_options,
-                                   report_errors)
+from workflows.cli.options import band_names, build, cli_message, parse_bands, parse_model_options, report_errors
 
 CLI = REPO / "workflows" / "cli"
 
