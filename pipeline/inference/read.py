@@ -4,12 +4,20 @@ The first stage of the pipeline. :func:`open_scene` reads only the header and re
 the file, what cannot work (not a raster, no CRS, too many pixels, a truncated file). :func:`read_window`
 reads one tile's pixels; it is what each Dask task calls, so every worker opens the file itself and no
 process ever holds the whole scene.
+
+Scenes are untrusted input, and GDAL opens whatever a file says it is: a ``.tif`` that is really VRT XML
+reads other files or URLs of its author's choosing, a FIFO blocks forever, a 400-byte file can declare
+gigabytes. :func:`open_raster` is the one way an input raster is opened here and in the stages that read
+other inputs (label rasters, class rasters, grids): only regular files or explicit remote URLs, only the
+drivers in :data:`SCENE_DRIVERS` (VRT when the caller asks), no GDAL filename syntax, no sidecar files.
+:func:`open_scene` then checks the declared size against the file's before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -27,13 +35,19 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import CRSError, NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 
-from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, SceneReadError
+from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, SceneReadError, ScenewatchError
 from tiles.grid import PixelWindow
 
 __all__ = [
     "SceneMeta",
     "BandMap",
     "SENSOR_PRESETS",
+    "SCENE_DRIVERS",
+    "REMOTE_SCHEMES",
+    "DEFAULT_MAX_COMPRESSION_RATIO",
+    "DEFAULT_MAX_BLOCK_BYTES",
+    "check_input_path",
+    "open_raster",
     "open_scene",
     "parse_band_map",
     "resolve_bands",
@@ -44,6 +58,28 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+SCENE_DRIVERS: tuple[str, ...] = ("GTiff",)
+"""GDAL drivers an input raster may be read with. A COG is a GeoTIFF to a reader (GDAL's COG driver only
+writes), and GeoTIFF/COG is all that README.md and docs/ promise. ``VRT`` is added only when a caller passes
+``allow_vrt``: a VRT reads whatever files and URLs its XML names."""
+
+REMOTE_SCHEMES: tuple[str, ...] = ("http", "https", "s3", "gs", "az")
+"""URL schemes accepted when the user gives a URL as the input itself (STAC hrefs); GDAL reads them through
+its /vsicurl/-family handlers, which a path written as /vsi... may not name directly."""
+
+DEFAULT_MAX_COMPRESSION_RATIO = 10_000.0
+"""Most a scene's declared pixels (width x height x bands x bytes per value) may outnumber its file's bytes
+before :func:`open_scene` refuses it. GDAL's security notes: "huge raster dimensions but a very small file
+size might be suspicious". Measured: every GeoTIFF in shared/data and examples/data is under 37 (a
+mostly-empty burn-scar mask; imagery 0.8-1.4), the OMBRIA PNG masks reach 440, and a constant class raster
+written as our COGs are (DEFLATE level 1, with overviews) 576 (ZSTD level 9: 3,700). A 106 KB file
+declaring 48000 x 48000 x 4 bytes, which ran 185 s, is 87,000."""
+
+DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
+"""Largest one block (block width x height x bands x bytes per value) :func:`open_scene` accepts: GDAL
+decodes a whole block to read any pixel of it, so a 370-byte file with one 1 GiB block cost 2.7 GB of
+memory. The largest block in shared/data and examples/data is 1 MiB (512 x 512 x 4 bytes)."""
 
 # STAC "eo" common names, in file band order, for the usual products.
 SENSOR_PRESETS: dict[str, tuple[str, ...]] = {
@@ -93,6 +129,7 @@ class SceneMeta:
     block_width: int
     descriptions: tuple[str | None, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    driver: str = "GTiff"  # what open_scene opened it with; every later read uses this driver only
 
     @property
     def name(self) -> str:
@@ -121,28 +158,148 @@ def _scene_error_prefix(path: str | Path) -> str:
     return f"scene {Path(path).name}"
 
 
-def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: str | None = None) -> SceneMeta:
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# GDAL's "DRIVER:...:" filename syntax (GTIFF_DIR:1:x.tif, NETCDF:"x.nc":var, HDF5:...); two letters at
+# least, so that a Windows drive letter is still a path.
+_DRIVER_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_+-]+):")
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _is_remote(path: str) -> bool:
+    match = _URL.match(path)
+    return match is not None and match.group(1).lower() in REMOTE_SCHEMES
+
+
+def check_input_path(path: str | os.PathLike[str], what: str = "scene") -> str:
+    """``path`` as a string GDAL may be given, or an error naming it: a regular file (after following
+    symlinks), or a URL with one of :data:`REMOTE_SCHEMES` given as such.
+
+    Refused at once, before GDAL sees them: GDAL filename syntax where a path is expected (``/vsi...``,
+    ``DRIVER:...:`` prefixes, inline XML), other URL schemes, and anything that is not a regular file (a
+    FIFO would block GDAL's open forever, ``/dev/zero`` never ends, a directory is no raster).
+    ``what`` names the input in the message (``scene``, ``labels``, ``grid``...).
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if "\0" in text:
+        raise SceneOpenError(f"{what} {text.replace(chr(0), '?')!r}: a path cannot contain a NUL character")
+    head = text.lstrip()
+    if head.startswith("<"):
+        raise SceneOpenError(f"{what} {head[:24]!r}...: is GDAL XML, not a file path; save it as a file and "
+                             f"give that file's path")
+    url = _URL.match(text)
+    if url is not None:
+        if url.group(1).lower() in REMOTE_SCHEMES:
+            return text
+        raise SceneOpenError(f"{what} {text}: {url.group(1)}:// is not a supported URL scheme; give a file path "
+                             f"or a {', '.join(s + '://' for s in REMOTE_SCHEMES)} URL")
+    where = f"{what} {Path(text).name or text}"
+    if text.startswith("/vsi") or os.path.normpath(text).startswith("/vsi"):
+        raise SceneOpenError(f"{where}: GDAL virtual file system paths ({text.split('/')[1]}/...) are not "
+                             f"accepted; give a plain file path, or an http(s):// or s3:// URL")
+    prefix = _DRIVER_PREFIX.match(text)
+    if prefix is not None:
+        raise SceneOpenError(f"{where}: {prefix.group(1)}: is GDAL driver syntax, not a file path; give a plain "
+                             f"file path (./{text} for a file whose name has a colon)")
+    try:
+        st = os.stat(text)  # follows symlinks: a link to /dev/zero is judged by what it points at
+    except FileNotFoundError as err:
+        raise SceneOpenError(f"{where}: no such file ({text})") from err
+    except (OSError, ValueError) as err:
+        raise SceneOpenError(f"{where}: cannot be read ({getattr(err, 'strerror', None) or err})") from err
+    _check_regular(st.st_mode, where, text)
+    return text
+
+
+def _check_regular(mode: int, where: str, path: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    raise SceneOpenError(f"{where}: not a regular file but {kind}{target}; give the path of a GeoTIFF file")
+
+
+def _sniff(path: str, where: str) -> bytes:
+    """The first bytes of a local file, read without blocking (a FIFO swapped in after the check does not
+    hang here), and checked once more to be a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise SceneOpenError(f"{where}: cannot be read ({err.strerror})") from err
+    try:
+        _check_regular(os.fstat(fd).st_mode, where, path)
+        return os.read(fd, 256)
+    except OSError as err:
+        raise SceneOpenError(f"{where}: cannot be read ({err.strerror})") from err
+    finally:
+        os.close(fd)
+
+
+def _is_vrt(head: bytes) -> bool:
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
+
+
+def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt: bool = False,
+                driver: str | None = None) -> rasterio.DatasetReader:
+    """Open an input raster for reading, as untrusted input: the caller closes it (``with``).
+
+    The path is checked first (:func:`check_input_path`); GDAL may then use only :data:`SCENE_DRIVERS`
+    (and ``VRT`` with ``allow_vrt``), or only ``driver`` when given (what :func:`open_scene` found, so that a
+    file swapped since is not read another way). Sidecar files (``x.tif.ovr``, ``.aux.xml``, ``.msk``) are
+    not looked for: an ``.ovr`` beside a scene is opened with any driver GDAL has, a VRT included.
+    """
+    text = check_input_path(path, what)
+    where = f"{what} {Path(text).name}"
+    drivers: tuple[str, ...] = SCENE_DRIVERS + (("VRT",) if allow_vrt else ())
+    if driver is not None:
+        drivers = (driver,)
+    if not _is_remote(text):
+        is_vrt = _is_vrt(_sniff(text, where))
+        if is_vrt and "VRT" not in drivers:
+            raise SceneOpenError(f"{where}: is a GDAL VRT (XML that reads the files and URLs it names), not a "
+                                 f"GeoTIFF; VRT inputs are read only when asked: set `allow_vrt`")
+        drivers = ("VRT",) if is_vrt else tuple(d for d in drivers if d != "VRT") or drivers
+    first: RasterioIOError | None = None
+    for name in drivers:
+        try:
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                return rasterio.open(text, driver=name)
+        except RasterioIOError as err:
+            first = first or err
+    assert first is not None
+    reason = str(first).splitlines()[0] if str(first) else "unreadable header"
+    hint = ""
+    if "not recognized" in reason or "supported file format" in reason:
+        hint = "; inputs are read as GeoTIFF/COG only (convert it: gdal_translate -of COG in out.tif)"
+    raise SceneOpenError(f"{where}: not a readable raster ({reason}){hint}") from first
+
+
+def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: str | None = None,
+               allow_vrt: bool = False, max_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
+               max_block_bytes: int | None = DEFAULT_MAX_BLOCK_BYTES) -> SceneMeta:
     """Read and check a scene's header; no pixel is decoded except one block to detect truncation.
 
-    Raises :class:`SceneOpenError` for a missing or non-raster file and :class:`InvalidSceneError` for a
-    raster that cannot be used (no CRS and none assumed, more than ``max_pixels`` pixels, unsupported type).
+    Raises :class:`SceneOpenError` for a missing or non-raster file, and for one :func:`open_raster` refuses
+    (not a regular file, GDAL filename syntax, a VRT without ``allow_vrt``), and :class:`InvalidSceneError`
+    for a raster that cannot be used: no CRS and none assumed; a CRS but no geotransform; more than
+    ``max_pixels`` pixels; declared pixels more than ``max_ratio`` times the file's bytes or one block over
+    ``max_block_bytes`` (checked before any block is decoded; None turns a check off; neither applies to
+    remote files, whose size is not known here, and the ratio not to a VRT); an unsupported data type.
     """
     path = str(path)
     where = _scene_error_prefix(path)
-    if not Path(path).exists() and "://" not in path and not path.startswith("/vsi"):
-        raise SceneOpenError(f"{where}: no such file ({path})")
-    try:
-        src = rasterio.open(path)
-    except RasterioIOError as err:
-        reason = str(err).splitlines()[0] if str(err) else "unreadable header"
-        raise SceneOpenError(f"{where}: not a readable raster ({reason})") from err
-    with src:
+    with open_raster(path, "scene", allow_vrt=allow_vrt) as src:
         if max_pixels is not None and src.height * src.width > max_pixels:
             raise InvalidSceneError(
                 f"{where}: {src.width} x {src.height} px is {src.width * src.height:,} pixels, over the limit "
                 f"of {max_pixels:,}; raise `max_pixels` if this is intended"
             )
+        file_bytes = None if _is_remote(path) or src.driver == "VRT" else os.stat(path).st_size
+        _check_declared_size(src, where, file_bytes, max_ratio, max_block_bytes)
         crs = src.crs
+        _check_georeferenced(src, where)
         if assume_crs is not None:
             try:
                 crs = CRS.from_user_input(assume_crs)
@@ -173,7 +330,60 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
             block_width=block_w,
             descriptions=tuple(src.descriptions),
             tags=dict(src.tags()),
+            driver=src.driver,
         )
+
+
+def _check_declared_size(src: rasterio.DatasetReader, where: str, file_bytes: int | None,
+                         max_ratio: float | None, max_block_bytes: int | None) -> None:
+    """Refuse a header whose pixels the file cannot plausibly hold, or whose one block is too large to
+    decode, before any block is: both only cost a header read to check."""
+    itemsize = max(np.dtype(t).itemsize for t in src.dtypes)
+    if max_block_bytes is not None:
+        block = max(h * w for h, w in src.block_shapes) * src.count * itemsize
+        if block > max_block_bytes:
+            block_h, block_w = src.block_shapes[0]
+            raise InvalidSceneError(
+                f"{where}: one block of {block_w} x {block_h} px x {src.count} band(s) of {src.dtypes[0]} is "
+                f"{block / 2**20:,.0f} MiB, over the limit of {max_block_bytes / 2**20:,.0f} MiB; re-tile it "
+                f"(gdal_translate -of COG) or raise `max_block_bytes` if the file is trusted"
+            )
+    if max_ratio is not None and file_bytes is not None:
+        declared = src.width * src.height * src.count * itemsize
+        ratio = declared / max(file_bytes, 1)
+        if ratio > max_ratio:
+            raise InvalidSceneError(
+                f"{where}: declares {src.width} x {src.height} px x {src.count} band(s) of {src.dtypes[0]} "
+                f"({declared / 2**30:,.1f} GiB) in a file of {file_bytes:,} bytes, {ratio:,.0f} times its size "
+                f"(limit {max_ratio:,.0f}): almost empty or crafted; raise `max_ratio` if the file is trusted"
+            )
+
+
+def _check_georeferenced(src: rasterio.DatasetReader, where: str) -> None:
+    """A scene must say where its pixels are: a CRS with no geotransform (GDAL reports the identity) would
+    give polygons in pixel coordinates labelled with that CRS. A file with neither keeps the old path: no
+    CRS is refused unless the user assumes one."""
+    t = src.transform
+    if not all(np.isfinite(t[:6])) or t.a * t.e - t.b * t.d == 0:
+        raise InvalidSceneError(
+            f"{where}: its geotransform {tuple(t[:6])} is degenerate (a pixel of size 0 or not a number); "
+            f"re-export it with a valid one (gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {Path(src.name).name})"
+        )
+    if not t.is_identity:
+        return
+    name = Path(src.name).name
+    if src.gcps[0] or src.rpcs:
+        how = "-rpc " if src.rpcs else ""
+        raise InvalidSceneError(
+            f"{where}: has {'RPCs' if src.rpcs else 'ground control points'} but no geotransform; warp it onto a "
+            f"map grid first (gdalwarp {how}-t_srs <crs> {name} warped.tif)"
+        )
+    if src.crs is None:
+        return  # neither: "no CRS" below, unless the user assumes one (as before)
+    raise InvalidSceneError(
+        f"{where}: has a CRS but no geotransform, so its pixels have no place on the map; re-export it with "
+        f"one (gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {name})"
+    )
 
 
 def _probe_last_block(src: rasterio.DatasetReader, where: str, block_h: int, block_w: int) -> None:
@@ -260,7 +470,7 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
     """
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
-        src = _open_for_reading(meta.path)
+        src = _open_for_reading(meta.path, meta.driver)
         data = src.read(list(indexes), window=rio_window, out_dtype="float32")
         valid = _valid_from_bands(src, indexes, data)
         if valid is None:
@@ -269,6 +479,8 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
                 # nodata wins, which is what we want; the warning would repeat for every tile.
                 warnings.simplefilter("ignore", NodataShadowWarning)
                 valid = src.dataset_mask(window=rio_window) > 0
+    except ScenewatchError:
+        raise  # already says what is wrong (e.g. the file was replaced by a FIFO since it was opened)
     except (RasterioIOError, OSError) as err:
         raise SceneReadError(
             f"scene {meta.name}: pixels at rows {window.row_off}-{window.row_end}, columns "
@@ -314,14 +526,18 @@ _OPEN_PER_THREAD = 2
 _local = threading.local()
 
 
-def _open_for_reading(path: str) -> rasterio.DatasetReader:
-    stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size, stat.st_ino)  # a file rewritten in place is reopened
+def _open_for_reading(path: str, driver: str) -> rasterio.DatasetReader:
+    if _is_remote(path):
+        key: tuple[Any, ...] = (path, driver)
+    else:
+        st = os.stat(path)
+        _check_regular(st.st_mode, _scene_error_prefix(path), path)  # swapped for a FIFO since it was opened
+        key = (path, driver, st.st_mtime_ns, st.st_size, st.st_ino)  # a file rewritten in place is reopened
     handles: OrderedDict[tuple[Any, ...], rasterio.DatasetReader] = _local.__dict__.setdefault(
         "handles", OrderedDict())
     src = handles.get(key)
     if src is None or src.closed:
-        src = handles[key] = rasterio.open(path)
+        src = handles[key] = open_raster(path, driver=driver)
         while len(handles) > _OPEN_PER_THREAD:
             handles.popitem(last=False)[1].close()
     handles.move_to_end(key)
