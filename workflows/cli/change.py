@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from pipeline.change.transitions import DIFFERENCE_MODELS
 from pipeline.config import TimelineConfig
 from workflows.cli import options
 from workflows.cli.options import build, report_errors
@@ -25,8 +26,8 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @click.command()
 @click.argument("before", type=click.Path(dir_okay=False))
 @click.argument("after", type=click.Path(dir_okay=False))
-@options.model(help="Built-in model (vegetation, water, water-swir, burn, bare, ...), a model bundle path, or an "
-                    "index difference: dndvi (vegetation loss/gain) or dnbr (burn severity, USGS classes).")
+@options.model(help=f"Built-in model ({options.builtin_models()}), a model bundle folder, or an index difference "
+                    f"({', '.join(DIFFERENCE_MODELS)}: vegetation loss/gain, burn severity in USGS classes).")
 @options.out()
 @options.grid(first="the BEFORE scene's")
 @options.bands(_BANDS_HELP)
@@ -73,7 +74,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
 
 @click.command()
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@options.model(help="Built-in model (vegetation, water, water-swir, burn, bare, ...) or a model bundle path.")
+@options.model()
 @options.out()
 @options.date_pattern
 @options.grid(first="the earliest scene's")

@@ -37,7 +37,7 @@ from pipeline.inference.read import SENSOR_PRESETS
 from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, choices
 
 __all__ = [
-    "assume_crs", "band_names", "bands", "build", "cli_message", "cluster_options", "date_pattern",
+    "assume_crs", "band_names", "bands", "build", "builtin_models", "cli_message", "cluster_options", "date_pattern",
     "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels", "min_area", "model",
     "model_options", "out", "parse_bands", "parse_model_options", "polygons", "predict_options", "quiet",
     "region", "report_errors", "scene_options", "sieve", "stack", "tile_size", "vector_options",
@@ -65,7 +65,7 @@ def _flags(ctx: click.Context | None) -> dict[str, str]:
 
 
 def cli_message(message: str, ctx: click.Context | None = None) -> str:
-    """``message`` with each parameter named in backticks (```assume_crs```) shown as the flag of the running
+    """``message`` with each parameter named in backticks (`` `assume_crs` ``) shown as the flag of the running
     command for it (``--assume-crs``), or as the bare name where the command has no such option."""
     flags = _flags(ctx if ctx is not None else click.get_current_context(silent=True))
 
@@ -230,9 +230,17 @@ def out(help: str = "Output folder.", required: bool = True) -> Decorator:
     return click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=required, help=help)
 
 
-def model(help: str = "Built-in model (vegetation, water, water-mndwi, burn, bare) or a model bundle folder "
-                      "(see `scenewatch models`).",
-          default: str | None = "vegetation", required: bool = False) -> Decorator:
+def builtin_models() -> str:
+    """The built-in model names, for help texts."""
+    import pipeline.models.spectral  # noqa: F401 - registers the built-in models (no torch)
+    from pipeline.models.contract import BUILTIN_MODELS
+
+    return ", ".join(BUILTIN_MODELS)
+
+
+def model(help: str | None = None, default: str | None = "vegetation", required: bool = False) -> Decorator:
+    """``--model``; ``help`` default: a built-in model or a bundle."""
+    help = help or f"Built-in model ({builtin_models()}) or a model bundle folder (see `scenewatch models`)."
     return click.option("--model", "-m", "model", required=required, show_default=default is not None, help=help,
                         **_given(default=default))
 
@@ -295,6 +303,7 @@ cluster_options = stack(
                  help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster."),
 )
 """Where the work runs."""
+
 
 def quiet(help: str = "No progress bar.") -> Decorator:
     return click.option("--quiet", "-q", is_flag=True, help=help)

@@ -98,7 +98,8 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 
 @click.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
-@options.model(help="Bundle or built-in model name.", default=None, required=True)
+@options.model(help=f"Model bundle folder or built-in model ({options.builtin_models()}).", default=None,
+               required=True)
 @click.option("--labels", "-l", "labels_path", required=True, help="Label raster or vector labels of SCENE.")
 @options.label_attribute
 @options.bands("Where the model's bands are in SCENE [default: from the band descriptions].")
