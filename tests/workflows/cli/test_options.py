@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 
 import click
 import pytest
@@ -172,3 +173,15 @@ def test_main_module_stays_a_guard() -> None:
     body = [node for node in tree.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
     assert len(body) == 1 and isinstance(body[0], ast.If)
     assert ast.unparse(body[0].test) == "__name__ == '__main__'"
+
+
+def test_log_lines_name_flags_too() -> None:
+    import logging
+
+    formatter = sys.modules["workflows.cli.main"]._FlagFormatter("scenewatch: %(message)s")
+    record = logging.LogRecord("scenewatch", logging.INFO, __file__, 1, "GPU shared (set `workers` to change)",
+                               None, None)
+    with click.Context(_probe):
+        assert formatter.format(record) == "scenewatch: GPU shared (set workers to change)"
+    with click.Context(main.commands["predict"]):
+        assert formatter.format(record) == "scenewatch: GPU shared (set --workers to change)"
