@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from typing_extensions import Self
 
 from pipeline.errors import ConfigError
-from pipeline.vocab import VECTOR_FORMAT_ALIASES, BlendMethod, Precision, ProbaDtype, VectorFormat
+from pipeline.vocab import VECTOR_FORMAT_ALIASES, BlendMethod, Precision, ProbaDtype, VectorFormat, choices
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -76,7 +76,7 @@ class PredictConfig(FrozenConfig):
     @model_validator(mode="after")
     def _overlap_within_halo(self) -> PredictConfig:
         if self.overlap is not None and self.halo is not None and self.overlap > self.halo:
-            raise ValueError(f"overlap ({self.overlap}) cannot be larger than halo ({self.halo})")
+            raise ValueError(f"`overlap` ({self.overlap}) cannot be larger than `halo` ({self.halo})")
         return self
 
 
@@ -118,8 +118,12 @@ def _formats(value: Any) -> Any:
     """``"gpkg, GeoParquet"`` -> ``("gpkg", "parquet")``: names or aliases, any case, a leading dot allowed."""
     value = split_list(value)
     if isinstance(value, (list, tuple)):
-        names = (str(v).strip().lower().lstrip(".") for v in value)
-        return tuple(VECTOR_FORMAT_ALIASES.get(n, n) for n in names if n)
+        names = [str(v).strip().lower().lstrip(".") for v in value]
+        formats = tuple(VECTOR_FORMAT_ALIASES.get(n, n) for n in names if n)
+        unknown = [f for f in formats if f not in choices(VectorFormat)]
+        if unknown:
+            raise ValueError(f"format {unknown[0]!r}: unknown; choose from {', '.join(choices(VectorFormat))}")
+        return formats
     return value
 
 

@@ -29,10 +29,6 @@ FORBIDDEN = {
     "workflows": (),
 }
 
-# The one cycle known to be under removal: the CLI commands import workflows.cli's group and report_errors,
-# and workflows.cli imports the commands to register them (moving into a workflows/cli/ package, issue 18).
-KNOWN_CLI_CYCLE = "workflows.cli <-> workflows.cli_* (report_errors shims; CLI moving into workflows/cli/)"
-
 
 def project_modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
     """Every module under ``packages`` by dotted name (a package by its own name, for its ``__init__``)."""
@@ -191,10 +187,6 @@ def layering_violations(root: Path) -> list[str]:
     return sorted(found)
 
 
-def _is_known_cli_cycle(cycle: list[str]) -> bool:
-    return all(m == "workflows.cli" or m.startswith("workflows.cli_") for m in cycle)
-
-
 # ------------------------------------------------------------------------------------------------- tests
 
 
@@ -202,8 +194,6 @@ def _is_known_cli_cycle(cycle: list[str]) -> bool:
 def test_no_import_cycle(package: str) -> None:
     graph = import_graph(REPO)
     found = [c for c in tangles(graph) if any(m.split(".")[0] == package for m in c)]
-    if found and all(_is_known_cli_cycle(c) for c in found):
-        pytest.xfail(f"known cycle, being removed: {KNOWN_CLI_CYCLE}")
     assert not found, "import cycle(s):\n" + "\n".join(describe_cycles(graph, [package]))
 
 
