@@ -157,9 +157,11 @@ class _Context:
 
 def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = False,
             client: Client | None = None, progress: bool | None = None,
-            report: Callable[[ItemOutcome, int, int], None] | None = None) -> RunSummary:
+            report: Callable[[ItemOutcome, int, int], None] | None = None, *,
+            allow_factory: bool = False) -> RunSummary:
     """Run a job file over its archive; see the module docstring for what is skipped, redone and recorded.
 
+    ``allow_factory``: run a ``model.factory`` the job file names (see :func:`workflows.job.load_job`).
     ``out`` overrides the job's output folder; ``force`` redoes every item; ``client`` runs on an existing
     Dask client (else the job's ``dask:`` settings). ``progress``: a bar (None: only when interactive);
     ``report(outcome, index, total)`` is called after each item (the CLI prints plain lines with it).
@@ -172,7 +174,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     """
     from tqdm import tqdm
 
-    job = load_job(job_path, out)
+    job = load_job(job_path, out, allow_factory=allow_factory)
     scenes = discover_scenes(job)
     config = job.spec.predict_config()
     ref = _model_ref(job, config)
@@ -639,7 +641,7 @@ def read_status(job_path: str | Path, out: str | Path | None = None
     re-hashes it and redoes the scene if the content differs);
     ``interrupted``: a run stopped during it; ``running``: a run holding the lock is on it now.
     """
-    job = load_job(job_path, out)
+    job = load_job(job_path, out, allow_factory=True)  # reading the status runs no model
     scenes = discover_scenes(job)
     path = job.out_dir / MANIFEST_NAME
     locked = is_locked(job.out_dir)

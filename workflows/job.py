@@ -39,6 +39,8 @@ __all__ = [
     "discover_scenes",
     "date_from_name",
     "EXECUTION_FIELDS",
+    "FACTORY_ENTRY_POINTS",
+    "registered_factories",
 ]
 
 # PredictConfig fields that change how fast a scene is done, never what is written: left out of fingerprints.
@@ -222,9 +224,25 @@ _JobLoader.yaml_implicit_resolvers = {
 }
 
 
-def load_job(path: str | Path, out: str | Path | None = None) -> Job:
+FACTORY_ENTRY_POINTS = "scenewatch.models"
+"""Entry-point group under which installed packages register model factories that jobs may name."""
+
+
+def registered_factories() -> dict[str, str]:
+    """``name -> "module:function"`` of the factories installed packages register as entry points."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=FACTORY_ENTRY_POINTS)}
+
+
+def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: bool = False) -> Job:
     """Read and validate a job file; ``out`` overrides ``outputs.folder``. Raises ConfigError naming the
-    key and line of every problem."""
+    key and line of every problem.
+
+    A job file is data, not code: a ``model.factory`` it names (a Python function that the run would
+    import and call) is refused unless ``allow_factory`` is true (the user trusts this file: ``scenewatch
+    run --allow-factory``) or an installed package registers that factory under the ``scenewatch.models``
+    entry points."""
     path = Path(path).resolve()
     where = f"job {path.name}"
     try:
@@ -251,6 +269,12 @@ def load_job(path: str | Path, out: str | Path | None = None) -> Job:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{where}: " + "; ".join(_describe(e, root) for e in err.errors())) from err
+    factory = spec.model.factory
+    if factory is not None and not allow_factory and factory not in registered_factories().values():
+        line = _line_of(root, ("model", "factory"))
+        raise ConfigError(f"{where} line {line}: model.factory {factory!r} would import and run Python code named "
+                          "by the job file; if you trust this file, run it with `allow_factory` set, or install "
+                          f"the factory as a {FACTORY_ENTRY_POINTS!r} entry point of a package")
     name = spec.name or path.stem
     job = Job(spec=spec, path=path, name=name, out_dir=Path())
     out_dir = Path(out).resolve() if out is not None else job.resolve(spec.outputs.folder).resolve()

@@ -172,7 +172,7 @@ def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_
             killed: list[int] = []
             killer = threading.Thread(target=kill_worker_running, args=(client, "scene_01", killed))
             killer.start()
-            summary = run_job(job, client=client)
+            summary = run_job(job, client=client, allow_factory=True)  # the test trusts its own factory
             killer.join()
             assert killed, "the worker was never seen running scene_01"
             outcomes = {o.item_id: o for o in summary.outcomes}

@@ -51,7 +51,7 @@ def test_kill_9_mid_archive_then_rerun_matches_an_uninterrupted_run(tmp_path: Pa
     assert run_job(job, out=reference, client=dask_client).exit_code == EXIT_OK
 
     out = tmp_path / "out"
-    proc = cli("run", str(job), "--out", str(out))
+    proc = cli("run", str(job), "--allow-factory", "--out", str(out))
     def mid_archive() -> bool:  # a scene done and the next one being worked on
         statuses = [r["status"] for r in manifest_rows(out)]
         return "done" in statuses and "running" in statuses
@@ -68,7 +68,7 @@ def test_kill_9_mid_archive_then_rerun_matches_an_uninterrupted_run(tmp_path: Pa
     assert status.exit_code == 0, status.output
     assert f"{len(done_before)} done" in status.output and "interrupted" in status.output  # the scene it was on
 
-    rerun = cli("run", str(job), "--out", str(out))
+    rerun = cli("run", str(job), "--allow-factory", "--out", str(out))
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == EXIT_OK, stderr
     assert f"{5 - len(done_before)} done, {len(done_before)} up to date, 0 failed" in stdout
@@ -92,7 +92,7 @@ def test_two_runs_at_once_then_sigterm_then_resume(tmp_path: Path, make_geotiff,
     archive = make_archive(tmp_path, make_geotiff, "archive", 5)
     out = tmp_path / "out"
     job = write_job(tmp_path, {"folder": str(archive)}, out, model=SLOW)
-    runs = [cli("run", str(job)), cli("run", str(job))]
+    runs = [cli("run", str(job), "--allow-factory"), cli("run", str(job), "--allow-factory")]
     try:
         loser = _wait(lambda: [p for p in runs if p.poll() is not None], "one of the two runs to exit")[0]
         winner = runs[1 - runs.index(loser)]
@@ -135,7 +135,7 @@ def test_bad_scenes_are_recorded_and_the_rest_finish(tmp_path: Path, make_geotif
     out = tmp_path / "out"
     job = write_job(tmp_path, {"folder": str(archive)}, out)
 
-    proc = cli("run", str(job))
+    proc = cli("run", str(job), "--allow-factory")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_SOME_FAILED, stderr
     assert "2 done, 0 up to date, 4 failed" in stdout

@@ -40,7 +40,7 @@ def test_aliases_that_expand_to_a_normal_size_are_fine(tmp_path: Path) -> None:
     job = tmp_path / "anchors.yaml"
     job.write_text(_laughs(3))  # 729 strings
     assert 9 ** 3 < MAX_JOB_NODES
-    assert load_job(job).spec.model.kwargs["l2"][0][0] == ["x"] * 9
+    assert load_job(job, allow_factory=True).spec.model.kwargs["l2"][0][0] == ["x"] * 9
 
 
 # ----------------------------------------------------------------------------------------------- full disk
@@ -271,3 +271,25 @@ def test_an_output_folder_that_cannot_be_made_is_one_clear_error(tmp_path: Path)
             output_folder(read_only / "new")
     finally:
         subprocess.run(["umount", "-l", str(read_only)], check=False)
+
+
+# ------------------------------------------------------------------------------------------ job file is code
+
+
+def test_a_job_file_cannot_run_code_without_the_users_word(tmp_path: Path) -> None:
+    """`model.factory: os:system` with `kwargs: {command: ...}` ran the command."""
+    from click.testing import CliRunner
+
+    from workflows.cli import main
+
+    canary = tmp_path / "canary"
+    job = tmp_path / "evil.yaml"
+    job.write_text("version: 1\ninputs: {folder: .}\nmodel:\n  factory: os:system\n"
+                   f"  kwargs: {{command: 'touch {canary}'}}\noutputs: {{folder: out}}\n")
+    with pytest.raises(ConfigError, match=r"evil.yaml line 4: model.factory 'os:system' would import and run Python"):
+        load_job(job)
+    result = CliRunner().invoke(main, ["run", str(job)])
+    assert result.exit_code == 2 and not canary.exists()
+    assert result.output.splitlines()[-1].startswith("scenewatch: error: job evil.yaml line 4: model.factory")
+    assert "--allow-factory" in result.output  # the library's `allow_factory`, as the command's flag
+    assert load_job(job, allow_factory=True).spec.model.factory == "os:system"  # the user's word

@@ -19,16 +19,21 @@ Exit codes:
   1  the run stopped on an unexpected error (a bug: please report it)
   2  the job file is invalid (the message names the key and line); nothing ran
   3  the run finished but some scenes or products failed (see `scenewatch status`)
-  4  another run of this job holds the output folder's lock; nothing ran"""
+  4  another run of this job holds the output folder's lock; nothing ran
+  5  the output disk filled up: the run stopped; free space and run again to finish it"""
 
 
 @click.command(epilog=_EXIT_CODES)
 @click.argument("job_file", metavar="JOB.yaml", type=click.Path(dir_okay=False))
 @options.out(help="Output folder [default: outputs.folder of the job, relative to the job file].", required=False)
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done and unchanged.")
+@click.option("--allow-factory", "allow_factory", is_flag=True,
+              help="Run the Python model factory the job file names (model.factory). Only for job files you "
+                   "trust: a factory is code. Factories that installed packages register as 'scenewatch.models' "
+                   "entry points need no flag.")
 @options.quiet(help="No progress bar or per-scene lines; only the summary.")
 @report_errors
-def run(job_file: str, out: str | None, force: bool, quiet: bool) -> None:
+def run(job_file: str, out: str | None, force: bool, allow_factory: bool, quiet: bool) -> None:
     """Run JOB.yaml over its archive: resumable, one bad scene never stops the others.
 
     Scenes already done with unchanged inputs, model and parameters (and intact outputs) are skipped; a
@@ -40,6 +45,7 @@ def run(job_file: str, out: str | None, force: bool, quiet: bool) -> None:
       scenewatch run workflows/jobs/naip_vegetation.yaml
       scenewatch run nightly.yaml --out /data/products/nightly
       scenewatch run nightly.yaml --force        # redo everything
+      scenewatch run my_model_job.yaml --allow-factory   # the job names a Python model factory you trust
     """
     from workflows.batch import ItemOutcome, run_job
 
@@ -57,7 +63,8 @@ def run(job_file: str, out: str | None, force: bool, quiet: bool) -> None:
             line += f" at {outcome.stage}: {outcome.message}"
         click.echo(line, err=True)
 
-    summary = run_job(job_file, out=out, force=force, progress=interactive, report=report)
+    summary = run_job(job_file, out=out, force=force, progress=interactive, report=report,
+                      allow_factory=allow_factory)
     _print_summary(summary)
     sys.exit(summary.exit_code)
 
