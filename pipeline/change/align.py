@@ -27,8 +27,8 @@ from rasterio.errors import NodataShadowWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from pipeline.errors import InvalidSceneError, SceneOpenError, SceneReadError
-from pipeline.inference.read import SceneMeta
+from pipeline.errors import InvalidSceneError, SceneReadError
+from pipeline.inference.read import SceneMeta, check_georeferenced, open_raster
 from tiles.grid import PixelWindow
 
 __all__ = ["GridSpec", "grid_of", "grid_meta", "read_aligned", "pixel_area_rows", "same_grid", "covers"]
@@ -61,16 +61,12 @@ def grid_of(path: str | os.PathLike[str] | SceneMeta, what: str = "raster") -> G
     if isinstance(path, SceneMeta):
         return GridSpec(path.crs, path.transform, path.height, path.width)
     where = f"{what} {os.path.basename(path)}"
-    if not os.path.exists(path) and "://" not in str(path) and not str(path).startswith("/vsi"):
-        raise SceneOpenError(f"{where}: no such file ({path})")
-    try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise InvalidSceneError(f"{where}: the raster has no CRS; give it one (e.g. gdal_edit.py -a_srs) "
-                                        "to compare it with other dates")
-            return GridSpec(src.crs, src.transform, src.height, src.width)
-    except RasterioIOError as err:
-        raise SceneOpenError(f"{where}: not a readable raster ({str(err).splitlines()[0]})") from err
+    with open_raster(path, what) as src:  # refuses what a scene may not be (VRT, FIFO, /vsi...), one line
+        if src.crs is None:
+            raise InvalidSceneError(f"{where}: the raster has no CRS; give it one (e.g. gdal_edit.py -a_srs) "
+                                    "to compare it with other dates")
+        check_georeferenced(src, where)
+        return GridSpec(src.crs, src.transform, src.height, src.width)
 
 
 def grid_meta(grid: GridSpec, *, path: str = "", count: int = 1, dtype: str = "uint8",
@@ -109,7 +105,7 @@ def read_aligned(path: str | os.PathLike[str], grid: GridSpec, window: PixelWind
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     name = os.path.basename(path)
     try:
-        with rasterio.open(path) as src:
+        with open_raster(path, "raster") as src:
             bands = list(indexes) if indexes is not None else list(range(1, src.count + 1))
             out_dtype = dtype or src.dtypes[0]
             if same_grid(grid_of_dataset(src), grid):

@@ -23,10 +23,10 @@ import os
 import re
 from pathlib import Path
 
-import rasterio
 from rasterio.errors import RasterioIOError
 
-from pipeline.errors import ConfigError, InvalidSceneError
+from pipeline.errors import ConfigError, InvalidSceneError, SceneOpenError
+from pipeline.inference.read import open_raster
 from pipeline.products import Tag
 
 __all__ = ["scene_date", "date_from_name", "date_from_tags", "date_from_stac", "days_since_epoch",
@@ -128,9 +128,9 @@ def scene_date(path: str | os.PathLike[str], pattern: str | re.Pattern[str] | No
     date = date_from_stac(path)
     if date is None:
         try:
-            with rasterio.open(path) as src:
+            with open_raster(path) as src:  # the scene's header, opened as untrusted input
                 date = date_from_tags(dict(src.tags()))
-        except RasterioIOError:
+        except (RasterioIOError, SceneOpenError):  # open_scene says why, when the scene is opened to be read
             date = None
     if date is None and not pattern:
         date = date_from_name(path.name)

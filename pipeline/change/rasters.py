@@ -19,6 +19,7 @@ from pipeline.change.compare import CONFIDENCE_NODATA, CONFIDENCE_SCALE
 from pipeline.change.transitions import ALERT_NODATA, CHANGE_NODATA
 from pipeline.errors import InvalidSceneError
 from pipeline.inference.raster import CogWriter, hex_to_rgba
+from pipeline.inference.read import open_raster
 from pipeline.inference.stitch import decode_proba
 from pipeline.products import CLASS_NODATA, Tag, class_names_from_tags, class_tags, model_tags, name_of, proba_beside
 from tiles.grid import PixelWindow, plan_tiles
@@ -52,7 +53,7 @@ class DatedClasses:
 
 def dated_classes(path: Path, date: dt.date | None) -> DatedClasses:
     """An existing class raster (ours or anyone's with the same tags), with its probabilities if beside it."""
-    with rasterio.open(path) as src:
+    with open_raster(path, "class raster") as src:  # given by the user: untrusted input, as a scene is
         tags = src.tags()
     names = tuple(n for n in class_names_from_tags(tags) if n)
     if not names:

@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_COMPRESSION_RATIO",
     "DEFAULT_MAX_BLOCK_BYTES",
     "check_input_path",
+    "check_georeferenced",
     "open_raster",
     "open_scene",
     "parse_band_map",
@@ -299,7 +300,7 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
         file_bytes = None if _is_remote(path) or src.driver == "VRT" else os.stat(path).st_size
         _check_declared_size(src, where, file_bytes, max_ratio, max_block_bytes)
         crs = src.crs
-        _check_georeferenced(src, where)
+        check_georeferenced(src, where)
         if assume_crs is not None:
             try:
                 crs = CRS.from_user_input(assume_crs)
@@ -359,10 +360,12 @@ def _check_declared_size(src: rasterio.DatasetReader, where: str, file_bytes: in
             )
 
 
-def _check_georeferenced(src: rasterio.DatasetReader, where: str) -> None:
-    """A scene must say where its pixels are: a CRS with no geotransform (GDAL reports the identity) would
-    give polygons in pixel coordinates labelled with that CRS. A file with neither keeps the old path: no
-    CRS is refused unless the user assumes one."""
+def check_georeferenced(src: rasterio.DatasetReader, where: str) -> None:
+    """Refuse a raster that does not say where its pixels are, with how to fix it: a degenerate
+    geotransform, ground control points or RPCs without one, or a CRS with no geotransform (GDAL reports
+    the identity), which gave polygons in pixel coordinates labelled with that CRS. A file with neither
+    CRS nor geotransform passes: :func:`open_scene` refuses it for its missing CRS unless the user assumes
+    one (as before)."""
     t = src.transform
     if not all(np.isfinite(t[:6])) or t.a * t.e - t.b * t.d == 0:
         raise InvalidSceneError(

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.errors import ConfigError, SceneOpenError
-from pipeline.inference.read import SceneMeta
+from pipeline.inference.read import SceneMeta, open_raster
 from pipeline.products import IGNORE
 from tiles.grid import PixelWindow
 
@@ -98,12 +97,14 @@ def open_labels(path: str | Path, meta: SceneMeta, class_names: Sequence[str],
     k = len(class_names)
     if not _is_vector(path):
         try:
-            with rasterio.open(path) as src:
+            with open_raster(path, "labels") as src:  # a label raster is untrusted input as a scene is
                 if src.crs is None:
                     raise ConfigError(f"labels {where}: the label raster has no CRS; give it the scene's")
-        except RasterioIOError as err:
+        except SceneOpenError as err:
+            if not isinstance(err.__cause__, RasterioIOError):
+                raise  # not a regular file, a VRT, GDAL syntax: open_raster's line says it
             raise SceneOpenError(f"labels {where}: neither a vector file ({', '.join(VECTOR_SUFFIXES)}) nor a "
-                                 f"readable raster") from err
+                                 f"readable raster") from err.__cause__
         return Labels(source=str(path), meta=meta, num_classes=k, raster=str(path))
     import geopandas as gpd
 
@@ -169,7 +170,7 @@ def _read_label_raster(labels: Labels, window: PixelWindow) -> np.ndarray:
     assert labels.raster is not None
     name = Path(labels.raster).name
     try:
-        with rasterio.open(labels.raster) as src:
+        with open_raster(labels.raster, "labels") as src:
             same_grid = (src.crs == meta.crs and src.transform.almost_equals(meta.transform)
                          and (src.height, src.width) == (meta.height, meta.width))
             if same_grid:

@@ -30,6 +30,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.errors import SceneReadError, ScenewatchError
+from pipeline.inference.read import open_raster
 from tiles.grid import PixelWindow
 
 __all__ = [
@@ -311,7 +312,7 @@ def read_class_window(path: str, window: PixelWindow) -> tuple[np.ndarray, np.nd
     """Band 1 of a class raster over ``window``, and its valid mask (nodata and internal masks honoured)."""
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
-        with rasterio.open(path) as src:
+        with open_raster(path, "classes") as src:  # any class raster is untrusted input, as a scene is
             classes = src.read(1, window=rio_window)
             valid = src.read_masks(1, window=rio_window) > 0
     except RasterioIOError as err:
@@ -327,7 +328,7 @@ def read_proba_window(path: str, window: PixelWindow) -> np.ndarray:
     scales and offsets (uint8 ``p * 254`` storage) are applied."""
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
-        with rasterio.open(path) as src:
+        with open_raster(path, "probabilities") as src:
             data = src.read(window=rio_window, masked=True)
             scales = np.asarray(src.scales, dtype=np.float32)[:, None, None]
             offsets = np.asarray(src.offsets, dtype=np.float32)[:, None, None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,3 +337,78 @@ def test_refusals_are_one_line_scenewatch_errors_chained_where_gdal_spoke(tmp_pa
     with pytest.raises(ScenewatchError) as err:
         open_scene(notes)
     assert err.value.__cause__ is not None and len(str(err.value).splitlines()) == 1
+
+
+# ------------------------------------------- every stage that opens an input raster opens it the same way
+
+
+def _grid_of(path: Path) -> object:
+    from pipeline.change.align import grid_of
+
+    return grid_of(path, "scene")
+
+
+def _read_aligned(path: Path) -> object:
+    from rasterio.crs import CRS
+
+    from pipeline.change.align import GridSpec, read_aligned
+
+    grid = GridSpec(CRS.from_epsg(32618), from_origin(500000.0, 4000000.0, 10.0, 10.0), 64, 64)
+    return read_aligned(path, grid, grid.bounds)
+
+
+def _scene_date(path: Path) -> object:
+    from pipeline.change.dates import scene_date
+
+    return scene_date(path)
+
+
+def _dated_classes(path: Path) -> object:
+    from pipeline.change.rasters import dated_classes
+
+    return dated_classes(path, None)
+
+
+def _labels(path: Path) -> object:
+    from pipeline.training.labels import open_labels
+
+    return open_labels(path, open_scene(write_tif(path.with_name("real.tif"))), ("a", "b"))
+
+
+def _class_window(path: Path) -> object:
+    from pipeline.vectors.vectorize import read_class_window
+
+    return read_class_window(str(path), PixelWindow(0, 0, 8, 8))
+
+
+def _proba_window(path: Path) -> object:
+    from pipeline.vectors.vectorize import read_proba_window
+
+    return read_proba_window(str(path), PixelWindow(0, 0, 8, 8))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("reader", [_grid_of, _read_aligned, _scene_date, _dated_classes, _labels, _class_window,
+                                    _proba_window], ids=lambda f: f.__name__.strip("_"))
+def test_every_reader_of_an_input_raster_refuses_a_vrt_without_any_request(tmp_path: Path, canary: Canary,
+                                                                           reader: Callable[[Path], object]) -> None:
+    """Change grids and dates, label rasters, class and probability rasters: all given by the user."""
+    scene = tmp_path / "2020-08-31.tif"
+    scene.write_text(vrt_xml(f"/vsicurl/{canary.url()}"))
+    if reader is _scene_date:  # the date comes from the name; the scene is refused when it is opened
+        assert str(reader(scene)) == "2020-08-31"
+    else:
+        with pytest.raises(SceneOpenError, match="is a GDAL VRT"):
+            reader(scene)
+    assert canary.connections == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("reader", [_grid_of, _read_aligned, _labels, _class_window],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_every_reader_of_an_input_raster_refuses_a_fifo_at_once(tmp_path: Path,
+                                                                 reader: Callable[[Path], object]) -> None:
+    scene = tmp_path / "scene.tif"
+    os.mkfifo(scene)
+    with pytest.raises(SceneOpenError, match="not a regular file but a FIFO"):
+        reader(scene)
