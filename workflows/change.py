@@ -42,7 +42,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline.atomic import atomic_path, output_folder, sweep_stale_temps
-from pipeline.change.align import GridSpec, covers, grid_of, pixel_area_rows, read_aligned
+from pipeline.change.align import GridSpec, covers, grid_of, grid_offset, pixel_area_rows, read_aligned
 from pipeline.change.compare import (CONFIDENCE_NODATA, CONFIDENCE_SCALE, AreaTally, class_areas, class_change,
                                      compare_arrays, encode_confidence)
 from pipeline.change.dates import compile_date_pattern, days_since_epoch, scene_date
@@ -216,9 +216,17 @@ def common_grid(grid: str | os.PathLike[str] | GridSpec | None, first: str | Pat
 
 def _check_overlap(grid: GridSpec, paths: Sequence[str | Path]) -> None:
     for path in paths:
-        if not covers(grid, grid_of(path, "scene")):
+        other = grid_of(path, "scene")
+        if not covers(grid, other):
             raise InvalidSceneError(f"scene {Path(path).name}: does not overlap the common grid; "
                                     "compare scenes of the same place or set `grid`")
+        offset = grid_offset(grid, other)
+        if offset is not None and offset.misaligned():
+            # a fraction of a pixel reads as change along every edge (half a pixel: 6 % of the scene)
+            log.warning("scene %s: its pixels are %.2f px (rows) and %.2f px (columns) off the common grid%s; "
+                        "resampled onto it, edges will show as change: align the dates first (gdalwarp -tap)",
+                        Path(path).name, offset.rows, offset.cols, "" if offset.same_resolution else
+                        f" and {offset.x_scale:.3g} x {offset.y_scale:.3g} its pixel size")
 
 
 @contextlib.contextmanager

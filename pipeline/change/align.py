@@ -31,7 +31,8 @@ from pipeline.errors import InvalidSceneError, SceneReadError
 from pipeline.inference.read import SceneMeta, check_georeferenced, open_raster
 from tiles.grid import PixelWindow
 
-__all__ = ["GridSpec", "grid_of", "grid_meta", "read_aligned", "pixel_area_rows", "same_grid", "covers"]
+__all__ = ["GridSpec", "GridOffset", "grid_of", "grid_meta", "grid_offset", "read_aligned", "pixel_area_rows",
+           "same_grid", "covers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,50 @@ def same_grid(a: GridSpec, b: GridSpec, tolerance: float = 1e-9) -> bool:
         return False
     px = max(abs(a.transform.a), abs(a.transform.e))
     return a.transform.almost_equals(b.transform, precision=tolerance * px)
+
+
+@dataclass(frozen=True, slots=True)
+class GridOffset:
+    """How far another raster's pixels sit from a grid's, in the grid's pixels: ``rows`` and ``cols``, the
+    offset of its pixel corners from the nearest corners of the grid (in [-0.5, 0.5]), and ``x_scale`` and
+    ``y_scale``, its pixel size over the grid's (1 when the resolutions match)."""
+
+    rows: float
+    cols: float
+    x_scale: float
+    y_scale: float
+
+    @property
+    def pixels(self) -> float:
+        """The larger of the two offsets, in pixels (0 on the same grid, 0.5 at worst)."""
+        return max(abs(self.rows), abs(self.cols))
+
+    @property
+    def same_resolution(self) -> bool:
+        return abs(self.x_scale - 1.0) < 1e-6 and abs(self.y_scale - 1.0) < 1e-6
+
+    def misaligned(self, tolerance: float = 0.1) -> bool:
+        """True when its pixels are more than ``tolerance`` of a pixel off, or of another size."""
+        return self.pixels > tolerance or not self.same_resolution
+
+
+def grid_offset(grid: GridSpec, other: GridSpec) -> GridOffset | None:
+    """The sub-pixel offset and resolution ratio of ``other`` against ``grid`` (both in one CRS, neither
+    rotated); None where that is not defined (another CRS: the raster is reprojected, and resampled
+    wherever it lands).
+
+    A whole number of pixels is no offset: windows just start elsewhere. A fraction is: every pixel then
+    straddles two of the grid's and nearest-neighbour resampling shifts each edge, which two dates read as
+    change (half a pixel gave 6 % "change" between two copies of one scene).
+    """
+    if grid.crs != other.crs:
+        return None
+    g, o = grid.transform, other.transform
+    if g.b or g.d or o.b or o.d or not g.a or not g.e:
+        return None
+    col, row = ~g @ (o.c, o.f)
+    return GridOffset(rows=float(row - np.round(row)), cols=float(col - np.round(col)),
+                      x_scale=float(o.a / g.a), y_scale=float(o.e / g.e))
 
 
 def covers(grid: GridSpec, other: GridSpec) -> bool:

@@ -412,3 +412,38 @@ def test_every_reader_of_an_input_raster_refuses_a_fifo_at_once(tmp_path: Path,
     os.mkfifo(scene)
     with pytest.raises(SceneOpenError, match="not a regular file but a FIFO"):
         reader(scene)
+
+
+# ------------------------------------------------------------------------------ two dates, two grids
+
+
+def test_grid_offset_measures_a_sub_pixel_shift_and_a_resolution_ratio() -> None:
+    from rasterio.crs import CRS
+
+    from pipeline.change.align import GridSpec, grid_offset
+
+    crs = CRS.from_epsg(32618)
+    grid = GridSpec(crs, from_origin(500000.0, 4000000.0, 10.0, 10.0), 100, 100)
+    shifted = GridSpec(crs, from_origin(500005.0, 4000000.0 - 30.0 - 2.5, 10.0, 10.0), 100, 100)
+    offset = grid_offset(grid, shifted)
+    assert offset is not None and (offset.cols, offset.rows) == (0.5, 0.25)  # whole pixels are no offset
+    assert offset.misaligned() and offset.pixels == 0.5
+    whole = grid_offset(grid, GridSpec(crs, from_origin(500030.0, 3999990.0, 10.0, 10.0), 100, 100))
+    assert whole is not None and not whole.misaligned()
+    coarse = grid_offset(grid, GridSpec(crs, from_origin(500000.0, 4000000.0, 20.0, 20.0), 50, 50))
+    assert coarse is not None and (coarse.x_scale, coarse.y_scale) == (2.0, 2.0) and coarse.misaligned()
+    assert grid_offset(grid, GridSpec(CRS.from_epsg(4326), shifted.transform, 100, 100)) is None
+
+
+def test_two_dates_half_a_pixel_apart_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Half a pixel made 6 % of a scene "change" against itself, and nothing said so."""
+    from workflows.change import _check_overlap, common_grid
+
+    before = write_tif(tmp_path / "before.tif")
+    after = write_tif(tmp_path / "after.tif", transform=from_origin(500005.0, 4000000.0, 10.0, 10.0))
+    grid = common_grid(None, before)
+    with caplog.at_level("WARNING", logger="scenewatch"):
+        _check_overlap(grid, [before, after])
+    (record,) = caplog.records
+    assert record.getMessage().startswith("scene after.tif: its pixels are 0.00 px (rows) and 0.50 px (columns) "
+                                          "off the common grid")
