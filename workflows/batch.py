@@ -75,7 +75,7 @@ __all__ = [
 log = logging.getLogger("scenewatch")
 
 EXIT_OK = 0
-EXIT_ERROR = 1  # the run stopped: an unexpected error (a bug) or the output folder cannot be written
+EXIT_ERROR = 1  # an unexpected error (a bug) failed an item, or the run itself (lock, manifest, folder) failed
 EXIT_JOB_INVALID = ConfigError.exit_code  # 2: the job file (or an option) is invalid; nothing was run
 EXIT_SOME_FAILED = 3  # the run finished, but at least one scene or product failed (see the manifest)
 EXIT_LOCKED = JobLockedError.exit_code  # 4: another run of the job holds the output folder; nothing was run
@@ -93,6 +93,7 @@ class ItemOutcome:
     attempts: int = 0
     error_class: str = ""
     message: str = ""
+    unexpected: bool = False  # failed on a bug, not on a user-facing error
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,8 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.stopped:
             return EXIT_DISK_FULL
+        if any(o.unexpected for o in self.outcomes):
+            return EXIT_ERROR
         return EXIT_SOME_FAILED if self.count("failed") else EXIT_OK
 
 
@@ -380,11 +383,19 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
         except ScenewatchError as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             return _failed(ctx, scene.scene_id, "scene", stage, type(err).__name__, message, started, attempts)
-        except Exception as err:
-            _failed(ctx, scene.scene_id, "scene", stage, type(err).__name__,
-                    f"{where}: unexpected error, please report it: {str(err).splitlines()[0] if str(err) else ''}",
-                    started, attempts)
-            raise
+        except Exception as err:  # a bug: recorded as one, and the other scenes still run
+            return _unexpected(ctx, scene.scene_id, "scene", stage, where, err, started, attempts)
+
+
+def _unexpected(ctx: _Context, item_id: str, kind: str, stage: str, where: str, err: Exception, started: float,
+                attempts: int = 1) -> ItemOutcome:
+    """A failure that is no user-facing error: a bug. Its traceback goes to the log (shown with -vv or
+    --debug); the item is recorded failed with a line that says so, and the run goes on."""
+    log.debug("%s: unexpected error during %s", where, stage, exc_info=err)
+    first = str(err).splitlines()[0] if str(err) else ""
+    outcome = _failed(ctx, item_id, kind, stage, type(err).__name__,
+                      f"{where}: unexpected error, please report it: {type(err).__name__}: {first}", started, attempts)
+    return dataclasses.replace(outcome, unexpected=True)
 
 
 def _failed(ctx: _Context, item_id: str, kind: str, stage: str, error_class: str, message: str,
@@ -546,6 +557,8 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
     except (ScenewatchError, KilledWorker) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         return _failed(ctx, unit.item_id, unit.kind, unit.kind, type(err).__name__, message, started)
+    except Exception as err:  # a bug: recorded, and the run goes on
+        return _unexpected(ctx, unit.item_id, unit.kind, unit.kind, f"{unit.kind} {unit.item_id}", err, started)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

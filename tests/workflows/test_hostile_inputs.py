@@ -293,3 +293,46 @@ def test_a_job_file_cannot_run_code_without_the_users_word(tmp_path: Path) -> No
     assert result.output.splitlines()[-1].startswith("scenewatch: error: job evil.yaml line 4: model.factory")
     assert "--allow-factory" in result.output  # the library's `allow_factory`, as the command's flag
     assert load_job(job, allow_factory=True).spec.model.factory == "os:system"  # the user's word
+
+
+@pytest.mark.slow
+def test_a_bug_on_one_scene_is_recorded_and_the_batch_goes_on(
+        tmp_path: Path, make_geotiff: Callable[..., Path]) -> None:
+    from workflows.batch import EXIT_ERROR, run_job
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 3)
+    make_geotiff("archive/scene_01.tif", data=np.full((4, 200, 300), 7), dtype="uint16")  # hits the bug
+    model = {"factory": "tests.workflows.buggy_model:buggy_vegetation"}
+    summary = run_job(write_job(tmp_path, {"folder": str(archive)}, tmp_path / "out", model=model),
+                      progress=False, allow_factory=True)
+    by_id = {o.item_id: o for o in summary.outcomes}
+    assert by_id["scene_00"].status == by_id["scene_02"].status == "done"
+    bug = by_id["scene_01"]
+    assert bug.status == "failed" and bug.unexpected
+    assert bug.message.startswith("scene scene_01: unexpected error, please report it: KeyError")
+    assert summary.exit_code == EXIT_ERROR
+
+
+def test_a_bug_is_one_line_unless_the_user_asks_for_the_traceback() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from workflows.cli import main
+    from workflows.cli.options import report_errors
+
+    @main.command("explode-for-test", hidden=True)
+    @report_errors
+    def explode() -> None:
+        {}["tile"]  # noqa: B018 - the bug
+
+    try:
+        quiet = CliRunner().invoke(main, ["explode-for-test"])
+        assert quiet.exit_code == 1 and quiet.exception is not None and isinstance(quiet.exception, SystemExit)
+        assert quiet.output.strip().splitlines() == [
+            "scenewatch: error: unexpected error, please report it: KeyError: 'tile' (rerun with --debug for the "
+            "traceback)"]
+        loud = CliRunner().invoke(main, ["--debug", "explode-for-test"])
+        assert isinstance(loud.exception, KeyError)  # the traceback reaches the user
+    finally:
+        main.commands.pop("explode-for-test")
+        assert isinstance(main, click.Group)

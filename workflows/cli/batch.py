@@ -16,7 +16,7 @@ __all__ = ["run", "status"]
 _EXIT_CODES = """\b
 Exit codes:
   0  every scene and product succeeded (or was already up to date)
-  1  the run stopped on an unexpected error (a bug: please report it)
+  1  an unexpected error (a bug: please report it) failed a scene, or the run itself failed
   2  the job file is invalid (the message names the key and line); nothing ran
   3  the run finished but some scenes or products failed (see `scenewatch status`)
   4  another run of this job holds the output folder's lock; nothing ran

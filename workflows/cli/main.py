@@ -25,8 +25,9 @@ __all__ = ["configure_logging", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="scenewatch")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug), GDAL's warnings included.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (a bug) instead of one line.")
+def main(verbose: int, debug: bool) -> None:
     """scenewatch: segment large satellite and aerial scenes into seamless GIS layers.
 
     \b
@@ -58,6 +59,15 @@ def configure_logging(verbose: int) -> None:
 
     for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "bokeh", "tornado")]:
         logging.getLogger(name).setLevel(dask_level)
+    # GDAL's warnings (through rasterio) and Python's warnings go to this log, shown with -v: on a terminal
+    # they came before, and instead of, the one-line error, and repeated once per file opened.
+    logging.captureWarnings(True)
+    for name in ("rasterio", "py.warnings"):
+        other = logging.getLogger(name)
+        if handler := next(iter(log.handlers), None):
+            other.handlers = [handler]
+        other.propagate = False
+        other.setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 for _command in (predict, vectorize, change, timeline, models, train, evaluate, run, status):

@@ -78,8 +78,9 @@ def cli_message(message: str, ctx: click.Context | None = None) -> str:
 
 def report_errors(func: F) -> F:
     """Turn a :class:`~pipeline.errors.ScenewatchError` into one line on stderr, ``scenewatch: error: ...``,
-    and its exit code (2 for a ConfigError); a bug still shows its traceback. Wraps every command and
-    every option callback that parses a value."""
+    and its exit code (2 for a ConfigError). Anything else is a bug: one line that says so and exit code 1,
+    or its traceback with ``scenewatch --debug``. Wraps every command and every option callback that parses
+    a value."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -89,8 +90,23 @@ def report_errors(func: F) -> F:
             one_line = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             click.echo(f"scenewatch: error: {cli_message(one_line)}", err=True)
             sys.exit(err.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise  # click's own: usage errors (exit 2), Ctrl-C, --help
+        except Exception as err:
+            if _debug():
+                raise
+            first = str(err).splitlines()[0] if str(err) else ""
+            click.echo(f"scenewatch: error: unexpected error, please report it: {type(err).__name__}: {first} "
+                       "(rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _debug() -> bool:
+    """Whether the user asked for tracebacks (``scenewatch --debug ...``)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
 
 
 def build(config_class: Any, **values: Any) -> Any:
