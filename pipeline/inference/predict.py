@@ -44,10 +44,26 @@ def _check_output(model: SegmentationModel, probs: np.ndarray, expected: tuple[i
     return probs.astype(np.float32, copy=False)
 
 
+def _check_finite(model: SegmentationModel, probs: np.ndarray, valid: np.ndarray, where: str) -> None:
+    """A NaN or infinite probability on a valid pixel is the model's failure, never "background": argmax
+    over NaN gives class 0 and the stored probability 0, a wrong answer that looks like one. ``probs`` is
+    ``(classes, rows, cols)``, ``valid`` ``(rows, cols)``; ``where`` names the tile for the message."""
+    bad = ~np.isfinite(probs).all(axis=0) & valid
+    if bad.any():
+        precision = getattr(model, "precision", None)
+        at = f" at precision {precision}" if precision else ""
+        raise ModelError(
+            f"model {model.info.name}: returned NaN or infinite probabilities{at} for {int(bad.sum()):,} valid "
+            f"pixel(s) of {where}; check its weights and input normalization, or set `precision` to fp32"
+        )
+
+
 def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: TileGrid, overlap: int,
                   method: BlendMethod = "cosine", proba_dtype: str = "float32",
                   max_batch: int | None = None) -> list[TileContribution | None]:
     """Run ``model`` on a batch of tiles; ``None`` for tiles whose core holds no valid pixel (not run).
+    A NaN or infinite probability on a valid pixel of a tile's read window raises :class:`ModelError`
+    naming the tile and the model.
 
     Tiles with the same read-window shape are stacked into model calls of up to ``max_batch`` tiles (default:
     all of them); edge tiles, clipped by the scene border, run in their own groups so that no padding is
@@ -65,7 +81,11 @@ def predict_tiles(model: SegmentationModel, inputs: Sequence[TileInput], grid: T
             members = group[start : start + step]
             batch = inputs[members[0]].data[None] if len(members) == 1 else np.stack([inputs[i].data for i in members])
             probs = _check_output(model, model.predict(batch), (len(members), k, shape[1], shape[2]))
+            finite = bool(np.isfinite(probs).all())  # one pass over the batch; per tile only to say which
             for j, i in enumerate(members):
+                if not finite:
+                    tile = inputs[i].tile
+                    _check_finite(model, probs[j], inputs[i].valid, f"tile (row {tile.row}, col {tile.col})")
                 results[i] = _contribution(inputs[i], probs[j], grid, overlap, method, proba_dtype)
     return results
 
@@ -89,11 +109,13 @@ def _contribution(item: TileInput, probs: np.ndarray, grid: TileGrid, overlap: i
 
 def predict_array(model: SegmentationModel, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Whole-array prediction with no tiling: ``(bands, H, W)`` in, ``(classes, H, W)`` out, NaN on invalid
-    pixels. The reference that tiled runs are checked against, and the entry point for small arrays."""
+    pixels. The reference that tiled runs are checked against, and the entry point for small arrays.
+    A NaN or infinite probability on a valid pixel raises :class:`ModelError`."""
     data = np.asarray(data, dtype=np.float32)
     if valid is None:
         valid = np.all(np.isfinite(data), axis=0)
     data = np.where(valid, data, 0.0).astype(np.float32)
     probs = model.predict(data[None])[0].astype(np.float32)
+    _check_finite(model, probs, valid, "the array")
     probs[:, ~valid] = np.nan
     return probs

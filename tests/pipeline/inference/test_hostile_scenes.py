@@ -447,3 +447,64 @@ def test_two_dates_half_a_pixel_apart_are_warned_about(tmp_path: Path, caplog: p
     (record,) = caplog.records
     assert record.getMessage().startswith("scene after.tif: its pixels are 0.00 px (rows) and 0.50 px (columns) "
                                           "off the common grid")
+
+
+# ------------------------------------------------------------------------------------ model output
+
+
+class _BrokenModel:
+    """Probabilities 0.5 everywhere except ``value`` (NaN, inf) on the pixels whose band 1 is -1."""
+
+    def __init__(self, value: float = np.nan) -> None:
+        from pipeline.models.contract import ModelInfo
+
+        self.info = ModelInfo("broken-net", "1", ("red",), ("background", "tree"), tile_size=32, halo=4)
+        self.precision = "fp16"
+        self.value = value
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = np.full((batch.shape[0], 2, *batch.shape[2:]), 0.5, np.float32)
+        return np.where((batch[:, 0] == -1)[:, None], np.float32(self.value), out)
+
+
+def _tiles(data: np.ndarray, valid: np.ndarray) -> tuple[object, list[object]]:
+    from pipeline.inference.predict import TileInput
+    from tiles.grid import TileGrid
+
+    grid = TileGrid(data.shape[1], data.shape[2], 32, 4)
+    inputs = []
+    for t in grid:
+        r, c = t.read_window.relative_to(grid.bounds)
+        inputs.append(TileInput(t, data[:, r, c], valid[r, c]))
+    return grid, inputs
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_model_output_on_valid_pixels_is_a_model_error_naming_the_tile(value: float) -> None:
+    """A NaN model gave every pixel "background" and probability 0, and the run succeeded."""
+    from pipeline.errors import ModelError
+    from pipeline.inference.predict import predict_array, predict_tiles
+
+    data = np.zeros((1, 80, 100), np.float32)
+    data[0, 50, 70] = -1  # tile (row 1, col 2) of 32 px tiles
+    valid = np.ones((80, 100), bool)
+    model = _BrokenModel(value)
+    grid, inputs = _tiles(data, valid)
+    with pytest.raises(ModelError, match=r"^model broken-net: returned NaN or infinite probabilities at precision "
+                                         r"fp16 for 1 valid pixel\(s\) of tile \(row 1, col 2\);.*`precision`"):
+        predict_tiles(model, inputs, grid, 4, "cosine", "float32", max_batch=1)
+    with pytest.raises(ModelError, match=r"for 1 valid pixel\(s\) of the array"):
+        predict_array(model, data, valid)
+
+
+def test_non_finite_model_output_on_invalid_pixels_only_is_fine() -> None:
+    from pipeline.inference.predict import predict_array, predict_tiles
+
+    data = np.zeros((1, 80, 100), np.float32)
+    data[0, 10:20, 10:20] = -1
+    valid = data[0] != -1  # NaN where the scene has no data: never used
+    model = _BrokenModel()
+    grid, inputs = _tiles(data, valid)
+    assert all(c is not None for c in predict_tiles(model, inputs, grid, 4, "cosine", "float32"))
+    probs = predict_array(model, data, valid)
+    assert np.isnan(probs[:, ~valid]).all() and (probs[:, valid] == 0.5).all()
