@@ -6,6 +6,7 @@ left as None take the model's own preference (tile size, halo) or a documented d
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, ClassVar
 
@@ -170,10 +171,23 @@ class VectorizeConfig(VectorOptions):
         return tuple(dict.fromkeys(value))
 
 
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _watch(value: Any) -> Any:
+    """``""``, ``"*"`` and ``()`` mean "any change of class", as None does."""
+    value = split_list(value)
+    if isinstance(value, (list, tuple)) and all(str(v).strip() in ("", "*") for v in value):
+        return None
+    return value
+
+
 class _ChangeProducts(FrozenConfig):
     """Settings of a change product other than how each date is classified: shared by pairs and timelines."""
 
-    grid: str | None = Field(None, description="grid the dates are compared on: 'first' (default) or a raster path")
+    grid: Annotated[str | None, BeforeValidator(_fspath)] = Field(
+        None, description="grid the dates are compared on: 'first' (default) or a raster path")
     date_pattern: str | None = Field(None, description="regular expression with a named group year (month, day)")
     window_size: int = Field(1024, gt=0, description="window of the common grid processed at once, px")
     polygons: bool = Field(True, description="also write the change polygons")
@@ -199,7 +213,7 @@ class ChangeConfig(ChangeOptions):
 class TimelineOptions(_ChangeProducts):
     """What a batch job's ``products.timeline.options`` sets."""
 
-    watch: Annotated[tuple[str, ...] | None, BeforeValidator(split_list)] = Field(
+    watch: Annotated[tuple[str, ...] | None, BeforeValidator(_watch)] = Field(
         None, description="transitions that raise alerts, 'vegetation->other' [default: any change of class]")
     confirm: int = Field(2, ge=1, description="observations that confirm an alert")
     plot: bool = Field(True, description="also write the area-over-time plot")

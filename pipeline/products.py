@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pipeline.errors import ModelError
+
 __all__ = [
     "CLASS_NODATA",
     "IGNORE",
@@ -157,6 +159,11 @@ def class_names_from_tags(tags: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def class_tags(class_names: Sequence[str]) -> dict[str, str]:
+    """The class-name tag; names are comma-separated there, so a name holding a comma is refused."""
+    for name in class_names:
+        if "," in name:
+            raise ModelError(f"class name {name!r}: holds a comma, which separates the names in the "
+                             f"{Tag.CLASSES} tag; rename the class")
     return {Tag.CLASSES: ",".join(class_names)}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -92,3 +94,12 @@ def test_parse_area_outside_a_config() -> None:
     assert parse_area("0.5HA") == 5000.0
     with pytest.raises(ConfigError, match="area 'big'"):
         parse_area("big")
+
+
+@pytest.mark.parametrize("value", ["", "*", (), ("*",), None])
+def test_timeline_watch_empty_or_star_means_any_change(value: object) -> None:
+    assert TimelineConfig.build(watch=value).watch is None
+
+
+def test_change_grid_takes_a_path() -> None:
+    assert ChangeConfig(grid=Path("ref.tif")).grid == "ref.tif"

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from pipeline.errors import ModelError
 from pipeline.products import (
     PRODUCTS,
     Tag,
@@ -90,3 +91,8 @@ def test_class_names_are_read_by_value_and_stripped() -> None:
 def test_layers_are_assets_of_their_format() -> None:
     assert asset_of("out/scene.gpkg")[:3] == ("vectors-gpkg", "application/geopackage+sqlite3", ("data",))
     assert asset_of("out/scene.parquet")[0] == "vectors-parquet"
+
+
+def test_a_class_name_with_a_comma_is_refused() -> None:
+    with pytest.raises(ModelError, match="class name 'a,b': holds a comma"):
+        class_tags(["a,b", "c"])
