@@ -49,9 +49,9 @@ from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, Timeline
 from pipeline.errors import ConfigError, DiskFullError, ModelError, OutputError, ScenewatchError
 from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
+from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, threads_per_model
-from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
@@ -383,7 +383,7 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
         except ScenewatchError as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             return _failed(ctx, scene.scene_id, "scene", stage, type(err).__name__, message, started, attempts)
-        except Exception as err:  # a bug: recorded as one, and the other scenes still run
+        except Exception as err:  # noqa: BLE001 - a bug: recorded as one, and the other scenes still run
             return _unexpected(ctx, scene.scene_id, "scene", stage, where, err, started, attempts)
 
 
@@ -557,7 +557,7 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
     except (ScenewatchError, KilledWorker) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         return _failed(ctx, unit.item_id, unit.kind, unit.kind, type(err).__name__, message, started)
-    except Exception as err:  # a bug: recorded, and the run goes on
+    except Exception as err:  # noqa: BLE001 - a bug: recorded, and the run goes on
         return _unexpected(ctx, unit.item_id, unit.kind, unit.kind, f"{unit.kind} {unit.item_id}", err, started)
 
 
@@ -620,7 +620,7 @@ def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path
         props = record.properties
         start = dt.datetime.fromisoformat(props["start"]) if "start" in props else None
         end = dt.datetime.fromisoformat(props["end"]) if "end" in props else None
-        entries.append(CatalogEntry(scene.scene_id, tuple(props["bbox"]), start, end, tuple(assets),  # type: ignore[arg-type]
+        entries.append(CatalogEntry(scene.scene_id, tuple(props["bbox"]), start, end, tuple(assets),
                                     {"scenewatch:fingerprint": record.fingerprint}))
     return publish_catalog(job.out_dir, job.name, job.name, entries)
 

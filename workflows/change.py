@@ -20,7 +20,8 @@ From a notebook::
     from pipeline.config import ChangeConfig, PredictConfig
     from workflows.change import detect_change
 
-    pair = detect_change("2009.tif", "2020.tif", "vegetation", "out/", ChangeConfig(predict=PredictConfig(bands="naip")))
+    config = ChangeConfig(predict=PredictConfig(bands="naip"))
+    pair = detect_change("2009.tif", "2020.tif", "vegetation", "out/", config)
     pair.polygons()          # GeoDataFrame of change polygons
     pair.areas               # pandas table of area per transition
     pair.change_array()      # xarray DataArray of transition codes
@@ -36,20 +37,43 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
 
 from pipeline.atomic import atomic_path, output_folder, sweep_stale_temps
 from pipeline.change.align import GridSpec, covers, grid_of, grid_offset, pixel_area_rows, read_aligned
-from pipeline.change.compare import (CONFIDENCE_NODATA, CONFIDENCE_SCALE, AreaTally, class_areas, class_change,
-                                     compare_arrays, encode_confidence)
+from pipeline.change.compare import (
+    CONFIDENCE_NODATA,
+    CONFIDENCE_SCALE,
+    AreaTally,
+    class_areas,
+    class_change,
+    compare_arrays,
+    encode_confidence,
+)
 from pipeline.change.dates import compile_date_pattern, days_since_epoch, scene_date
-from pipeline.change.rasters import (DatedClasses, alerts_writer, change_writer, dated_classes, events_writer,
-                                     read_classes, read_classes_only, windows, write_code_confidence)
-from pipeline.change.transitions import (ALERT_NODATA, CHANGE_NODATA, IndexDifference, accumulate_alerts,
-                                         difference_model, transition_names, watch_matrix)
+from pipeline.change.rasters import (
+    DatedClasses,
+    alerts_writer,
+    change_writer,
+    dated_classes,
+    events_writer,
+    read_classes,
+    read_classes_only,
+    windows,
+    write_code_confidence,
+)
+from pipeline.change.transitions import (
+    ALERT_NODATA,
+    CHANGE_NODATA,
+    IndexDifference,
+    accumulate_alerts,
+    difference_model,
+    transition_names,
+    watch_matrix,
+)
 from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig, VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError
 from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
@@ -58,6 +82,11 @@ from pipeline.names import safe_name, scene_id
 from pipeline.products import CLASS_NODATA, PRODUCTS, Tag, is_classes_path, product_path
 from tiles.grid import PixelWindow
 from workflows.cluster import dask_client
+
+if TYPE_CHECKING:  # imported lazily where used: loading the module stays light
+    import geopandas as gpd
+    import xarray as xr
+    from tqdm import tqdm
 
 __all__ = ["DatedClasses", "ChangeResult", "TimelineResult", "detect_change", "run_timeline", "classify_dates",
            "common_grid", "compare_arrays"]
@@ -85,7 +114,7 @@ class ChangeResult:
     areas: Any  # pandas.DataFrame: code, transition, pixels, area_m2
     dates: tuple[DatedClasses, ...] = ()
 
-    def polygons(self):  # noqa: ANN201 - geopandas imported lazily
+    def polygons(self) -> gpd.GeoDataFrame:
         """The change polygons as a GeoDataFrame."""
         import geopandas as gpd
 
@@ -93,7 +122,7 @@ class ChangeResult:
             raise ConfigError(f"change {self.name}: polygons were not written (polygons=False)")
         return gpd.read_file(self.polygons_path)
 
-    def change_array(self, max_size: int | None = None):  # noqa: ANN201
+    def change_array(self, max_size: int | None = None) -> xr.DataArray:
         """The transition codes (band 1) and confidence (band 2) as an xarray DataArray."""
         from pipeline.arrays import read_dataarray
 
@@ -117,7 +146,7 @@ class TimelineResult:
     plot_path: Path | None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def events(self):  # noqa: ANN201
+    def events(self) -> gpd.GeoDataFrame:
         """The change events (polygons with their first-detection date) as a GeoDataFrame."""
         import geopandas as gpd
 
@@ -125,13 +154,13 @@ class TimelineResult:
             raise ConfigError(f"timeline {self.name}: events were not vectorized (polygons=False)")
         return gpd.read_file(self.events_polygons_path)
 
-    def alerts_array(self, max_size: int | None = None):  # noqa: ANN201
+    def alerts_array(self, max_size: int | None = None) -> xr.DataArray:
         """The alert raster (first_day, count, confidence, last_day) as an xarray DataArray."""
         from pipeline.arrays import read_dataarray
 
         return read_dataarray(self.alerts_path, max_size=max_size)
 
-    def classes_array(self, max_size: int | None = None):  # noqa: ANN201
+    def classes_array(self, max_size: int | None = None) -> xr.DataArray:
         """Every date's classes on the common grid as a ``(time, y, x)`` DataArray (NaN = nodata)."""
         import xarray as xr
 
@@ -240,7 +269,7 @@ def _client_for(needed: bool, config: PredictConfig, client: Any, model: Model |
         yield dask
 
 
-def _progress_bar(total: int, desc: str, progress: bool | None):  # noqa: ANN202
+def _progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="window", disable=None if progress is None else not progress,
@@ -289,6 +318,7 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
     if diff_model is None:
         _check_inputs([before, after])
     sweep_stale_temps(output_folder(out_dir))
+    items: tuple[DatedClasses, ...]
     with _client_for(to_classify or config.polygons, config.predict, client, model if to_classify else None) as dask:
         if diff_model is not None:
             tally = _index_change(diff_model, before, after, target, change_path, config, date_tags, progress)

@@ -23,10 +23,10 @@ from rasterio.windows import Window
 
 from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError
+from pipeline.inference.read import SceneMeta
 from pipeline.models.contract import ModelRef
 from pipeline.training.labels import IGNORE, Labels, open_labels, read_labels
 from pipeline.training.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
-from pipeline.inference.read import SceneMeta
 from tiles.grid import PixelWindow
 
 __all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluation_dict", "polygons_of"]
@@ -81,7 +81,8 @@ def _region_box(region: PixelWindow, meta: SceneMeta) -> Any:
 
 def evaluate_prediction(classes_path: str | Path, labels: Labels, class_names: Sequence[str], *,
                         region: PixelWindow | None = None, object_classes: Sequence[str] = (),
-                        iou_threshold: float = 0.5, min_object_pixels: int = 0) -> tuple[PixelMetrics, tuple[ObjectMetrics, ...], int]:
+                        iou_threshold: float = 0.5,
+                        min_object_pixels: int = 0) -> tuple[PixelMetrics, tuple[ObjectMetrics, ...], int]:
     """Compare a class raster on the labels' scene grid with the labels (see module docstring)."""
     meta = labels.meta
     region = region or meta.bounds

@@ -76,7 +76,7 @@ class InputsSpec(_Frozen):
             raise ValueError(f"start {self.start} is after end {self.end}")
         if self.bbox is not None:
             w, s, e, n = self.bbox
-            if not (w < e and s < n and -180 <= w and e <= 180 and -90 <= s and n <= 90):
+            if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
                 raise ValueError("bbox must be [west, south, east, north] in degrees with west < east, south < north")
         return self
 
@@ -146,7 +146,7 @@ class OutputsSpec(_Frozen):
         fields = re.findall(r"{([^{}]*)}", value)
         unknown = [f for f in fields if f not in _NAMING_FIELDS]
         if unknown:
-            raise ValueError(f"unknown field {{{unknown[0]}}}; use {', '.join('{%s}' % f for f in _NAMING_FIELDS)}")
+            raise ValueError(f"unknown field {{{unknown[0]}}}; use {', '.join('{' + f + '}' for f in _NAMING_FIELDS)}")
         if "{scene_id}" not in value:
             raise ValueError("must contain {scene_id} so that scenes never share a name")
         literal = re.sub(r"{[^{}]*}", "x", value)
@@ -251,7 +251,7 @@ def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: 
         raise ConfigError(f"{where}: cannot be read ({err.strerror or err}); check the path") from err
     try:
         root = yaml.compose(text, Loader=_JobLoader)
-        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_JobLoader)  # safe: _JobLoader is a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -271,9 +271,9 @@ def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: 
         raise ConfigError(f"{where}: " + "; ".join(_describe(e, root) for e in err.errors())) from err
     factory = spec.model.factory
     if factory is not None and not allow_factory and factory not in registered_factories().values():
-        line = _line_of(root, ("model", "factory"))
-        raise ConfigError(f"{where} line {line}: model.factory {factory!r} would import and run Python code named "
-                          "by the job file; if you trust this file, run it with `allow_factory` set, or install "
+        factory_line = _line_of(root, ("model", "factory"))
+        raise ConfigError(f"{where} line {factory_line}: model.factory {factory!r} would import and run Python code "
+                          "named by the job file; if you trust this file, run it with `allow_factory` set, or install "
                           f"the factory as a {FACTORY_ENTRY_POINTS!r} entry point of a package")
     name = spec.name or path.stem
     job = Job(spec=spec, path=path, name=name, out_dir=Path())
@@ -403,9 +403,9 @@ def date_from_name(name: str) -> TimeRange | None:
             continue
         if 1900 <= day.year <= 2100:
             return TimeRange(day, day)
-    match = _YEAR.search(name)
-    if match:
-        year = int(match[1])
+    year_match = _YEAR.search(name)
+    if year_match:
+        year = int(year_match[1])
         return TimeRange(dt.datetime(year, 1, 1, tzinfo=_UTC), dt.datetime(year, 12, 31, 23, 59, 59, tzinfo=_UTC))
     return None
 
@@ -414,10 +414,7 @@ def discover_scenes(job: Job) -> list[SceneInput]:
     """The job's scenes after the date and bbox filters, ordered by date then id (the order of change
     pairs and timelines). Ids are safe and distinct (see :func:`pipeline.names.unique_names`)."""
     spec = job.spec.inputs
-    if spec.stac is not None:
-        scenes = _stac_scenes(job, job.resolve(spec.stac))
-    else:
-        scenes = _file_scenes(job)
+    scenes = _stac_scenes(job, job.resolve(spec.stac)) if spec.stac is not None else _file_scenes(job)
     kept = [s for s in scenes if _keep(s, spec)]
     return sorted(kept, key=lambda s: (s.when.start if s.when else dt.datetime.max.replace(tzinfo=_UTC),
                                        s.scene_id))
@@ -524,9 +521,9 @@ def _item_time(item: Any) -> TimeRange | None:
 
 
 def _keep(scene: SceneInput, spec: InputsSpec) -> bool:
-    if spec.start is not None or spec.end is not None:
-        if scene.when is None or not scene.when.overlaps(spec.start, spec.end):
-            return False
+    dated = spec.start is not None or spec.end is not None
+    if dated and (scene.when is None or not scene.when.overlaps(spec.start, spec.end)):
+        return False
     if spec.bbox is not None:
         bbox = scene.bbox or _file_bbox(scene.path)
         if bbox is not None:
@@ -545,6 +542,6 @@ def _file_bbox(path: str) -> tuple[float, float, float, float] | None:
         with rasterio.open(path) as src:
             if src.crs is None:
                 return None
-            return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))  # type: ignore[return-value]
+            return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))
     except (RasterioError, OSError):
         return None

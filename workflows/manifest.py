@@ -26,8 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,8 +211,10 @@ _ITEM_COLUMNS = ("job, item_id, kind, source, fingerprint, status, stage, attemp
 
 
 def _item(row: tuple[Any, ...]) -> ItemRecord:
-    outputs = tuple(OutputRecord(p, int(s), h) for p, s, h in json.loads(row[14]))
-    return ItemRecord(*row[:14], outputs=outputs, properties=json.loads(row[15]))
+    values = dict(zip(_ITEM_COLUMNS.split(", "), row, strict=True))  # the columns are named as the fields
+    values["outputs"] = tuple(OutputRecord(p, int(s), h) for p, s, h in json.loads(values["outputs"]))
+    values["properties"] = json.loads(values["properties"])
+    return ItemRecord(**values)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,17 +34,24 @@ from distributed import TimeoutError as DaskTimeoutError
 from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
 from pipeline.config import PredictConfig
 from pipeline.errors import SceneTimeoutError, crosses_processes
+from pipeline.inference.predict import TileInput, predict_tiles
+from pipeline.inference.raster import CogWriter, hex_to_rgba
+from pipeline.inference.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands, use_read_cache
+from pipeline.inference.stitch import Stitcher, TileContribution, decode_proba
 from pipeline.models.contract import ModelInfo, ModelRef
 from pipeline.models.loader import describe_model, load_model
 from pipeline.names import safe_name
 from pipeline.names import scene_id as make_scene_id
-from pipeline.products import (CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE, Tag, class_tags, classes_path,
-                               model_tags, proba_path)
-from pipeline.inference.predict import TileInput, predict_tiles
-from pipeline.inference.raster import CogWriter, hex_to_rgba
-from pipeline.inference.read import (SceneMeta, open_scene, parse_band_map, read_window, resolve_bands,
-                           use_read_cache)
-from pipeline.inference.stitch import Stitcher, TileContribution, decode_proba
+from pipeline.products import (
+    CLASS_NODATA,
+    PROBA_UINT8_NODATA,
+    PROBA_UINT8_SCALE,
+    Tag,
+    class_tags,
+    classes_path,
+    model_tags,
+    proba_path,
+)
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.cluster import dask_client, threads_per_model
@@ -99,7 +107,7 @@ class SceneResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_scene(scene: str | Path, model: str | Path | ModelRef, config: PredictConfig = PredictConfig(), *,
+def plan_scene(scene: str | Path, model: str | os.PathLike[str] | ModelRef, config: PredictConfig = PredictConfig(), *,
                scene_id: str | None = None, tags: Mapping[str, str] | None = None) -> ScenePlan:
     """Check the scene and the model against each other and plan the tiles; reads no pixels.
 
@@ -323,7 +331,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
             raise
         tick = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for done in [pool.submit(classes_w.finish), pool.submit(proba_w.finish)]:
-                done.result()
+            for finishing in [pool.submit(classes_w.finish), pool.submit(proba_w.finish)]:
+                finishing.result()
     return {"tiles_skipped": skipped, "waiting_seconds": loop - busy, "writing_seconds": busy,
             "finishing_seconds": time.perf_counter() - tick}

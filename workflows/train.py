@@ -1,10 +1,10 @@
 """Train a model bundle from labelled scenes: the orchestration behind ``scenewatch train``.
 
 One validated, frozen :class:`TrainConfig` (CLI flags or a YAML file) -> open scenes and labels
-[pipeline.inference.read, pipeline.training.labels] -> split by blocks [pipeline.training.chips] -> network from scratch, a bundle or a
-weights file -> :func:`pipeline.training.train.fit` -> bundle [pipeline.models.bundle.save_bundle] whose spec carries the
-band list, class names, normalization, training history and data sources (file names only, no absolute
-paths, so the same run gives the same spec).
+[pipeline.inference.read, pipeline.training.labels] -> split by blocks [pipeline.training.chips] -> network
+from scratch, a bundle or a weights file -> :func:`pipeline.training.train.fit` -> bundle
+[pipeline.models.bundle.save_bundle] whose spec carries the band list, class names, normalization, training
+history and data sources (file names only, no absolute paths, so the same run gives the same spec).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.training.chips import Split, split_blocks
 from pipeline.config import FrozenConfig, load_config_error
 from pipeline.errors import ConfigError, ModelError
-from pipeline.training.labels import open_labels
 from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
-from pipeline.training.train import TrainOptions, TrainResult, TrainingScene, fit, prepare_data
+from pipeline.training.chips import Block, Split, split_blocks
+from pipeline.training.labels import open_labels
+from pipeline.training.train import TrainingScene, TrainOptions, TrainResult, fit, prepare_data
 from tiles.grid import PixelWindow
 
 __all__ = ["TrainConfig", "TrainRun", "train", "load_train_config", "parse_region", "load_network"]
@@ -144,7 +144,8 @@ def _load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... for the same cause
-        raise ModelError(f"weights {path.name}: not a plain state dict loadable with weights_only=True ({err})") from err
+        raise ModelError(f"weights {path.name}: not a plain state dict loadable with weights_only=True "
+                         f"({err})") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -202,7 +203,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
 
     scenes: list[TrainingScene] = []
     region = parse_region(config.region) if config.region else None
-    splits_train, splits_val = [], []
+    splits_train: list[Block] = []
+    splits_val: list[Block] = []
     block = config.block_size or 2 * config.chip_size
     for i, (scene_path, labels_path) in enumerate(zip(config.scenes, config.labels, strict=True)):
         meta = open_scene(scene_path, assume_crs=config.assume_crs)

@@ -4,8 +4,8 @@ Data flow (module names in brackets)::
 
     class raster header [pipeline.inference.read.open_scene] -> tile grid [tiles.grid]
       -> per tile, in a worker: read its class (and probability) window [pipeline.vectors.vectorize]
-         -> sieve -> label and polygonize -> split: interior polygons are finished there
-            (measured, attributes [pipeline.vectors.measure, pipeline.vectors.export.feature_table]); border pieces come back
+         -> sieve -> label and polygonize -> split: interior polygons are finished there (measured,
+            attributes [pipeline.vectors.measure, pipeline.vectors.export.feature_table]); border pieces come back
       -> in this process, in row-major order: seams merged [pipeline.vectors.merge.SeamMerger]
          -> rows staged on disk [pipeline.vectors.export.LayerStager] -> each format written [pipeline.vectors.export]
 
@@ -34,14 +34,22 @@ from distributed import Client
 from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
 from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
+from pipeline.inference.read import SceneMeta, open_scene
+from pipeline.names import safe_name
+from pipeline.products import Tag, class_names_from_tags, name_of
 from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table
 from pipeline.vectors.measure import area_basis, pixel_size_m
 from pipeline.vectors.merge import SeamMerger, split_border
-from pipeline.names import safe_name
-from pipeline.products import Tag, class_names_from_tags, name_of
-from pipeline.inference.read import SceneMeta, open_scene
-from pipeline.vectors.vectorize import (CorePieces, PolygonLimitError, keep_mask, own_class_proba, polygonize_core,
-                                read_class_window, read_proba_window, sieve_classes)
+from pipeline.vectors.vectorize import (
+    CorePieces,
+    PolygonLimitError,
+    keep_mask,
+    own_class_proba,
+    polygonize_core,
+    read_class_window,
+    read_proba_window,
+    sieve_classes,
+)
 from tiles.grid import Tile, TileGrid, plan_tiles
 from workflows.cluster import dask_client, worker_count
 

@@ -64,8 +64,8 @@ def configure_logging(verbose: int) -> None:
     logging.captureWarnings(True)
     for name in ("rasterio", "py.warnings"):
         other = logging.getLogger(name)
-        if handler := next(iter(log.handlers), None):
-            other.handlers = [handler]
+        if ours := next(iter(log.handlers), None):
+            other.handlers = [ours]
         other.propagate = False
         other.setLevel(logging.WARNING if verbose else logging.ERROR)
 
