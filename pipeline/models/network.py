@@ -209,14 +209,23 @@ class TorchSegmentationModel:
         c0 = max(0, (wp - size) // 2) // self.stride * self.stride
         crop = x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous(memory_format=torch.channels_last)
         reference = self.run(crop, "fp32")
+        if not bool(torch.isfinite(reference).all()):  # no precision can be judged against NaN
+            raise ModelError(f"model {self.info.name}: gives non-finite probabilities (NaN or inf) in fp32 on the "
+                             "first tile; check its weights and its input scaling")
         while self.precision != "fp32":
-            drift = float((self.run(crop, self.precision) - reference).abs().mean())
+            reduced = self.run(crop, self.precision)
+            finite = bool(torch.isfinite(reduced).all())
+            drift = float((reduced - reference).abs().mean()) if finite else float("inf")
             self.auto_drift = drift
             if drift <= AUTO_DRIFT_LIMIT:
                 return
             lower = "bf16" if self.precision == "int8" and native_bf16() else "fp32"
-            log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using %s",
-                        self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT, lower)
+            if finite:
+                log.warning("model %s: %s drifts %.4f from fp32 on the first tile, over %.3f; using %s",
+                            self.info.name, self.precision, drift, AUTO_DRIFT_LIMIT, lower)
+            else:
+                log.warning("model %s: %s gives non-finite probabilities on the first tile, fp32 does not; "
+                            "using %s", self.info.name, self.precision, lower)
             self.precision = lower
 
 
