@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
+
+if TYPE_CHECKING:  # imported lazily where used: notebooks need it, pipelines do not
+    import xarray as xr
 
 __all__ = ["read_dataarray", "coords_for"]
 
@@ -25,7 +29,7 @@ def coords_for(transform: Affine, height: int, width: int) -> tuple[np.ndarray, 
 
 
 def read_dataarray(path: str | os.PathLike[str], bands: Sequence[int] | None = None, *,
-                   max_size: int | None = None, masked: bool = True):  # noqa: ANN201 - xarray is imported lazily
+                   max_size: int | None = None, masked: bool = True) -> xr.DataArray:
     """A raster as a ``(band, y, x)`` DataArray (decimated to at most ``max_size`` px on a side).
 
     ``attrs`` carry ``crs`` (WKT), ``transform``, ``nodata``, the raster's tags (class names in

@@ -62,7 +62,8 @@ class PredictConfig(FrozenConfig):
     overlap: int | None = Field(None, ge=0, description="blend ramp half-width, px, at most the halo; default halo/2")
     blend: BlendMethod = "cosine"
     align_to_blocks: bool = True
-    batch_size: int = Field(1, gt=0, description="tiles per model call; 1 was fastest on CPU and, with the default workers, on a GPU")
+    batch_size: int = Field(1, gt=0, description="tiles per model call; 1 was fastest on CPU and, with the default "
+                                                 "workers, on a GPU")
     precision: Precision = "auto"
     proba_dtype: ProbaDtype = "uint8"
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)

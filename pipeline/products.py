@@ -18,6 +18,7 @@ Files, for a product named ``NAME`` (a scene id, a ``<before>__<after>`` pair or
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ def proba_path(out_dir: str | Path, name: str) -> Path:
     return product_path(out_dir, name, "proba")
 
 
-def is_classes_path(path: str | Path) -> bool:
+def is_classes_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).name.lower().endswith(PRODUCTS["classes"].suffix)
 
 

@@ -14,8 +14,8 @@ Nothing here opens a file: windows are plain values, converted to rasterio windo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 __all__ = ["PixelWindow", "Tile", "TileGrid", "plan_tiles", "aligned_tile_size"]
 

@@ -7,13 +7,17 @@ Nothing here opens a file: :mod:`pipeline.change.rasters` reads and writes the w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.change.transitions import CHANGE_NODATA, pair_confidence, transition_codes, transition_names
 from pipeline.errors import ConfigError
 from pipeline.products import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
+
+if TYPE_CHECKING:  # imported lazily where used
+    import pandas as pd
+    import xarray as xr
 
 __all__ = [
     "CONFIDENCE_NODATA",
@@ -62,7 +66,7 @@ class AreaTally:
         self.area += np.bincount(codes[valid].astype(np.intp), weights=weights[valid], minlength=n)[:n]
         self.pixels += np.bincount(codes[valid].astype(np.intp), minlength=n)[:n]
 
-    def table(self):  # noqa: ANN201 - pandas imported lazily
+    def table(self) -> pd.DataFrame:
         """code, transition, pixels, area_m2: one row per code."""
         import pandas as pd
 
@@ -81,7 +85,7 @@ def class_areas(classes: np.ndarray, row_areas: np.ndarray, k: int) -> tuple[np.
 
 
 def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetation", *,
-                   bands: Mapping[str, int] | None = None, valid: np.ndarray | None = None):  # noqa: ANN201
+                   bands: Mapping[str, int] | None = None, valid: np.ndarray | None = None) -> xr.Dataset:
     """Change between two co-registered ``(channels, H, W)`` arrays: chips without georeferencing, or a
     notebook's own arrays. The same products as :func:`workflows.change.detect_change`, with no files and
     no grid.
@@ -109,7 +113,7 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
         raise ConfigError(f"compare_arrays: before {before.shape} and after {after.shape} must be equal "
                           "(channels, rows, cols) arrays")
     if valid is None:
-        valid = before.any(axis=0) & after.any(axis=0)
+        valid = np.asarray(before.any(axis=0) & after.any(axis=0))
     diff_model = difference_model(model) if isinstance(model, str) else None
     band_names = diff_model.bands if diff_model is not None else load_model(ModelRef.of(model)).info.bands
     mapping = dict(bands) if bands is not None else {b: i for i, b in enumerate(band_names)}

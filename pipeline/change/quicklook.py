@@ -7,15 +7,20 @@ canvas: no display needed, and no global pyplot state or backend is touched.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from pipeline.change.align import GridSpec
 from pipeline.atomic import atomic_path
+from pipeline.change.align import GridSpec
+
+if TYPE_CHECKING:  # imported lazily where used
+    from matplotlib.figure import Figure
 
 __all__ = ["read_preview", "stretch_rgb", "save_pair_quicklook", "save_area_plot", "CHANGE_COLORS"]
 
@@ -24,12 +29,12 @@ CHANGE_COLORS = ("#d7191c", "#2c7bb6", "#fdae61", "#abd9e9", "#7b3294", "#1a9641
                  "#b2182b", "#2166ac", "#8c510a", "#01665e")
 
 
-def _figure(**kwargs: object):  # noqa: ANN202 - matplotlib imported lazily
+def _figure(figsize: tuple[float, float], dpi: int) -> Figure:
     """A figure outside pyplot: rendered by the Agg canvas, no global backend switched, no state kept (a
     notebook's inline plotting is left as it was)."""
     from matplotlib.figure import Figure
 
-    return Figure(**kwargs)
+    return Figure(figsize=figsize, dpi=dpi)
 
 
 def preview_shape(grid: GridSpec, max_size: int) -> tuple[int, int]:
@@ -92,13 +97,14 @@ def save_pair_quicklook(path: str | os.PathLike[str], before_rgb: np.ndarray, af
         fig.savefig(tmp, format="png", metadata={"Software": None})
 
 
-def save_area_plot(path: str | os.PathLike[str], dates: Sequence[object], areas: Mapping[str, Sequence[float]],
+def save_area_plot(path: str | os.PathLike[str], dates: Sequence[dt.date], areas: Mapping[str, Sequence[float]],
                    *, title: str = "area per class", unit: str = "km²", scale: float = 1e-6) -> None:
     """Area over time, one line per class, into a PNG at ``path`` (atomically)."""
     fig = _figure(figsize=(9, 4.8), dpi=100)
     ax = fig.subplots()
     for name, values in areas.items():
-        ax.plot(list(dates), [v * scale for v in values], marker="o", label=name)
+        # matplotlib plots dates through its units registry; its stubs accept only numbers and arrays
+        ax.plot(list(dates), [v * scale for v in values], marker="o", label=name)  # type: ignore[arg-type]
     ax.set_ylabel(f"area ({unit})")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -119,7 +125,7 @@ def _preview_grid(grid: GridSpec, max_size: int = 800) -> GridSpec:
 def _rgb_indexes(path: str | os.PathLike[str], bands: str | None) -> list[int]:
     from pipeline.inference.read import open_scene, parse_band_map
 
-    meta = open_scene(path)
+    meta = open_scene(os.fspath(path))
     band_map = parse_band_map(bands, meta).indexes
     if all(b in band_map for b in ("red", "green", "blue")):
         return [band_map["red"], band_map["green"], band_map["blue"]]
@@ -128,7 +134,7 @@ def _rgb_indexes(path: str | os.PathLike[str], bands: str | None) -> list[int]:
 
 def write_pair_quicklook(path: str | os.PathLike[str], before: str | os.PathLike[str],
                          after: str | os.PathLike[str], change_path: str | os.PathLike[str], grid: GridSpec,
-                         names: Sequence[str], dates: Sequence[object | None], bands: str | None) -> None:
+                         names: Sequence[str], dates: Sequence[dt.date | None], bands: str | None) -> None:
     """Before, after and change side by side at preview size: scenes in true colour (``bands`` names their
     red, green and blue), class rasters as they are."""
     from pipeline.change.align import read_aligned
@@ -142,7 +148,7 @@ def write_pair_quicklook(path: str | os.PathLike[str], before: str | os.PathLike
         data, valid = read_aligned(scene, preview, preview.bounds, indexes, dtype="float32")
         images.append(stretch_rgb(data, valid))
     change, valid = read_aligned(change_path, preview, preview.bounds, [1])
-    titles = [f"{label} {d.isoformat()}" if d else label  # type: ignore[attr-defined]
+    titles = [f"{label} {d.isoformat()}" if d else label
               for label, d in zip(("before", "after"), dates, strict=True)]
     save_pair_quicklook(path, images[0], images[1], np.where(valid, change[0], CHANGE_NODATA), names,
                         titles=titles)

@@ -69,12 +69,12 @@ def reduce2(a: np.ndarray, resampling: str, nodata: float | None) -> np.ndarray:
 def _average(a: np.ndarray, invalid: np.ndarray | None, nodata: float | None) -> np.ndarray:
     q = _quarters(a)
     if invalid is None and a.dtype == np.uint8:
-        total = q[0].astype(np.uint16)
+        sums = q[0].astype(np.uint16)
         for part in q[1:]:
-            total += part
-        total += 2
-        total >>= 2
-        return total.astype(np.uint8)
+            sums += part
+        sums += 2
+        sums >>= 2
+        return sums.astype(np.uint8)
     acc = np.float64 if a.dtype.itemsize > 2 else np.float32  # float32 holds 8- and 16-bit sums exactly
     if invalid is None:
         mean = (q[0].astype(acc) + q[1] + q[2] + q[3]) / 4
@@ -100,7 +100,8 @@ def _mode(a: np.ndarray, invalid: np.ndarray | None, nodata: float | None) -> np
     # tie (a pair a=b beats a pair c=d); four different values give the first valid one.
     a0, a1, a2, a3 = _quarters(a)
     if invalid is None:
-        def same(x: np.ndarray, y: np.ndarray, _i: int, _j: int) -> np.ndarray:
+        # i, j unused: the same signature as the masked variant below
+        def same(x: np.ndarray, y: np.ndarray, i: int, j: int) -> np.ndarray:
             return x == y
 
         out = np.where(a2 == a3, a2, a0)

@@ -102,26 +102,32 @@ class CogWriter:
             self.abort()
             raise
 
+    @property
+    def _out(self) -> rasterio.io.DatasetWriter:
+        """The staging file, open from the end of ``__init__`` on (None only while that runs or fails)."""
+        assert self._dst is not None, "CogWriter used before its staging file was opened"
+        return self._dst
+
     def _describe(self, descriptions: Sequence[str], colormap: Mapping[int, tuple[int, int, int, int]] | None,
                   scales: Sequence[float] | None, tags: Mapping[str, str] | None,
                   band_tags: Sequence[Mapping[str, str]]) -> None:
         for i, text in enumerate(descriptions, start=1):
-            self._dst.set_band_description(i, text)
+            self._out.set_band_description(i, text)
         if colormap:
-            self._dst.write_colormap(1, colormap)
+            self._out.write_colormap(1, colormap)
         if scales is not None:
-            self._dst.scales = tuple(scales)
+            self._out.scales = tuple(scales)
         if tags:
-            self._dst.update_tags(**tags)
+            self._out.update_tags(**tags)
         for i, btags in enumerate(band_tags, start=1):
-            self._dst.update_tags(i, **btags)
+            self._out.update_tags(i, **btags)
 
     def write(self, window: PixelWindow, array: np.ndarray) -> None:
         """Write ``(bands, rows, cols)`` (or ``(rows, cols)`` for one band) at ``window``."""
         if array.ndim == 2:
             array = array[None]
         try:
-            self._dst.write(array, window=Window(window.col_off, window.row_off, window.width, window.height))
+            self._out.write(array, window=Window(window.col_off, window.row_off, window.width, window.height))
             if self._levels is None:
                 return
             if not self._aligned(window):
@@ -158,8 +164,8 @@ class CogWriter:
         on multiples of the coarsest factor)."""
         step = self._levels[-1][0] if self._levels else 1
         return (window.row_off % step == 0 and window.col_off % step == 0
-                and (window.row_end % step == 0 or window.row_end == self._dst.height)
-                and (window.col_end % step == 0 or window.col_end == self._dst.width))
+                and (window.row_end % step == 0 or window.row_end == self._out.height)
+                and (window.col_end % step == 0 or window.col_end == self._out.width))
 
     def _drop_levels(self) -> None:
         for _, path, dst in self._levels or ():
@@ -173,7 +179,7 @@ class CogWriter:
         and checked before it is renamed into place."""
         try:
             try:
-                self._dst.close()
+                self._out.close()
                 for _, _, dst in self._levels or ():
                     dst.close()
                 source, overviews = self._staging, {"overview_resampling": self.resampling}
@@ -192,7 +198,7 @@ class CogWriter:
                     )
                     # On a full disk GDAL's copy can end without an error and leave a file it cannot read
                     # back: nothing is renamed into place before it has been reopened and checked.
-                    problem = verify_raster(tmp, self._dst.height, self._dst.width, self._dst.count)
+                    problem = verify_raster(tmp, self._out.height, self._out.width, self._out.count)
                 except _WRITE_ERRORS as err:
                     raise self._write_error("making the COG", err, tmp) from err
                 if problem is not None:

@@ -230,6 +230,7 @@ class Stitcher:
         own = pending.own
         interior = own.interior if own is not None else None
         if own is not None and interior is not None:
+            assert own.classes is not None and own.proba is not None  # a contribution sets all three together
             rows, cols = interior.relative_to(window)
             classes[rows, cols] = own.classes
             proba[:, rows, cols] = own.proba

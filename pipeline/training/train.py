@@ -2,7 +2,8 @@
 
 Data flow::
 
-    scenes + labels [pipeline.inference.read, pipeline.training.labels] -> split by blocks [pipeline.training.chips.split_blocks]
+    scenes + labels [pipeline.inference.read, pipeline.training.labels]
+      -> split by blocks [pipeline.training.chips.split_blocks]
       -> training blocks: labels held (1 byte/pixel), band statistics accumulated  (prepare_data)
       -> per epoch: fresh seeded chips [pipeline.training.chips.sample_chips] read window by window,
          normalized, augmented [pipeline.training.augment] -> AdamW on cross-entropy + Dice
@@ -33,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import ConfigError
+from pipeline.inference.read import SceneMeta, read_window
 from pipeline.training.augment import augment
 from pipeline.training.chips import Block, Chip, SamplingMethod, Split, sample_chips
-from pipeline.errors import ConfigError
 from pipeline.training.labels import IGNORE, Labels, read_labels
 from pipeline.training.metrics import confusion_matrix, pixel_metrics
-from pipeline.inference.read import SceneMeta, read_window
 from tiles.grid import PixelWindow
 
 __all__ = ["TrainOptions", "TrainingScene", "TrainingData", "TrainResult", "prepare_data", "fit",

@@ -132,7 +132,7 @@ def feature_ids(scene_id: str, cls: np.ndarray, key_row: np.ndarray, key_col: np
     """Stable ids: a 63-bit hash of scene id, class and the object's first pixel (unique per class, the
     same whatever the tiling), so the same inputs always give the same ids."""
     out = np.empty(len(cls), dtype=np.int64)
-    for i, (c, r, k) in enumerate(zip(cls.tolist(), key_row.tolist(), key_col.tolist())):
+    for i, (c, r, k) in enumerate(zip(cls.tolist(), key_row.tolist(), key_col.tolist(), strict=True)):
         digest = hashlib.blake2b(f"{scene_id}\x1f{c}\x1f{r}\x1f{k}".encode(), digest_size=8).digest()
         out[i] = int.from_bytes(digest, "big") >> 1
     return out
@@ -247,7 +247,7 @@ def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
             written = _feature_count(tmp, fmt)
             if written != stager.count:  # a layer cut short is never renamed into place
                 raise OSError(f"{written} features written instead of {stager.count}")
-    except Exception as err:  # noqa: BLE001 - pyogrio, pyarrow and GDAL each raise their own kinds
+    except Exception as err:  # pyogrio, pyarrow and GDAL each raise their own kinds; all but these re-raised
         staged = stager.path.stat().st_size if stager.path.exists() else 0  # about the layer's size
         if is_disk_full(err) or (free_bytes(path.parent) or 2**40) < max(2**20, 2 * staged):
             raise DiskFullError(f"layer {path.name}: no space left in {path.parent} "

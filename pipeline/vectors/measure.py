@@ -15,6 +15,7 @@ Two bases, chosen once per raster by :func:`area_basis`:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,7 +52,7 @@ def area_basis(crs: CRS | str, transform: Affine, height: int, width: int) -> Ar
         from pyproj import Proj
 
         scale = np.asarray(Proj(crs).get_factors(lon, lat, errcheck=True).areal_scale)
-    except Exception:  # a projection without factors (or points outside it): never trust its plane
+    except Exception:  # noqa: BLE001 - whatever pyproj raises, geodesic areas (always right) are the fallback
         return AreaBasis("geodesic", wkt)
     if np.all(np.isfinite(scale)) and np.max(np.abs(scale - 1.0)) <= PLANAR_TOLERANCE:
         return AreaBasis("planar", wkt, float(unit))
@@ -95,7 +96,8 @@ def measure(pixel_geoms: np.ndarray, transform: Affine, basis: AreaBasis) -> tup
 
 
 def _apply(transform: Affine, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (transform.a * cols + transform.b * rows + transform.c, transform.d * cols + transform.e * rows + transform.f)
+    return (transform.a * cols + transform.b * rows + transform.c,
+            transform.d * cols + transform.e * rows + transform.f)
 
 
 def to_map(pixel_geoms: np.ndarray, transform: Affine) -> np.ndarray:
@@ -115,7 +117,7 @@ def _to_geographic(wkt: str) -> Transformer:
     return Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
 
 
-def _lonlat_fn(wkt: str):  # type: ignore[no-untyped-def]
+def _lonlat_fn(wkt: str) -> Callable[[np.ndarray], np.ndarray]:
     transformer = _to_geographic(wkt)
 
     def apply(xy: np.ndarray) -> np.ndarray:

@@ -148,6 +148,7 @@ def polygonize_core(classes: np.ndarray, keep: np.ndarray, core: PixelWindow, sc
     the groups are numbered first (:func:`label_groups`) so that each pixel's polygon is known for the
     statistics; both give the same polygons.
     """
+    proba_sum: np.ndarray  # float64 (numpy's stubs type a weighted bincount as integers)
     if proba is None:
         geometry, cls = _polygonize_classes(classes, keep, core, max_polygons)
         n = len(cls)
@@ -280,14 +281,16 @@ def _edge_owners(geometry: np.ndarray, core: PixelWindow) -> dict[str, np.ndarra
     same = ring[1:] == ring[:-1]  # consecutive vertices of one ring form a segment
     x0, y0, x1, y1 = xy[:-1, 0][same], xy[:-1, 1][same], xy[1:, 0][same], xy[1:, 1][same]
     owner = ring[:-1][same]
-    lines = {"top": (y0, y1, core.row_off, x0, x1, core.col_off), "bottom": (y0, y1, core.row_end, x0, x1, core.col_off),
-             "left": (x0, x1, core.col_off, y0, y1, core.row_off), "right": (x0, x1, core.col_end, y0, y1, core.row_off)}
+    lines = {"top": (y0, y1, core.row_off, x0, x1, core.col_off),
+             "bottom": (y0, y1, core.row_end, x0, x1, core.col_off),
+             "left": (x0, x1, core.col_off, y0, y1, core.row_off),
+             "right": (x0, x1, core.col_end, y0, y1, core.row_off)}
     for name, (a0, a1, at, b0, b1, origin) in lines.items():
         on = (a0 == at) & (a1 == at)
         start = np.minimum(b0[on], b1[on]).astype(np.int64) - origin
         stop = np.maximum(b0[on], b1[on]).astype(np.int64) - origin
         strip = strips[name]
-        for lo, hi, who in zip(start.tolist(), stop.tolist(), owner[on].tolist()):
+        for lo, hi, who in zip(start.tolist(), stop.tolist(), owner[on].tolist(), strict=True):
             strip[lo:hi] = who
     return strips
 
