@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             row |= {"batch": batch, "threads": threads}
             figures["end_to_end"].append(row)
             save()
-        say(table(figures["end_to_end"], ["workers", "threads", "batch", "mps", "precision", "seconds", "waiting_seconds",
-                                          "writing_seconds", "finishing_seconds", "gpu_peak_mib",
+        say(table(figures["end_to_end"], ["workers", "threads", "batch", "mps", "precision", "seconds",
+                                          "waiting_seconds", "writing_seconds", "finishing_seconds", "gpu_peak_mib",
                                           "gpu_reserved_mib_total", "cold_seconds"]) + "\n")
     if "agreement" not in skip:
         runs = {}

@@ -34,9 +34,10 @@ def make_scene(path: str | Path, size: int, seed: int = 0, block: int = 512) -> 
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial.tif")
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32633",
-                   transform=from_origin(500000.0, 5000000.0, 10.0, 10.0), nodata=0, tiled=True,
-                   blockxsize=block, blockysize=block, compress="deflate", bigtiff="if_safer")
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16",
+               "crs": "EPSG:32633", "transform": from_origin(500000.0, 5000000.0, 10.0, 10.0), "nodata": 0,
+               "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
+               "bigtiff": "if_safer"}
     rng = np.random.default_rng(seed)
     with rasterio.open(tmp, "w", **profile) as dst:
         for r0 in range(0, size, block):

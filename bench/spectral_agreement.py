@@ -51,8 +51,9 @@ def main() -> None:
     from pipeline.models.contract import ModelRef
     from workflows.scene import plan_scene, predict_scene
 
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                                            dashboard_address=None) as cluster, Client(cluster) as client:
+    with (tempfile.TemporaryDirectory() as tmp,
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          Client(cluster) as client):
         rondonia = stack_rondonia(Path(tmp) / "rondonia_20LLQ.tif")
         cases = [
             ("vegetation", SAMPLE / "m_4709963_se_14_1_20200831.tif", "naip", 0.3, True, lambda d: nd(d[3], d[0])),

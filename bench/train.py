@@ -92,7 +92,8 @@ def _run_case(name: str, scene: Path, labels: Path, *, bands: str, classes: tupl
         "epochs_run": len(run.result.history), "best_epoch": run.result.best_epoch,
         "first_loss": run.result.history[0]["train_loss"], "last_loss": run.result.history[-1]["train_loss"],
         "val_iou": run.result.best_score,
-        "test": {c.name: {"iou": c.iou, "f1": c.f1, "precision": c.precision, "recall": c.recall} for c in ev.pixels.classes},
+        "test": {c.name: {"iou": c.iou, "f1": c.f1, "precision": c.precision, "recall": c.recall}
+                 for c in ev.pixels.classes},
         "test_objects": [{"class": o.name, "tp": o.true_positives, "fp": o.false_positives, "fn": o.false_negatives,
                           "f1": o.f1} for o in ev.objects],
     }

@@ -10,11 +10,11 @@ run:
   attributes, a GeoPackage written), on a LocalCluster started before the clock starts.
 
 Printed: seconds, megapixels per second, the ratio ours / baseline, polygon counts (which must be equal),
-and peak resident memory (:class:`bench.memory.PeakMemory`, sampled every 20 ms for the baseline and 0.1 s for ours): of the baseline process,
-of all our processes together (client, scheduler, nannies, workers) and of the largest worker. Run it at
-several sizes to see what grows with the raster. Also printed: CPU seconds used (baseline process; our
-client and workers), which other processes' load does not inflate. The cluster is warmed up on a small raster first (a
-worker's first task imports scipy, pyarrow and shapely).
+and peak resident memory (:class:`bench.memory.PeakMemory`, sampled every 20 ms for the baseline and 0.1 s for
+ours): of the baseline process, of all our processes together (client, scheduler, nannies, workers) and of the
+largest worker. Run it at several sizes to see what grows with the raster. Also printed: CPU seconds used
+(baseline process; our client and workers), which other processes' load does not inflate. The cluster is
+warmed up on a small raster first (a worker's first task imports scipy, pyarrow and shapely).
 
 Usage::
 
@@ -45,9 +45,9 @@ def make_classes(path: Path, size: int, seed: int = 0, block: int = 512) -> Path
     centres = rng.integers(0, size, (count, 2))
     radii = rng.integers(8, 150, count)
     values = rng.integers(1, 4, count)
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:32633",
-                   transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), nodata=255, tiled=True,
-                   blockxsize=block, blockysize=block, compress="deflate")
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0),
+               "nodata": 255, "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate"}
     with rasterio.open(path, "w", **profile) as dst:
         dst.update_tags(SCENEWATCH_CLASSES="background,cleared,burnt,flooded")
         for r0 in range(0, size, block):
@@ -56,7 +56,7 @@ def make_classes(path: Path, size: int, seed: int = 0, block: int = 512) -> Path
                 out = np.zeros((block, block), dtype=np.uint8)
                 near = (np.abs(centres[:, 0] - (r0 + block / 2)) < block / 2 + radii) & \
                        (np.abs(centres[:, 1] - (c0 + block / 2)) < block / 2 + radii)
-                for (r, c), radius, value in zip(centres[near], radii[near], values[near]):
+                for (r, c), radius, value in zip(centres[near], radii[near], values[near], strict=True):
                     out[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = value
                 dst.write(out, 1, window=Window(c0, r0, block, block))
     return path
