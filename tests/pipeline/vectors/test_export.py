@@ -65,7 +65,7 @@ def test_ogr_formats_reopen_with_crs_count_and_types(layer, fmt: str) -> None:
     assert info["geometry_type"] == "Polygon"
     want_crs = "EPSG:4326" if fmt == "geojson" else CRS_UTM20S
     assert CRS.from_user_input(info["crs"]) == CRS.from_user_input(want_crs)
-    types = dict(zip(info["fields"], info["ogr_types"]))
+    types = dict(zip(info["fields"], info["ogr_types"], strict=True))
     for name, ogr_type in EXPECTED_TYPES.items():
         if fmt == "fgb" and ogr_type == "OFTDate":
             ogr_type = "OFTDateTime"  # FlatGeobuf has no date-only type
@@ -140,5 +140,5 @@ def test_attribute_names_and_types_are_checked() -> None:
 
 def test_formats_are_parsed_with_a_clear_error() -> None:
     assert VectorizeConfig.build(formats="gpkg, GeoParquet,fgb,gpkg").formats == ("gpkg", "parquet", "fgb")
-    with pytest.raises(ConfigError, match="formats.1: Input should be 'gpkg', 'parquet', 'fgb' or 'geojson'"):
+    with pytest.raises(ConfigError, match="formats: format 'shp': unknown; choose from gpkg, parquet, fgb, geojson"):
         VectorizeConfig.build(formats="gpkg,shp")

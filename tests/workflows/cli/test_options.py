@@ -97,7 +97,7 @@ def test_a_config_error_names_the_flag_that_set_the_value() -> None:
     with pytest.raises(ConfigError, match=r"^`tile_size`: Input should be greater than 0; `precision`: Input "
                                           r"should be 'auto'"):
         build(PredictConfig, tile_size=0, precision="fp64")
-    with pytest.raises(ConfigError, match=r"^overlap \(9\) cannot be larger than halo \(2\)$"):
+    with pytest.raises(ConfigError, match=r"^`overlap` \(9\) cannot be larger than `halo` \(2\)$"):
         build(PredictConfig, overlap=9, halo=2)
 
 
