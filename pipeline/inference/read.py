@@ -178,7 +178,7 @@ def check_input_path(path: str | os.PathLike[str], what: str = "scene") -> str:
 
     Refused at once, before GDAL sees them: GDAL filename syntax where a path is expected (``/vsi...``,
     ``DRIVER:...:`` prefixes, inline XML), other URL schemes, and anything that is not a regular file (a
-    FIFO would block GDAL's open forever, ``/dev/zero`` never ends, a directory is no raster).
+    FIFO would block GDAL's open forever, ``/dev/zero`` never ends, a directory is no raster), or is empty.
     ``what`` names the input in the message (``scene``, ``labels``, ``grid``...).
     """
     text = os.fspath(path)
@@ -211,6 +211,8 @@ def check_input_path(path: str | os.PathLike[str], what: str = "scene") -> str:
     except (OSError, ValueError) as err:
         raise SceneOpenError(f"{where}: cannot be read ({getattr(err, 'strerror', None) or err})") from err
     _check_regular(st.st_mode, where, text)
+    if st.st_size == 0:  # no raster; and /proc files, which say 0 bytes, may block a reader (/proc/kmsg)
+        raise SceneOpenError(f"{where}: not a readable raster (the file is empty)")
     return text
 
 
@@ -355,9 +357,13 @@ def _check_declared_size(src: rasterio.DatasetReader, where: str, file_bytes: in
         if ratio > max_ratio:
             raise InvalidSceneError(
                 f"{where}: declares {src.width} x {src.height} px x {src.count} band(s) of {src.dtypes[0]} "
-                f"({declared / 2**30:,.1f} GiB) in a file of {file_bytes:,} bytes, {ratio:,.0f} times its size "
-                f"(limit {max_ratio:,.0f}): almost empty or crafted; raise `max_ratio` if the file is trusted"
+                f"({_size(declared)}) in a file of {file_bytes:,} bytes, {ratio:,.1f} times its size (limit "
+                f"{max_ratio:,.0f}): almost empty or crafted; raise `max_ratio` if the file is trusted"
             )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def check_georeferenced(src: rasterio.DatasetReader, where: str) -> None:
