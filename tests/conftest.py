@@ -71,9 +71,9 @@ def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
             r0, r1, c0, c1 = nodata_box
             data[:, r0:r1, c0:c1] = nodata
         path = tmp_path / name
-        profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=dtype, transform=from_origin(500000.0, 4000000.0, res, res), nodata=nodata,
-                       compress="deflate")
+        profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+                   "dtype": dtype, "transform": from_origin(500000.0, 4000000.0, res, res), "nodata": nodata,
+                   "compress": "deflate"}
         if crs is not None:
             profile["crs"] = CRS.from_user_input(crs)
         if blocksize:

@@ -18,15 +18,15 @@ import rasterio
 from rasterio.warp import transform_bounds
 
 from pipeline.errors import ConfigError
-from pipeline.models.contract import ModelRef
-from pipeline.models.loader import load_model
 from pipeline.inference.predict import predict_array
 from pipeline.inference.read import open_scene, read_window
 from pipeline.inference.stitch import classify
-from workflows.batch import run_job
-from workflows.manifest import open_manifest
+from pipeline.models.contract import ModelRef
+from pipeline.models.loader import load_model
 from tests.conftest import REPO
 from tests.workflows.helpers import SHAPE, make_archive, manifest_rows, product_checksums, write_job
+from workflows.batch import run_job
+from workflows.manifest import open_manifest
 
 
 def _reference_classes(scene: Path, threshold: float = 0.3) -> np.ndarray:
@@ -50,7 +50,8 @@ def _statuses(summary) -> dict[str, str]:
 def test_rerun_skips_what_is_done_and_redoes_what_changed(tmp_path: Path, make_geotiff, dask_client) -> None:
     archive = make_archive(tmp_path, make_geotiff, "archive", 3)
     out = tmp_path / "out"
-    job = write_job(tmp_path, {"folder": str(archive)}, out, model={"name": "vegetation", "options": {"threshold": 0.3}})
+    job = write_job(tmp_path, {"folder": str(archive)}, out,
+                    model={"name": "vegetation", "options": {"threshold": 0.3}})
     first = run_job(job, client=dask_client)
     assert _statuses(first) == dict.fromkeys(["scene_00", "scene_01", "scene_02"], "done")
     assert first.exit_code == 0
@@ -75,7 +76,8 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(tmp_path: Path, make_g
     assert product_checksums(out)["scene_00.proba.tif"] == products["scene_00.proba.tif"]
 
     # a parameter that changes the products: everything is redone; --force redoes even unchanged work
-    job = write_job(tmp_path, {"folder": str(archive)}, out, model={"name": "vegetation", "options": {"threshold": 0.5}})
+    job = write_job(tmp_path, {"folder": str(archive)}, out,
+                    model={"name": "vegetation", "options": {"threshold": 0.5}})
     assert set(_statuses(run_job(job, client=dask_client)).values()) == {"done"}
     np.testing.assert_array_equal(_classes(out / "scene_01.classes.tif"),
                                   _reference_classes(archive / "scene_01.tif", threshold=0.5))
@@ -197,9 +199,8 @@ def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -
     with job_lock(tmp_path, "a"):
         assert is_locked(tmp_path)
         with pytest.raises(JobLockedError, match=rf"job b: output folder .* is locked by a run still in progress "
-                                                 rf"\(pid {os.getpid()}, started "):
-            with job_lock(tmp_path, "b"):
-                pass
+                                                 rf"\(pid {os.getpid()}, started "), job_lock(tmp_path, "b"):
+            pass
     assert not is_locked(tmp_path)
     with job_lock(tmp_path, "b"):  # free again once released
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,21 +15,18 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+from tests.workflows.helpers import SHAPE, cli, make_archive, manifest_rows, product_checksums, sha256, write_job
 from workflows.batch import EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, run_job
 from workflows.cli import main
 from workflows.lock import is_locked
-from tests.workflows.helpers import (SHAPE, cli, make_archive, manifest_rows, product_checksums, sha256,
-                                     write_job)
 
 SLOW = {"factory": "tests.workflows.slow_model:slow_vegetation", "kwargs": {"delay": 0.4}}
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
     """The run and its Dask worker processes (same session), as a supervisor killing the job would."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.communicate(timeout=60)
 
 
@@ -48,7 +46,7 @@ def test_kill_9_mid_archive_then_rerun_matches_an_uninterrupted_run(tmp_path: Pa
     archive = make_archive(tmp_path, make_geotiff, "archive", 5)
     job = write_job(tmp_path, {"folder": str(archive)}, tmp_path / "unused", model=SLOW)
     reference = tmp_path / "reference"
-    assert run_job(job, out=reference, client=dask_client).exit_code == EXIT_OK
+    assert run_job(job, out=reference, client=dask_client, allow_factory=True).exit_code == EXIT_OK
 
     out = tmp_path / "out"
     proc = cli("run", str(job), "--allow-factory", "--out", str(out))
@@ -119,7 +117,7 @@ def test_two_runs_at_once_then_sigterm_then_resume(tmp_path: Path, make_geotiff,
     assert not [p for p in out.rglob("*") if ".sw-tmp-" in p.name]
     done_before = sum(r["status"] == "done" for r in manifest_rows(out))
     assert 1 <= done_before < 5
-    summary = run_job(job, client=dask_client)
+    summary = run_job(job, client=dask_client, allow_factory=True)
     assert (summary.count("skipped"), summary.count("done")) == (done_before, 5 - done_before)
 
 

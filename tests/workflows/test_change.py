@@ -101,7 +101,7 @@ def test_swapping_dates_swaps_loss_and_gain(known_pair, dask_client, tmp_path: P
     b = backward.sort_values("area_m2")
     assert f["class_name"].tolist() == b["class_name"].tolist()
     assert f["area_m2"].tolist() == b["area_m2"].tolist()
-    assert all(g1.equals(g2) for g1, g2 in zip(f.geometry, b.geometry))
+    assert all(g1.equals(g2) for g1, g2 in zip(f.geometry, b.geometry, strict=True))
 
 
 def test_scenes_are_classified_and_compared_against_whole_array_reference(make_geotiff, dask_client,

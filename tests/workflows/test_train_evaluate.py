@@ -38,9 +38,9 @@ def labelled(make_geotiff, tmp_path):
 
 
 def _config(scene, label_path, out, **kw) -> TrainConfig:
-    values = dict(scenes=(str(scene),), labels=(str(label_path),), bands="pan=1", classes=("background", "square"),
-                  out=str(out), epochs=4, batch_size=4, chip_size=64, chips_per_epoch=16, block_size=64,
-                  val_fraction=0.25, learning_rate=3e-3, seed=1)
+    values = {"scenes": (str(scene),), "labels": (str(label_path),), "bands": "pan=1",
+              "classes": ("background", "square"), "out": str(out), "epochs": 4, "batch_size": 4, "chip_size": 64,
+              "chips_per_epoch": 16, "block_size": 64, "val_fraction": 0.25, "learning_rate": 3e-3, "seed": 1}
     return TrainConfig(**(values | kw))
 
 
@@ -89,7 +89,8 @@ def test_tiny_training_lowers_the_loss_and_its_bundle_predicts(labelled, tmp_pat
 def test_training_is_reproducible_with_a_seed(labelled, tmp_path):
     scene, label_path, _ = labelled
     # Any smp architecture and encoder: a small one keeps the test short.
-    kw = dict(epochs=1, chips_per_epoch=8, val_fraction=0.0, arch="Linknet", encoder="tu-mobilenetv3_small_050")
+    kw = {"epochs": 1, "chips_per_epoch": 8, "val_fraction": 0.0, "arch": "Linknet",
+          "encoder": "tu-mobilenetv3_small_050"}
     a = train(_config(scene, label_path, tmp_path / "a", **kw), progress=False)
     b = train(_config(scene, label_path, tmp_path / "b", **kw), progress=False)
     assert read_spec(a.bundle).sha256 == read_spec(b.bundle).sha256
@@ -100,7 +101,8 @@ def test_training_is_reproducible_with_a_seed(labelled, tmp_path):
 @pytest.mark.slow
 def test_fine_tune_with_frozen_encoder_keeps_the_encoder(labelled, tmp_path):
     scene, label_path, _ = labelled
-    kw = dict(epochs=1, chips_per_epoch=8, val_fraction=0.0, arch="Linknet", encoder="tu-mobilenetv3_small_050")
+    kw = {"epochs": 1, "chips_per_epoch": 8, "val_fraction": 0.0, "arch": "Linknet",
+          "encoder": "tu-mobilenetv3_small_050"}
     base = train(_config(scene, label_path, tmp_path / "base", **kw), progress=False)
     tuned = train(_config(scene, label_path, tmp_path / "tuned", model=str(base.bundle), freeze_encoder=True,
                           classes=("background", "square", "other"), **kw), progress=False)

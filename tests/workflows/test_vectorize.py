@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
@@ -41,7 +42,7 @@ def write_raster(path: Path, data: np.ndarray, *, nodata: float | None = None, c
     return path
 
 
-def read_layer(path: Path):  # noqa: ANN201
+def read_layer(path: Path) -> tuple[gpd.GeoDataFrame, np.ndarray]:
     frame = pyogrio.read_dataframe(path)
     return frame, np.asarray(frame.geometry.values, dtype=object)
 
@@ -49,7 +50,8 @@ def read_layer(path: Path):  # noqa: ANN201
 def pixel_geoms(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     inverse = ~transform
     return shapely.transform(geoms, lambda xy: np.column_stack(
-        [inverse.a * xy[:, 0] + inverse.b * xy[:, 1] + inverse.c, inverse.d * xy[:, 0] + inverse.e * xy[:, 1] + inverse.f]))
+        [inverse.a * xy[:, 0] + inverse.b * xy[:, 1] + inverse.c,
+         inverse.d * xy[:, 0] + inverse.e * xy[:, 1] + inverse.f]))
 
 
 @pytest.fixture
@@ -80,7 +82,7 @@ def test_layers_match_whole_raster_polygonizer_for_several_tile_sizes(scene, tmp
         assert result.paths["gpkg"] == out / "naip_20200831.gpkg" and result.features == len(ref)
         frame, geoms = read_layer(result.paths["gpkg"])
         assert_same_polygons(pixel_geoms(geoms, TRANSFORM), frame["class_id"].to_numpy(), ref, ref_cls)
-        ids[tile_size] = dict(zip(frame["id"], frame["pixels"]))
+        ids[tile_size] = dict(zip(frame["id"], frame["pixels"], strict=True))
         assert frame["area_m2"].sum() == valid.sum() * 100.0
         assert set(frame["class_name"]) == {"water", "cleared", "forest"}
         assert (frame["model"] == "unet").all() and (frame["model_version"] == "2.1").all()

@@ -94,7 +94,7 @@ def _reference_alerts(series: list[int], days: list[int], watch: np.ndarray, con
     ref = None
     first = count = last = 0
     seen = False
-    for cls, day in zip(series, days):
+    for cls, day in zip(series, days, strict=True):
         if cls == nodata:
             continue
         seen, last = True, day

@@ -39,9 +39,9 @@ def _meta(height: int, width: int) -> SceneMeta:
 
 def _gdal_level(path: Path, data: np.ndarray, nodata: float | None, resampling: Resampling) -> np.ndarray:
     """GDAL's own first overview level of ``data`` (the independent reference)."""
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype.name, nodata=nodata, crs="EPSG:32633",
-                   transform=from_origin(0, 0, 1, 1))
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": data.dtype.name, "nodata": nodata, "crs": "EPSG:32633",
+               "transform": from_origin(0, 0, 1, 1)}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         dst.build_overviews([2], resampling)

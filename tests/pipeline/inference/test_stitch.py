@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.models.spectral import vegetation_model
 from pipeline.inference.predict import TileInput, predict_array, predict_tiles
 from pipeline.inference.stitch import CLASS_NODATA, Stitcher, decode_proba, split_core
+from pipeline.models.spectral import vegetation_model
 from tests.conftest import textured
 from tiles.grid import TileGrid
 

@@ -219,7 +219,8 @@ def test_init_bundle_is_seeded_and_builds_without_downloads(tmp_path):
     b = init_bundle(tmp_path / "b", "Unet", ENCODER, BANDS, CLASSES, seed=7)
     assert (a / WEIGHTS_FILE).read_bytes() == (b / WEIGHTS_FILE).read_bytes()
     network = build_network(read_spec(a))
-    assert sum(p.numel() for p in network.parameters()) == json.loads((a / SPEC_FILE).read_text())["mlm:total_parameters"]
+    total = json.loads((a / SPEC_FILE).read_text())["mlm:total_parameters"]
+    assert sum(p.numel() for p in network.parameters()) == total
 
 
 def test_unknown_bundle_option_is_refused(saved):
@@ -256,7 +257,7 @@ def test_smp_architecture_list_matches_installed_smp() -> None:
 
     from pipeline.models.bundle import SMP_ARCHITECTURES
 
-    assert SMP_ARCHITECTURES == {k: c.__name__ for k, c in smp.MODEL_ARCHITECTURES_MAPPING.items()}
+    assert {k: c.__name__ for k, c in smp.MODEL_ARCHITECTURES_MAPPING.items()} == SMP_ARCHITECTURES
 
 
 def test_reading_a_spec_does_not_import_torch(tmp_path) -> None:

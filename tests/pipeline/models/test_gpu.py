@@ -19,7 +19,7 @@ from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 from pipeline.models.network import AUTO_DRIFT_LIMIT, TorchSegmentationModel, visible_gpus
 from tests.conftest import NAIP_2020
-from tests.pipeline.models.test_model_precision import INFO, _fit, _unet, naip  # noqa: F401 (naip: a fixture)
+from tests.pipeline.models.test_model_precision import INFO, _fit, _unet
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device here")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
 
 from pipeline.errors import ModelError
 from pipeline.models.contract import ModelInfo
 from pipeline.models.network import AUTO_DRIFT_LIMIT, TorchSegmentationModel, resolve_precision
-from tests.conftest import NAIP_2020
 
 torch = pytest.importorskip("torch")
 smp = pytest.importorskip("segmentation_models_pytorch")
@@ -17,15 +15,6 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 BF16 = resolve_precision("auto", "cpu") == "bf16"
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no native bf16 kernels; auto is fp32 here")
 INFO = ModelInfo("unet", "0", ("red", "green", "blue", "nir"), ("other", "vegetation"))
-
-
-@pytest.fixture(scope="module")
-def naip() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two 128 px crops of the real NAIP sample, and the scene's per-band mean and std."""
-    with rasterio.open(NAIP_2020) as src:
-        data = src.read(out_dtype="float32")
-    mean, std = data.mean(axis=(1, 2)), data.std(axis=(1, 2))
-    return np.stack([data[:, 100:228, 200:328], data[:, 400:528, 500:628]]), mean, std
 
 
 def _unet(seed: int = 0):
@@ -91,7 +80,8 @@ class _Amplifier(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(4, 2, 1, bias=False)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([[300.0, -300.0, 1.0, 0.0], [-300.0, 300.0, 0.0, 1.0]])[..., None, None])
+            weight = torch.tensor([[300.0, -300.0, 1.0, 0.0], [-300.0, 300.0, 0.0, 1.0]])
+            self.conv.weight.copy_(weight[..., None, None])
 
     def forward(self, x):
         return self.conv(x)

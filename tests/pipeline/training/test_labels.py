@@ -13,8 +13,8 @@ from rasterio.transform import from_origin
 from shapely import box
 
 from pipeline.errors import ConfigError
-from pipeline.training.labels import IGNORE, open_labels, read_labels
 from pipeline.inference.read import open_scene
+from pipeline.training.labels import IGNORE, open_labels, read_labels
 from tiles.grid import PixelWindow
 
 CLASSES = ("background", "building", "road")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-from pyproj import Transformer
 from affine import Affine
+from pyproj import Transformer
 
 from pipeline.vectors.measure import area_basis, measure, pixel_size_m, to_map
 

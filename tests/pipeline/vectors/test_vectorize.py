@@ -8,8 +8,14 @@ import rasterio
 import shapely
 
 from pipeline.vectors.merge import SeamMerger, split_border
-from pipeline.vectors.vectorize import (PolygonLimitError, Pieces, keep_mask, own_class_proba, polygonize_core,
-                                sieve_classes)
+from pipeline.vectors.vectorize import (
+    Pieces,
+    PolygonLimitError,
+    keep_mask,
+    own_class_proba,
+    polygonize_core,
+    sieve_classes,
+)
 from tests.conftest import shared, textured
 from tests.vector_reference import assert_same_polygons, whole_raster_polygons
 from tiles.grid import TileGrid
@@ -121,7 +127,7 @@ def discs(shape: tuple[int, int], count: int, seed: int, max_radius: int = 30) -
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
     out = np.zeros(shape, dtype=np.uint8)
     for r, c, radius, value in zip(rng.integers(0, shape[0], count), rng.integers(0, shape[1], count),
-                                   rng.integers(3, max_radius, count), rng.integers(1, 3, count)):
+                                   rng.integers(3, max_radius, count), rng.integers(1, 3, count), strict=True):
         out[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = value
     return out
 

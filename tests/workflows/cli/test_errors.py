@@ -82,7 +82,8 @@ def test_predict_errors(scene: Path, nocrs: Path, tmp_path: Path) -> None:
     refused(2, *base, "--min-area", "lots", says=("area 'lots'", "0.5ha"))
     refused(2, *base, "--tile-size", "0", says=("--tile-size: Input should be greater than 0",))
     refused(2, *base, "--halo", "4", "--overlap", "8", says=("--overlap (8) cannot be larger than --halo (4)",))
-    refused(2, *base, "--format", "shp", says=("--format: format 'shp': unknown; choose from gpkg, parquet, fgb, geojson",))
+    refused(2, *base, "--format", "shp",
+            says=("--format: format 'shp': unknown; choose from gpkg, parquet, fgb, geojson",))
     refused(2, *base, "--model-option", "threshold", says=("--model-option 'threshold': write KEY=VALUE",))
     usage_error(*base, "--precision", "fp64", says="Invalid value for '--precision'")
     usage_error(*base, "--tile-size", "big", says="Invalid value for '--tile-size'")
