@@ -194,14 +194,13 @@ def pixel_area_rows(grid: GridSpec, window: PixelWindow) -> np.ndarray:
     """
     t = grid.transform
     if grid.crs.is_geographic:
-        from pyproj import CRS as ProjCRS
-        from pyproj import Geod
+        import pyproj  # pyproj.CRS, not rasterio's CRS
 
-        geod = Geod(ellps="WGS84")
+        geod = pyproj.Geod(ellps="WGS84")
         try:
-            ellipsoid = ProjCRS.from_user_input(grid.crs.to_wkt()).ellipsoid
+            ellipsoid = pyproj.CRS.from_user_input(grid.crs.to_wkt()).ellipsoid
             if ellipsoid is not None:
-                geod = Geod(a=ellipsoid.semi_major_metre, b=ellipsoid.semi_minor_metre)
+                geod = pyproj.Geod(a=ellipsoid.semi_major_metre, b=ellipsoid.semi_minor_metre)
         except Exception:  # noqa: BLE001 - fall back to WGS84 for CRSs pyproj cannot read
             pass
         rows = np.arange(window.row_off, window.row_end, dtype=np.float64)

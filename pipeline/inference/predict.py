@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ModelError
-from pipeline.models.contract import SegmentationModel
 from pipeline.inference.stitch import TileContribution, blend_parts, classify, encode_proba, split_core
+from pipeline.models.contract import SegmentationModel
 from tiles.blend import BlendMethod, blend_weights, blend_window
 from tiles.grid import Tile, TileGrid
 
