@@ -257,6 +257,8 @@ def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt:
     where = f"{what} {Path(text).name}"
     drivers: tuple[str, ...] = SCENE_DRIVERS + (("VRT",) if allow_vrt else ())
     if driver is not None:
+        if driver not in (*SCENE_DRIVERS, "VRT"):
+            raise ValueError(f"open_raster: driver {driver!r} is not one an input may be read with")  # a bug
         drivers = (driver,)
     if not _is_remote(text):
         is_vrt = _is_vrt(_sniff(text, where))
