@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from typing_extensions import Self
 
 from pipeline.errors import ConfigError
+from pipeline.inference.read import DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_COMPRESSION_RATIO
 from pipeline.vocab import VECTOR_FORMAT_ALIASES, BlendMethod, Precision, ProbaDtype, VectorFormat, choices
 
 __all__ = [
@@ -72,6 +73,11 @@ class PredictConfig(FrozenConfig):
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
     max_tiles_in_flight: int | None = Field(None, gt=0, description="default: two tasks per worker, each of "
                                             "4 tiles or batch_size if larger")
+    allow_vrt: bool = Field(False, description="read a VRT scene (it can name other files and URLs: trust it)")
+    max_ratio: float | None = Field(DEFAULT_MAX_COMPRESSION_RATIO, gt=0, description="refuse a scene whose "
+                                    "declared bytes exceed its file's bytes this many times (None: no check)")
+    max_block_bytes: int | None = Field(DEFAULT_MAX_BLOCK_BYTES, gt=0, description="refuse a scene whose one "
+                                        "block declares more bytes than this (None: no check)")
     timeout: float | None = Field(None, gt=0, description="seconds one scene may take before it is stopped and "
                                   "reported failed (a batch goes on with the next); default: no limit")
 
@@ -194,6 +200,8 @@ class _ChangeProducts(FrozenConfig):
     polygons: bool = Field(True, description="also write the change polygons")
     min_area: Area = Field(0.0, description="drop change polygons smaller than this, m² (or '0.5ha')")
     sieve: int = Field(0, ge=0, description="merge change patches smaller than this many pixels into a neighbour")
+    max_offset: float | None = Field(None, ge=0, description="refuse dates whose pixels are more than this many "
+                                     "pixels off the common grid (default: warn above 0.1 px)")
 
 
 class ChangeOptions(_ChangeProducts):

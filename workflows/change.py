@@ -243,13 +243,19 @@ def common_grid(grid: str | os.PathLike[str] | GridSpec | None, first: str | Pat
     return grid_of(grid, "grid")
 
 
-def _check_overlap(grid: GridSpec, paths: Sequence[str | Path]) -> None:
+def _check_overlap(grid: GridSpec, paths: Sequence[str | Path], max_offset: float | None = None) -> None:
+    """Every date must overlap the common grid; a date whose pixels are a fraction of a pixel off it is
+    warned about, or refused when ``max_offset`` (pixels) is set and exceeded."""
     for path in paths:
         other = grid_of(path, "scene")
         if not covers(grid, other):
             raise InvalidSceneError(f"scene {Path(path).name}: does not overlap the common grid; "
                                     "compare scenes of the same place or set `grid`")
         offset = grid_offset(grid, other)
+        if offset is not None and max_offset is not None and max(abs(offset.rows), abs(offset.cols)) > max_offset:
+            raise InvalidSceneError(f"scene {Path(path).name}: its pixels are {offset.rows:.2f} px (rows) and "
+                                    f"{offset.cols:.2f} px (columns) off the common grid, over `max_offset` "
+                                    f"({max_offset:g} px): align the dates first (gdalwarp -tap)")
         if offset is not None and offset.misaligned():
             # a fraction of a pixel reads as change along every edge (half a pixel: 6 % of the scene)
             log.warning("scene %s: its pixels are %.2f px (rows) and %.2f px (columns) off the common grid%s; "
@@ -310,7 +316,7 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
     name = safe_name(config.name) if config.name else \
         f"{scene_id(before).removesuffix('.classes')}__{scene_id(after).removesuffix('.classes')}"
     target = common_grid(config.grid, before)
-    _check_overlap(target, [before, after])
+    _check_overlap(target, [before, after], config.max_offset)
     change_path = product_path(out_dir, name, "change")
     diff_model = difference_model(model) if isinstance(model, str) else None
     date_tags = {tag: d.isoformat() for tag, d in zip((Tag.BEFORE_DATE, Tag.AFTER_DATE), dates, strict=True) if d}
@@ -458,7 +464,7 @@ def run_timeline(scenes: Sequence[str | Path], model: Model = "vegetation", out_
     ordered = [s for _, s in dated]
     dates = [d for d, _ in dated]
     target = common_grid(config.grid, ordered[0])
-    _check_overlap(target, ordered)
+    _check_overlap(target, ordered, config.max_offset)
     _check_inputs(ordered)
     sweep_stale_temps(output_folder(out_dir))
     to_classify = not all(is_classes_path(p) for p in ordered)

@@ -534,14 +534,16 @@ def _keep(scene: SceneInput, spec: InputsSpec) -> bool:
 
 def _file_bbox(path: str) -> tuple[float, float, float, float] | None:
     """The scene's bounds in EPSG:4326 from its header; None when unreadable (the run records why)."""
-    import rasterio
     from rasterio.errors import RasterioError
     from rasterio.warp import transform_bounds
 
-    try:
-        with rasterio.open(path) as src:
+    from pipeline.errors import ScenewatchError
+    from pipeline.inference.read import open_raster
+
+    try:  # as an untrusted scene: GeoTIFF only, a regular file, no GDAL syntax (no VRT reaching out)
+        with open_raster(path) as src:
             if src.crs is None:
                 return None
             return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))
-    except (RasterioError, OSError):
+    except (RasterioError, OSError, ScenewatchError):
         return None

@@ -122,7 +122,8 @@ def plan_scene(scene: str | Path, model: str | os.PathLike[str] | ModelRef, conf
         plan = plan_scene("naip.tif", "vegetation", PredictConfig(bands="naip"))
         result = predict_scene(plan, "out/")
     """
-    meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs)
+    meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs,
+                      allow_vrt=config.allow_vrt, max_ratio=config.max_ratio, max_block_bytes=config.max_block_bytes)
     ref = ModelRef.of(model, precision=config.precision)
     info = describe_model(ref)
     indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)

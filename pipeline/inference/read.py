@@ -360,7 +360,7 @@ def _check_declared_size(src: rasterio.DatasetReader, where: str, file_bytes: in
             raise InvalidSceneError(
                 f"{where}: declares {src.width} x {src.height} px x {src.count} band(s) of {src.dtypes[0]} "
                 f"({_size(declared)}) in a file of {file_bytes:,} bytes, {ratio:,.1f} times its size (limit "
-                f"{max_ratio:,.0f}): almost empty or crafted; raise `max_ratio` if the file is trusted"
+                f"{max_ratio:,g}): almost empty or crafted; raise `max_ratio` if the file is trusted"
             )
 
 

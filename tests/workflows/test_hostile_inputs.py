@@ -336,3 +336,29 @@ def test_a_bug_is_one_line_unless_the_user_asks_for_the_traceback() -> None:
     finally:
         main.commands.pop("explode-for-test")
         assert isinstance(main, click.Group)
+
+
+def test_the_untrusted_scene_limits_are_options_of_the_commands(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from workflows.cli import main
+
+    scene = Path(__file__).resolve().parents[2] / "examples" / "data" / "m_4709963_se_14_1_20200831.tif"
+    result = CliRunner().invoke(main, ["predict", str(scene), "--bands", "naip", "-o", str(tmp_path / "out"),
+                                       "--max-ratio", "0.5", "--format", "none"])
+    assert result.exit_code == 1
+    assert "1.1 times its size (limit 0.5)" in result.output and "raise --max-ratio" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_dates_off_the_common_grid_can_be_refused(tmp_path: Path) -> None:
+    """The bundled NAIP pair is 0.2 px apart (origins 485899 and 485900 m at 5 m): warned about by default,
+    refused when `max_offset` asks for closer."""
+    from pipeline.config import ChangeConfig
+    from pipeline.errors import InvalidSceneError
+    from workflows.change import detect_change
+
+    data = Path(__file__).resolve().parents[2] / "examples" / "data"
+    before, after = data / "m_4709963_se_14_1_20090818.tif", data / "m_4709963_se_14_1_20200831.tif"
+    with pytest.raises(InvalidSceneError, match=r"px \(columns\) off the common grid, over `max_offset` \(0.1 px\)"):
+        detect_change(before, after, "vegetation", tmp_path, ChangeConfig(max_offset=0.1))

@@ -38,6 +38,7 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @click.option("--name", default=None, help="Output name [default: BEFORE__AFTER].")
 @options.predict_options
 @options.scene_options
+@options.untrusted_options
 @options.cluster_options
 @options.quiet()
 @report_errors
@@ -92,6 +93,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
               help=f"Prefix of the output files [default: {options.default_of(TimelineConfig, 'name')}].")
 @options.predict_options
 @options.scene_options
+@options.untrusted_options
 @options.cluster_options
 @options.quiet()
 @report_errors

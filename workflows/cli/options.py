@@ -40,7 +40,7 @@ __all__ = [
     "assume_crs", "band_names", "bands", "build", "builtin_models", "cli_message", "cluster_options", "date_pattern",
     "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels", "min_area", "model",
     "model_options", "out", "parse_bands", "parse_model_options", "polygons", "predict_options", "quiet",
-    "region", "report_errors", "scene_options", "sieve", "stack", "tile_size", "vector_options",
+    "region", "report_errors", "scene_options", "untrusted_options", "sieve", "stack", "tile_size", "vector_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -312,6 +312,19 @@ assume_crs = click.option("--assume-crs", default=None, metavar="CRS",
                           help="CRS for a raster that has none, e.g. EPSG:32618.")
 scene_options = stack(max_pixels, assume_crs)
 """Limits and repairs of the input rasters."""
+
+untrusted_options = stack(
+    click.option("--allow-vrt", "allow_vrt", is_flag=True, default=None,
+                 help="Read a VRT scene: it can name any other file or URL, so only for VRTs you trust "
+                      "[default: GeoTIFF only]."),
+    click.option("--max-ratio", type=float, default=None,
+                 help="Refuse a scene whose declared pixels outnumber its file's bytes this many times "
+                      f"[default: {default_of(PredictConfig, 'max_ratio'):,.0f}]."),
+    click.option("--max-block-bytes", type=int, default=None,
+                 help="Refuse a scene with one block larger than this many bytes "
+                      f"[default: {default_of(PredictConfig, 'max_block_bytes'):,}]."),
+)
+"""Limits of the scenes read as untrusted input (docs/security.md), for the commands that classify scenes."""
 
 cluster_options = stack(
     click.option("--workers", type=int, default=None, help="Local Dask worker processes [default: one per core]."),

@@ -21,6 +21,7 @@ __all__ = ["predict"]
 @options.model_options
 @options.predict_options
 @options.scene_options
+@options.untrusted_options
 @options.cluster_options
 @options.formats(allow_none=True)
 @options.vector_options

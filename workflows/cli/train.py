@@ -116,6 +116,7 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 @options.out(help="Keep the predicted rasters in this folder [default: a temporary folder].", required=False)
 @options.predict_options
 @options.scene_options
+@options.untrusted_options
 @options.cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @options.quiet()
