@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# imported for its side effect: it registers the spectral models in BUILTIN_MODELS
-import pipeline.models.spectral  # noqa: F401
+import pipeline.models.spectral  # noqa: F401 - imported for its side effect: registers the spectral models
 from pipeline.errors import ModelError
 from pipeline.models.contract import BUILTIN_MODELS, RUNTIME_OPTIONS, ModelInfo, ModelRef, SegmentationModel
 from pipeline.models.network import visible_gpus

@@ -118,7 +118,7 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
     where = f"bundle {folder.name}"
     ov = int8.require_openvino(where)
     try:
-        import nncf  # noqa: F401
+        import nncf  # noqa: F401 - only checks that NNCF is installed, before any slow work
     except ImportError as err:
         raise ModelError(f"{where}: calibrating int8 needs NNCF, which is not installed; install it with "
                          f"pip install 'scenewatch[int8]'") from err
