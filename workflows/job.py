@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ChangeOptions, FrozenConfig, PredictConfig, TimelineOptions, VectorFormats, VectorOptions
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModelError
 from pipeline.names import unique_names
 from pipeline.products import is_product_path
 from pipeline.vocab import ChangePairs
@@ -269,6 +269,7 @@ def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: 
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{where}: " + "; ".join(_describe(e, root) for e in err.errors())) from err
+    _check_model_options(spec.model, root, where)
     factory = spec.model.factory
     if factory is not None and not allow_factory and factory not in registered_factories().values():
         factory_line = _line_of(root, ("model", "factory"))
@@ -279,6 +280,21 @@ def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: 
     job = Job(spec=spec, path=path, name=name, out_dir=Path())
     out_dir = Path(out).resolve() if out is not None else job.resolve(spec.outputs.folder).resolve()
     return Job(spec=spec, path=path, name=name, out_dir=out_dir)
+
+
+def _check_model_options(model: ModelSpec, root: yaml.Node, where: str) -> None:
+    """A built-in model's options are checked here, at load, against what the model accepts: a misspelt
+    option is refused with its line, before any scene is predicted."""
+    from pipeline.models.contract import ModelRef
+    from pipeline.models.loader import BUILTIN_MODELS, describe_model
+
+    if model.name is None or model.name not in BUILTIN_MODELS or not model.options:
+        return
+    try:
+        describe_model(ModelRef.of(model.name, **model.options))
+    except (ModelError, TypeError, ValueError) as err:
+        line = _line_of(root, ("model", "options"))
+        raise ConfigError(f"{where} line {line}: model.options: {str(err).splitlines()[0]}") from err
 
 
 def _describe(error: Any, root: yaml.Node) -> str:

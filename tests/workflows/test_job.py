@@ -200,3 +200,12 @@ def test_stac_catalog_on_disk_with_nested_items(tmp_path: Path, make_geotiff) ->
     job = load_job(write_job(tmp_path, {"stac": "stac/catalog.json", "asset": "thumbnail"}, tmp_path / "out"))
     with pytest.raises(ConfigError, match="has no asset 'thumbnail' .*set inputs.asset"):
         discover_scenes(job)
+
+
+def test_a_misspelt_model_option_is_refused_at_load_with_its_line(tmp_path: Path) -> None:
+    job = tmp_path / "typo.yaml"
+    job.write_text("version: 1\ninputs: {folder: .}\nmodel:\n  name: vegetation\n  options:\n    threshhold: 0.3\n"
+                   "outputs: {folder: out}\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml line 5: model.options: model vegetation: unknown option\(s\) "
+                                          r"threshhold; it accepts threshold"):
+        load_job(job)
