@@ -312,8 +312,7 @@ def _bundle_dir(path: str | os.PathLike[str]) -> Path:
         return path.parent
     if path.is_file() and path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
         raise ModelError(f"model {path.name}: a weights file, not a bundle; make a bundle from it with "
-                         f"`scenewatch models import {path.name} --arch ... --encoder ... --bands ... --classes ... "
-                         f"--out BUNDLE`")
+                         "pipeline.models.bundle.import_state_dict (on the command line: scenewatch models import)")
     if not (path / SPEC_FILE).is_file():
         raise ModelError(f"bundle {path}: no {SPEC_FILE} there; create one with `scenewatch models init`")
     return path

@@ -235,7 +235,8 @@ def test_a_weights_file_is_not_a_bundle(tmp_path):
     weights = tmp_path / "unet.pth"
     weights.write_bytes(b"not used")
     with pytest.raises(ModelError, match="unet.pth: a weights file, not a bundle; make a bundle from it with "
-                                         "`scenewatch models import"):
+                                         "pipeline.models.bundle.import_state_dict .on the command line: "
+                                         "scenewatch models import."):
         load_model(ModelRef.of(str(weights)))
 
 
