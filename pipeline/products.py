@@ -8,6 +8,7 @@ Files, for a product named ``NAME`` (a scene id, a ``<before>__<after>`` pair or
 ==========================  =========================================================================
 ``NAME.classes.tif``        uint8 class index (nodata 255), colour table, class names in ``SCENEWATCH_CLASSES``
 ``NAME.proba.tif``          one band per class: uint8 ``round(p x 254)`` (nodata 255, scale 1/254) or float32
+``NAME.quicklook.png``      the classes in the model's class colours, nodata transparent (``predict``)
 ``NAME.<format>``           polygon layer (gpkg, parquet, fgb, geojson)
 ``NAME.change.tif``         transition codes (band 1) and confidence (band 2) of a pair of dates
 ``NAME.change.<format>``    change polygons; ``NAME.change.png`` the quicklook
@@ -77,8 +78,8 @@ class Tag:
     ENCODING = "SCENEWATCH_ENCODING"
 
 
-Kind = Literal["classes", "proba", "change", "change_quicklook", "alerts", "events", "areas_csv", "areas_parquet",
-               "areas_plot"]
+Kind = Literal["classes", "proba", "quicklook", "change", "change_quicklook", "alerts", "events", "areas_csv",
+               "areas_parquet", "areas_plot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ _COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 PRODUCTS: Mapping[Kind, ProductKind] = {
     "classes": ProductKind(".classes.tif", _COG, ("data",), "classes"),
     "proba": ProductKind(".proba.tif", _COG, ("data",), "class probabilities"),
+    "quicklook": ProductKind(".quicklook.png", "image/png", ("overview",), "classes quicklook"),
     "change": ProductKind(".change.tif", _COG, ("data",), "change"),
     "change_quicklook": ProductKind(".change.png", "image/png", ("overview",), "change quicklook"),
     "alerts": ProductKind(".alerts.tif", _COG, ("data",), "alerts"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,6 +14,8 @@ from workflows.cli.options import build, report_errors
 from workflows.cli.vectorize import write_layers
 
 __all__ = ["predict"]
+
+log = logging.getLogger("scenewatch")
 
 
 @click.command()
@@ -31,7 +36,9 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
             sieve: int | None, simplify: float | None, classes: str | None, max_polygons: int | None, quiet: bool,
             **predict_values: Any) -> None:
     """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs), then
-    polygon layers OUT/<scene>.<format> (see `scenewatch vectorize`).
+    polygon layers OUT/<scene>.<format> (see `scenewatch vectorize`), OUT/<scene>.quicklook.png (the classes
+    in the model's colours) and OUT/report.html (quicklook, area per class, model, counts, timings, warnings).
+    Prints the area per class in hectares.
 
     \b
     Examples:
@@ -42,8 +49,11 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
       scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
     """
     from pipeline.config import PredictConfig, VectorizeConfig
+    from pipeline.inference.summary import read_class_areas
     from pipeline.models.contract import ModelRef
+    from pipeline.products import product_path
     from workflows.cluster import dask_client
+    from workflows.report import captured_warnings, predict_section, safely, write_run_report
     from workflows.scene import plan_scene, predict_scene
 
     config: PredictConfig = build(PredictConfig, **predict_values)
@@ -53,12 +63,50 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
                        classes=classes, max_polygons=max_polygons, max_pixels=config.max_pixels)
     ref = ModelRef.of(model, **model_options)
     plan = plan_scene(scene, ref, config)  # a bad scene, model or band map is refused before any cluster starts
-    with dask_client(config.workers, config.scheduler, model=plan.model) as client:  # one cluster for both passes
-        result = predict_scene(plan, out, client=client, progress=False if quiet else None)
-        click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
-                   f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
-        if layers is not None:
-            # A second pass over the written COGs, in Dask workers, rather than predict_scene's on_core hook:
-            # polygonizing then runs in parallel instead of in the stitching process, and gives exactly what
-            # `scenewatch vectorize` gives on the same files.
-            write_layers(result.classes_path, out, layers, proba_path=result.proba_path, quiet=quiet, client=client)
+    started = time.perf_counter()
+    with captured_warnings() as warned:
+        with dask_client(config.workers, config.scheduler, model=plan.model) as client:  # one cluster for both passes
+            result = predict_scene(plan, out, client=client, progress=False if quiet else None)
+            click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
+                       f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+            polygons = None
+            if layers is not None:
+                # A second pass over the written COGs, in Dask workers, rather than predict_scene's on_core hook:
+                # polygonizing then runs in parallel instead of in the stitching process, and gives exactly what
+                # `scenewatch vectorize` gives on the same files.
+                polygons = write_layers(result.classes_path, out, layers, proba_path=result.proba_path, quiet=quiet,
+                                        client=client)
+        areas = read_class_areas(result.classes_path, result.model.class_names)
+        quicklook = product_path(out, result.scene_id, "quicklook")
+        png = _quicklook(quicklook, result)
+    print_class_areas(areas)
+    click.echo(f"-> {quicklook}" if png is not None else "quicklook not written (see the warning above)")
+    section = safely(predict_section, result, areas, png, out_dir=out, model_options=model_options, config=config,
+                     polygons=polygons, seconds=time.perf_counter() - started, warnings=warned)
+    if section is not None:
+        written = write_run_report(out, f"scenewatch predict: {result.scene_id}", [section])
+        if written is not None:
+            click.echo(f"-> {written}")
+
+
+def _quicklook(path: Path, result: Any) -> bytes | None:
+    """The classes quicklook PNG, or None with a warning: a picture never fails a finished run."""
+    from pipeline.inference.summary import write_classes_quicklook
+
+    try:
+        return write_classes_quicklook(path, result.classes_path, class_colors(result.model))
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        log.warning("quicklook %s not written: %s: %s", path, type(err).__name__, err)
+        return None
+
+
+def class_colors(info: Any) -> tuple[str, ...]:
+    """The colour of each class: the model's class colours (pipeline.colours, once it exists, decides)."""
+    return tuple(info.class_colors)
+
+
+def print_class_areas(areas: Any) -> None:
+    """Area per class in hectares, as `change` prints per transition, then the no-data share."""
+    for name, area in zip(areas.class_names, areas.area_m2, strict=True):
+        click.echo(f"  {name}: {area / 1e4:,.2f} ha")
+    click.echo(f"  no data: {100 * areas.nodata_share:.1f} % of the pixels")

@@ -16,8 +16,9 @@ __all__ = ["vectorize", "write_layers"]
 
 def write_layers(classes_path: Path, out: str, config: Any, *, proba_path: Path | None, quiet: bool,
                  client: Any = None, scene_id: str | None = None, acquired: str | None = None,
-                 attributes: dict[str, str] | None = None) -> None:
-    """Vectorize one class raster as ``config`` (a VectorizeConfig) says and print where the layers went."""
+                 attributes: dict[str, str] | None = None) -> Any:
+    """Vectorize one class raster as ``config`` (a VectorizeConfig) says and print where the layers went;
+    returns the VectorResult."""
     from workflows.vectorize import vectorize_scene
 
     result = vectorize_scene(classes_path, out, config, proba_path=proba_path, scene_id=scene_id, acquired=acquired,
@@ -25,6 +26,7 @@ def write_layers(classes_path: Path, out: str, config: Any, *, proba_path: Path 
     paths = ", ".join(str(p) for p in result.paths.values())
     click.echo(f"{result.scene_id}: {result.features} polygons from {result.tiles} tiles in {result.seconds:.1f} s "
                f"-> {paths}")
+    return result
 
 
 def parse_attributes(items: tuple[str, ...]) -> dict[str, str]:

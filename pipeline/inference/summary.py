@@ -1,0 +1,145 @@
+"""What a finished class raster holds, for people: the area of each class and a quicklook picture.
+
+The area is exact: every pixel is counted, window by window (one row of the COG's blocks at a time, so memory
+follows the width, not the scene), each weighted by its area on the ground from
+:func:`pipeline.change.align.pixel_area_rows` (planar in a projected CRS, geodesic per row in a geographic
+one), the same basis as the change and timeline area tables. The quicklook is read decimated (from the COG's
+overviews), coloured with the model's class colours, nodata transparent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from pipeline.atomic import atomic_path
+from pipeline.change.align import GridSpec, pixel_area_rows
+from pipeline.products import CLASS_NODATA, class_names_from_tags
+from tiles.grid import PixelWindow
+
+__all__ = ["ClassAreas", "count_class_areas", "read_class_areas", "colorize_classes", "encode_png",
+           "read_classes_preview", "write_classes_quicklook", "hex_to_rgba"]
+
+_ROWS_PER_READ = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ClassAreas:
+    """Pixels and m² of each class value (index = class value), and of nodata, over a whole class raster."""
+
+    class_names: tuple[str, ...]
+    pixels: tuple[int, ...]
+    area_m2: tuple[float, ...]
+    nodata_pixels: int
+    nodata_m2: float
+
+    @property
+    def total_pixels(self) -> int:
+        return sum(self.pixels) + self.nodata_pixels
+
+    @property
+    def valid_m2(self) -> float:
+        return float(sum(self.area_m2))
+
+    @property
+    def nodata_share(self) -> float:
+        total = self.total_pixels
+        return self.nodata_pixels / total if total else 0.0
+
+
+def count_class_areas(classes: np.ndarray, row_areas: np.ndarray, n_classes: int,
+                      nodata: int = CLASS_NODATA) -> tuple[np.ndarray, np.ndarray]:
+    """Per class value ``0..n_classes-1`` then nodata (last entry): pixel counts (int64) and area (float64,
+    the sum of ``row_areas[r]`` over the pixels of each row ``r``). Values outside the classes count as
+    nodata."""
+    classes = np.asarray(classes)
+    codes = np.where((classes == nodata) | (classes >= n_classes), n_classes, classes).astype(np.int64)
+    counts_per_row = np.stack([np.bincount(row, minlength=n_classes + 1) for row in codes]) if codes.size else \
+        np.zeros((0, n_classes + 1), dtype=np.int64)
+    pixels = counts_per_row.sum(axis=0).astype(np.int64)
+    area = (counts_per_row * np.asarray(row_areas, dtype=np.float64)[:, None]).sum(axis=0)
+    return pixels, area
+
+
+def read_class_areas(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> ClassAreas:
+    """Exact pixels and area of every class of a ``*.classes.tif``, read a strip of rows at a time."""
+    with rasterio.open(path) as src:
+        names = tuple(class_names) if class_names else class_names_from_tags(src.tags())
+        n = len(names) or CLASS_NODATA  # unnamed: every value but nodata is a class
+        nodata = int(src.nodata) if src.nodata is not None else CLASS_NODATA
+        grid = GridSpec(src.crs, src.transform, src.height, src.width)
+        pixels = np.zeros(n + 1, dtype=np.int64)
+        area = np.zeros(n + 1, dtype=np.float64)
+        step = max(_ROWS_PER_READ, src.block_shapes[0][0])
+        for row in range(0, src.height, step):
+            height = min(step, src.height - row)
+            data = src.read(1, window=Window(0, row, src.width, height))
+            rows = pixel_area_rows(grid, PixelWindow(row, 0, height, src.width))
+            p, a = count_class_areas(data, rows, n, nodata)
+            pixels += p
+            area += a
+    if not names:
+        n = int(np.flatnonzero(pixels[:n]).max(initial=-1)) + 1
+        names = tuple(str(i) for i in range(n))
+    return ClassAreas(names, tuple(int(v) for v in pixels[:n]), tuple(float(v) for v in area[:n]),
+                      int(pixels[-1]), float(area[-1]))
+
+
+def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
+    """``#rrggbb`` or ``#rrggbbaa`` (or a matplotlib colour name) as 0..255 RGBA."""
+    text = color.strip()
+    if text.startswith("#") and len(text) in (7, 9):
+        values = [int(text[i:i + 2], 16) for i in range(1, len(text), 2)]
+        return (values[0], values[1], values[2], values[3] if len(values) == 4 else 255)
+    from matplotlib.colors import to_rgba
+
+    r, g, b, a = to_rgba(text)
+    return (round(r * 255), round(g * 255), round(b * 255), round(a * 255))
+
+
+_FALLBACK = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+
+
+def colorize_classes(classes: np.ndarray, colors: Sequence[str], nodata: int = CLASS_NODATA) -> np.ndarray:
+    """``(H, W)`` class values to ``(H, W, 4)`` uint8 RGBA: each class its colour, nodata (and any value
+    without a colour) transparent."""
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    for value, color in enumerate(colors[:255]):
+        lut[value] = hex_to_rgba(color) if color else hex_to_rgba(_FALLBACK[value % len(_FALLBACK)])
+    lut[nodata] = 0
+    return lut[np.asarray(classes, dtype=np.uint8)]
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """An RGBA uint8 array as PNG bytes (no timestamp or software chunk: same pixels, same bytes)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def read_classes_preview(path: str | os.PathLike[str], max_size: int = 1024) -> np.ndarray:
+    """The class raster decimated (nearest, from overviews) to at most ``max_size`` px on its long side."""
+    with rasterio.open(path) as src:
+        scale = max(src.height, src.width) / max_size
+        shape = (src.height, src.width) if scale <= 1 else (max(1, round(src.height / scale)),
+                                                            max(1, round(src.width / scale)))
+        return src.read(1, out_shape=shape, resampling=Resampling.nearest)
+
+
+def write_classes_quicklook(path: str | os.PathLike[str], classes_path: str | os.PathLike[str],
+                            colors: Sequence[str], max_size: int = 1024) -> bytes:
+    """``<scene>.quicklook.png``: the classes in ``colors``, nodata transparent, written atomically; returns
+    the PNG bytes (the report inlines them)."""
+    png = encode_png(colorize_classes(read_classes_preview(classes_path, max_size), colors))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return png

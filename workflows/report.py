@@ -1,0 +1,226 @@
+"""Run reports: turn what a run returned into :mod:`pipeline.report` sections and write ``report.html``.
+
+Orchestration only: the numbers come from the engine's results and from
+:mod:`pipeline.inference.summary` (area per class, quicklook), the HTML from :mod:`pipeline.report`. A report
+is a courtesy: :func:`write_run_report` never raises for a report's own failure (a bug in the report, a full
+disk); it logs a warning and the run keeps its exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.inference.summary import ClassAreas
+from pipeline.report import (
+    REPORT_NAME,
+    Picture,
+    Section,
+    Table,
+    format_hectares,
+    format_share,
+    render_report,
+    write_report,
+)
+
+__all__ = ["captured_warnings", "class_area_table", "predict_section", "change_section", "timeline_section",
+           "write_run_report", "report_path"]
+
+log = logging.getLogger("scenewatch")
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - a malformed log call must not break the run it reports on
+            self.lines.append(str(record.msg))
+
+
+@contextlib.contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """Collect the scenewatch log's warnings (and errors) emitted inside the block, as their messages; the
+    log itself is left as it was (its handlers still see every record)."""
+    handler = _Collector()
+    logger = logging.getLogger("scenewatch")
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def report_path(out_dir: str | os.PathLike[str]) -> Path:
+    return Path(out_dir) / REPORT_NAME
+
+
+def class_area_table(areas: ClassAreas, colors: Sequence[str] = (), caption: str = "Area per class") -> Table:
+    """Class, hectares, share of the valid area and pixels; a last row for no data."""
+    valid = areas.valid_m2
+    rows = [(name, format_hectares(a), format_share(a, valid), f"{p:,}")
+            for name, a, p in zip(areas.class_names, areas.area_m2, areas.pixels, strict=True)]
+    rows.append(("total (valid)", format_hectares(valid), format_share(valid, valid), f"{sum(areas.pixels):,}"))
+    rows.append(("no data", format_hectares(areas.nodata_m2), "–", f"{areas.nodata_pixels:,}"))
+    swatches = tuple(colors[: len(areas.class_names)]) if colors else ()
+    return Table(caption, ("class", "area (ha)", "share", "pixels"), tuple(rows), numeric=(1, 2, 3),
+                 swatches=swatches)
+
+
+def _model_facts(name: str, version: str, model_options: Mapping[str, Any], precision: str) -> list[tuple[str, str]]:
+    options = ", ".join(f"{k}={v}" for k, v in sorted(model_options.items()) if v is not None and k != "precision")
+    return [("model", f"{name} {version}".strip()), ("precision", precision),
+            ("model options", options or "the model's defaults (threshold included)")]
+
+
+def _links(out_dir: Path, paths: Sequence[Path | None]) -> tuple[tuple[str, str], ...]:
+    found = []
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            href = os.path.relpath(path, out_dir)
+        except ValueError:
+            continue
+        found.append((Path(path).name, Path(href).as_posix()))
+    return tuple(found)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.1f} s"
+
+
+def predict_section(result: Any, areas: ClassAreas, quicklook_png: bytes | None, *, out_dir: str | os.PathLike[str],
+                    model_options: Mapping[str, Any], config: Any, polygons: Any = None, seconds: float | None = None,
+                    warnings: Sequence[str] = ()) -> Section:
+    """A scene's section from a SceneResult (and the VectorResult of its layers, if written)."""
+    info = result.model
+    facts = [("scene", Path(result.scene).name), *_model_facts(info.name, info.version, model_options,
+                                                                 str(config.precision))]
+    facts += [("tile size / halo", f"{result.grid.tile_size} / {result.grid.halo} px"),
+              ("tiles", f"{result.tiles_planned:,} ({result.tiles_skipped:,} without data)"),
+              ("grid", f"{result.grid.width:,} x {result.grid.height:,} px"),
+              ("no data share", format_share(areas.nodata_pixels, areas.total_pixels)),
+              ("masks applied", "the scene's nodata / mask (pixels without data are no data, never a class)")]
+    if polygons is not None:
+        facts += [("polygons", f"{polygons.features:,}"), ("vectorize time", _seconds(polygons.seconds))]
+    facts.append(("predict time", _seconds(result.seconds)))
+    for key in ("waiting_seconds", "writing_seconds", "finishing_seconds"):
+        if key in result.extra:
+            facts.append((key.replace("_seconds", "").replace("_", " ") + " (writer)", _seconds(result.extra[key])))
+    if seconds is not None:
+        facts.append(("total time", _seconds(seconds)))
+    pictures = (Picture("classes, in the model's class colours (checkered: no data)", quicklook_png),) \
+        if quicklook_png else ()
+    paths = [result.classes_path, result.proba_path, *(polygons.paths.values() if polygons is not None else ())]
+    return Section(title=str(result.scene_id), pictures=pictures,
+                   tables=(class_area_table(areas, info.class_colors),), facts=tuple(facts),
+                   warnings=tuple(warnings), links=_links(Path(out_dir), [*paths, _quicklook_of(result)]))
+
+
+def _quicklook_of(result: Any) -> Path | None:
+    from pipeline.products import product_path
+
+    path = product_path(Path(result.classes_path).parent, result.scene_id, "quicklook")
+    return path if path.exists() else None
+
+
+def _png(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None and Path(path).exists() else None
+
+
+def change_section(result: Any, *, out_dir: str | os.PathLike[str], model_options: Mapping[str, Any], config: Any,
+                   seconds: float | None = None, warnings: Sequence[str] = ()) -> Section:
+    """A pair's section from a ChangeResult: quicklook, area per transition, dates and model."""
+    areas = result.areas
+    total = float(areas.area_m2.sum()) if len(areas) else 0.0
+    rows = tuple((str(r.transition), format_hectares(r.area_m2), format_share(r.area_m2, total), f"{int(r.pixels):,}")
+                 for r in areas.itertuples())
+    table = Table("Area per transition", ("transition", "area (ha)", "share", "pixels"), rows, numeric=(1, 2, 3))
+    png = _png(result.quicklook_path)
+    pictures = (Picture("before, after and change", png),) if png else ()
+    dates = f"{result.before_date or '?'} -> {result.after_date or '?'}"
+    facts = [("before", Path(result.before).name), ("after", Path(result.after).name), ("dates", dates),
+             *_model_facts(str(result.model), "", model_options, str(config.predict.precision)),
+             ("grid", f"{result.grid.width:,} x {result.grid.height:,} px ({result.grid.crs})"),
+             ("min area / sieve", f"{config.min_area} m² / {config.sieve} px"),
+             ("masks applied", "no data on either date is no data in the change, never 'no change'")]
+    if result.polygons_path is not None:
+        facts.append(("polygons", _count_features(result.polygons_path)))
+    if seconds is not None:
+        facts.append(("total time", _seconds(seconds)))
+    return Section(title=str(result.name), pictures=pictures, tables=(table,), facts=tuple(facts),
+                   warnings=tuple(warnings),
+                   links=_links(Path(out_dir), [result.change_path, result.polygons_path, result.quicklook_path]))
+
+
+def _count_features(path: Path) -> str:
+    try:
+        import pyogrio
+
+        return f"{pyogrio.read_info(path)['features']:,}"
+    except Exception:  # noqa: BLE001 - a count the report cannot read is shown as unknown, not fatal
+        return "?"
+
+
+def timeline_section(result: Any, *, out_dir: str | os.PathLike[str], model_options: Mapping[str, Any], config: Any,
+                     model_name: str = "", seconds: float | None = None, warnings: Sequence[str] = ()) -> Section:
+    """A timeline's section: the area plot, the area per class per date, alerts and events."""
+    frame = result.areas
+    names = list(result.class_names)
+    rows = []
+    for date, group in frame.groupby("date", sort=True):
+        by_class = dict(zip(group["class"], group["area_m2"], strict=True))
+        valid = float(group["valid_area_m2"].iloc[0]) if "valid_area_m2" in group else float(sum(by_class.values()))
+        rows.append((str(date)[:10], *(format_hectares(by_class.get(n, 0.0)) for n in names),
+                     format_hectares(valid)))
+    table = Table("Area per class per date (ha)", ("date", *names, "valid"), tuple(rows),
+                  numeric=tuple(range(1, len(names) + 2)))
+    png = _png(result.plot_path)
+    pictures = (Picture("area per class over time", png),) if png else ()
+    facts = [("dates", f"{len(result.dates)}: {result.dates[0].date} .. {result.dates[-1].date}"),
+             *_model_facts(model_name, "", model_options, str(config.predict.precision)),
+             ("watch", ", ".join(config.watch) if config.watch else "any change of class"),
+             ("confirm", str(config.confirm)),
+             ("grid", f"{result.grid.width:,} x {result.grid.height:,} px ({result.grid.crs})"),
+             ("masks applied", "no data on a date is skipped for that date")]
+    if result.events_polygons_path is not None:
+        facts.append(("event polygons", _count_features(result.events_polygons_path)))
+    if seconds is not None:
+        facts.append(("total time", _seconds(seconds)))
+    links = _links(Path(out_dir), [result.areas_csv, result.alerts_path, result.events_path,
+                                   result.events_polygons_path, result.plot_path])
+    return Section(title=str(result.name), pictures=pictures, tables=(table,), facts=tuple(facts),
+                   warnings=tuple(warnings), links=links)
+
+
+def write_run_report(out_dir: str | os.PathLike[str], title: str, sections: Sequence[Section], *,
+                     index: bool = False, subtitle: str | None = None) -> Path | None:
+    """Write ``out_dir/report.html``; on any failure log a warning and return None (never fails the run)."""
+    path = report_path(out_dir)
+    try:
+        if subtitle is None:
+            from importlib.metadata import version
+
+            subtitle = f"scenewatch {version('scenewatch')} run report"
+        write_report(path, render_report(title, subtitle, sections, index=index))
+    except Exception as err:  # noqa: BLE001 - a report is never worth failing a finished run for
+        log.warning("report %s not written: %s: %s", path, type(err).__name__, err)
+        return None
+    return path
+
+
+def safely(build: Any, *args: Any, **kwargs: Any) -> Section | None:
+    """``build(*args, **kwargs)``, or None with a warning when building a section fails."""
+    try:
+        return build(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - see write_run_report
+        log.warning("report section not built: %s: %s", type(err).__name__, err)
+        return None
