@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -48,7 +49,8 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
     """Compare BEFORE and AFTER (scenes, or existing *.classes.tif) on one grid.
 
     Writes OUT/<name>.change.tif (transition codes + confidence, COG), OUT/<name>.change.gpkg (change polygons
-    with both dates, transition, area in m² and confidence) and OUT/<name>.change.png (before/after/change).
+    with both dates, transition, area in m² and confidence), OUT/<name>.change.png (before/after/change) and
+    OUT/report.html (quicklook, area per transition, model, timings, warnings).
     Pixels that are nodata on either date are nodata in the change raster, never "no change".
 
     \b
@@ -60,10 +62,13 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
     """
     from pipeline.config import ChangeConfig
     from workflows.change import detect_change
+    from workflows.report import captured_warnings, change_section, safely
 
     config = build(ChangeConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
                    polygons=polygons, min_area=min_area, sieve=sieve, name=name)
-    result = detect_change(before, after, model, out, config, progress=False if quiet else None)
+    started = time.perf_counter()
+    with captured_warnings() as warned:
+        result = detect_change(before, after, model, out, config, progress=False if quiet else None)
     changed = result.areas[result.areas.code != 0]
     click.echo(f"{result.name}: {result.before_date or '?'} -> {result.after_date or '?'} on a "
                f"{result.grid.width} x {result.grid.height} grid ({result.grid.crs})")
@@ -71,6 +76,9 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
         click.echo(f"  {row.transition}: {row.area_m2 / 1e4:,.2f} ha")
     written = [result.change_path, result.polygons_path, result.quicklook_path]
     click.echo("-> " + ", ".join(str(p) for p in written if p is not None))
+    section = safely(change_section, result, out_dir=out, model_options=_model_options(predict_values),
+                     config=config, seconds=time.perf_counter() - started, warnings=warned)
+    _report(out, f"scenewatch change: {result.name}", section)
 
 
 @click.command()
@@ -104,7 +112,8 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
 
     Writes OUT/<name>.areas.csv and .parquet (area per class per date), OUT/<name>.alerts.tif (first detection
     day, confirming observations, confidence, last valid day; days since 1970-01-01), OUT/<name>.events.tif and
-    OUT/<name>.events.gpkg (change events with their first-detection date) and OUT/<name>.areas.png.
+    OUT/<name>.events.gpkg (change events with their first-detection date), OUT/<name>.areas.png and
+    OUT/report.html (area plot, area per class per date, model, timings, warnings).
 
     \b
     Examples:
@@ -113,13 +122,33 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
       scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --model vegetation --bands naip --out naip/
     """
     from workflows.change import run_timeline
+    from workflows.report import captured_warnings, safely, timeline_section
 
     config = build(TimelineConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
                    watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, polygons=polygons, name=name)
-    result = run_timeline(list(scenes), model, out, config, progress=False if quiet else None)
+    started = time.perf_counter()
+    with captured_warnings() as warned:
+        result = run_timeline(list(scenes), model, out, config, progress=False if quiet else None)
     first, last = result.dates[0].date, result.dates[-1].date
     click.echo(f"{result.name}: {len(result.dates)} dates {first} .. {last} on a {result.grid.width} x "
                f"{result.grid.height} grid ({result.grid.crs})")
     written = [result.areas_csv, result.areas_parquet, result.alerts_path, result.events_path,
                result.events_polygons_path, result.plot_path]
     click.echo("-> " + ", ".join(str(p) for p in written if p is not None))
+    section = safely(timeline_section, result, out_dir=out, model_options=_model_options(predict_values),
+                     config=config, model_name=model, seconds=time.perf_counter() - started, warnings=warned)
+    _report(out, f"scenewatch timeline: {result.name}", section)
+
+
+def _model_options(values: dict[str, Any]) -> dict[str, Any]:
+    return dict(values.get("model_options") or {})
+
+
+def _report(out: str, title: str, section: Any) -> None:
+    """Write OUT/report.html (never fails the run: a report error is a logged warning)."""
+    from workflows.report import write_run_report
+
+    if section is not None:
+        written = write_run_report(out, title, [section])
+        if written is not None:
+            click.echo(f"-> {written}")
