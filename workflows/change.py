@@ -531,11 +531,12 @@ def _timeline_products(items: list[DatedClasses], dates: list[dt.date], target: 
                                       {"watch": watch_text, "confirm": config.confirm}, config, client)
     plot_path = None
     if config.plot:
-        from pipeline.change.quicklook import save_area_plot
+        from pipeline.change.quicklook import raster_class_colours, save_area_plot
 
         plot_path = product_path(out_dir, name, "areas_plot")
         save_area_plot(plot_path, dates, {c: list(area[:, i]) for i, c in enumerate(class_names)},
-                       title=f"{name}: area per class ({items[0].model})")
+                       title=f"{name}: area per class ({items[0].model})",
+                       colours=raster_class_colours(items[0].classes_path))
     return TimelineResult(name, tuple(items), target, class_names, alerts_path, events_path, events_poly, table,
                           csv_path, parquet_path, plot_path)
 

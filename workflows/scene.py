@@ -32,10 +32,11 @@ from distributed import Client, as_completed
 from distributed import TimeoutError as DaskTimeoutError
 
 from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
+from pipeline.colours import class_colours, colour_table
 from pipeline.config import PredictConfig
 from pipeline.errors import SceneTimeoutError, crosses_processes
 from pipeline.inference.predict import TileInput, predict_tiles
-from pipeline.inference.raster import CogWriter, hex_to_rgba
+from pipeline.inference.raster import CogWriter
 from pipeline.inference.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands, use_read_cache
 from pipeline.inference.stitch import Stitcher, TileContribution, decode_proba
 from pipeline.models.contract import ModelInfo, ModelRef
@@ -194,12 +195,10 @@ def _batches(grid: TileGrid, size: int, lanes: int = 1, stripe: int | None = Non
                     yield lane, tiles[i : i + size]
 
 
-def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]] | None:
-    if not info.class_colors:
-        return None
-    cmap = {i: hex_to_rgba(c) for i, c in enumerate(info.class_colors)}
-    cmap[CLASS_NODATA] = (0, 0, 0, 0)
-    return cmap
+def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]]:
+    """The model's class colours (or pipeline.colours' fallback for a model without them), nodata
+    transparent: every class raster opens coloured, and the layers vectorized from it take these colours."""
+    return colour_table(class_colours(info.class_names, info.class_colors), CLASS_NODATA)
 
 
 @contextlib.contextmanager

@@ -18,15 +18,14 @@ from rasterio.enums import Resampling
 
 from pipeline.atomic import atomic_path
 from pipeline.change.align import GridSpec
+from pipeline.colours import NO_CHANGE, change_colours, class_colours, rgba
 
 if TYPE_CHECKING:  # imported lazily where used
     from matplotlib.figure import Figure
 
-__all__ = ["read_preview", "stretch_rgb", "save_pair_quicklook", "save_area_plot", "CHANGE_COLORS"]
+__all__ = ["read_preview", "stretch_rgb", "paint_classes", "save_pair_quicklook", "save_area_plot"]
 
-# distinct colours for change codes 1.. (code 0, no change, is drawn transparent over a grey background)
-CHANGE_COLORS = ("#d7191c", "#2c7bb6", "#fdae61", "#abd9e9", "#7b3294", "#1a9641", "#e66101", "#5e3c99",
-                 "#b2182b", "#2166ac", "#8c510a", "#01665e")
+# Colours come from pipeline.colours (the change palette, the class colours); nodata is hatched.
 
 
 def _figure(figsize: tuple[float, float], dpi: int) -> Figure:
@@ -67,28 +66,42 @@ def stretch_rgb(data: np.ndarray, valid: np.ndarray, percent: float = 2.0) -> np
     return rgba
 
 
+def paint_classes(classes: np.ndarray, valid: np.ndarray, colours: Sequence[str]) -> np.ndarray:
+    """``(H, W)`` class values to an ``(H, W, 4)`` float RGBA image in ``colours`` (one per class value);
+    invalid pixels, and values without a colour, transparent."""
+    lut = np.zeros((256, 4), dtype=np.float32)
+    for value, colour in enumerate(colours[:256]):
+        lut[value] = np.asarray(rgba(colour), dtype=np.float32) / 255
+    out = lut[np.clip(classes, 0, 255).astype(np.intp)]
+    out[~valid] = 0
+    return out
+
+
 def save_pair_quicklook(path: str | os.PathLike[str], before_rgb: np.ndarray, after_rgb: np.ndarray,
                         change: np.ndarray, change_names: Sequence[str], *, titles: Sequence[str] = ("before", "after"),
                         nodata: int = 255) -> None:
-    """Three panels, before / after / change, into a PNG at ``path`` (atomically)."""
-    from matplotlib.colors import ListedColormap
+    """Three panels, before / after / change, into a PNG at ``path`` (atomically). The change panel uses
+    :func:`pipeline.colours.change_colours` (loss red, gain green, no change light grey); nodata is hatched."""
     from matplotlib.patches import Patch
 
-    n = len(change_names)
-    colors = ["#00000000"] + [CHANGE_COLORS[(i - 1) % len(CHANGE_COLORS)] for i in range(1, n)]
-    present = [c for c in range(1, n) if np.any(change == c)]
-    masked = np.ma.masked_where((change == nodata) | (change == 0), change)
+    colours = change_colours(change_names)
+    present = [c for c in range(1, len(change_names)) if np.any(change == c)]
+    nodata_mask = change == nodata
     fig = _figure(figsize=(15, 5.4), dpi=100)
     axes = fig.subplots(1, 3)
     for ax, img, title in zip(axes[:2], (before_rgb, after_rgb), titles, strict=True):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(title)
-    axes[2].imshow(np.where(change == nodata, 0.0, 0.85), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes[2].imshow(masked, cmap=ListedColormap(colors), vmin=0, vmax=max(n - 1, 1), interpolation="nearest")
-    axes[2].set_title("change (black: no data on a date)")
-    handles = [Patch(color=colors[c], label=change_names[c]) for c in present[:12]]
-    if handles:
-        axes[2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
+    image = paint_classes(np.where(nodata_mask, 0, change), ~nodata_mask, colours)
+    axes[2].imshow(image, interpolation="nearest")
+    if nodata_mask.any():  # hatched where either date has no data (the image is transparent there)
+        axes[2].contourf(nodata_mask.astype(np.uint8), levels=[0.5, 1.5], colors="none", hatches=["////"])
+    axes[2].set_title("change")
+    handles = [Patch(facecolor=NO_CHANGE, edgecolor="#999999", label=change_names[0])] if change_names else []
+    handles += [Patch(color=colours[c], label=change_names[c]) for c in present[:12]]
+    if nodata_mask.any():
+        handles.append(Patch(facecolor="none", edgecolor="#555555", hatch="////", label="no data"))
+    axes[2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -98,13 +111,18 @@ def save_pair_quicklook(path: str | os.PathLike[str], before_rgb: np.ndarray, af
 
 
 def save_area_plot(path: str | os.PathLike[str], dates: Sequence[dt.date], areas: Mapping[str, Sequence[float]],
-                   *, title: str = "area per class", unit: str = "km²", scale: float = 1e-6) -> None:
-    """Area over time, one line per class, into a PNG at ``path`` (atomically)."""
+                   *, title: str = "area per class", unit: str = "km²", scale: float = 1e-6,
+                   colours: Sequence[str] = ()) -> None:
+    """Area over time, one line per class, into a PNG at ``path`` (atomically), each class in its colour
+    (``colours``, the model's class colours, one per class in ``areas`` order; else
+    :func:`pipeline.colours.class_colours`' fallback)."""
     fig = _figure(figsize=(9, 4.8), dpi=100)
     ax = fig.subplots()
-    for name, values in areas.items():
+    line_colours = class_colours(list(areas), colours)
+    for (name, values), colour in zip(areas.items(), line_colours, strict=True):
         # matplotlib plots dates through its units registry; its stubs accept only numbers and arrays
-        ax.plot(list(dates), [v * scale for v in values], marker="o", label=name)  # type: ignore[arg-type]
+        ax.plot(list(dates), [v * scale for v in values], marker="o", label=name,  # type: ignore[arg-type]
+                color=colour, markeredgecolor="#333333", markeredgewidth=0.5)
     ax.set_ylabel(f"area ({unit})")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -132,6 +150,23 @@ def _rgb_indexes(path: str | os.PathLike[str], bands: str | None) -> list[int]:
     return [min(i, meta.count) for i in (1, 2, 3)]
 
 
+def raster_class_colours(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """A class raster's colours: its colour table where it has one (ours are written from the model's
+    class colours), else :func:`pipeline.colours.layer_colours` of its class names."""
+    from pipeline.colours import layer_colours
+    from pipeline.products import class_names_from_tags
+
+    with rasterio.open(path) as src:
+        names = [n for n in class_names_from_tags(src.tags()) if n]
+        try:
+            table = src.colormap(1)
+        except ValueError:  # no colour table
+            table = {}
+    if table and names:
+        return tuple("#{:02x}{:02x}{:02x}".format(*table[i][:3]) for i in range(len(names)))
+    return layer_colours(names) if names else ()
+
+
 def write_pair_quicklook(path: str | os.PathLike[str], before: str | os.PathLike[str],
                          after: str | os.PathLike[str], change_path: str | os.PathLike[str], grid: GridSpec,
                          names: Sequence[str], dates: Sequence[dt.date | None], bands: str | None) -> None:
@@ -144,8 +179,11 @@ def write_pair_quicklook(path: str | os.PathLike[str], before: str | os.PathLike
     preview = _preview_grid(grid)
     images = []
     for scene in (before, after):
-        indexes = [1, 1, 1] if is_classes_path(scene) else _rgb_indexes(scene, bands)
-        data, valid = read_aligned(scene, preview, preview.bounds, indexes, dtype="float32")
+        if is_classes_path(scene):  # a class raster is drawn in its class colours, never stretched to grey
+            data, valid = read_aligned(scene, preview, preview.bounds, [1])
+            images.append(paint_classes(data[0], valid, raster_class_colours(scene)))
+            continue
+        data, valid = read_aligned(scene, preview, preview.bounds, _rgb_indexes(scene, bands), dtype="float32")
         images.append(stretch_rgb(data, valid))
     change, valid = read_aligned(change_path, preview, preview.bounds, [1])
     titles = [f"{label} {d.isoformat()}" if d else label

@@ -17,8 +17,9 @@ import rasterio
 from pipeline.change.align import GridSpec, grid_meta, grid_of, read_aligned
 from pipeline.change.compare import CONFIDENCE_NODATA, CONFIDENCE_SCALE
 from pipeline.change.transitions import ALERT_NODATA, CHANGE_NODATA
+from pipeline.colours import change_colours, colour_table, layer_colours
 from pipeline.errors import InvalidSceneError
-from pipeline.inference.raster import CogWriter, hex_to_rgba
+from pipeline.inference.raster import CogWriter
 from pipeline.inference.read import open_raster
 from pipeline.inference.stitch import decode_proba
 from pipeline.products import CLASS_NODATA, Tag, class_names_from_tags, class_tags, model_tags, name_of, proba_beside
@@ -94,12 +95,9 @@ def read_classes_only(item: DatedClasses, grid: GridSpec, window: PixelWindow) -
 
 def change_writer(path: Path, grid: GridSpec, names: Sequence[str], model: str, version: str,
                   extra_tags: Mapping[str, str]) -> CogWriter:
-    """The change raster's writer: band 1 transition code (names in the class tag), band 2 confidence."""
-    from pipeline.change.quicklook import CHANGE_COLORS
-
-    colormap = {0: (235, 235, 235, 255), CHANGE_NODATA: (0, 0, 0, 0)}
-    for code in range(1, len(names)):
-        colormap[code] = hex_to_rgba(CHANGE_COLORS[(code - 1) % len(CHANGE_COLORS)])
+    """The change raster's writer: band 1 transition code (names in the class tag; colour table: the change
+    palette of :mod:`pipeline.colours`), band 2 confidence."""
+    colormap = colour_table(change_colours(names), CHANGE_NODATA)
     tags = {**class_tags(names), **model_tags(model, version), Tag.PRODUCT: "change", **extra_tags}
     return CogWriter(path, grid_meta(grid), count=2, dtype="uint8", nodata=CHANGE_NODATA, resampling="nearest",
                      descriptions=["transition", "confidence"], colormap=colormap, tags=tags,
@@ -116,9 +114,11 @@ def alerts_writer(path: Path, grid: GridSpec, tags: Mapping[str, str]) -> CogWri
 
 
 def events_writer(path: Path, grid: GridSpec, event_names: Sequence[str], tags: Mapping[str, str]) -> CogWriter:
-    """A timeline's events raster: uint8 index of the date of first detection (the class names)."""
+    """A timeline's events raster: uint8 index of the date of first detection (the class names; colour
+    table: :func:`pipeline.colours.layer_colours`' date ramp, "no alert" light grey)."""
     return CogWriter(path, grid_meta(grid), count=1, dtype="uint8", nodata=CHANGE_NODATA, resampling="nearest",
                      descriptions=["first detection"],
+                     colormap=colour_table(layer_colours(event_names), CHANGE_NODATA),
                      tags={**tags, Tag.PRODUCT: "events", **class_tags(event_names)})
 
 
