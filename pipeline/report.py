@@ -150,7 +150,7 @@ def render_section(section: Section) -> str:
     facts = ""
     if section.facts:
         facts = "<h3>Run</h3><dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in section.facts) + "</dl>"
-    parts.append(f'<div class="cols"><div>{tables}</div><div>{facts}</div></div>')
+    parts.append(f'<div class="cols"><div>{tables}</div><div>{facts}</div></div>' if tables else facts)
     if section.links:
         parts.append("<h3>Products</h3><ul>" + "".join(
             f'<li><a href="{_e(href)}">{_e(label)}</a></li>' for label, href in section.links) + "</ul>")

@@ -217,10 +217,105 @@ def write_run_report(out_dir: str | os.PathLike[str], title: str, sections: Sequ
     return path
 
 
-def safely(build: Any, *args: Any, **kwargs: Any) -> Section | None:
-    """``build(*args, **kwargs)``, or None with a warning when building a section fails."""
+def safely(build: Any, *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)`` (a section, or what builds one), or None with a warning when it fails."""
     try:
         return build(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 - see write_run_report
         log.warning("report section not built: %s: %s", type(err).__name__, err)
         return None
+
+
+def batch_sections(summary: Any, *, warnings: Sequence[str] = (),
+                   max_scenes: int = 500) -> tuple[Section, list[Section]]:
+    """A batch's overview (job, counts, the run's warnings) and one section per item of the run, with its status;
+    a scene with a class raster in the output folder gets its quicklook and area per class. The products are
+    found by name anywhere under the output folder, so the report follows whatever layout the batch writes."""
+    from pipeline.inference.summary import colorize_classes, encode_png, read_class_areas, read_classes_preview
+    from pipeline.names import safe_name
+    from pipeline.products import PRODUCTS, name_of
+
+    out_dir = Path(summary.out_dir)
+    found: dict[str, Path] = {}
+    for suffix in (PRODUCTS["classes"].suffix, PRODUCTS["change_quicklook"].suffix, PRODUCTS["areas_plot"].suffix):
+        for path in sorted(out_dir.rglob(f"*{suffix}")):
+            found.setdefault(f"{name_of(path)}{suffix}", path)
+    sections = []
+    for outcome in summary.outcomes[:max_scenes]:
+        facts = [("kind", outcome.kind), ("status", outcome.status), ("time", _seconds(outcome.seconds))]
+        if outcome.status == "failed":
+            facts += [("stage", outcome.stage), ("error", f"{outcome.error_class}: {outcome.message}")]
+        pictures: list[Picture] = []
+        tables: list[Table] = []
+        links: list[Path | None] = []
+        key = _safe(safe_name, outcome.item_id)
+        classes = found.get(key + PRODUCTS["classes"].suffix)
+        if classes is not None:
+            try:
+                areas = read_class_areas(classes)
+                colors = _colors_of(classes)
+                pictures.append(Picture("classes (checkered: no data)",
+                                        encode_png(colorize_classes(read_classes_preview(classes, 800), colors))))
+                tables.append(class_area_table(areas, colors))
+                facts.append(("no data share", format_share(areas.nodata_pixels, areas.total_pixels)))
+            except Exception as err:  # noqa: BLE001 - one unreadable scene leaves its section without a table
+                facts.append(("report", f"classes not read: {err}"))
+            links.append(classes)
+        for suffix in (PRODUCTS["change_quicklook"].suffix, PRODUCTS["areas_plot"].suffix):
+            picture = next((p for k, p in found.items() if k.endswith(suffix) and _names_item(k[: -len(suffix)], key)),
+                           None)
+            if picture is not None:
+                pictures.append(Picture(picture.name, picture.read_bytes()))
+                links.append(picture)
+        sections.append(Section(title=str(outcome.item_id), status=str(outcome.status), pictures=tuple(pictures),
+                                tables=tuple(tables), facts=tuple(facts), links=_links(out_dir, links)))
+    counts = {s: summary.count(s) for s in ("done", "skipped", "failed")}
+    overview = Section(title=f"job {summary.job}", anchor="run",
+                       facts=(("run", str(summary.run_id)), ("done", str(counts["done"])),
+                              ("up to date", str(counts["skipped"])), ("failed", str(counts["failed"])),
+                              ("items", f"{len(summary.outcomes):,}" + (f" (first {max_scenes} shown)"
+                                                                        if len(summary.outcomes) > max_scenes
+                                                                        else ""))),
+                       warnings=tuple(warnings),
+                       links=_links(out_dir, [summary.catalog]))
+    return overview, sections
+
+
+def _names_item(name: str, item_key: str) -> bool:
+    """Whether product ``name`` belongs to the item: the item's own name, or its id is ``<kind>_<name>``
+    (``change_A__B`` for the pair ``A__B``)."""
+    return item_key == name or item_key.endswith("_" + name)
+
+
+def _safe(fn: Any, text: str) -> str:
+    try:
+        return str(fn(text))
+    except Exception:  # noqa: BLE001 - an id safe_name refuses is looked up as it is
+        return text
+
+
+def _colors_of(classes: Path) -> tuple[str, ...]:
+    """The class colours a class raster carries in its colour table (the model's, written by predict)."""
+    import rasterio
+
+    with rasterio.open(classes) as src:
+        try:
+            cmap = src.colormap(1)
+        except ValueError:
+            return ()
+    return tuple("#{:02x}{:02x}{:02x}".format(*cmap[i][:3]) for i in range(min(len(cmap), 255)))
+
+
+def write_batch_report(out_dir: str | os.PathLike[str], title: str, overview: Section,
+                       sections: Sequence[Section]) -> Path | None:
+    """``report.html`` of a batch: the overview, an index of items with their status, then each item."""
+    path = report_path(out_dir)
+    try:
+        from importlib.metadata import version
+
+        write_report(path, render_report(title, f"scenewatch {version('scenewatch')} run report", sections,
+                                         index=True, preamble=overview))
+    except Exception as err:  # noqa: BLE001 - see write_run_report
+        log.warning("report %s not written: %s: %s", path, type(err).__name__, err)
+        return None
+    return path

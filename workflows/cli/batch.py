@@ -38,7 +38,8 @@ def run(job_file: str, out: str | None, force: bool, allow_factory: bool, quiet:
 
     Scenes already done with unchanged inputs, model and parameters (and intact outputs) are skipped; a
     killed run picks up where it stopped. Everything is recorded in OUT/scenewatch-manifest.sqlite and the
-    products are published as a STAC catalog, OUT/catalog.json.
+    products are published as a STAC catalog, OUT/catalog.json. OUT/report.html lists every item of the run
+    with its status, each linking to its section (quicklook, area per class, error if it failed).
 
     \b
     Examples:
@@ -63,9 +64,17 @@ def run(job_file: str, out: str | None, force: bool, allow_factory: bool, quiet:
             line += f" at {outcome.stage}: {outcome.message}"
         click.echo(line, err=True)
 
-    summary = run_job(job_file, out=out, force=force, progress=interactive, report=report,
-                      allow_factory=allow_factory)
+    from workflows.report import batch_sections, captured_warnings, safely, write_batch_report
+
+    with captured_warnings() as warned:
+        summary = run_job(job_file, out=out, force=force, progress=interactive, report=report,
+                          allow_factory=allow_factory)
     _print_summary(summary)
+    built = safely(batch_sections, summary, warnings=warned)
+    if built is not None:
+        written = write_batch_report(summary.out_dir, f"scenewatch run: {summary.job}", *built)
+        if written is not None:
+            click.echo(f"-> {written}")
     sys.exit(summary.exit_code)
 
 
