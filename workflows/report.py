@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.colours import class_colours
 from pipeline.inference.summary import ClassAreas
 from pipeline.report import (
     REPORT_NAME,
@@ -121,7 +122,8 @@ def predict_section(result: Any, areas: ClassAreas, quicklook_png: bytes | None,
         if quicklook_png else ()
     paths = [result.classes_path, result.proba_path, *(polygons.paths.values() if polygons is not None else ())]
     return Section(title=str(result.scene_id), pictures=pictures,
-                   tables=(class_area_table(areas, info.class_colors),), facts=tuple(facts),
+                   tables=(class_area_table(areas, class_colours(info.class_names, info.class_colors)),),
+                   facts=tuple(facts),
                    warnings=tuple(warnings), links=_links(Path(out_dir), [*paths, _quicklook_of(result)]))
 
 

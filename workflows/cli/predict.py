@@ -101,8 +101,10 @@ def _quicklook(path: Path, result: Any) -> bytes | None:
 
 
 def class_colors(info: Any) -> tuple[str, ...]:
-    """The colour of each class: the model's class colours (pipeline.colours, once it exists, decides)."""
-    return tuple(info.class_colors)
+    """The colour of each class: the model's class colours, or the project's fallback (pipeline.colours)."""
+    from pipeline.colours import class_colours
+
+    return class_colours(info.class_names, info.class_colors)
 
 
 def print_class_areas(areas: Any) -> None:
