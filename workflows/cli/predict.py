@@ -49,11 +49,9 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
       scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
     """
     from pipeline.config import PredictConfig, VectorizeConfig
-    from pipeline.inference.summary import read_class_areas
     from pipeline.models.contract import ModelRef
-    from pipeline.products import product_path
     from workflows.cluster import dask_client
-    from workflows.report import captured_warnings, predict_section, safely, write_run_report
+    from workflows.report import captured_warnings
     from workflows.scene import plan_scene, predict_scene
 
     config: PredictConfig = build(PredictConfig, **predict_values)
@@ -64,23 +62,39 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
     ref = ModelRef.of(model, **model_options)
     plan = plan_scene(scene, ref, config)  # a bad scene, model or band map is refused before any cluster starts
     started = time.perf_counter()
-    with captured_warnings() as warned:
-        with dask_client(config.workers, config.scheduler, model=plan.model) as client:  # one cluster for both passes
-            result = predict_scene(plan, out, client=client, progress=False if quiet else None)
-            click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
-                       f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
-            polygons = None
-            if layers is not None:
-                # A second pass over the written COGs, in Dask workers, rather than predict_scene's on_core hook:
-                # polygonizing then runs in parallel instead of in the stitching process, and gives exactly what
-                # `scenewatch vectorize` gives on the same files.
-                polygons = write_layers(result.classes_path, out, layers, proba_path=result.proba_path, quiet=quiet,
-                                        client=client)
+    # one cluster for both passes; the log's warnings go into the report
+    with captured_warnings() as warned, dask_client(config.workers, config.scheduler, model=plan.model) as client:
+        result = predict_scene(plan, out, client=client, progress=False if quiet else None)
+        click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
+                   f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+        polygons = None
+        if layers is not None:
+            # A second pass over the written COGs, in Dask workers, rather than predict_scene's on_core hook:
+            # polygonizing then runs in parallel instead of in the stitching process, and gives exactly what
+            # `scenewatch vectorize` gives on the same files.
+            polygons = write_layers(result.classes_path, out, layers, proba_path=result.proba_path, quiet=quiet,
+                                    client=client)
+    _summarize(result, out, model_options, config, polygons, started, warned)
+
+
+def _summarize(result: Any, out: str, model_options: dict[str, Any], config: Any, polygons: Any, started: float,
+               warned: list[str]) -> None:
+    """The area per class (printed), the quicklook PNG and report.html. The products are written by now: a
+    failure here is a warning, never a failed run."""
+    from pipeline.inference.summary import read_class_areas
+    from pipeline.products import product_path
+    from workflows.report import predict_section, safely, write_run_report
+
+    try:
         areas = read_class_areas(result.classes_path, result.model.class_names)
-        quicklook = product_path(out, result.scene_id, "quicklook")
-        png = _quicklook(quicklook, result)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        log.warning("area per class not counted: %s: %s", type(err).__name__, err)
+        return
+    quicklook = product_path(out, result.scene_id, "quicklook")
+    png = _quicklook(quicklook, result)
     print_class_areas(areas)
-    click.echo(f"-> {quicklook}" if png is not None else "quicklook not written (see the warning above)")
+    if png is not None:
+        click.echo(f"-> {quicklook}")
     section = safely(predict_section, result, areas, png, out_dir=out, model_options=model_options, config=config,
                      polygons=polygons, seconds=time.perf_counter() - started, warnings=warned)
     if section is not None:
