@@ -122,7 +122,7 @@ def encode_png(rgba: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(np.ascontiguousarray(rgba)).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
