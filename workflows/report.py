@@ -77,6 +77,8 @@ def class_area_table(areas: ClassAreas, colors: Sequence[str] = (), caption: str
 
 def _model_facts(name: str, version: str, model_options: Mapping[str, Any], precision: str) -> list[tuple[str, str]]:
     options = ", ".join(f"{k}={v}" for k, v in sorted(model_options.items()) if v is not None and k != "precision")
+    if precision == "auto":  # resolved inside each worker, per device; not reported back to the client
+        precision = "auto (each worker picks: fp16 on a GPU; int8 where calibrated, else fp32, on a CPU)"
     return [("model", f"{name} {version}".strip()), ("precision", precision),
             ("model options", options or "the model's defaults (threshold included)")]
 
@@ -256,6 +258,7 @@ def batch_sections(summary: Any, *, warnings: Sequence[str] = (),
             try:
                 areas = read_class_areas(classes)
                 colors = _colors_of(classes)
+                facts.append(("model", _model_of(classes)))
                 pictures.append(Picture("classes (checkered: no data)",
                                         encode_png(colorize_classes(read_classes_preview(classes, 800), colors))))
                 tables.append(class_area_table(areas, colors))
@@ -294,6 +297,17 @@ def _safe(fn: Any, text: str) -> str:
         return str(fn(text))
     except Exception:  # noqa: BLE001 - an id safe_name refuses is looked up as it is
         return text
+
+
+def _model_of(classes: Path) -> str:
+    """The model (name and version) a class raster's tags record."""
+    import rasterio
+
+    from pipeline.products import Tag
+
+    with rasterio.open(classes) as src:
+        tags = src.tags()
+    return f"{tags.get(Tag.MODEL, '?')} {tags.get(Tag.MODEL_VERSION, '')}".strip()
 
 
 def _colors_of(classes: Path) -> tuple[str, ...]:

@@ -228,3 +228,16 @@ def test_change_report_in_chromium(changed: Path, tmp_path: Path) -> None:
     assert_not_blank(pixels)
     dom = browse(changed / "report.html", "--dump-dom")
     assert any(t[0][:2] == ["transition", "area (ha)"] for t in tables_of(dom.stdout))
+
+
+def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from pipeline.report import Section
+    from workflows.report import captured_warnings, write_run_report
+
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    with captured_warnings() as warned, caplog.at_level(logging.WARNING, logger="scenewatch"):
+        assert write_run_report(blocker, "t", [Section(title="s")]) is None
+    assert len(warned) == 1 and "report" in warned[0] and "not written" in warned[0]
