@@ -40,9 +40,11 @@ def sha256(path: Path) -> str:
 
 
 def product_checksums(out: Path) -> dict[str, str]:
-    """Every product and STAC file under ``out`` (not the manifest or lock) by relative path."""
+    """Every product and STAC file under ``out`` (not the manifest, the lock or report.html, whose timings
+    differ from run to run) by relative path."""
     return {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*"))
-            if p.is_file() and not p.name.startswith(("scenewatch-manifest", ".scenewatch"))}
+            if p.is_file() and not p.name.startswith(("scenewatch-manifest", ".scenewatch"))
+            and p.name != "report.html"}
 
 
 def manifest_rows(out: Path) -> list[dict[str, Any]]:
