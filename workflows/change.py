@@ -120,7 +120,7 @@ class ChangeResult:
 
         if self.polygons_path is None:
             raise ConfigError(f"change {self.name}: polygons were not written (polygons=False)")
-        return gpd.read_file(self.polygons_path)
+        return gpd.read_file(self.polygons_path, layer=self.polygons_path.stem)  # beside it: layer_styles
 
     def change_array(self, max_size: int | None = None) -> xr.DataArray:
         """The transition codes (band 1) and confidence (band 2) as an xarray DataArray."""
@@ -152,7 +152,7 @@ class TimelineResult:
 
         if self.events_polygons_path is None:
             raise ConfigError(f"timeline {self.name}: events were not vectorized (polygons=False)")
-        return gpd.read_file(self.events_polygons_path)
+        return gpd.read_file(self.events_polygons_path, layer=self.events_polygons_path.stem)
 
     def alerts_array(self, max_size: int | None = None) -> xr.DataArray:
         """The alert raster (first_day, count, confidence, last_day) as an xarray DataArray."""
@@ -397,15 +397,17 @@ def _index_change(model: IndexDifference, before: str | Path, after: str | Path,
 
 def _vectorize(codes_path: Path, proba_path: Path, out_dir: Path, layer_id: str, keep: Sequence[str],
                attributes: dict[str, Any], acquired: dt.date | None, config: ChangeConfig | TimelineConfig,
-               client: Any) -> Path:
+               client: Any, class_attributes: dict[str, dict[int, Any]] | None = None) -> Path:
     """Polygons of ``codes_path`` (classes ``keep``) into ``OUT/<layer_id>.gpkg`` through the tiled vectorizer:
     the project's layer columns (id, class_id, class_name, area_m2, perimeter_m, pixels, proba_mean, proba_max,
-    scene_id, acquired, model, model_version) plus ``attributes``."""
+    scene_id, acquired, model, model_version) plus ``attributes`` and ``class_attributes``; styled in the
+    raster's colour table (the change palette, the date ramp)."""
     from workflows.vectorize import vectorize_scene
 
     vector = VectorizeConfig(formats=("gpkg",), min_area=config.min_area, sieve=config.sieve, classes=tuple(keep))
     result = vectorize_scene(codes_path, out_dir, vector, proba_path=proba_path, client=client,
-                             attributes=attributes, scene_id=layer_id, acquired=acquired, progress=False)
+                             attributes=attributes, class_attributes=class_attributes, scene_id=layer_id,
+                             acquired=acquired, progress=False)
     return Path(result.paths["gpkg"])
 
 
@@ -443,7 +445,8 @@ def run_timeline(scenes: Sequence[str | Path], model: Model = "vegetation", out_
     Writes ``OUT/<name>.alerts.tif`` (uint16 bands first_day, count, confidence, last_day; days since
     1970-01-01, 0 = none, 65535 = never observed), ``OUT/<name>.events.tif`` (uint8 index of the date of first
     detection, class names are the dates), ``OUT/<name>.events.gpkg`` (polygons: ``class_name`` is the date of
-    first detection, ``proba_mean`` the alert confidence as 0.5 low / 1.0 high, ``area_m2``),
+    first detection as text, ``first_detected`` and ``acquired`` that date as a date, ``proba_mean`` the alert
+    confidence as 0.5 low / 1.0 high, ``area_m2``; styled yellow (earliest) to dark red (latest)),
     ``OUT/<name>.areas.csv`` / ``.parquet`` and ``OUT/<name>.areas.png``.
 
     Example::
@@ -527,7 +530,7 @@ def _timeline_products(items: list[DatedClasses], dates: list[dt.date], target: 
         table.to_parquet(tmp, index=False)
     events_poly = None
     if config.polygons:
-        events_poly = _event_polygons(events_path, alerts_path, out_dir, name, event_names,
+        events_poly = _event_polygons(events_path, alerts_path, out_dir, name, event_names, dates,
                                       {"watch": watch_text, "confirm": config.confirm}, config, client)
     plot_path = None
     if config.plot:
@@ -542,8 +545,10 @@ def _timeline_products(items: list[DatedClasses], dates: list[dt.date], target: 
 
 
 def _event_polygons(events_path: Path, alerts_path: Path, out_dir: Path, name: str, names: Sequence[str],
-                    attributes: dict[str, Any], config: TimelineConfig, client: Any) -> Path:
-    """Change events: one polygon per patch first detected on the same date (``class_name`` is that date);
+                    dates: Sequence[dt.date], attributes: dict[str, Any], config: TimelineConfig,
+                    client: Any) -> Path:
+    """Change events: one polygon per patch first detected on the same date (``class_name`` is that date as
+    text, ``first_detected`` and ``acquired`` the same date as a date field, filterable in QGIS);
     ``proba_mean``/``proba_max`` are the alert confidence as a probability (low 0.5, high 1.0)."""
     def confidence(window: PixelWindow) -> np.ndarray:
         level = read_aligned(alerts_path, grid, window, [3])[0][0].astype(np.float32)
@@ -552,6 +557,8 @@ def _event_polygons(events_path: Path, alerts_path: Path, out_dir: Path, name: s
     grid = grid_of(events_path)
     proba = write_code_confidence(events_path, len(names), confidence, config.window_size)
     try:
-        return _vectorize(events_path, proba, out_dir, f"{name}.events", names[1:], attributes, None, config, client)
+        by_class = {i + 1: d for i, d in enumerate(dates)}  # event class i + 1 is the i-th date (0: no alert)
+        return _vectorize(events_path, proba, out_dir, f"{name}.events", names[1:], attributes, None, config, client,
+                          class_attributes={"first_detected": by_class, "acquired": by_class})
     finally:
         proba.unlink(missing_ok=True)

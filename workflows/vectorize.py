@@ -146,6 +146,18 @@ def _acquired(meta: SceneMeta, scene_id: str, given: dt.date | str | None) -> dt
         return None
 
 
+def _colour_table(path: Path, names: Mapping[int, str]) -> dict[int, str]:
+    """The ``#rrggbb`` colour of each named class in the raster's colour table (none: empty)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        try:
+            table = src.colormap(1)
+        except ValueError:  # no colour table
+            return {}
+    return {v: "#{:02x}{:02x}{:02x}".format(*table[v][:3]) for v in names if v in table}
+
+
 def _default_scene_id(path: Path, meta: SceneMeta) -> str:
     tag = meta.tags.get(Tag.SCENE)
     return safe_name(tag if tag else name_of(path))
@@ -154,6 +166,7 @@ def _default_scene_id(path: Path, meta: SceneMeta) -> str:
 def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: VectorizeConfig = VectorizeConfig(), *,
                     proba_path: str | Path | None = None, scene_id: str | None = None,
                     acquired: dt.date | str | None = None, attributes: Mapping[str, Any] | None = None,
+                    class_attributes: Mapping[str, Mapping[int, Any]] | None = None,
                     client: Client | None = None, progress: bool | None = None) -> VectorResult:
     """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per ``config.formats``.
 
@@ -162,7 +175,11 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
     ``classes`` by name, from the raster's SCENEWATCH_CLASSES tag, or value).
     ``proba_path``: the matching probability raster (band ``c`` = class ``c``) for the confidence columns;
     without it they are null. ``attributes``: constant columns added to every feature (e.g. both dates of a
-    change product). ``scene_id`` and ``acquired`` default to the raster's tags or file name.
+    change product). ``class_attributes``: columns whose value depends on the class (column -> class value ->
+    value, e.g. a timeline's ``first_detected`` dates; ``acquired`` there sets that column per class).
+    ``scene_id`` and ``acquired`` default to the raster's tags or file name. The GeoPackage's default style
+    takes the raster's colour table (the model's class colours, the change palette, ...), else
+    :mod:`pipeline.colours`' colours for the class names.
 
     Raises :class:`pipeline.vectors.vectorize.PolygonLimitError` when the layer would exceed ``max_polygons``.
 
@@ -191,7 +208,8 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
         scene_id=sid, crs_wkt=meta.crs.to_wkt(), transform=meta.transform, basis=basis, class_names=names,
         model=meta.tags.get(Tag.MODEL) or None, model_version=meta.tags.get(Tag.MODEL_VERSION) or None,
         acquired=_acquired(meta, sid, acquired), attributes=dict(attributes or {}), simplify_px=simplify_px,
-        min_area_m2=cfg.min_area,
+        min_area_m2=cfg.min_area, class_attributes=dict(class_attributes or {}),
+        class_colors=_colour_table(classes_path, names),
     )
     grid = plan_tiles(meta.height, meta.width, cfg.tile_size, 0)
     job = _TileJob(str(classes_path), proba, grid, resolve_classes(cfg.classes, names, where), cfg.sieve,

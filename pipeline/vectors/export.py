@@ -7,7 +7,10 @@ any size is never held in memory; each format is then written from that file by 
 :func:`export_layer`:
 
 - ``gpkg``: GDAL's GeoPackage driver via :func:`pyogrio.write_arrow`, R-tree spatial index, in the
-  scene's CRS, with ``OGR_CURRENT_DATE`` pinned so that the same layer gives the same bytes.
+  scene's CRS, with ``OGR_CURRENT_DATE`` pinned so that the same layer gives the same bytes. A
+  ``layer_styles`` table (the QGIS convention: QML and SLD, :mod:`pipeline.vectors.style`) is added to the
+  temporary file before it is renamed, so the layer opens styled in QGIS: categorized on ``class_name``, in
+  the class colours of :mod:`pipeline.colours` (``LayerSpec.class_colors``).
 - ``parquet``: GeoParquet 1.1 written by pyarrow: WKB geometry, ``geo`` metadata with the CRS as PROJJSON,
   the layer's bounding box and a ``bbox`` covering column (xmin, ymin, xmax, ymax per row).
 - ``fgb``: FlatGeobuf (GDAL) with its packed Hilbert R-tree, in the scene's CRS.
@@ -22,6 +25,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +40,10 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from pipeline.atomic import atomic_path, free_bytes, is_disk_full, temp_path_for
+from pipeline.colours import layer_colours
 from pipeline.errors import ConfigError, DiskFullError, OutputError
 from pipeline.vectors.measure import AreaBasis, measure, to_map
+from pipeline.vectors.style import Category, qml_style, sld_style
 from pipeline.vectors.vectorize import Pieces
 from pipeline.vocab import VectorFormat, choices
 
@@ -67,7 +73,11 @@ class LayerSpec:
 
     ``class_names`` maps class values to names (values without a name are written as their number).
     ``simplify_px`` is the simplification tolerance in pixels (0: exact pixel edges); ``min_area_m2``
-    drops smaller polygons. ``attributes`` are constant columns added to every row.
+    drops smaller polygons. ``attributes`` are constant columns added to every row. ``class_attributes``
+    are columns whose value depends on the class (column -> class value -> value; a class without one gets
+    null), e.g. a timeline's ``first_detected`` date; the name ``acquired`` there sets that column per class
+    instead of ``acquired``. ``class_colors`` (class value -> ``#rrggbb``) style the GeoPackage layer;
+    classes without one take :func:`pipeline.colours.layer_colours` of the class names.
     """
 
     scene_id: str
@@ -81,13 +91,35 @@ class LayerSpec:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     simplify_px: float = 0.0
     min_area_m2: float = 0.0
+    class_attributes: Mapping[str, Mapping[int, Any]] = field(default_factory=dict)
+    class_colors: Mapping[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         clash = sorted(set(self.attributes) & set(_FIXED_COLUMNS))
         if clash:
             raise ConfigError(f"attributes {', '.join(clash)}: these names are layer columns already; rename them")
+        clash = sorted((set(self.class_attributes) & (set(_FIXED_COLUMNS) - {"acquired"})) | (set(
+            self.class_attributes) & set(self.attributes)))
+        if clash:
+            raise ConfigError(f"class attributes {', '.join(clash)}: these names are layer columns already; "
+                              "rename them")
         for key, value in self.attributes.items():
             _arrow_type(key, value)
+        for key, values in self.class_attributes.items():
+            types = {_arrow_type(key, v) for v in values.values() if v is not None}
+            if len(types) > 1 or (key == "acquired" and types - {pa.date32()}):
+                raise ConfigError(f"class attribute {key}: give every class a value of one type"
+                                  + (" (dates)" if key == "acquired" else ""))
+
+    def class_column_type(self, key: str) -> pa.DataType:
+        values = [v for v in self.class_attributes[key].values() if v is not None]
+        return _arrow_type(key, values[0]) if values else pa.string()
+
+    def colours(self) -> dict[int, str]:
+        """Every named class value's colour: ``class_colors``, else :func:`pipeline.colours.layer_colours`."""
+        values = sorted(self.class_names)
+        fallback = dict(zip(values, layer_colours([self.class_names[v] for v in values]), strict=True))
+        return {v: self.class_colors.get(v, fallback[v]) for v in values}
 
 
 def _arrow_type(key: str, value: Any) -> pa.DataType:
@@ -124,6 +156,7 @@ def layer_schema(spec: LayerSpec) -> pa.Schema:
         pa.field("model_version", pa.string()),
     ]
     fields += [pa.field(k, _arrow_type(k, v)) for k, v in spec.attributes.items()]
+    fields += [pa.field(k, spec.class_column_type(k)) for k in spec.class_attributes if k != "acquired"]
     fields.append(pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"}))
     return pa.schema(fields)
 
@@ -161,12 +194,16 @@ def feature_table(pieces: Pieces, spec: LayerSpec) -> pa.Table:
         "proba_mean": pa.array(mean, pa.float64(), from_pandas=True),
         "proba_max": pa.array(pieces.proba_max, pa.float64(), from_pandas=True),
         "scene_id": [spec.scene_id] * n,
-        "acquired": [spec.acquired] * n,
+        "acquired": ([spec.class_attributes["acquired"].get(c) for c in pieces.cls.tolist()]
+                     if "acquired" in spec.class_attributes else [spec.acquired] * n),
         "model": [spec.model] * n,
         "model_version": [spec.model_version] * n,
     }
     for key, value in spec.attributes.items():
         columns[key] = [value] * n
+    for key, by_class in spec.class_attributes.items():
+        if key != "acquired":
+            columns[key] = [by_class.get(c) for c in pieces.cls.tolist()]
     columns["geometry"] = shapely.to_wkb(to_map(geometry, spec.transform)) if n else np.empty(0, dtype=object)
     schema = layer_schema(spec)
     return pa.table([pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
@@ -186,6 +223,7 @@ class LayerStager:
         self.path = temp_path_for(folder / f"{spec.scene_id}.staging.arrow")
         self.count = 0
         self.bbox = [np.inf, np.inf, -np.inf, -np.inf]
+        self.classes: set[int] = set()  # class values present (the style's categories)
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer: pa.ipc.RecordBatchFileWriter | None = pa.ipc.new_file(self._sink, self.schema)
 
@@ -201,6 +239,7 @@ class LayerStager:
                                     "polygons being staged; free some space and run again") from err
             raise
         self.count += table.num_rows
+        self.classes.update(np.unique(table.column("class_id").to_numpy()).tolist())
         bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
         self.bbox = [min(self.bbox[0], bounds[:, 0].min()), min(self.bbox[1], bounds[:, 1].min()),
                      max(self.bbox[2], bounds[:, 2].max()), max(self.bbox[3], bounds[:, 3].max())]
@@ -244,7 +283,7 @@ def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
     try:
         with atomic_path(path) as tmp:
             writer(stager, tmp)
-            written = _feature_count(tmp, fmt)
+            written = _feature_count(tmp, fmt, stager.spec.scene_id)
             if written != stager.count:  # a layer cut short is never renamed into place
                 raise OSError(f"{written} features written instead of {stager.count}")
     except Exception as err:  # pyogrio, pyarrow and GDAL each raise their own kinds; all but these re-raised
@@ -259,13 +298,14 @@ def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
     return path
 
 
-def _feature_count(path: Path, fmt: str) -> int:
+def _feature_count(path: Path, fmt: str, layer: str) -> int:
     """Features in a layer file just written, read back from it."""
     if fmt == "parquet":
         return int(pq.ParquetFile(path).metadata.num_rows)
     import pyogrio
 
-    return int(pyogrio.read_info(path, force_feature_count=True)["features"])
+    return int(pyogrio.read_info(path, layer=layer if fmt == "gpkg" else None,
+                                 force_feature_count=True)["features"])
 
 
 def _stream(stager: LayerStager, batches: Iterator[pa.RecordBatch] | None = None) -> pa.RecordBatchReader:
@@ -284,6 +324,52 @@ def _write_ogr(stager: LayerStager, tmp: Path, driver: str, crs: str, stream: pa
 def _write_gpkg(stager: LayerStager, tmp: Path) -> None:
     with _gdal_config({"OGR_CURRENT_DATE": OGR_CURRENT_DATE}):
         _write_ogr(stager, tmp, "GPKG", stager.spec.crs_wkt, _stream(stager), {"SPATIAL_INDEX": "YES"})
+    _write_layer_styles(tmp, stager.spec.scene_id, layer_categories(stager.spec, stager.classes))
+
+
+def layer_categories(spec: LayerSpec, present: set[int] | None = None) -> list[Category]:
+    """The style's categories: the classes ``present`` in the layer (all named classes when none are), in
+    class value order, each with its colour."""
+    colours = spec.colours()
+    values = sorted(present) if present else sorted(colours)
+    return [Category(spec.class_names.get(v, str(v)), colours.get(v, "#999999")) for v in values]
+
+
+# The QGIS layer_styles table, as QGIS creates it in a GeoPackage (registered as an attributes table).
+_LAYER_STYLES_DDL = """CREATE TABLE IF NOT EXISTS "layer_styles" (
+    "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    "f_table_catalog" TEXT(256),
+    "f_table_schema" TEXT(256),
+    "f_table_name" TEXT(256),
+    "f_geometry_column" TEXT(256),
+    "styleName" TEXT(30),
+    "styleQML" TEXT,
+    "styleSLD" TEXT,
+    "useAsDefault" BOOLEAN,
+    "description" TEXT,
+    "owner" TEXT(30),
+    "ui" TEXT(30),
+    "update_time" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+)"""
+
+
+def _write_layer_styles(gpkg: Path, layer: str, categories: list[Category]) -> None:
+    """The layer's default style (QML and SLD) into ``layer_styles`` of the GeoPackage at ``gpkg`` (the
+    temporary file, before its rename). Times are the pinned ``OGR_CURRENT_DATE``: same layer, same bytes."""
+    db = sqlite3.connect(gpkg)
+    try:
+        with db:
+            db.execute(_LAYER_STYLES_DDL)
+            db.execute("INSERT OR REPLACE INTO gpkg_contents (table_name, data_type, identifier, description, "
+                       "last_change) VALUES ('layer_styles', 'attributes', 'layer_styles', '', ?)",
+                       (OGR_CURRENT_DATE,))
+            db.execute("INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
+                       "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, update_time) "
+                       "VALUES ('', '', ?, 'geometry', ?, ?, ?, 1, ?, '', NULL, ?)",
+                       (layer, layer, qml_style(categories), sld_style(layer, categories),
+                        "scenewatch: class_name in the class colours (pipeline.colours)", OGR_CURRENT_DATE))
+    finally:
+        db.close()
 
 
 def _write_fgb(stager: LayerStager, tmp: Path) -> None:

@@ -219,7 +219,8 @@ def test_naip_example_job_runs_end_to_end_with_vectors(tmp_path: Path, dask_clie
     catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
     for item in catalog.get_items(recursive=True):
         assert set(item.assets) == {"classes", "proba", "vectors-gpkg"}
-        layer = gpd.read_file(item.assets["vectors-gpkg"].get_absolute_href())
+        gpkg = Path(item.assets["vectors-gpkg"].get_absolute_href())
+        layer = gpd.read_file(gpkg, layer=gpkg.stem)  # the GeoPackage also holds its layer_styles table
         with rasterio.open(item.assets["classes"].get_absolute_href()) as src:
             assert layer.crs == src.crs
             classes = src.read(1)

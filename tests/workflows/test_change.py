@@ -8,6 +8,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 import pytest
 import rasterio
 from affine import Affine
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from rasterio.crs import CRS
 from shapely.geometry import box
 
+from pipeline import colours
 from pipeline.change.align import grid_of
 from pipeline.change.transitions import ALERT_HIGH, ALERT_NODATA, CHANGE_NODATA, transition_codes, transition_names
 from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig
@@ -85,6 +87,10 @@ def test_known_changes_give_exactly_those_codes_polygons_and_areas(known_pair, d
     # no probabilities given: both class maps are taken as certain
     assert (polys["proba_mean"] == 1.0).all() and (polys["proba_max"] == 1.0).all()
     assert (polys["model"] == "handmade").all()
+    assert (pd.to_datetime(polys["acquired"]) == pd.Timestamp("2011-06-01")).all()  # the after date
+    palette = dict(zip(names, colours.change_colours(names), strict=True))
+    assert _style_fills(result.polygons_path) == {n: palette[n] for n in polys["class_name"]}
+    assert palette["forest->cleared"] == colours.LOSS and palette["cleared->forest"] == colours.GAIN
     areas = result.areas.set_index("transition")["area_m2"]
     assert areas["forest->cleared"] == 20000.0 and areas["no change"] == (4800 - 100 - 390) * 100.0
 
@@ -248,6 +254,32 @@ def test_stack_with_an_empty_and_a_cloudy_date_creates_no_false_alerts(dask_clie
     assert len(events) == 1 and events["class_name"][0] == "2019-01-01" and events["area_m2"][0] == 10000.0
     assert events["proba_mean"][0] == 1.0  # confirmed alert: high confidence
     assert events.geometry[0].equals(box(600100, 5000000 - 300, 600200, 5000000 - 200))
+    # the first-detection date is a real date field (filterable in QGIS), and the layer's date
+    info = pyogrio.read_info(result.events_polygons_path, layer=result.events_polygons_path.stem)
+    types = dict(zip(info["fields"], info["ogr_types"], strict=True))
+    assert types["first_detected"] == "OFTDate" and types["acquired"] == "OFTDate"
+    assert pd.Timestamp(events["first_detected"][0]) == pd.Timestamp("2019-01-01")
+    assert pd.Timestamp(events["acquired"][0]) == pd.Timestamp("2019-01-01")
+    # styled with the date ramp of pipeline.colours, like the events raster's colour table
+    names = ["no alert", *(d.date.isoformat() for d in result.dates)]
+    ramp = dict(zip(names, colours.layer_colours(names), strict=True))
+    assert _style_fills(result.events_polygons_path) == {"2019-01-01": ramp["2019-01-01"]}
+    with rasterio.open(result.events_path) as src:
+        assert src.colormap(1)[names.index("2019-01-01")] == colours.rgba(ramp["2019-01-01"])
+
+
+def _style_fills(gpkg: Path) -> dict[str, str]:
+    """class_name -> fill colour of the GeoPackage's default SLD style."""
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    with sqlite3.connect(gpkg) as db:
+        (sld,) = db.execute("SELECT styleSLD FROM layer_styles WHERE useAsDefault = 1 AND f_table_name = ?",
+                            (gpkg.stem,)).fetchone()
+    ns = {"se": "http://www.opengis.net/se", "ogc": "http://www.opengis.net/ogc"}
+    return {r.find("ogc:Filter/ogc:PropertyIsEqualTo/ogc:Literal", ns).text:
+            r.find("se:PolygonSymbolizer/se:Fill/se:SvgParameter[@name='fill']", ns).text
+            for r in ET.fromstring(sld.encode()).findall(".//se:Rule", ns)}
 
 
 def test_cli_change_and_timeline(known_pair, tmp_path: Path) -> None:
@@ -258,7 +290,8 @@ def test_cli_change_and_timeline(known_pair, tmp_path: Path) -> None:
     res = runner.invoke(main, ["change", str(before), str(after), "--out", str(tmp_path / "cli"), "-q"])
     assert res.exit_code == 0, res.output
     assert "forest->cleared: 2.00 ha" in res.output
-    assert gpd.read_file(next((tmp_path / "cli").glob("*.change.gpkg"))).shape[0] == 3
+    gpkg = next((tmp_path / "cli").glob("*.change.gpkg"))
+    assert gpd.read_file(gpkg, layer=gpkg.stem).shape[0] == 3
     res = runner.invoke(main, ["timeline", str(before), "--out", str(tmp_path / "cli")])
     assert res.exit_code != 0 and "scenewatch: error: timeline: 1 scene(s) given" in res.output
     res = runner.invoke(main, ["change", str(before), str(tmp_path / "missing.tif"), "--out", str(tmp_path)])

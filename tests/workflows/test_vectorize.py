@@ -43,7 +43,8 @@ def write_raster(path: Path, data: np.ndarray, *, nodata: float | None = None, c
 
 
 def read_layer(path: Path) -> tuple[gpd.GeoDataFrame, np.ndarray]:
-    frame = pyogrio.read_dataframe(path)
+    # a GeoPackage also holds its layer_styles table: read the layer by name (the file's stem)
+    frame = pyogrio.read_dataframe(path, layer=path.stem if path.suffix == ".gpkg" else None)
     return frame, np.asarray(frame.geometry.values, dtype=object)
 
 

@@ -24,6 +24,7 @@ from tests.pipeline.vectors.test_vectorize import blobs, vectorize_tiled
 
 TRANSFORM = Affine(20.0, 0.0, 340000.0, 0.0, -20.0, 8940240.0)
 CRS_UTM20S = "EPSG:32720"
+LAYER = "S2_20LLQ_2021-09-22"
 EXPECTED_TYPES = {
     "id": "OFTInteger64", "class_id": "OFTInteger", "class_name": "OFTString", "area_m2": "OFTReal",
     "perimeter_m": "OFTReal", "pixels": "OFTInteger64", "proba_mean": "OFTReal", "proba_max": "OFTReal",
@@ -60,7 +61,8 @@ def layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], ob
 @pytest.mark.parametrize("fmt", ["gpkg", "fgb", "geojson"])
 def test_ogr_formats_reopen_with_crs_count_and_types(layer, fmt: str) -> None:
     paths, table = layer
-    info = pyogrio.read_info(paths[fmt], force_feature_count=True, force_total_bounds=True)
+    layer_name = LAYER if fmt == "gpkg" else None  # a GeoPackage also holds its layer_styles table
+    info = pyogrio.read_info(paths[fmt], layer=layer_name, force_feature_count=True, force_total_bounds=True)
     assert info["features"] == table.num_rows > 100
     assert info["geometry_type"] == "Polygon"
     want_crs = "EPSG:4326" if fmt == "geojson" else CRS_UTM20S
@@ -72,7 +74,7 @@ def test_ogr_formats_reopen_with_crs_count_and_types(layer, fmt: str) -> None:
         if fmt == "geojson" and name in ("pixels", "proba_mean", "proba_max", "acquired", "second_date"):
             continue  # GeoJSON carries no types; GDAL guesses them back from the values
         assert types[name] == ogr_type, name
-    frame = pyogrio.read_dataframe(paths[fmt])
+    frame = pyogrio.read_dataframe(paths[fmt], layer=layer_name)
     ids = table.column("id").to_numpy()
     frame = frame.set_index("id").loc[ids]  # FlatGeobuf's index stores features in Hilbert order
     ours = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
@@ -90,7 +92,8 @@ def test_ogr_formats_reopen_with_crs_count_and_types(layer, fmt: str) -> None:
 def test_spatial_indexes_are_there(layer) -> None:
     paths, _ = layer
     for fmt in ("gpkg", "fgb"):
-        assert pyogrio.read_info(paths[fmt])["capabilities"]["fast_spatial_filter"], fmt
+        info = pyogrio.read_info(paths[fmt], layer=LAYER if fmt == "gpkg" else None)
+        assert info["capabilities"]["fast_spatial_filter"], fmt
     with sqlite3.connect(paths["gpkg"]) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ext = db.execute("SELECT table_name, extension_name FROM gpkg_extensions").fetchall()
@@ -142,3 +145,56 @@ def test_formats_are_parsed_with_a_clear_error() -> None:
     assert VectorizeConfig.build(formats="gpkg, GeoParquet,fgb,gpkg").formats == ("gpkg", "parquet", "fgb")
     with pytest.raises(ConfigError, match="formats: format 'shp': unknown; choose from gpkg, parquet, fgb, geojson"):
         VectorizeConfig.build(formats="gpkg,shp")
+
+
+def test_geopackage_carries_a_default_qgis_style_in_the_class_colours(layer) -> None:
+    import xml.etree.ElementTree as ET
+
+    from pipeline import colours
+
+    paths, table = layer
+    path = paths["gpkg"]
+    assert pyogrio.read_dataframe(path, layer=LAYER).shape[0] == table.num_rows  # still a valid layer for GDAL
+    assert "layer_styles" in pyogrio.list_layers(path)[:, 0]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        columns = [row[1] for row in db.execute("PRAGMA table_info(layer_styles)")]
+        assert columns == ["id", "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column",
+                           "styleName", "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui",
+                           "update_time"]
+        (kind,) = db.execute("SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'").fetchone()
+        assert kind == "attributes"
+        rows = db.execute("SELECT f_table_name, f_geometry_column, useAsDefault, styleQML, styleSLD, update_time "
+                          "FROM layer_styles").fetchall()
+    assert len(rows) == 1
+    name, geometry, default, qml, sld, stamp = rows[0]
+    assert (name, geometry, default, stamp) == (LAYER, "geometry", 1, OGR_CURRENT_DATE)
+    # the fallback class colours of water, cleared, forest (this spec gives none): named in both styles
+    want = dict(zip(("water", "cleared", "forest"), colours.class_colours(("water", "cleared", "forest")),
+                    strict=True))
+    qroot = ET.fromstring(qml.split("\n", 1)[1])  # after the DOCTYPE line
+    renderer = qroot.find("renderer-v2")
+    assert renderer is not None and renderer.get("type") == "categorizedSymbol"
+    assert renderer.get("attr") == "class_name"
+    cats = {c.get("value"): (c.get("label"), c.get("symbol")) for c in renderer.iter("category")}
+    assert set(cats) == set(want) and all(label == value for value, (label, _) in cats.items())
+    fills = {s.get("name"): s.find("layer/Option/Option[@name='color']").get("value")
+             for s in renderer.iter("symbol")}
+    for value, (_, symbol) in cats.items():
+        assert fills[symbol] == ",".join(map(str, colours.rgba(want[value])))
+    ns = {"se": "http://www.opengis.net/se", "ogc": "http://www.opengis.net/ogc"}
+    rules = ET.fromstring(sld.encode()).findall(".//se:Rule", ns)
+    by_name = {r.find("ogc:Filter/ogc:PropertyIsEqualTo/ogc:Literal", ns).text:
+               r.find("se:PolygonSymbolizer/se:Fill/se:SvgParameter[@name='fill']", ns).text for r in rules}
+    assert by_name == want
+    assert {r.find("se:Description/se:Title", ns).text for r in rules} == set(want)  # the legend labels
+
+
+def test_layer_style_uses_the_given_class_colours_and_only_the_classes_present(tmp_path: Path) -> None:
+    from pipeline.vectors.export import layer_categories
+
+    spec = LayerSpec(scene_id="x", crs_wkt=CRS.from_user_input(CRS_UTM20S).to_wkt(), transform=TRANSFORM,
+                     basis=area_basis(CRS_UTM20S, TRANSFORM, 10, 10), class_names={0: "other", 1: "vegetation"},
+                     class_colors={1: "#123456"})
+    assert [(c.value, c.colour) for c in layer_categories(spec, {1})] == [("vegetation", "#123456")]
+    assert [c.value for c in layer_categories(spec)] == ["other", "vegetation"]
