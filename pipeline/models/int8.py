@@ -37,8 +37,8 @@ import numpy as np
 
 from pipeline.errors import ModelError
 
-__all__ = ["INT8_MODEL", "INT8_WEIGHTS", "OpenVinoForward", "calibrate", "load_int8", "openvino_available",
-           "require_int8", "require_openvino", "sha256_hex"]
+__all__ = ["INT8_MODEL", "INT8_WEIGHTS", "Int8UnsupportedError", "OpenVinoForward", "calibrate", "load_int8",
+           "openvino_available", "require_int8", "require_openvino", "sha256_hex"]
 
 log = logging.getLogger("scenewatch")
 
@@ -97,17 +97,39 @@ class OpenVinoForward:
                     # No pinning: OpenVINO pins its threads to cores counted from the first, so two
                     # worker processes of one thread each both ran on core 0 (282 ms per tile each,
                     # 140 ms unpinned).
-                    self._compiled = _ov_core().compile_model(self._model, "CPU", {
-                        "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
-                        "ENABLE_CPU_PINNING": False})
+                    try:
+                        self._compiled = _ov_core().compile_model(self._model, "CPU", {
+                            "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                            "ENABLE_CPU_PINNING": False})
+                    except RuntimeError as err:
+                        raise Int8UnsupportedError(_cpu_refusal(err)) from err
                 request = self._local.request = self._compiled.create_infer_request()
         return request
 
     def __call__(self, x: Any) -> Any:
         import torch
 
-        out = self._request().infer({0: np.ascontiguousarray(x.cpu().numpy())})[0]
+        request = self._request()
+        try:
+            out = request.infer({0: np.ascontiguousarray(x.cpu().numpy())})[0]
+        except RuntimeError as err:
+            raise Int8UnsupportedError(_cpu_refusal(err)) from err
         return torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: the request reuses its buffer
+
+
+class Int8UnsupportedError(ModelError):
+    """OpenVINO's CPU plugin cannot compile or run this int8 graph on this CPU. Seen with one-band
+    networks (a U-Net trained on a panchromatic band) where the CPU lacks AVX-512: the first convolution
+    has one input channel, for which the plugin has no int8 kernel ("No suitable implementations")."""
+
+
+def _cpu_refusal(err: RuntimeError) -> str:
+    """OpenVINO's 40-line message cut to the one line that says what is wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if not line.startswith(("Exception from", "Check "))),
+                 lines[-1] if lines else type(err).__name__)
+    return (f"OpenVINO cannot run this int8 network on this CPU ({cause.split('.')[0].strip()}; seen with "
+            f"one-band networks on CPUs without AVX-512); predict it in bf16 or fp32 instead")
 
 
 def sha256_hex(data: bytes) -> str:

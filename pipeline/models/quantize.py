@@ -135,11 +135,14 @@ def quantize_bundle(path: str | Path, scenes: Sequence[str | Path], *, bands: An
     quantized = int8.calibrate(model, calibration)
     forward = int8.OpenVinoForward(quantized)
     drifts, agree = [], []
-    for x in held_out:
-        reference = model.run(x, "fp32")
-        reduced = model.run(x, "int8", forward)
-        drifts.append(float((reduced - reference).abs().mean()))
-        agree.append(float((reduced.argmax(1) == reference.argmax(1)).float().mean()))
+    try:
+        for x in held_out:
+            reference = model.run(x, "fp32")
+            reduced = model.run(x, "int8", forward)
+            drifts.append(float((reduced - reference).abs().mean()))
+            agree.append(float((reduced.argmax(1) == reference.argmax(1)).float().mean()))
+    except int8.Int8UnsupportedError as err:
+        raise int8.Int8UnsupportedError(f"{where}: {err}; not written") from err
     drift, worst, agreement = float(np.mean(drifts)), float(np.max(drifts)), float(np.mean(agree))
     if drift > limit:
         raise ModelError(f"{where}: int8 drifts {drift:.4f} from fp32 on {len(held_out)} held-out tile(s), over "

@@ -8,6 +8,9 @@ compared with INPE's random-forest class map (argmax of its probability cube).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,3 +192,32 @@ def test_model_option_errors_are_reported(tmp_path, dask_client):
     code, output = run("predict", str(NAIP_2020), "--model", "vegetation", "--model-option", "treshold=0.2",
                        "--bands", "naip", "--out", str(tmp_path), "--scheduler", dask_client.scheduler.address)
     assert code == 1 and "unknown option(s) treshold" in output
+
+
+ATLANTA = "labeled/buildings_spacenet4_atlanta/"
+
+
+@pytest.mark.slow
+def test_readme_train_then_quantize_refuses_in_one_line(tmp_path):
+    """The README's train example (one epoch, few chips) then `models quantize` on the one-band bundle it
+    writes. OpenVINO's CPU plugin has no int8 kernel for a one-channel convolution without AVX-512 ("No
+    suitable implementations", a 40-line traceback before); oneDNN's ISA cap reproduces such a CPU here.
+    The refusal is one line and the bundle is left as it was."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    scene, labels = shared(f"{ATLANTA}sample_geotiff.tif"), shared(f"{ATLANTA}geotiff_labels.geojson")
+    bundle = tmp_path / "models" / "buildings"
+    code, output = run("train", "--scene", str(scene), "--labels", str(labels), "--bands", "pan=1",
+                       "--classes", "background,building", "--region", "0,0,900,600", "--epochs", "1",
+                       "--chips-per-epoch", "16", "--out", str(bundle))
+    assert code == 0, output
+    before = sorted(p.name for p in bundle.iterdir())
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-m", "workflows.cli", "models", "quantize", str(bundle), "--scene",
+                           str(scene), "--bands", "pan=1", "--tiles", "4"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("scenewatch:")]
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and len(errors) == 1, done.stderr
+    assert errors[0].startswith("scenewatch: error: bundle buildings: ") and errors[0].endswith("not written")
+    assert sorted(p.name for p in bundle.iterdir()) == before  # no int8 files, model.json unchanged
