@@ -157,6 +157,22 @@ def test_change_report_lists_the_transitions(changed: Path) -> None:
         assert hectares == pytest.approx(np.sum(codes == code) * pixel_m2 / 1e4, abs=0.005)
 
 
+def test_timeline_report_has_the_area_per_class_per_date(tmp_path: Path) -> None:
+    import pandas as pd
+
+    scenewatch("timeline", BEFORE, AFTER, "--model", "vegetation", "--bands", "naip", "--tile-size", "256",
+               "--workers", "1", "--out", tmp_path, "-q")
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    table = next(t for t in tables_of(text) if t[0][0] == "date")
+    areas = pd.read_csv(tmp_path / "timeline.areas.csv")
+    assert [row[0] for row in table[1:]] == ["2009-08-18", "2020-08-31"]
+    for row in table[1:]:
+        for name, cell in zip(table[0][1:-1], row[1:-1], strict=True):
+            m2 = areas[(areas["date"].astype(str).str[:10] == row[0]) & (areas["class"] == name)]["area_m2"].sum()
+            assert float(cell.replace(",", "")) == pytest.approx(m2 / 1e4, abs=0.005)
+    assert "timeline.areas.png" in text
+
+
 def test_batch_report_links_every_item_to_its_section(tmp_path: Path) -> None:
     out = tmp_path / "batch"
     scenewatch("run", REPO / "workflows" / "jobs" / "naip_vegetation_change.yaml", "--out", out, "-q")
