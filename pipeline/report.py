@@ -52,6 +52,8 @@ class Section:
     title: str
     anchor: str = ""
     status: str = ""
+    lead: str = ""
+    """One line under the title with the figures that matter most (the answer before the details)."""
     pictures: tuple[Picture, ...] = ()
     tables: tuple[Table, ...] = ()
     facts: tuple[tuple[str, str], ...] = ()
@@ -108,6 +110,7 @@ dt { color: #57606a; } dd { margin: 0; word-break: break-word; }
 .warnings { background: #fff8c5; border: 1px solid #e5d68a; border-radius: 4px; padding: 6px 12px; }
 .warnings li { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; }
 .none { color: #57606a; }
+.lead { font-size: 16px; margin: -4px 0 12px; color: #24323f; }
 a { color: #0969da; }
 """
 
@@ -143,6 +146,8 @@ def render_section(section: Section) -> str:
     if section.status:
         status = f'<span class="status {_e(section.status)}">{_e(section.status)}</span>'
     parts = [f'<section id="{_e(anchor)}"><h2>{_e(section.title)}{status}</h2>']
+    if section.lead:
+        parts.append(f'<p class="lead">{_e(section.lead)}</p>')
     for picture in section.pictures:
         parts.append(f'<figure><img alt="{_e(picture.caption)}" src="{_png_src(picture.png)}">'
                      f"<figcaption>{_e(picture.caption)}</figcaption></figure>")

@@ -123,7 +123,12 @@ def predict_section(result: Any, areas: ClassAreas, quicklook_png: bytes | None,
     pictures = (Picture("classes, in the model's class colours (checkered: no data)", quicklook_png),) \
         if quicklook_png else ()
     paths = [result.classes_path, result.proba_path, *(polygons.paths.values() if polygons is not None else ())]
-    return Section(title=str(result.scene_id), pictures=pictures,
+    valid = areas.valid_m2
+    lead = f"{format_hectares(valid)} ha classified: " + ", ".join(
+        f"{name} {format_hectares(a)} ha ({format_share(a, valid)})"
+        for name, a in zip(areas.class_names, areas.area_m2, strict=True)) + \
+        f"; no data {format_share(areas.nodata_pixels, areas.total_pixels)} of the pixels"
+    return Section(title=str(result.scene_id), lead=lead, pictures=pictures,
                    tables=(class_area_table(areas, class_colours(info.class_names, info.class_colors)),),
                    facts=tuple(facts),
                    warnings=tuple(warnings), links=_links(Path(out_dir), [*paths, _quicklook_of(result)]))
@@ -160,7 +165,10 @@ def change_section(result: Any, *, out_dir: str | os.PathLike[str], model_option
         facts.append(("polygons", _count_features(result.polygons_path)))
     if seconds is not None:
         facts.append(("total time", _seconds(seconds)))
-    return Section(title=str(result.name), pictures=pictures, tables=(table,), facts=tuple(facts),
+    changed = float(areas[areas.code != 0].area_m2.sum()) if len(areas) else 0.0
+    lead = (f"{dates}: {format_hectares(changed)} ha changed ({format_share(changed, total)} of "
+            f"{format_hectares(total)} ha compared)")
+    return Section(title=str(result.name), lead=lead, pictures=pictures, tables=(table,), facts=tuple(facts),
                    warnings=tuple(warnings),
                    links=_links(Path(out_dir), [result.change_path, result.polygons_path, result.quicklook_path]))
 
