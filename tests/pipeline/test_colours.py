@@ -134,3 +134,41 @@ def test_area_plot_draws_each_class_in_its_colour(tmp_path: Path) -> None:
     image = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
     assert _near(image, info.class_colors[1], tol=8).sum() > 100  # the model's green, not matplotlib's orange
     assert _near(image, "#ff7f0e", tol=8).sum() == 0
+
+
+def test_class_cog_colour_table_is_the_models_or_the_fallback() -> None:
+    from pipeline.models.contract import ModelInfo
+    from workflows.scene import _class_colormap
+
+    bare = ModelInfo(name="m", version="1", bands=("red",), class_names=("other", "vegetation"))
+    assert _class_colormap(bare) == {0: colours.rgba("#d9d0b4"), 1: colours.rgba("#1a9641"), 255: (0, 0, 0, 0)}
+    own = ModelInfo(name="m", version="1", bands=("red",), class_names=("a", "b"), class_colors=("#010203", "#AABBCC"))
+    assert _class_colormap(own)[1] == (0xAA, 0xBB, 0xCC, 255)
+
+
+def _sld_fills(gpkg: Path) -> dict[str, str]:
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    with sqlite3.connect(gpkg) as db:
+        (sld,) = db.execute("SELECT styleSLD FROM layer_styles WHERE useAsDefault = 1").fetchone()
+    ns = {"se": "http://www.opengis.net/se", "ogc": "http://www.opengis.net/ogc"}
+    return {r.find("ogc:Filter/ogc:PropertyIsEqualTo/ogc:Literal", ns).text:
+            r.find("se:PolygonSymbolizer/se:Fill/se:SvgParameter[@name='fill']", ns).text
+            for r in ET.fromstring(sld.encode()).findall(".//se:Rule", ns)}
+
+
+def test_vectorized_layer_is_styled_in_the_rasters_colour_table_else_the_fallback(tmp_path: Path,
+                                                                                  dask_client) -> None:
+    from workflows.vectorize import vectorize_scene
+
+    classes = np.zeros((40, 40), np.uint8)
+    classes[10:30, 10:30] = 1
+    plain = _write_classes(tmp_path / "plain.classes.tif", classes)
+    coloured = _write_classes(tmp_path / "coloured.classes.tif", classes)
+    with rasterio.open(coloured, "r+") as dst:  # as predict writes it: the model's colours
+        dst.write_colormap(1, {0: (1, 2, 3, 255), 1: (200, 100, 50, 255)})
+    styled = vectorize_scene(coloured, tmp_path / "out", client=dask_client, progress=False)
+    assert _sld_fills(styled.paths["gpkg"]) == {"other": "#010203", "vegetation": "#c86432"}
+    fallback = vectorize_scene(plain, tmp_path / "out", client=dask_client, progress=False)
+    assert _sld_fills(fallback.paths["gpkg"]) == dict(zip(VEG, colours.class_colours(VEG), strict=True))
