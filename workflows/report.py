@@ -177,7 +177,9 @@ def _count_features(path: Path) -> str:
     try:
         import pyogrio
 
-        return f"{pyogrio.read_info(path)['features']:,}"
+        # a GeoPackage of ours also lists its layer_styles table: name the layer (the file's stem)
+        layer = path.stem if path.suffix.lower() == ".gpkg" else None
+        return f"{pyogrio.read_info(path, layer=layer)['features']:,}"
     except Exception:  # noqa: BLE001 - a count the report cannot read is shown as unknown, not fatal
         return "?"
 
