@@ -44,12 +44,25 @@ class _FlagFormatter(logging.Formatter):
         return cli_message(super().format(record))
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines written through tqdm, so that a line logged while a progress bar is drawn appears above the
+    bar instead of breaking it in two (tqdm.write clears the bar, prints, and redraws it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never fail the command
+            self.handleError(record)
+
+
 def configure_logging(verbose: int) -> None:
     """scenewatch's own messages at INFO with -v, DEBUG with -vv; Dask's chatter (cluster start and stop,
     closed comms at shutdown) only with -vv."""
     log = logging.getLogger("scenewatch")
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _BarSafeHandler()
         handler.setFormatter(_FlagFormatter("scenewatch: %(message)s"))
         log.addHandler(handler)
         log.propagate = False
