@@ -71,7 +71,8 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 
     \b
     Examples:
-      scenewatch train --scene atlanta.tif --labels buildings.geojson --bands pan=1 \\
+      scenewatch train --scene examples/data/spacenet4_atlanta_pan.tif \\
+          --labels examples/data/spacenet4_atlanta_buildings.geojson --bands pan=1 \\
           --classes background,building --region 0,0,900,600 --epochs 12 --out models/buildings
       scenewatch train --scene s2.tif --labels classes.tif --model models/base --freeze-encoder --out models/ft
       scenewatch train --config workflows/train_example.yaml --epochs 3
@@ -132,8 +133,8 @@ def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | No
 
     \b
     Examples:
-      scenewatch evaluate atlanta.tif --model models/buildings --labels buildings.geojson --bands pan=1 \\
-          --region 0,600,900,300
+      scenewatch evaluate examples/data/spacenet4_atlanta_pan.tif --model models/buildings \\
+          --labels examples/data/spacenet4_atlanta_buildings.geojson --bands pan=1 --region 0,600,900,300
       scenewatch evaluate s2.tif --model models/forest --labels classes.tif --json
     """
     from pipeline.models.contract import ModelRef
