@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client
 from distributed.scheduler import KilledWorker
@@ -56,6 +56,9 @@ from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discov
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
 from workflows.scene import plan_scene, predict_scene
+
+if TYPE_CHECKING:
+    from workflows.change import ChangeResult, TimelineResult
 
 __all__ = [
     "run_job",
@@ -531,11 +534,15 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
     fingerprint = _fingerprint(*members, unit.model or "",
                                json.dumps(unit.options.model_dump(mode="json", exclude_unset=True), sort_keys=True))
     previous = manifest.get(job.name, unit.item_id)
-    if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
+    # a record from the older layout (change/change_A__B/..., timeline/timeline/...) is redone in this one
+    if (not ctx.force and _up_to_date(previous, fingerprint, job.out_dir)
+            and all(Path(o.path).parent == Path(unit.kind) for o in previous.outputs)):  # type: ignore[union-attr]
         return ItemOutcome(unit.item_id, unit.kind, "skipped", "done", time.perf_counter() - started)
     manifest.begin(job.name, unit.item_id, unit.kind, source, fingerprint, ctx.run_id, {})
     try:
-        folder = output_folder(job.out_dir, Path(unit.kind, unit.item_id))
+        # every change pair and the timeline write into one folder per kind: change/A__B.change.tif,
+        # timeline/timeline.areas.csv; the product name keeps them apart
+        folder = output_folder(job.out_dir, Path(unit.kind))
         manifest.set_stage(job.name, unit.item_id, unit.kind)
         from workflows.change import detect_change, run_timeline
 
@@ -543,16 +550,18 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
         dask = ctx.dask.get()
         model: ModelRef | str = unit.model or _with_threads(ctx, dask)
         # each date that is not yet classified is predicted as the job's scenes are (bands, tiling)
+        result: ChangeResult | TimelineResult
         if isinstance(unit.options, ChangeOptions):
-            detect_change(paths[0], paths[1], model, folder, ChangeConfig(**dict(unit.options), predict=ctx.config),
-                          client=dask, progress=False)
+            result = detect_change(paths[0], paths[1], model, folder,
+                                   ChangeConfig(**dict(unit.options), predict=ctx.config), client=dask, progress=False)
         else:
-            run_timeline(paths, model, folder, TimelineConfig(**dict(unit.options), predict=ctx.config),
-                         client=dask, progress=False)
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and TEMP_MARKER not in p.name)
+            result = run_timeline(paths, model, folder, TimelineConfig(**dict(unit.options), predict=ctx.config),
+                                  client=dask, progress=False)
+        files = _unit_files(folder, result)
         outputs = [_output_record(job.out_dir, p) for p in files]
         seconds = time.perf_counter() - started
         manifest.succeed(job.name, unit.item_id, outputs, seconds, {})
+        _remove_replaced(job.out_dir, previous, outputs)
         return ItemOutcome(unit.item_id, unit.kind, "done", "done", seconds, 1)
     except (ScenewatchError, KilledWorker) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -562,6 +571,36 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _unit_files(folder: Path, result: ChangeResult | TimelineResult) -> list[Path]:
+    """The files one change pair or timeline wrote in its kind's shared folder: those named after its
+    product (``A__B.change.tif``, ``A__B.gpkg``; ``timeline.areas.csv``) and the dates it classified
+    itself (a product with a model of its own). Not another pair's files, nor a shared report."""
+    dated = {d.classes_path.resolve() for d in result.dates} | {
+        d.proba_path.resolve() for d in result.dates if d.proba_path is not None}
+    return sorted(p for p in folder.iterdir() if p.is_file() and TEMP_MARKER not in p.name
+                  and (p.name.startswith(f"{result.name}.") or p.resolve() in dated))
+
+
+def _remove_replaced(out_dir: Path, previous: ItemRecord | None, outputs: Sequence[OutputRecord]) -> None:
+    """Delete what the item's previous record listed and this run did not write again (the older layout's
+    files), and the folders that leaves empty: every product is on disk once, where the manifest says."""
+    if previous is None:
+        return
+    kept = {o.path for o in outputs}
+    for old in previous.outputs:
+        if old.path in kept:
+            continue
+        path = out_dir / old.path
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == out_dir or not parent.is_relative_to(out_dir):
+                break
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
 
 
 def _with_threads(ctx: _Context, dask: Client) -> ModelRef:
@@ -622,7 +661,38 @@ def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path
         end = dt.datetime.fromisoformat(props["end"]) if "end" in props else None
         entries.append(CatalogEntry(scene.scene_id, tuple(props["bbox"]), start, end, tuple(assets),
                                     {"scenewatch:fingerprint": record.fingerprint}))
+    entries += _product_entries(job, manifest, {e.item_id: e for e in entries})
     return publish_catalog(job.out_dir, job.name, job.name, entries)
+
+
+def _product_entries(job: Job, manifest: Manifest, scene_entries: dict[str, CatalogEntry]) -> list[CatalogEntry]:
+    """One STAC item per done change pair and timeline, as scenes have: its footprint the union of its
+    dates' footprints, its time range theirs, its assets typed by :func:`pipeline.products.asset_of`
+    (change COG as data, quicklooks as overview, area tables as metadata). Skipped when a date is no longer
+    published or a recorded file is gone."""
+    entries = []
+    for record in manifest.items(job.name):
+        if record.kind not in ("change", "timeline") or record.status != "done" or not record.outputs:
+            continue
+        dates = [scene_entries.get(member) for member in record.source.split()]
+        if not dates or any(d is None for d in dates):
+            continue
+        paths = [job.out_dir / o.path for o in record.outputs]
+        if not all(p.is_file() for p in paths):
+            continue
+        boxes = [d.bbox for d in dates if d is not None]
+        bbox = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                max(b[3] for b in boxes))
+        starts = [t for d in dates if d is not None for t in (d.start, d.end) if t is not None]
+        assets: dict[str, CatalogAsset] = {}
+        for path in paths:
+            key, media, roles, title = asset_of(path)
+            assets.setdefault(key, CatalogAsset(key, path, media, roles, title))
+        entries.append(CatalogEntry(record.item_id, bbox, min(starts, default=None), max(starts, default=None),
+                                    tuple(assets.values()),
+                                    {"scenewatch:fingerprint": record.fingerprint, "scenewatch:product": record.kind,
+                                     "scenewatch:scenes": record.source.split()}))
+    return entries
 
 
 def _class_names(path: Path) -> list[str]:

@@ -255,6 +255,24 @@ def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) 
     assert all(json.loads(r["outputs"]) for r in rows.values())
     produced = [p for r in rows.values() for p, _, _ in json.loads(r["outputs"])]
     assert not [p for p in produced if p.endswith((".png", ".gpkg"))]  # the job's options reached them
+    # one folder per kind, named by product: change/A__B.change.tif, timeline/timeline.areas.csv
+    pair = "site_20200101__site_20210101"
+    assert f"change/{pair}.change.tif" in [p for p, _, _ in json.loads(rows[f"change_{pair}"]["outputs"])]
+    assert sorted(p for p, _, _ in json.loads(rows["timeline"]["outputs"])) == [
+        "timeline/timeline.alerts.tif", "timeline/timeline.areas.csv", "timeline/timeline.areas.parquet",
+        "timeline/timeline.events.tif"]
+    assert not [p for p in (out / "change").iterdir() if p.is_dir()]
+    # STAC items for the products, as for scenes: footprint and time range of their dates, typed assets
+    items = {i.id: i for i in pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True)}
+    change_item, timeline_item = items[f"change_{pair}"], items["timeline"]
+    assert change_item.assets["change"].roles == ["data"]
+    assert change_item.assets["change"].media_type == pystac.MediaType.COG
+    assert Path(change_item.assets["change"].get_absolute_href()) == out / "change" / f"{pair}.change.tif"
+    assert change_item.properties["start_datetime"].startswith("2020-01-01")
+    assert change_item.properties["end_datetime"].startswith("2021-01-01")
+    assert change_item.bbox == items["site_20200101"].bbox
+    assert timeline_item.assets["areas_csv"].roles == ["metadata"]
+    assert timeline_item.properties["scenewatch:scenes"] == ["site_20200101", "site_20210101", "site_20220101"]
     again = run_job(job, client=dask_client)
     assert {o.status for o in again.outcomes} == {"skipped"}
 
@@ -296,3 +314,45 @@ def test_bundle_identity_follows_its_files(tmp_path: Path) -> None:
     data[-1] ^= 1  # one bit of one weight: the bundle no longer loads, and its identity changes
     weights.write_bytes(bytes(data))
     assert model_identity(ref, describe_model(ref))[0] != identity
+
+
+@pytest.mark.slow
+def test_rerun_moves_products_of_the_old_layout(tmp_path: Path, make_geotiff, dask_client) -> None:
+    """A manifest written with the older layout (change/change_A__B/A__B.change.tif,
+    timeline/timeline/timeline.areas.csv) is redone in the new one on the next run: the products are
+    recorded only under the new paths and the old files and folders are gone (nothing twice on disk)."""
+    from workflows.manifest import OutputRecord, open_manifest
+
+    (tmp_path / "arc").mkdir()
+    for i, day in enumerate(["20200101", "20210101"]):
+        make_geotiff(f"arc/site_{day}.tif", shape=SHAPE, seed=i)
+    out = tmp_path / "out"
+    job = write_job(tmp_path, {"folder": "arc"}, out, products={
+        "change": {"pairs": "consecutive", "options": {"quicklook": False, "polygons": False}},
+        "timeline": {"options": {"plot": False, "polygons": False}}})
+    assert run_job(job, client=dask_client).exit_code == 0
+    # rewrite the two product records as the older layout left them
+    with open_manifest(out / "scenewatch-manifest.sqlite") as manifest:
+        for record in manifest.items("test-job"):
+            if record.kind not in ("change", "timeline"):
+                continue
+            old = out / record.kind / record.item_id
+            old.mkdir()
+            moved = []
+            for output in record.outputs:
+                target = old / Path(output.path).name
+                (out / output.path).rename(target)
+                moved.append(OutputRecord(str(target.relative_to(out)), output.size, output.sha256))
+            manifest.succeed("test-job", record.item_id, moved, 1.0, dict(record.properties))
+    rerun = {o.item_id: o.status for o in run_job(job, client=dask_client).outcomes}
+    assert rerun["timeline"] == "done" and rerun["change_site_20200101__site_20210101"] == "done"
+    rows = {r["item_id"]: r for r in manifest_rows(out)}
+    recorded = sorted(p for r in rows.values() if r["kind"] != "scene" for p, _, _ in json.loads(r["outputs"]))
+    assert recorded == ["change/site_20200101__site_20210101.change.tif", "timeline/timeline.alerts.tif",
+                        "timeline/timeline.areas.csv", "timeline/timeline.areas.parquet",
+                        "timeline/timeline.events.tif"]
+    on_disk = sorted(str(p.relative_to(out)) for kind in ("change", "timeline") for p in (out / kind).rglob("*")
+                     if p.suffix in (".tif", ".csv", ".parquet"))
+    assert on_disk == recorded  # the old files are gone, and no old folder is left
+    assert not [p for kind in ("change", "timeline") for p in (out / kind).iterdir() if p.is_dir()]
+    assert {o.status for o in run_job(job, client=dask_client).outcomes} == {"skipped"}
