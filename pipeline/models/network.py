@@ -213,7 +213,15 @@ class TorchSegmentationModel:
             raise ModelError(f"model {self.info.name}: gives non-finite probabilities (NaN or inf) in fp32 on the "
                              "first tile; check its weights and its input scaling")
         while self.precision != "fp32":
-            reduced = self.run(crop, self.precision)
+            try:
+                reduced = self.run(crop, self.precision)
+            except ModelError as err:  # OpenVINO cannot run this int8 graph on this CPU (pipeline.models.int8)
+                if self.precision != "int8":
+                    raise
+                lower = "bf16" if native_bf16() else "fp32"
+                log.warning("model %s: %s; using %s", self.info.name, str(err).rsplit("; predict", 1)[0], lower)
+                self.precision = lower
+                continue
             finite = bool(torch.isfinite(reduced).all())
             drift = float((reduced - reference).abs().mean()) if finite else float("inf")
             self.auto_drift = drift

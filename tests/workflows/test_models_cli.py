@@ -214,7 +214,7 @@ def test_readme_train_then_quantize_refuses_in_one_line(tmp_path):
     before = sorted(p.name for p in bundle.iterdir())
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
     done = subprocess.run([sys.executable, "-m", "workflows.cli", "models", "quantize", str(bundle), "--scene",
-                           str(scene), "--bands", "pan=1", "--tiles", "4"],
+                           str(scene), "--bands", "pan=1", "--tiles", "2"],
                           capture_output=True, text=True, env=env, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("scenewatch:")]
     assert done.returncode == 1, done.stderr

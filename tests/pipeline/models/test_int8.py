@@ -170,6 +170,32 @@ def test_auto_steps_down_from_an_int8_variant_that_drifts(caplog):
     assert np.abs(out - reference).mean() <= 0.01
 
 
+def test_auto_steps_down_when_openvino_cannot_run_the_variant_here(caplog):
+    """A variant made on a CPU with AVX-512 and run on one without: OpenVINO refuses to compile it ("No
+    suitable implementations", as for one-band networks). ``auto`` warns in one line and goes on in bf16 or
+    fp32; an explicit int8 request gets the one-line error."""
+    from pipeline.models.contract import ModelInfo
+    from pipeline.models.int8 import Int8UnsupportedError, _cpu_refusal
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1)).eval()
+    crash = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nCheck '!implementations.empty()' "
+                         "failed at executor_factory.hpp:117:\nNo suitable implementations.This may indicate ...")
+
+    def refuse(x):
+        raise Int8UnsupportedError(_cpu_refusal(crash))
+
+    info = ModelInfo("pan", "0", ("pan",), ("a", "b"))
+    batch = np.random.default_rng(0).normal(0, 1, (1, 1, 64, 64)).astype(np.float32)
+    model = TorchSegmentationModel(net, info, precision="auto", int8=refuse, stride=1)
+    with caplog.at_level("WARNING", logger="scenewatch"):
+        out = model.predict(batch)
+    assert model.precision in ("bf16", "fp32")
+    assert "OpenVINO cannot run this int8 network on this CPU (No suitable implementations" in caplog.text
+    assert out.shape == (1, 2, 64, 64)
+    with pytest.raises(ModelError, match=r"^OpenVINO cannot run this int8 network on this CPU .*bf16 or fp32"):
+        TorchSegmentationModel(net, info, precision="int8", int8=refuse, stride=1).predict(batch)
+
+
 def _cli(*args: str) -> tuple[int, str]:
     from workflows.cli import main
 
