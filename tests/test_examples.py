@@ -185,7 +185,7 @@ def test_example_runs_as_written(where, example, workspace, dask_client, monkeyp
     if "--scheduler" in names and "--scheduler" not in argv:
         argv += ["--scheduler", dask_client.scheduler.address]
     argv += FASTER.get(path, [])
-    os.environ.pop("SCENEWATCH_MODELS", None)
+    monkeypatch.delenv("SCENEWATCH_MODELS", raising=False)
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
     output = result.output
     if result.exit_code != 0 and path in REFUSED:
