@@ -59,6 +59,7 @@ REFUSED = {  # command -> the one-line refusal it may end with instead of succes
 SKIP = {  # a piece of the example -> why it does not run in the tests
     "bash .ci/setup": "the setup itself: CI runs it before the tests",
     "python -m pytest": "the test suite itself",
+    ".venv/bin/python -m pytest": "the test suite itself",
     "bench.vectorize": "a benchmark: minutes on an 8192 px synthetic scene",
     "s2.tif": "needs a Sentinel-2 scene (none is shipped)",
     "s2.classes.tif": "needs a Sentinel-2 clearing map (none is shipped)",
@@ -83,6 +84,8 @@ def _doc_examples(path: Path) -> Iterator[str]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
+            # README's first commands set up first: what follows the setup is the example
+            line = line.removeprefix("bash .ci/setup && ")
             if lang == "bash" or line.startswith(("scenewatch ", ".venv/bin/scenewatch ")):
                 yield line
 
