@@ -593,6 +593,8 @@ def _remove_replaced(out_dir: Path, previous: ItemRecord | None, outputs: Sequen
         if old.path in kept:
             continue
         path = out_dir / old.path
+        if not path.resolve().is_relative_to(out_dir.resolve()):  # never outside the output folder
+            continue
         path.unlink(missing_ok=True)
         for parent in path.parents:
             if parent == out_dir or not parent.is_relative_to(out_dir):
