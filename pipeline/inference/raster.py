@@ -33,7 +33,7 @@ from pipeline.inference.overviews import RESAMPLINGS, overview_factors, reduce2
 from pipeline.inference.read import SceneMeta
 from tiles.grid import PixelWindow
 
-__all__ = ["CogWriter", "hex_to_rgba", "verify_raster", "COPY_CACHE_MB"]
+__all__ = ["CogWriter", "verify_raster", "COPY_CACHE_MB"]
 
 COPY_CACHE_MB = 16
 # What GDAL raises when a write fails (a full disk, a vanished folder): rasterio's own errors, the bare CPL
@@ -44,11 +44,6 @@ _WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
 # and the COG copy reads them faster. Larger ones are compressed so that the temporary disk space stays
 # a fraction of the raster's size.
 STAGING_RAW_LIMIT = 2 * 2**30
-
-
-def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
-    c = color.lstrip("#")
-    return (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255)
 
 
 class CogWriter:

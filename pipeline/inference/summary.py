@@ -21,11 +21,12 @@ from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path
 from pipeline.change.align import GridSpec, pixel_area_rows
+from pipeline.colours import colour_table
 from pipeline.products import CLASS_NODATA, class_names_from_tags
 from tiles.grid import PixelWindow
 
 __all__ = ["ClassAreas", "count_class_areas", "read_class_areas", "colorize_classes", "encode_png",
-           "read_classes_preview", "write_classes_quicklook", "hex_to_rgba"]
+           "read_classes_preview", "write_classes_quicklook"]
 
 _ROWS_PER_READ = 512
 
@@ -92,28 +93,12 @@ def read_class_areas(path: str | os.PathLike[str], class_names: Sequence[str] | 
                       int(pixels[-1]), float(area[-1]))
 
 
-def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
-    """``#rrggbb`` or ``#rrggbbaa`` (or a matplotlib colour name) as 0..255 RGBA."""
-    text = color.strip()
-    if text.startswith("#") and len(text) in (7, 9):
-        values = [int(text[i:i + 2], 16) for i in range(1, len(text), 2)]
-        return (values[0], values[1], values[2], values[3] if len(values) == 4 else 255)
-    from matplotlib.colors import to_rgba
-
-    r, g, b, a = to_rgba(text)
-    return (round(r * 255), round(g * 255), round(b * 255), round(a * 255))
-
-
-_FALLBACK = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
-
-
 def colorize_classes(classes: np.ndarray, colors: Sequence[str], nodata: int = CLASS_NODATA) -> np.ndarray:
     """``(H, W)`` class values to ``(H, W, 4)`` uint8 RGBA: each class its colour, nodata (and any value
     without a colour) transparent."""
     lut = np.zeros((256, 4), dtype=np.uint8)
-    for value, color in enumerate(colors[:255]):
-        lut[value] = hex_to_rgba(color) if color else hex_to_rgba(_FALLBACK[value % len(_FALLBACK)])
-    lut[nodata] = 0
+    for value, rgba in colour_table(colors[:255], nodata).items():
+        lut[value] = rgba
     return lut[np.asarray(classes, dtype=np.uint8)]
 
 

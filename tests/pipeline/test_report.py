@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from pipeline.inference.summary import colorize_classes, count_class_areas, encode_png, hex_to_rgba
+from pipeline.colours import rgba as hex_to_rgba
+from pipeline.inference.summary import colorize_classes, count_class_areas, encode_png
 from pipeline.report import Picture, Section, Table, anchor_of, render_report, render_section
 
 PNG = encode_png(np.zeros((2, 3, 4), dtype=np.uint8))

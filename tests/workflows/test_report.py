@@ -27,7 +27,7 @@ import pytest
 import rasterio
 
 from pipeline.colours import class_colours
-from pipeline.inference.summary import hex_to_rgba
+from pipeline.colours import rgba as hex_to_rgba
 from pipeline.products import class_names_from_tags
 
 REPO = Path(__file__).resolve().parents[2]
