@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.errors import OutputError
 
 __all__ = ["atomic_path", "temp_path_for", "remove_with_sidecars", "fsync_path", "free_bytes", "is_disk_full",
-           "sweep_stale_temps", "output_folder", "removed_if_left_empty", "TEMP_MARKER"]
+           "sweep_stale_temps", "output_folder", "output_subfolder", "removed_if_left_empty", "TEMP_MARKER"]
 
 TEMP_MARKER = ".sw-tmp-"
 
@@ -78,6 +78,24 @@ def output_folder(folder: str | os.PathLike[str]) -> Path:
                           "and its permissions") from err
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {folder}: not writable; check its permissions or choose another")
+    return folder
+
+
+def output_subfolder(out_dir: Path, relative: Path) -> Path:
+    """``out_dir / relative``, made by :func:`output_folder`, after checking that writing there stays inside
+    ``out_dir``: no part below ``out_dir`` may be a symbolic link (``out/2009 -> /elsewhere`` would send
+    products out of it)."""
+    folder = out_dir
+    for part in relative.parts:
+        if part in ("", ".", ".."):
+            raise OutputError(f"output folder {out_dir / relative}: not a plain relative name")
+        folder = folder / part
+        if folder.is_symlink():
+            raise OutputError(f"output folder {folder}: is a symbolic link; scenewatch writes only inside "
+                              f"{out_dir}, so remove the link or choose another output folder")
+    output_folder(folder)
+    if not folder.resolve().is_relative_to(out_dir.resolve()):
+        raise OutputError(f"output folder {folder}: resolves outside {out_dir}")
     return folder
 
 

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client
 from distributed.scheduler import KilledWorker
 
-from pipeline.atomic import TEMP_MARKER
+from pipeline.atomic import TEMP_MARKER, output_subfolder
 from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
-from pipeline.errors import ConfigError, DiskFullError, ModelError, OutputError, ScenewatchError
+from pipeline.errors import ConfigError, DiskFullError, ModelError, ScenewatchError
 from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
 from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
@@ -299,23 +299,6 @@ def _vectors_params(spec: VectorsSpec) -> dict[str, Any]:
     return {"formats": list(spec.formats), "options": spec.options.model_dump(mode="json", exclude_unset=True)}
 
 
-def output_folder(out_dir: Path, relative: Path) -> Path:
-    """``out_dir / relative``, created, after checking that writing there stays inside ``out_dir``: no part
-    below ``out_dir`` may be a symbolic link (``out/2009 -> /elsewhere`` would send products out of it)."""
-    folder = out_dir
-    for part in relative.parts:
-        if part in ("", ".", ".."):
-            raise OutputError(f"output folder {out_dir / relative}: not a plain relative name")
-        folder = folder / part
-        if folder.is_symlink():
-            raise OutputError(f"output folder {folder}: is a symbolic link; scenewatch writes only inside "
-                              f"{out_dir}, so remove the link or choose another output folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not folder.resolve().is_relative_to(out_dir.resolve()):
-        raise OutputError(f"output folder {folder}: resolves outside {out_dir}")
-    return folder
-
-
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
@@ -351,7 +334,7 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
         try:
             stage = "plan"
             manifest.set_stage(job.name, scene.scene_id, stage)
-            folder = output_folder(job.out_dir, Path(name).parent)
+            folder = output_subfolder(job.out_dir, Path(name).parent)
             dask = ctx.dask.get()
             plan = plan_scene(scene.path, _with_threads(ctx, dask), ctx.config, scene_id=base,
                               tags=_date_tags(scene))
@@ -542,7 +525,7 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
     try:
         # every change pair and the timeline write into one folder per kind: change/A__B.change.tif,
         # timeline/timeline.areas.csv; the product name keeps them apart
-        folder = output_folder(job.out_dir, Path(unit.kind))
+        folder = output_subfolder(job.out_dir, Path(unit.kind))
         manifest.set_stage(job.name, unit.item_id, unit.kind)
         from workflows.change import detect_change, run_timeline
 
