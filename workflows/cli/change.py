@@ -37,10 +37,7 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @options.sieve
 @options.polygons
 @click.option("--name", default=None, help="Output name [default: BEFORE__AFTER].")
-@options.predict_options
-@options.scene_options
-@options.untrusted_options
-@options.cluster_options
+@options.classify_options
 @options.quiet()
 @report_errors
 def change(before: str, after: str, model: str, out: str, grid: str, date_pattern: str | None,
@@ -99,10 +96,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
 @options.polygons
 @click.option("--name", default=None,
               help=f"Prefix of the output files [default: {options.default_of(TimelineConfig, 'name')}].")
-@options.predict_options
-@options.scene_options
-@options.untrusted_options
-@options.cluster_options
+@options.classify_options
 @options.quiet()
 @report_errors
 def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str, watch: str | None,

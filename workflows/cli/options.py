@@ -37,10 +37,11 @@ from pipeline.inference.read import SENSOR_PRESETS
 from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, choices
 
 __all__ = [
-    "assume_crs", "band_names", "bands", "build", "builtin_models", "cli_message", "cluster_options", "date_pattern",
-    "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels", "min_area", "model",
-    "model_options", "out", "parse_bands", "parse_model_options", "polygons", "predict_options", "quiet",
-    "region", "report_errors", "scene_options", "untrusted_options", "sieve", "stack", "tile_size", "vector_options",
+    "assume_crs", "band_names", "bands", "build", "builtin_models", "classify_options", "cli_message",
+    "cluster_options", "date_pattern", "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels",
+    "min_area", "model", "model_options", "out", "parse_bands", "parse_model_options", "polygons",
+    "predict_options", "quiet", "region", "report_errors", "scene_options", "sieve", "stack", "tile_size",
+    "untrusted_options", "vector_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -332,6 +333,10 @@ cluster_options = stack(
                  help="Run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786, instead of a local cluster."),
 )
 """Where the work runs."""
+
+classify_options = stack(predict_options, scene_options, untrusted_options, cluster_options)
+"""Everything a command that classifies scenes takes into its PredictConfig (predict, change, timeline,
+evaluate): the tiling and model run, the input limits and repairs, and where the work runs."""
 
 
 def quiet(help: str = "No progress bar.") -> Decorator:

@@ -24,10 +24,7 @@ log = logging.getLogger("scenewatch")
 @options.out()
 @options.bands("Where the model's bands are in SCENE [default: from the band descriptions].")
 @options.model_options
-@options.predict_options
-@options.scene_options
-@options.untrusted_options
-@options.cluster_options
+@options.classify_options
 @options.formats(allow_none=True)
 @options.vector_options
 @options.quiet()

@@ -115,10 +115,7 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
               help="Ignore predicted objects smaller than this "
                    f"[default: {options.default_of(EvaluateConfig, 'min_object_pixels')}].")
 @options.out(help="Keep the predicted rasters in this folder [default: a temporary folder].", required=False)
-@options.predict_options
-@options.scene_options
-@options.untrusted_options
-@options.cluster_options
+@options.classify_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @options.quiet()
 @report_errors
