@@ -74,10 +74,12 @@ class AreaTally:
                               "area_m2": float(self.area[c])} for c in range(len(self.names))])
 
 
-def class_areas(classes: np.ndarray, row_areas: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Area (m²) and pixels of each of ``k`` classes in one window, and the valid area."""
+def class_areas(classes: np.ndarray, row_areas: np.ndarray, k: int,
+                nodata: int = CLASS_NODATA) -> tuple[np.ndarray, np.ndarray, float]:
+    """Area (m²) and pixels of each of ``k`` classes in one window, and the valid area (every pixel but
+    ``nodata``); ``row_areas`` is each row's pixel area."""
     weights = np.broadcast_to(row_areas[:, None], classes.shape)
-    ok = classes != CLASS_NODATA
+    ok = classes != nodata
     values = classes[ok].astype(np.intp)
     area = np.bincount(values, weights=weights[ok], minlength=k)[:k]
     count = np.bincount(values, minlength=k)[:k]

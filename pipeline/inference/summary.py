@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path
 from pipeline.change.align import GridSpec, pixel_area_rows
+from pipeline.change.compare import class_areas
 from pipeline.colours import colour_table
 from pipeline.products import CLASS_NODATA, class_names_from_tags
 from tiles.grid import PixelWindow
@@ -59,14 +60,13 @@ def count_class_areas(classes: np.ndarray, row_areas: np.ndarray, n_classes: int
                       nodata: int = CLASS_NODATA) -> tuple[np.ndarray, np.ndarray]:
     """Per class value ``0..n_classes-1`` then nodata (last entry): pixel counts (int64) and area (float64,
     the sum of ``row_areas[r]`` over the pixels of each row ``r``). Values outside the classes count as
-    nodata."""
+    nodata. The window's counting is :func:`pipeline.change.compare.class_areas`, as for timelines."""
     classes = np.asarray(classes)
-    codes = np.where((classes == nodata) | (classes >= n_classes), n_classes, classes).astype(np.int64)
-    counts_per_row = np.stack([np.bincount(row, minlength=n_classes + 1) for row in codes]) if codes.size else \
-        np.zeros((0, n_classes + 1), dtype=np.int64)
-    pixels = counts_per_row.sum(axis=0).astype(np.int64)
-    area = (counts_per_row * np.asarray(row_areas, dtype=np.float64)[:, None]).sum(axis=0)
-    return pixels, area
+    row_areas = np.asarray(row_areas, dtype=np.float64)
+    area, pixels, _ = class_areas(classes, row_areas, n_classes, nodata)
+    total = float(row_areas.sum()) * (classes.shape[1] if classes.ndim == 2 else 0)
+    return (np.append(pixels, classes.size - pixels.sum()).astype(np.int64),
+            np.append(area, total - area.sum()).astype(np.float64))
 
 
 def read_class_areas(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> ClassAreas:
