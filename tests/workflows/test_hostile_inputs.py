@@ -362,3 +362,21 @@ def test_dates_off_the_common_grid_can_be_refused(tmp_path: Path) -> None:
     before, after = data / "m_4709963_se_14_1_20090818.tif", data / "m_4709963_se_14_1_20200831.tif"
     with pytest.raises(InvalidSceneError, match=r"px \(columns\) off the common grid, over `max_offset` \(0.1 px\)"):
         detect_change(before, after, "vegetation", tmp_path, ChangeConfig(max_offset=0.1))
+
+
+@pytest.mark.slow
+def test_the_time_budget_and_the_grid_offset_limit_are_flags(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from workflows.cli import main
+
+    data = Path(__file__).resolve().parents[2] / "examples" / "data"
+    before, after = data / "m_4709963_se_14_1_20090818.tif", data / "m_4709963_se_14_1_20200831.tif"
+    late = CliRunner().invoke(main, ["predict", str(after), "--bands", "naip", "-o", str(tmp_path / "a"),
+                                     "--workers", "1", "--timeout", "0.001", "--format", "none"])
+    assert late.exit_code == 1, late.output
+    assert "not finished after 0.001 s, the scene's --timeout" in late.output
+    off = CliRunner().invoke(main, ["change", str(before), str(after), "--bands", "naip", "-o", str(tmp_path / "b"),
+                                    "--max-offset", "0.1"])
+    assert off.exit_code == 1, off.output
+    assert "off the common grid, over --max-offset (0.1 px)" in off.output

@@ -31,6 +31,7 @@ def _predict_config(values: dict[str, Any]) -> Any:
                     f"({', '.join(DIFFERENCE_MODELS)}: vegetation loss/gain, burn severity in USGS classes).")
 @options.out()
 @options.grid(first="the BEFORE scene's")
+@options.max_offset
 @options.bands(_BANDS_HELP)
 @options.date_pattern
 @options.min_area
@@ -40,7 +41,7 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @options.classify_options
 @options.quiet()
 @report_errors
-def change(before: str, after: str, model: str, out: str, grid: str, date_pattern: str | None,
+def change(before: str, after: str, model: str, out: str, grid: str, max_offset: float | None, date_pattern: str | None,
            min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None, quiet: bool,
            **predict_values: Any) -> None:
     """Compare BEFORE and AFTER (scenes, or existing *.classes.tif) on one grid.
@@ -53,7 +54,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
     \b
     Examples:
       scenewatch change examples/data/m_4709963_se_14_1_20090818.tif \\
-          examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --out out/
+          examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --max-offset 0.5 --out out/
       scenewatch change pre.tif post.tif --model dnbr --bands sentinel2-l2a --min-area 0.5ha --out burn/
       scenewatch change a.classes.tif b.classes.tif --grid reference.tif --out out/
     """
@@ -62,7 +63,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
     from workflows.report import captured_warnings, change_section, safely
 
     config = build(ChangeConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
-                   polygons=polygons, min_area=min_area, sieve=sieve, name=name)
+                   polygons=polygons, min_area=min_area, sieve=sieve, name=name, max_offset=max_offset)
     started = time.perf_counter()
     with captured_warnings() as warned:
         result = detect_change(before, after, model, out, config, progress=False if quiet else None)
@@ -84,6 +85,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
 @options.out()
 @options.date_pattern
 @options.grid(first="the earliest scene's")
+@options.max_offset
 @options.bands(_BANDS_HELP)
 @click.option("--watch", default=None, metavar="FROM->TO",
               help="Transitions that raise alerts, e.g. 'vegetation->other' (several comma separated, * = any) "
@@ -99,7 +101,8 @@ def change(before: str, after: str, model: str, out: str, grid: str, date_patter
 @options.classify_options
 @options.quiet()
 @report_errors
-def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str, watch: str | None,
+def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str,
+             max_offset: float | None, watch: str | None,
              confirm: int | None, min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None,
              quiet: bool, **predict_values: Any) -> None:
     """Follow a dated stack of SCENES of one place: areas per date, alerts and change events.
@@ -119,7 +122,8 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
     from workflows.report import captured_warnings, safely, timeline_section
 
     config = build(TimelineConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
-                   watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, polygons=polygons, name=name)
+                   watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, polygons=polygons, name=name,
+                   max_offset=max_offset)
     started = time.perf_counter()
     with captured_warnings() as warned:
         result = run_timeline(list(scenes), model, out, config, progress=False if quiet else None)

@@ -38,8 +38,8 @@ from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, cho
 
 __all__ = [
     "assume_crs", "band_names", "bands", "build", "builtin_models", "classify_options", "cli_message",
-    "cluster_options", "date_pattern", "default_of", "formats", "grid", "halo", "label_attribute", "max_pixels",
-    "min_area", "model", "model_options", "out", "parse_bands", "parse_model_options", "polygons",
+    "cluster_options", "date_pattern", "default_of", "formats", "grid", "halo", "label_attribute", "max_offset",
+    "max_pixels", "min_area", "model", "model_options", "out", "parse_bands", "parse_model_options", "polygons",
     "predict_options", "quiet", "region", "report_errors", "scene_options", "sieve", "stack", "tile_size",
     "untrusted_options", "vector_options",
 ]
@@ -303,6 +303,9 @@ predict_options = stack(
     click.option("--proba-dtype", type=click.Choice(choices(ProbaDtype)), default=None,
                  help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 "
                       f"[default: {default_of(PredictConfig, 'proba_dtype')}]."),
+    click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                 help="Stop a scene not finished after this many seconds and report it failed, e.g. 3600 "
+                      "[default: no limit]."),
 )
 """How a scene is classified: the tiling and model-run fields of :class:`~pipeline.config.PredictConfig`."""
 
@@ -376,6 +379,11 @@ date_pattern = click.option(
     "--date-pattern", default=None, metavar="REGEX",
     help="Read dates from file names with named groups year[, month, day], e.g. '(?P<year>\\d{4})' "
          "[default: STAC item beside the scene, TIFF date tags, or YYYYMMDD in the name].")
+
+
+max_offset = click.option("--max-offset", type=float, default=None, metavar="PIXELS",
+                          help="Refuse a date whose pixels are more than this many pixels off the common grid, "
+                               "e.g. 0.1 [default: warn above 0.1 px].")
 
 
 def grid(first: str) -> Decorator:

@@ -39,7 +39,8 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
 
     \b
     Examples:
-      scenewatch predict examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --out out/
+      scenewatch predict examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --out out/ \\
+          --timeout 3600
       scenewatch predict s2.tif --model ./my-unet --bands sentinel2 --tile-size 512 --halo 64 --out out/
       scenewatch predict big.tif --model vegetation --scheduler tcp://scheduler:8786 --out /shared/out
       scenewatch predict s2.tif --model water-mndwi --model-option threshold=0.1 --bands sentinel2 --out out/
