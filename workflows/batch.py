@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +47,6 @@ from distributed.scheduler import KilledWorker
 from pipeline.atomic import TEMP_MARKER, output_subfolder
 from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
 from pipeline.errors import ConfigError, DiskFullError, ModelError, ScenewatchError
-from pipeline.inference.read import check_input_path
 from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
 from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
@@ -238,9 +239,10 @@ def _input_sha256(manifest: Manifest, path: str) -> str:
     """The file's sha256, from the manifest's cache when size, mtime and inode are unchanged."""
     if "://" in path or path.startswith("/vsi"):
         return "href:" + path  # remote assets: identified by href (immutable object URLs are the norm)
-    check_input_path(path)  # a FIFO or /dev/zero would block or never end here: only regular files are hashed
     resolved = str(Path(path).resolve())
     st = os.stat(resolved)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or /dev/zero would block or never end here
+        raise OSError(errno.EINVAL, "not a regular file")
     cached = manifest.cached_sha256(resolved, st.st_size, st.st_mtime_ns, st.st_ino)
     if cached is not None:
         return cached
