@@ -10,10 +10,21 @@ import os
 import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import Self
 
 from pipeline.errors import ConfigError
+from pipeline.inference.masks import QualityMask, parse_quality_mask
 from pipeline.inference.read import DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_COMPRESSION_RATIO
 from pipeline.vocab import VECTOR_FORMAT_ALIASES, BlendMethod, Precision, ProbaDtype, VectorFormat, choices
 
@@ -54,6 +65,24 @@ class FrozenConfig(BaseModel):
             raise load_config_error(err, cls.where) from err
 
 
+def _quality_mask(value: Any) -> Any:
+    if isinstance(value, (str, list, tuple)):
+        try:
+            return parse_quality_mask(value)
+        except ConfigError as err:
+            raise ValueError(str(err).replace("`mask` ", "")) from None
+    return value
+
+
+Mask = Annotated[
+    QualityMask | None, BeforeValidator(_quality_mask),
+    PlainSerializer(lambda m: None if m is None else list(m.texts)),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]}),
+]
+"""A quality mask (:mod:`pipeline.inference.masks`): ``"scl"``, ``"clm=1,2"`` or a list of such rules, one per
+band; written back as that list."""
+
+
 class PredictConfig(FrozenConfig):
     """Everything that shapes one segmentation run of one scene, apart from the scene and the model."""
 
@@ -80,6 +109,9 @@ class PredictConfig(FrozenConfig):
                                         "block declares more bytes than this (None: no check)")
     timeout: float | None = Field(None, gt=0, description="seconds one scene may take before it is stopped and "
                                   "reported failed (a batch goes on with the next); default: no limit")
+    mask: Mask = Field(None, description="quality mask: pixels a band of the band map marks unusable are nodata, "
+                       "e.g. 'scl', 'qa_pixel=cloud,shadow', 'clm=1' (see pipeline.inference.masks)")
+    mask_dilate: int = Field(0, ge=0, description="grow the masked patches by this many pixels")
 
     @model_validator(mode="after")
     def _overlap_within_halo(self) -> PredictConfig:

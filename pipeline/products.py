@@ -76,6 +76,7 @@ class Tag:
     CONFIRM = "SCENEWATCH_CONFIRM"
     DESCRIPTION = "SCENEWATCH_DESCRIPTION"
     ENCODING = "SCENEWATCH_ENCODING"
+    MASK = "SCENEWATCH_MASK"  # the quality mask that made pixels nodata (--mask), e.g. "scl dilate=2"
 
 
 Kind = Literal["classes", "proba", "quicklook", "change", "change_quicklook", "alerts", "events", "areas_csv",

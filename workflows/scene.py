@@ -35,6 +35,7 @@ from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_te
 from pipeline.colours import class_colours, colour_table
 from pipeline.config import PredictConfig
 from pipeline.errors import SceneTimeoutError, crosses_processes
+from pipeline.inference.masks import BoundMask, bind_mask
 from pipeline.inference.predict import TileInput, predict_tiles
 from pipeline.inference.raster import CogWriter
 from pipeline.inference.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands, use_read_cache
@@ -79,6 +80,7 @@ class ScenePlan:
     scene_id: str
     config: PredictConfig = PredictConfig()
     tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for both rasters
+    mask: BoundMask | None = None  # quality mask bound to the scene's bands (pipeline.inference.masks)
 
     @property
     def scene(self) -> str:
@@ -127,7 +129,14 @@ def plan_scene(scene: str | Path, model: str | os.PathLike[str] | ModelRef, conf
                       allow_vrt=config.allow_vrt, max_ratio=config.max_ratio, max_block_bytes=config.max_block_bytes)
     ref = ModelRef.of(model, precision=config.precision)
     info = describe_model(ref)
-    indexes = resolve_bands(meta, parse_band_map(config.bands, meta), info.bands)
+    band_map = parse_band_map(config.bands, meta)
+    indexes = resolve_bands(meta, band_map, info.bands)
+    mask = None
+    if config.mask is not None:
+        resolve_bands(meta, band_map, config.mask.bands)  # a mask band past the file's last is refused here
+        mask = bind_mask(config.mask, band_map.indexes, config.mask_dilate, f"scene {meta.name}")
+        tags = {Tag.MASK: str(config.mask) + (f" dilate={config.mask_dilate}" if config.mask_dilate else ""),
+                **(tags or {})}
     tile_size = config.tile_size or info.tile_size
     if config.align_to_blocks:
         block_w = meta.block_width if meta.block_width < meta.width else 1
@@ -136,18 +145,18 @@ def plan_scene(scene: str | Path, model: str | os.PathLike[str] | ModelRef, conf
     overlap = min(halo // 2 if config.overlap is None else config.overlap, halo)
     grid = plan_tiles(meta.height, meta.width, tile_size, halo)
     sid = make_scene_id(scene) if scene_id is None else safe_name(scene_id)
-    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid, config, dict(tags or {}))
+    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid, config, dict(tags or {}), mask)
 
 
 @crosses_processes
 def _predict_batch(meta: SceneMeta, tiles: Sequence[Tile], indexes: tuple[int, ...], ref: ModelRef,
                    grid: TileGrid, overlap: int, blend: BlendMethod, proba_dtype: str,
-                   stripe_px: int, batch_size: int) -> list[TileContribution | None]:
+                   stripe_px: int, batch_size: int, mask: BoundMask | None = None) -> list[TileContribution | None]:
     """The Dask task: read some tiles in this worker and run the (cached) model on them, ``batch_size`` tiles
     per call. ``stripe_px`` is the width the tiles around these are read across (:func:`_batches`)."""
     model = load_model(ref)
     use_read_cache(meta, grid.halo, stripe_px)
-    inputs = [TileInput(t, *read_window(meta, t.read_window, indexes)) for t in tiles]
+    inputs = [TileInput(t, *read_window(meta, t.read_window, indexes, mask)) for t in tiles]
     return predict_tiles(model, inputs, grid, overlap, blend, proba_dtype, max_batch=batch_size)
 
 
@@ -290,7 +299,7 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
         if tiles is None:
             return False
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
-                          plan.blend, config.proba_dtype, stripe_px, config.batch_size, pure=False,
+                          plan.blend, config.proba_dtype, stripe_px, config.batch_size, plan.mask, pure=False,
                           key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}",
                           **({"workers": [workers[lane]], "allow_other_workers": True} if workers else {}))
         futures[fut] = tiles

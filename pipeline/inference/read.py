@@ -36,6 +36,7 @@ from rasterio.errors import CRSError, NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 
 from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, SceneReadError, ScenewatchError
+from pipeline.inference.masks import BoundMask, dilate, unusable_pixels
 from tiles.grid import PixelWindow
 
 __all__ = [
@@ -91,15 +92,16 @@ SENSOR_PRESETS: dict[str, tuple[str, ...]] = {
     # Sentinel-2 L1C, all 13 bands B01..B12 with B8A after B08.
     "sentinel2": ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
                   "nir09", "cirrus", "swir16", "swir22"),
-    # Sentinel-2 L2A, 12 bands (no B10 cirrus).
+    # Sentinel-2 L2A, 12 bands (no B10 cirrus), then the scene classification SCL if the file has it
+    # (`--mask scl`); a band a preset names past the file's last is simply absent.
     "sentinel2-l2a": ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
-                      "nir09", "swir16", "swir22"),
-    # Landsat 8/9 OLI Collection 2 surface reflectance, SR_B1..SR_B7.
-    "landsat8": ("coastal", "blue", "green", "red", "nir", "swir16", "swir22"),
-    "landsat9": ("coastal", "blue", "green", "red", "nir", "swir16", "swir22"),
-    # Landsat 4-7 TM/ETM+ reflective bands SR_B1..SR_B5, SR_B7.
-    "landsat7": ("blue", "green", "red", "nir", "swir16", "swir22"),
-    "landsat5": ("blue", "green", "red", "nir", "swir16", "swir22"),
+                      "nir09", "swir16", "swir22", "scl"),
+    # Landsat 8/9 OLI Collection 2 surface reflectance, SR_B1..SR_B7, then QA_PIXEL (`--mask qa_pixel`).
+    "landsat8": ("coastal", "blue", "green", "red", "nir", "swir16", "swir22", "qa_pixel"),
+    "landsat9": ("coastal", "blue", "green", "red", "nir", "swir16", "swir22", "qa_pixel"),
+    # Landsat 4-7 TM/ETM+ reflective bands SR_B1..SR_B5, SR_B7, then QA_PIXEL.
+    "landsat7": ("blue", "green", "red", "nir", "swir16", "swir22", "qa_pixel"),
+    "landsat5": ("blue", "green", "red", "nir", "swir16", "swir22", "qa_pixel"),
 }
 
 # Band descriptions that name a common band, as files from common tools write them.
@@ -109,6 +111,7 @@ _DESCRIPTION_ALIASES: dict[str, str] = {
     "b07": "rededge3", "b7": "rededge3", "b08": "nir", "b8": "nir", "b8a": "nir08", "b09": "nir09",
     "b9": "nir09", "b10": "cirrus", "b11": "swir16", "b12": "swir22", "near infrared": "nir",
     "near-infrared": "nir", "infrared": "nir", "swir1": "swir16", "swir2": "swir22",
+    "qa": "qa_pixel", "qa pixel": "qa_pixel",
 }
 _COMMON_NAMES = frozenset(n for names in SENSOR_PRESETS.values() for n in names)
 
@@ -453,9 +456,11 @@ def _band_map_from_descriptions(meta: SceneMeta) -> BandMap:
 
 
 def resolve_bands(meta: SceneMeta, band_map: BandMap, required: Sequence[str]) -> tuple[int, ...]:
-    """The 1-based band indexes of ``required`` bands, in that order; an error names every problem."""
+    """The 1-based band indexes of ``required`` bands, in that order; an error names every problem. A band
+    the map names past the file's last band is an error only when it is required (a preset's optional
+    quality band, ``scl`` of ``sentinel2-l2a``, may be absent)."""
     where = _scene_error_prefix(meta.path)
-    out_of_range = {n: i for n, i in band_map.indexes.items() if i > meta.count}
+    out_of_range = {n: i for n, i in band_map.indexes.items() if i > meta.count and n in required}
     if out_of_range:
         listed = ", ".join(f"{n}={i}" for n, i in out_of_range.items())
         raise BandMapError(f"{where}: band map names band {listed} but the file has {meta.count} band(s)")
@@ -469,9 +474,13 @@ def resolve_bands(meta: SceneMeta, band_map: BandMap, required: Sequence[str]) -
     return tuple(band_map.indexes[name] for name in required)
 
 
-def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
+                mask: BoundMask | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read ``indexes`` over ``window``: float32 pixels ``(bands, rows, cols)`` and a ``(rows, cols)`` bool
     mask of valid pixels.
+
+    With a quality ``mask`` (:mod:`pipeline.inference.masks`), its bands are read too (not returned) and the
+    pixels they mark unusable are invalid.
 
     Validity is GDAL's dataset mask (an internal mask or alpha band if the file has one; otherwise a pixel
     is nodata when every band holds the nodata value, so a black collar is nodata but a dark pixel with one
@@ -499,9 +508,22 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) ->
         ) from err
     if any(src.dtypes[band - 1] in _FLOAT_DTYPES for band in indexes):
         valid &= np.all(np.isfinite(data), axis=0)
+    if mask is not None:
+        valid &= ~_unusable(src, meta, window, mask)
     if not valid.all():
         data[:, ~valid] = 0.0
     return data, valid
+
+
+def _unusable(src: rasterio.DatasetReader, meta: SceneMeta, window: PixelWindow, mask: BoundMask) -> np.ndarray:
+    """The pixels of ``window`` that ``mask``'s bands mark unusable, dilated: the bands are read over the
+    window grown by the dilation (within the scene), so every tile dilates a patch the same way."""
+    grow = mask.dilate
+    row0, col0 = max(0, window.row_off - grow), max(0, window.col_off - grow)
+    row1, col1 = min(meta.height, window.row_end + grow), min(meta.width, window.col_end + grow)
+    bands = src.read(list(mask.indexes), window=Window(col0, row0, col1 - col0, row1 - row0))
+    unusable = dilate(unusable_pixels(mask.mask, bands), grow)
+    return unusable[window.row_off - row0 : window.row_end - row0, window.col_off - col0 : window.col_end - col0]
 
 
 _FLOAT_DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
