@@ -77,6 +77,7 @@ class Tag:
     DESCRIPTION = "SCENEWATCH_DESCRIPTION"
     ENCODING = "SCENEWATCH_ENCODING"
     MASK = "SCENEWATCH_MASK"  # the quality mask that made pixels nodata (--mask), e.g. "scl dilate=2"
+    THRESHOLD = "SCENEWATCH_THRESHOLD"  # index threshold used and how: "0.113 auto (Otsu; ...)", "0 fallback (...)"
 
 
 Kind = Literal["classes", "proba", "quicklook", "change", "change_quicklook", "alerts", "events", "areas_csv",

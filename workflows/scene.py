@@ -57,6 +57,7 @@ from pipeline.products import (
 from tiles.blend import BlendMethod
 from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.cluster import dask_client, threads_per_model
+from workflows.threshold import resolve_auto_threshold
 
 __all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene", "StitchedCore"]
 
@@ -254,6 +255,7 @@ def predict_scene(plan: ScenePlan, out_dir: str | Path = ".", *, client: Client 
         output_folder(out_dir)
         sweep_stale_temps(out_dir)  # what a killed run of this host left here
         with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
+            plan = resolve_auto_threshold(plan, dask)  # threshold=auto: one histogram pass (workflows.threshold)
             ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
             timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
     skipped = int(timings.pop("tiles_skipped"))

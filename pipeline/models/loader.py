@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pipeline.models.sar  # registers flood-sar (issue 16)
 import pipeline.models.spectral  # noqa: F401 - imported for its side effect: registers the spectral models
 from pipeline.errors import ModelError
 from pipeline.models.contract import BUILTIN_MODELS, RUNTIME_OPTIONS, ModelInfo, ModelRef, SegmentationModel

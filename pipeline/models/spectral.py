@@ -17,7 +17,16 @@ bare           NDMI  = (nir - swir16) / (nir + swir16)  NDMI < 0.25       cleare
 =============  =======================================  ================  ================================
 
 Every threshold and the softness are options: ``ModelRef.of("water", threshold=0.1)`` or on the command line
-``--model-option threshold=0.1``. The indexes are ratios, so they work on digital numbers, reflectance or
+``--model-option threshold=0.1``. ``threshold=auto`` computes the threshold from the image itself: Otsu's
+threshold on the histogram of the index over valid pixels, kept only where the histogram is bimodal with a
+mode on each side of the fixed default, else the default (:mod:`pipeline.threshold`, docs/accuracy.md). A
+scene gets one threshold from a histogram summed over its tiles on Dask (``workflows.threshold``), recorded
+in the ``SCENEWATCH_THRESHOLD`` tag; an array (``predict_array``, ``compare_arrays``) gets its own. ``auto``
+is the default of the three water models: on the OMBRIA flood events it holds the fixed threshold's score on
+the event that threshold was read from (Albania) and beats it on the one it was not (France). The land
+models keep their fixed default (docs/accuracy.md says why).
+
+The indexes are ratios, so they work on digital numbers, reflectance or
 scaled reflectance alike, as long as the bands share a scale (true of NAIP, WorldView and Sentinel-2 L1C/L2A
 without offsets; Sentinel-2 L2A from processing baseline 04.00 carries a -1000 offset to remove first).
 
@@ -35,8 +44,9 @@ import numpy as np
 
 from pipeline.errors import ModelError
 from pipeline.models.contract import ModelInfo, builtin_model
+from pipeline.threshold import IndexRange, ThresholdChoice, choose_threshold, index_histogram, is_auto
 
-__all__ = ["SpectralIndexModel", "normalized_difference", "SPECTRAL_DEFAULTS"]
+__all__ = ["SpectralIndexModel", "normalized_difference", "SPECTRAL_DEFAULTS", "AUTO_BY_DEFAULT"]
 
 
 def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,7 +75,10 @@ class SpectralIndexModel:
     """A two-class model from a spectral index: ``p(class 1) = sigmoid((index - threshold) / softness)``,
     or ``sigmoid((threshold - index) / softness)`` when ``above`` is False (the target is *below*).
 
-    ``index`` takes the bands in ``info.bands`` order as ``(N, H, W)`` arrays.
+    ``index`` takes the bands in ``info.bands`` order as ``(N, H, W)`` arrays. With ``auto``, ``threshold``
+    is the fixed default and each image of a batch gets its own threshold from its valid pixels (not every
+    band zero): :meth:`choose` (a scene is resolved to one number before its tiles run, so tiles agree).
+    ``index_range`` bounds the index for the histogram.
     """
 
     info: ModelInfo
@@ -73,17 +86,42 @@ class SpectralIndexModel:
     threshold: float
     softness: float = 0.05
     above: bool = True
+    auto: bool = False
+    index_range: IndexRange = IndexRange()
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def index_values(self, batch: np.ndarray) -> np.ndarray:
+        """The index of an ``(N, bands, H, W)`` batch as ``(N, H, W)`` float32."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != len(self.info.bands):
             raise ModelError(
                 f"model {self.info.name}: expects (N, {len(self.info.bands)}, H, W) input, got {batch.shape}"
             )
-        value = np.asarray(self.index(*(batch[:, i] for i in range(batch.shape[1]))), dtype=np.float32)
+        return np.asarray(self.index(*(batch[:, i] for i in range(batch.shape[1]))), dtype=np.float32)
+
+    def histogram(self, batch: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Histogram (:mod:`pipeline.threshold` bins) of the index over the valid pixels of a batch;
+        ``valid`` ``(N, H, W)`` defaults to "not every band zero"."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if valid is None:
+            valid = batch.any(axis=1)
+        return index_histogram(self.index_values(batch)[valid], self.index_range)
+
+    def choose(self, hist: np.ndarray) -> ThresholdChoice:
+        """The threshold a histogram of this model's index gives (the fixed default where it is not bimodal)."""
+        return choose_threshold(hist, self.threshold, self.index_range)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        value = self.index_values(batch)
+        thresholds = np.full((batch.shape[0], 1, 1), self.threshold, dtype=np.float32)
+        if self.auto:
+            valid = batch.any(axis=1)
+            for i in range(batch.shape[0]):
+                hist = index_histogram(value[i][valid[i]], self.index_range)
+                thresholds[i] = self.choose(hist).value
         # margin / softness, computed in place in a fresh array (the index function may return a view)
         scale = np.float32(1.0 / max(self.softness, 1e-6))
-        margin = np.subtract(value, np.float32(self.threshold), dtype=np.float32)
+        margin = np.subtract(value, thresholds, dtype=np.float32)
         if not self.above:
             np.negative(margin, out=margin)
         margin *= scale
@@ -93,7 +131,8 @@ class SpectralIndexModel:
         return out
 
 
-# name -> (threshold, target above the threshold?); the documented defaults of the table above.
+# name -> (threshold, target above the threshold?); the documented defaults of the table above (the fixed
+# threshold, and the fallback of ``threshold=auto``).
 SPECTRAL_DEFAULTS: dict[str, tuple[float, bool]] = {
     "vegetation": (0.3, True),
     "water": (0.0, True),
@@ -104,6 +143,10 @@ SPECTRAL_DEFAULTS: dict[str, tuple[float, bool]] = {
 }
 
 
+# Models whose threshold is ``auto`` unless given (module docstring; docs/accuracy.md).
+AUTO_BY_DEFAULT = frozenset({"water", "water-mndwi", "water-swir"})
+
+
 def _ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
     return normalized_difference(nir, red)
 
@@ -112,23 +155,27 @@ def _spectral(name: str, bands: tuple[str, str], classes: tuple[str, str], colou
               description: str, threshold: float | str | None, softness: float | str,
               index: Callable[..., np.ndarray] = normalized_difference) -> SpectralIndexModel:
     default, above = SPECTRAL_DEFAULTS[name]
+    if threshold is None and name in AUTO_BY_DEFAULT:
+        threshold = "auto"
+    auto = is_auto(threshold)
     try:
-        value = default if threshold is None else float(threshold)
+        value = default if threshold is None or auto else float(threshold)
         soft = float(softness)
     except (TypeError, ValueError) as err:
-        raise ModelError(f"model {name}: threshold and softness must be numbers, got threshold={threshold!r}, "
-                         f"softness={softness!r}") from err
+        raise ModelError(f"model {name}: threshold must be a number or auto, and softness a number; got "
+                         f"threshold={threshold!r}, softness={softness!r}") from err
     if not -1.0 <= value <= 1.0:
         raise ModelError(f"model {name}: threshold {value} is outside the index range -1..1")
     if soft <= 0:
         raise ModelError(f"model {name}: softness must be positive, got {soft}")
+    shown = f"auto (Otsu, else {value:g})" if auto else f"{value:g}"
     info = ModelInfo(name=name, version="1.0", bands=bands, class_names=classes, class_colors=colours,
-                     tile_size=1024, halo=0, description=description.format(t=value), licence="Apache-2.0")
-    return SpectralIndexModel(info, index, value, soft, above)
+                     tile_size=1024, halo=0, description=description.format(t=shown), licence="Apache-2.0")
+    return SpectralIndexModel(info, index, value, soft, above, auto)
 
 
 @builtin_model("vegetation")
-def vegetation_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
+def vegetation_model(threshold: float | str | None = None, softness: float = 0.05) -> SpectralIndexModel:
     """NDVI = (nir - red) / (nir + red); vegetation where NDVI > threshold (default 0.3)."""
     return _spectral("vegetation", ("red", "nir"), ("other", "vegetation"), ("#d9d0b4", "#1a9641"),
                      "NDVI threshold: vegetation where (nir - red) / (nir + red) > {t}", threshold, softness,
@@ -136,24 +183,26 @@ def vegetation_model(threshold: float | None = None, softness: float = 0.05) -> 
 
 
 @builtin_model("water")
-def water_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
-    """NDWI (McFeeters) = (green - nir) / (green + nir); water where NDWI > threshold (default 0)."""
+def water_model(threshold: float | str | None = None, softness: float = 0.05) -> SpectralIndexModel:
+    """NDWI (McFeeters) = (green - nir) / (green + nir); water where NDWI > threshold (default
+    auto, falling back to 0)."""
     return _spectral("water", ("green", "nir"), ("other", "water"), ("#d9d0b4", "#2b83ba"),
                      "NDWI threshold: water where (green - nir) / (green + nir) > {t}", threshold, softness)
 
 
 @builtin_model("water-mndwi")
-def water_mndwi_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
-    """MNDWI (Xu) = (green - swir16) / (green + swir16); water where MNDWI > threshold (default 0)."""
+def water_mndwi_model(threshold: float | str | None = None, softness: float = 0.05) -> SpectralIndexModel:
+    """MNDWI (Xu) = (green - swir16) / (green + swir16); water where MNDWI > threshold
+    (default auto, falling back to 0)."""
     return _spectral("water-mndwi", ("green", "swir16"), ("other", "water"), ("#d9d0b4", "#2b83ba"),
                      "MNDWI threshold: water where (green - swir16) / (green + swir16) > {t}", threshold,
                      softness)
 
 
 @builtin_model("water-swir")
-def water_swir_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
+def water_swir_model(threshold: float | str | None = None, softness: float = 0.05) -> SpectralIndexModel:
     """Red/SWIR water index (Rogers & Kearney 2004) = (red - swir16) / (red + swir16); water where > threshold
-    (default 0).
+    (default auto, falling back to 0).
 
     Water absorbs short-wave infrared almost completely while still reflecting some red light; soil and
     vegetation reflect more SWIR than red. It needs no green band, so it runs on the common SWIR/NIR/red
@@ -165,14 +214,14 @@ def water_swir_model(threshold: float | None = None, softness: float = 0.05) -> 
 
 
 @builtin_model("burn")
-def burn_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
+def burn_model(threshold: float | str | None = None, softness: float = 0.05) -> SpectralIndexModel:
     """NBR = (nir - swir22) / (nir + swir22); burned where NBR < threshold (default 0.1)."""
     return _spectral("burn", ("nir", "swir22"), ("unburned", "burned"), ("#1a9641", "#d7191c"),
                      "NBR threshold: burned where (nir - swir22) / (nir + swir22) < {t}", threshold, softness)
 
 
 @builtin_model("bare")
-def bare_model(threshold: float | None = None, softness: float = 0.05) -> SpectralIndexModel:
+def bare_model(threshold: float | str | None = None, softness: float = 0.05) -> SpectralIndexModel:
     """NDMI = (nir - swir16) / (nir + swir16); bare or cleared where NDMI < threshold (default 0.25).
 
     Closed canopy holds water and keeps NDMI high (tropical forest 0.3-0.4); soil, clear-cuts and dry
