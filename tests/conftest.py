@@ -12,6 +12,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from tests.s3_server import s3, s3_server  # noqa: F401  (fixtures: a moto S3 server on 127.0.0.1)
+from tests.stac_api import stac_api  # noqa: F401  (fixture: a rustac STAC API server on 127.0.0.1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

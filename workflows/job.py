@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ChangeOptions, FrozenConfig, PredictConfig, TimelineOptions, VectorFormats, VectorOptions
-from pipeline.errors import ConfigError, ModelError
+from pipeline.errors import ConfigError, ModelError, ScenewatchError
 from pipeline.names import unique_names
 from pipeline.products import is_product_path
 from pipeline.vocab import ChangePairs
@@ -34,6 +34,7 @@ __all__ = [
     "Job",
     "JobSpec",
     "SceneInput",
+    "StacSearchSpec",
     "TimeRange",
     "load_job",
     "discover_scenes",
@@ -50,14 +51,45 @@ EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight", "ti
 _Frozen = FrozenConfig
 
 
+class StacSearchSpec(_Frozen):
+    """A STAC API search (``POST /search``, paged by pystac-client): one item found = one scene."""
+
+    url: str = Field(..., description="STAC API root URL, e.g. https://earth-search.aws.element84.com/v1")
+    collections: list[str] | None = Field(None, description="collection ids to search, e.g. [sentinel-2-l2a]")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="items intersecting [west, south, east, north] in degrees (EPSG:4326)")
+    aoi: str | None = Field(None, description="GeoJSON file (relative to the job file) whose geometry items must "
+                                              "intersect; instead of bbox")
+    datetime: str | None = Field(None, description="RFC 3339 instant or range: 2024-06-01/2024-06-30, 2024-06-01/..")
+    query: list[str] | None = Field(None, description='property filters, e.g. ["eo:cloud_cover<20"]')
+    limit: int | None = Field(None, gt=0, description="at most this many items (the newest pages first as the "
+                                                      "API orders them) [default: all]")
+
+    @field_validator("query")
+    @classmethod
+    def _query_is_simple(cls, value: list[str] | None) -> list[str] | None:
+        for q in value or []:
+            if not re.fullmatch(r"\s*[\w:.-]+\s*(<=|>=|=|<|>)\s*\S+\s*", q):
+                raise ValueError(f"{q!r} must look like 'eo:cloud_cover<20' (property, <, <=, =, >=, >, value)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_area(self) -> StacSearchSpec:
+        if self.bbox is not None and self.aoi is not None:
+            raise ValueError("give bbox or aoi, not both")
+        return self
+
+
 class InputsSpec(_Frozen):
-    """Exactly one of ``folder``, ``glob``, ``files`` or ``stac``; then optional filters."""
+    """Exactly one of ``folder``, ``glob``, ``files``, ``stac`` or ``stac_search``; then optional filters."""
 
     folder: str | None = Field(None, description="folder of scenes, with `pattern`")
     pattern: str = Field("*.tif", description="glob pattern inside `folder` (** for subfolders)")
     glob: str | None = Field(None, description="one glob pattern, e.g. archive/**/*.tif")
     files: list[str] | None = Field(None, description="explicit list of scene files")
     stac: str | None = Field(None, description="STAC catalog.json or item collection JSON on disk")
+    stac_search: StacSearchSpec | None = Field(None, description="a STAC API search: url, collections, bbox or aoi, "
+                                                                 "datetime, query, limit")
     asset: str | None = Field(None, description="STAC asset key of the image [default: first GeoTIFF asset]")
     start: dt.date | None = Field(None, description="keep scenes dated on or after this day (YYYY-MM-DD)")
     end: dt.date | None = Field(None, description="keep scenes dated on or before this day (YYYY-MM-DD)")
@@ -66,9 +98,9 @@ class InputsSpec(_Frozen):
 
     @model_validator(mode="after")
     def _one_source(self) -> InputsSpec:
-        given = [k for k in ("folder", "glob", "files", "stac") if getattr(self, k) is not None]
+        given = [k for k in ("folder", "glob", "files", "stac", "stac_search") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of folder, glob, files, stac" +
+            raise ValueError("give exactly one of folder, glob, files, stac, stac_search" +
                              (f" (got {', '.join(given)})" if given else ""))
         if self.files is not None and not self.files:
             raise ValueError("files is empty")
@@ -138,7 +170,11 @@ _NAMING_FIELDS = ("scene_id", "date", "year")
 
 
 class OutputsSpec(_Frozen):
-    folder: str = Field(..., description="output folder (relative to the job file); `--out` overrides it")
+    folder: str = Field(..., description="output folder (relative to the job file) or s3://bucket/prefix; `--out` "
+                                         "overrides it")
+    state: str | None = Field(None, description="for an s3:// folder: the local folder of the manifest and the "
+                                                "staging copy of the products [default: ~/.local/state/"
+                                                "scenewatch/s3/<bucket>/<prefix>]; `--state` overrides it")
     naming: str = Field("{scene_id}", description="product name template: {scene_id}, {date}, {year}; "
                                                   "'/' makes subfolders")
     stac: bool = Field(True, description="publish the products as a STAC catalog (catalog.json)")
@@ -194,7 +230,8 @@ class Job:
     spec: JobSpec
     path: Path
     name: str
-    out_dir: Path
+    out_dir: Path  # for an s3:// output: the local state folder (manifest, staging copy of the products)
+    remote: str | None = None  # the s3://bucket/prefix the products are uploaded to, if any
 
     @property
     def base(self) -> Path:
@@ -209,7 +246,7 @@ class Job:
         """The job as run (defaults filled, output folder resolved), for the manifest's provenance."""
         data = self.spec.model_dump(mode="json")
         data["name"] = self.name
-        data["outputs"]["folder"] = str(self.out_dir)
+        data["outputs"]["folder"] = self.remote or str(self.out_dir)
         return json.dumps(data, sort_keys=True)
 
 
@@ -238,9 +275,14 @@ def registered_factories() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=FACTORY_ENTRY_POINTS)}
 
 
-def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: bool = False) -> Job:
+def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: bool = False,
+             state: str | Path | None = None) -> Job:
     """Read and validate a job file; ``out`` overrides ``outputs.folder``. Raises ConfigError naming the
     key and line of every problem.
+
+    An ``s3://bucket/prefix`` output is built in a local state folder (``state``, else ``outputs.state``,
+    else :func:`pipeline.storage.default_state_folder`) that holds the manifest and the staging copy of the
+    products; each product is uploaded once it is complete (see :mod:`pipeline.storage`).
 
     A job file is data, not code: a ``model.factory`` it names (a Python function that the run would
     import and call) is refused unless ``allow_factory`` is true (the user trusts this file: ``scenewatch
@@ -281,6 +323,17 @@ def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: 
                           f"the factory as a {FACTORY_ENTRY_POINTS!r} entry point of a package")
     name = spec.name or path.stem
     job = Job(spec=spec, path=path, name=name, out_dir=Path())
+    from pipeline.storage import default_state_folder, is_remote_out, parse_s3_url
+
+    target = str(out) if out is not None else spec.outputs.folder
+    if is_remote_out(target):
+        try:
+            remote = str(parse_s3_url(target))
+        except ScenewatchError as err:
+            raise ConfigError(f"{where}: outputs.folder: {err}") from err
+        chosen = state if state is not None else (job.resolve(spec.outputs.state) if spec.outputs.state else None)
+        state_dir = Path(chosen).expanduser().resolve() if chosen is not None else default_state_folder(remote)
+        return Job(spec=spec, path=path, name=name, out_dir=state_dir, remote=remote)
     out_dir = Path(out).resolve() if out is not None else job.resolve(spec.outputs.folder).resolve()
     return Job(spec=spec, path=path, name=name, out_dir=out_dir)
 
@@ -433,7 +486,10 @@ def discover_scenes(job: Job) -> list[SceneInput]:
     """The job's scenes after the date and bbox filters, ordered by date then id (the order of change
     pairs and timelines). Ids are safe and distinct (see :func:`pipeline.names.unique_names`)."""
     spec = job.spec.inputs
-    scenes = _stac_scenes(job, job.resolve(spec.stac)) if spec.stac is not None else _file_scenes(job)
+    if spec.stac_search is not None:
+        scenes = _search_scenes(job, spec.stac_search)
+    else:
+        scenes = _stac_scenes(job, job.resolve(spec.stac)) if spec.stac is not None else _file_scenes(job)
     kept = [s for s in scenes if _keep(s, spec)]
     return sorted(kept, key=lambda s: (s.when.start if s.when else dt.datetime.max.replace(tzinfo=_UTC),
                                        s.scene_id))
@@ -504,6 +560,12 @@ def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
             base = None
     except pystac.STACError as err:
         raise ConfigError(f"{where}: not a STAC catalog or item collection ({err})") from err
+    return _scenes_from_items(job, items, base, where)
+
+
+def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where: str) -> list[SceneInput]:
+    """One scene per STAC item (``base``: the folder relative asset hrefs of an item collection file start
+    from; None: pystac resolves them from the item's own href)."""
     found: list[tuple[str, str, TimeRange | None, tuple[float, float, float, float] | None]] = []
     for item in items:
         asset = _pick_asset(item, job.spec.inputs.asset, where)
@@ -515,6 +577,86 @@ def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
         found.append((item.id, href, _item_time(item), tuple(item.bbox) if item.bbox else None))  # type: ignore[arg-type]
     ids = unique_names([f[0] for f in found], keys=[f"{f[0]}\0{f[1]}" for f in found])
     return [SceneInput(i, href, when, bbox, raw) for i, (raw, href, when, bbox) in zip(ids, found, strict=True)]
+
+
+def _search_scenes(job: Job, search: StacSearchSpec) -> list[SceneInput]:
+    """The items a STAC API search returns (pystac-client pages through them), one scene each. The API is
+    asked again on every run: a daily job sees the items published since, and the manifest's fingerprints
+    (an item's asset hrefs) skip the ones already done.
+
+    ``query`` goes to the API when it conforms to the Query extension; an API without it (many have only
+    core item search) gets the search without it, and the items it returns are filtered here on their
+    properties, ``limit`` counted after that filter."""
+    from pystac_client import Client, ConformanceClasses
+    from pystac_client.exceptions import APIError
+
+    where = f"job {job.path.name}: inputs.stac_search {search.url}"
+    intersects = None
+    if search.aoi is not None:
+        intersects = _aoi_geometry(job.resolve(search.aoi), where)
+    try:
+        api = Client.open(search.url)
+        server_side = bool(search.query) and api.conforms_to(ConformanceClasses.QUERY)
+        found = api.search(collections=search.collections, bbox=search.bbox, intersects=intersects,
+                           datetime=search.datetime, query=search.query if server_side else None,
+                           max_items=search.limit if server_side or not search.query else None)
+        items = [i for i in found.items() if server_side or _matches_query(i.properties, search.query or [])]
+        items = items[:search.limit] if search.limit is not None else items
+    except (APIError, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{where}: search failed ({first}); check the URL and the search parameters") from err
+    if not items:
+        raise ConfigError(f"{where}: the search found no items; check collections, bbox/aoi, datetime and query")
+    return _scenes_from_items(job, items, None, where)
+
+
+_QUERY = re.compile(r"\s*([\w:.-]+)\s*(<=|>=|=|<|>)\s*(\S+)\s*")
+
+
+def _matches_query(properties: dict[str, Any], query: Sequence[str]) -> bool:
+    """Whether an item's properties pass every ``name OP value`` filter (numbers compared as numbers; an
+    item without the property does not pass), as the Query extension would on the server."""
+    import operator
+
+    ops = {"<": operator.lt, "<=": operator.le, "=": operator.eq, ">=": operator.ge, ">": operator.gt}
+    for text in query:
+        match = _QUERY.fullmatch(text)
+        assert match is not None  # checked by StacSearchSpec
+        name, op, raw = match.groups()
+        if properties.get(name) is None:
+            return False
+        value: Any = properties[name]
+        wanted: Any = raw
+        try:
+            value, wanted = float(value), float(raw)
+        except (TypeError, ValueError):
+            value = str(value)
+        if not ops[op](value, wanted):
+            return False
+    return True
+
+
+def _aoi_geometry(path: Path, where: str) -> dict[str, Any]:
+    """The one geometry of a GeoJSON file (a geometry, a Feature, or a FeatureCollection of one feature,
+    or of several: their union), in EPSG:4326 as GeoJSON requires."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: aoi {path.name} cannot be read as GeoJSON ({err})") from err
+    if data.get("type") == "FeatureCollection":
+        import shapely.geometry
+
+        shapes = [shapely.geometry.shape(f["geometry"]) for f in data.get("features", []) if f.get("geometry")]
+        if not shapes:
+            raise ConfigError(f"{where}: aoi {path.name} has no geometry")
+        import shapely
+
+        return dict(shapely.geometry.mapping(shapely.union_all(shapes)))
+    if data.get("type") == "Feature":
+        data = data.get("geometry") or {}
+    if "coordinates" not in data:
+        raise ConfigError(f"{where}: aoi {path.name} is not a GeoJSON geometry, feature or feature collection")
+    return dict(data)
 
 
 def _pick_asset(item: Any, key: str | None, where: str) -> Any:
