@@ -4,7 +4,9 @@ Data flow::
 
     job file [workflows.job.load_job] -> scenes [discover_scenes] -> lock the output folder [workflows.lock]
       -> per scene: fingerprint (input sha256, model identity, parameters) -> skip if done and intact,
-         else plan -> predict [workflows.scene.predict_scene] -> vectors -> checksums -> manifest row
+         else plan -> predict [workflows.scene.predict_scene] -> vectors -> checksums -> manifest row;
+         up to ``scenes_in_flight`` scenes computed at once on the one cluster, each in a thread of this
+         process, so that workers never wait while one scene's COGs and polygons are finished
       -> per pair / series: change, timeline (same skip rule, keyed by the member scenes' fingerprints)
       -> STAC catalog of everything done [workflows.catalog] -> RunSummary (exit code)
 
@@ -13,6 +15,8 @@ that scene only: it is recorded with its stage, class and one-line message, and 
 worker that dies mid-scene is first handled by Dask (lost tasks are recomputed on the other workers);
 when Dask gives up (``KilledWorker``) the scene is run again up to ``retries`` times, then recorded failed.
 Anything else is a bug: it is recorded against the scene and then propagates, stopping the run.
+With several scenes in flight the manifest is still written by this thread alone (the scene threads
+hand their stages and results back), and outcomes are reported in the scenes' order.
 
 Why the input fingerprint hashes whole files: a reprocessed GeoTIFF often keeps its size, its header and
 its first and last blocks (the edits are in the tiles in between), and copies do not keep mtimes, so
@@ -33,9 +37,11 @@ import itertools
 import json
 import logging
 import os
+import queue
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,7 +57,7 @@ from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
 from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
-from workflows.cluster import dask_client, threads_per_model
+from workflows.cluster import dask_client, default_scenes_in_flight, threads_per_model
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
@@ -132,13 +138,22 @@ class _LazyDask:
                  model: ModelRef) -> None:
         self._stack, self._config, self._given, self._model = stack, config, client, model
         self._client: Client | None = None
+        self._default_in_flight = 1
         self.own_cluster = client is None and config.scheduler is None
 
     def get(self) -> Client:
         if self._client is None:
             self._client = self._stack.enter_context(
                 dask_client(self._config.workers, self._config.scheduler, self._given, model=self._model))
+            self._default_in_flight = default_scenes_in_flight(self._client)
         return self._client
+
+    def scenes_in_flight(self, asked: int | None) -> int:
+        """``asked``, else what the started cluster holds; 1 while no cluster is started (until then every
+        scene was skipped or failed before computing, and the next one to compute starts it)."""
+        if asked is not None:
+            return asked
+        return self._default_in_flight if self._client is not None else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,13 +179,16 @@ class _Context:
 def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = False,
             client: Client | None = None, progress: bool | None = None,
             report: Callable[[ItemOutcome, int, int], None] | None = None, *,
-            allow_factory: bool = False) -> RunSummary:
+            allow_factory: bool = False, scenes_in_flight: int | None = None) -> RunSummary:
     """Run a job file over its archive; see the module docstring for what is skipped, redone and recorded.
 
     ``allow_factory``: run a ``model.factory`` the job file names (see :func:`workflows.job.load_job`).
     ``out`` overrides the job's output folder; ``force`` redoes every item; ``client`` runs on an existing
     Dask client (else the job's ``dask:`` settings). ``progress``: a bar (None: only when interactive);
-    ``report(outcome, index, total)`` is called after each item (the CLI prints plain lines with it).
+    ``report(outcome, index, total)`` is called after each item, in the order of the scenes whatever order
+    they finish in (the CLI prints plain lines with it). ``scenes_in_flight``: scenes computed at once on
+    the one cluster (else the job's ``dask: scenes_in_flight``, else
+    :func:`workflows.cluster.default_scenes_in_flight`).
     Raises ConfigError (job invalid) or JobLockedError (another run holds the folder) before doing anything.
 
     Example::
@@ -201,21 +219,32 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
             total = len(scenes) + len(units)
             bar = tqdm(total=total, desc=job.name, unit="item", disable=None if progress is None else not progress)
             with bar, contextlib.ExitStack() as stack:
+                pool = stack.enter_context(_ScenePool())  # entered first: joined after the cluster closes
                 ctx = _Context(job, manifest, run_id, _LazyDask(stack, config, client, ref), ref, info, identity,
                                config, params, force)
-                work: Iterable[Callable[[], ItemOutcome]] = itertools.chain(
-                    (functools.partial(_run_scene, ctx, s) for s in scenes),
-                    (functools.partial(_run_unit, ctx, u) for u in units))
-                for index, item in enumerate(work, start=1):
-                    outcome = item()
+
+                def done(outcome: ItemOutcome) -> bool:
                     outcomes.append(outcome)
-                    bar.update(1)
                     if report is not None:
-                        report(outcome, index, total)
+                        report(outcome, len(outcomes), total)
                     if outcome.error_class == DiskFullError.__name__:
                         log.warning("%s; the run stops here, and a rerun after freeing space goes on",
                                     outcome.message)
-                        break  # every later item would fail the same way
+                        return False  # every later item would fail the same way
+                    return True
+
+                in_flight = scenes_in_flight or job.spec.dask.scenes_in_flight
+                try:
+                    going = _run_scenes(ctx, scenes, pool, in_flight, bar, done)
+                except BaseException:
+                    pool.stopping.set()  # before the cluster closes under the scenes in flight
+                    raise
+                if going:
+                    for unit in units:
+                        outcome = _run_unit(ctx, unit)
+                        bar.update(1)
+                        if not done(outcome):
+                            break
             summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes))
             if job.spec.outputs.stac and not summary.stopped:  # on a full disk the catalog waits for the rerun
                 summary = dataclasses.replace(summary, catalog=_publish(job, manifest, scenes))
@@ -306,7 +335,113 @@ def _fingerprint(*parts: str) -> str:
 # ------------------------------------------------------------------------------------------------ scenes
 
 
-def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
+class _Stopped(BaseException):
+    """The run is stopping (Ctrl-C, SIGTERM): a scene thread gives up at its next stage."""
+
+
+class _ScenePool:
+    """The threads that compute scenes side by side on the run's one Dask client.
+
+    A thread runs one scene's plan, predict, vectors and checksums (Dask, GDAL and numpy release the GIL,
+    and the heavy work is in the workers anyway); it never touches the manifest. Its stage changes and its
+    result come back as events that the run's own thread applies, one at a time: the SQLite manifest keeps
+    one connection, used by one thread, and every write stays its own short transaction. On the way out
+    (normally, or on Ctrl-C / SIGTERM in the run's thread) the pool says ``stopping``, and waits for its
+    threads: entered before the cluster, it is left after the cluster is closed, which ends their scenes
+    (their temporary files are removed as on a single scene; their rows stay ``running`` and are redone).
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self._events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
+        self._threads: dict[int, threading.Thread] = {}
+
+    def __enter__(self) -> _ScenePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self._threads.values():
+            thread.join()
+
+    @property
+    def running(self) -> int:
+        return len(self._threads)
+
+    def start(self, index: int, compute: Callable[[Callable[[str], None], threading.Event], Callable[[], ItemOutcome]]
+              ) -> None:
+        """Run ``compute(set_stage, stopping)`` in a thread; its result (a function that records the outcome)
+        and every ``set_stage(name)`` arrive through :meth:`next_event`."""
+        def main() -> None:
+            record: Callable[[], ItemOutcome] | None
+            try:
+                record = compute(lambda stage: self._events.put((index, "stage", stage)), self.stopping)
+            except _Stopped:
+                record = None
+            except BaseException as err:  # noqa: BLE001 - handed to the run's thread, which raises it
+                record = functools.partial(_raise, err)
+            self._events.put((index, "done", record))
+
+        thread = threading.Thread(target=main, name=f"scenewatch-scene-{index}", daemon=True)
+        self._threads[index] = thread
+        thread.start()
+
+    def next_event(self) -> tuple[int, str, Any]:
+        """``(index, "stage", name)`` or ``(index, "done", record)``, waiting for the next one."""
+        index, kind, value = self._events.get()
+        if kind == "done":
+            self._threads.pop(index).join()
+        return index, kind, value
+
+
+def _raise(err: BaseException) -> ItemOutcome:
+    raise err
+
+
+def _run_scenes(ctx: _Context, scenes: Sequence[SceneInput], pool: _ScenePool, asked: int | None,
+                bar: Any, done: Callable[[ItemOutcome], bool]) -> bool:
+    """Every scene, up to ``asked`` (see :meth:`_LazyDask.scenes_in_flight`) computed at once; ``done`` gets
+    the outcomes in the scenes' order. Returns False when the run stops (the output disk is full): no new
+    scene starts, those in flight finish and are recorded."""
+    finished: dict[int, ItemOutcome] = {}
+    reported = 0
+    todo = iter(enumerate(scenes))
+    going, exhausted = True, False
+
+    def record(index: int, outcome: ItemOutcome) -> None:
+        nonlocal going
+        finished[index] = outcome
+        bar.update(1)
+        if outcome.error_class == DiskFullError.__name__:
+            going = False
+
+    while True:
+        while going and not exhausted and pool.running < ctx.dask.scenes_in_flight(asked):
+            item = next(todo, None)
+            if item is None:
+                exhausted = True
+                break
+            index, scene = item
+            outcome = _begin_scene(ctx, scene)  # hashing and the manifest: in this thread
+            if outcome is None:
+                pool.start(index, functools.partial(_compute_scene, ctx, scene))
+            else:
+                record(index, outcome)
+        while reported in finished:
+            done(finished.pop(reported))
+            reported += 1
+        if not pool.running:
+            return going
+        index, kind, value = pool.next_event()
+        if kind == "stage":
+            ctx.manifest.set_stage(ctx.job.name, scenes[index].scene_id, value)
+        else:
+            record(index, value())
+
+
+def _begin_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome | None:
+    """Fingerprint the scene and skip it if it is up to date, else mark it running and start the cluster
+    if this is the first scene to compute. None: :func:`_compute_scene` goes on."""
     started = time.perf_counter()
     job, manifest = ctx.job, ctx.manifest
     where = f"scene {scene.scene_id}"
@@ -324,22 +459,37 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
                            previous.attempts if previous else 0)
     manifest.begin(job.name, scene.scene_id, "scene", scene.path, fingerprint, ctx.run_id, _when(scene))
     ctx.dask.get()
+    return None
+
+
+def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], None],
+                   stopping: threading.Event) -> Callable[[], ItemOutcome]:
+    """Plan, predict, vectors and checksums of a scene marked running; may run in a thread of its own, so it
+    writes no manifest row: it calls ``set_stage`` and returns what records the outcome (called in the
+    run's thread). Raises :class:`_Stopped` between stages once ``stopping`` is set."""
+    job = ctx.job
+    where = f"scene {scene.scene_id}"
     started = time.perf_counter()  # the scene's own time, not the cluster's start-up
     name = _product_name(job, scene)
     base = Path(name).name
     stage = "plan"
     attempts = 0
+
+    def enter(next_stage: str) -> str:
+        if stopping.is_set():
+            raise _Stopped
+        set_stage(next_stage)
+        return next_stage
+
     while True:
         attempts += 1
         try:
-            stage = "plan"
-            manifest.set_stage(job.name, scene.scene_id, stage)
+            stage = enter("plan")
             folder = output_subfolder(job.out_dir, Path(name).parent)
             dask = ctx.dask.get()
             plan = plan_scene(scene.path, _with_threads(ctx, dask), ctx.config, scene_id=base,
                               tags=_date_tags(scene))
-            stage = "predict"
-            manifest.set_stage(job.name, scene.scene_id, stage)
+            stage = enter("predict")
             result = predict_scene(plan, folder, client=dask, progress=False)
             paths = [result.classes_path]
             if job.spec.products.segmentation.proba:
@@ -347,30 +497,37 @@ def _run_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome:
             else:
                 result.proba_path.unlink(missing_ok=True)
             if job.spec.products.vectors is not None:
-                stage = "vectors"
-                manifest.set_stage(job.name, scene.scene_id, stage)
+                stage = enter("vectors")
                 proba = result.proba_path if job.spec.products.segmentation.proba else None
                 paths += _vectorize(ctx, scene, result.classes_path, proba, folder)
-            stage = "checksum"
-            manifest.set_stage(job.name, scene.scene_id, stage)
+            stage = enter("checksum")
             outputs = [_output_record(job.out_dir, p) for p in paths]
             properties = {**_when(scene), "bbox": _bbox_4326(result.classes_path), "source_id": scene.source_id}
             seconds = time.perf_counter() - started
-            manifest.succeed(job.name, scene.scene_id, outputs, seconds, properties)
-            return ItemOutcome(scene.scene_id, "scene", "done", "done", seconds, attempts)
+            return functools.partial(_succeeded, ctx, scene.scene_id, outputs, seconds, properties, attempts)
         except KilledWorker as err:
-            if attempts <= job.spec.retries:
+            if attempts <= job.spec.retries and not stopping.is_set():
                 log.warning("%s: a Dask worker died during %s; running the scene again (%d/%d)", where, stage,
                             attempts, job.spec.retries)
                 continue
             message = (f"{where}: Dask workers died {attempts} time(s) during {stage} ({err}); check worker "
                        f"memory (the scene is retried on the next run)")
-            return _failed(ctx, scene.scene_id, "scene", stage, "KilledWorker", message, started, attempts)
+            return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, "KilledWorker", message, started,
+                                     attempts)
         except ScenewatchError as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return _failed(ctx, scene.scene_id, "scene", stage, type(err).__name__, message, started, attempts)
-        except Exception as err:  # noqa: BLE001 - a bug: recorded as one, and the other scenes still run
-            return _unexpected(ctx, scene.scene_id, "scene", stage, where, err, started, attempts)
+            return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, type(err).__name__, message,
+                                     started, attempts)
+        except Exception as err:  # a bug: recorded as one, and the other scenes still run
+            if stopping.is_set():
+                raise _Stopped from err  # the cluster closed under it: the run is stopping, not failing
+            return functools.partial(_unexpected, ctx, scene.scene_id, "scene", stage, where, err, started, attempts)
+
+
+def _succeeded(ctx: _Context, scene_id: str, outputs: list[OutputRecord], seconds: float,
+               properties: dict[str, Any], attempts: int) -> ItemOutcome:
+    ctx.manifest.succeed(ctx.job.name, scene_id, outputs, seconds, properties)
+    return ItemOutcome(scene_id, "scene", "done", "done", seconds, attempts)
 
 
 def _unexpected(ctx: _Context, item_id: str, kind: str, stage: str, where: str, err: Exception, started: float,

@@ -20,7 +20,8 @@ from pipeline.errors import ConfigError
 from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 
-__all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS"]
+__all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS",
+           "default_scenes_in_flight"]
 
 log = logging.getLogger("scenewatch")
 
@@ -106,3 +107,15 @@ def threads_per_model(client: Client) -> int:
         known, threads = hosts.get(host, (0, 0))
         hosts[host] = (max(known, n), threads + max(1, slots.get(address, 1)))
     return max(1, min(n // threads for n, threads in hosts.values())) if hosts else 1
+
+
+def default_scenes_in_flight(client: Client) -> int:
+    """Scenes a batch computes at once when the job does not say: the cluster's worker threads (every
+    task slot may hold a different scene's tiles), and at least 2, so that one scene's tail (its last
+    tiles, the COGs being finished, the polygons) overlaps the next scene's tiles even on one worker.
+
+    Each scene bounds its own tiles in flight (two tasks per worker), so what the cluster holds grows
+    with this number: the workers' queues and, in this process, one column of cores per scene.
+    """
+    slots = sum(max(1, w.get("nthreads", 1)) for w in client.scheduler_info(n_workers=-1).get("workers", {}).values())
+    return max(2, slots)

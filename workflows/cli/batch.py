@@ -31,9 +31,14 @@ Exit codes:
               help="Run the Python model factory the job file names (model.factory). Only for job files you "
                    "trust: a factory is code. Factories that installed packages register as 'scenewatch.models' "
                    "entry points need no flag.")
+@click.option("--scenes-in-flight", "scenes_in_flight", type=click.IntRange(1, 256), default=None, metavar="N",
+              help="Scenes computed at once on the cluster, so no worker idles while a scene's COGs and polygons "
+                   "are finished [default: the job's dask.scenes_in_flight, else the cluster's worker threads, "
+                   "at least 2]. 1: one scene at a time.")
 @options.quiet(help="No progress bar or per-scene lines; only the summary.")
 @report_errors
-def run(job_file: str, out: str | None, force: bool, allow_factory: bool, quiet: bool) -> None:
+def run(job_file: str, out: str | None, force: bool, allow_factory: bool, scenes_in_flight: int | None,
+        quiet: bool) -> None:
     """Run JOB.yaml over its archive: resumable, one bad scene never stops the others.
 
     Scenes already done with unchanged inputs, model and parameters (and intact outputs) are skipped; a
@@ -46,6 +51,7 @@ def run(job_file: str, out: str | None, force: bool, allow_factory: bool, quiet:
       scenewatch run workflows/jobs/naip_vegetation.yaml
       scenewatch run nightly.yaml --out /data/products/nightly
       scenewatch run nightly.yaml --force        # redo everything
+      scenewatch run workflows/jobs/naip_vegetation.yaml --scenes-in-flight 2   # two scenes at once
       scenewatch run my_model_job.yaml --allow-factory   # the job names a Python model factory you trust
     """
     from workflows.batch import ItemOutcome, run_job
@@ -68,7 +74,7 @@ def run(job_file: str, out: str | None, force: bool, allow_factory: bool, quiet:
 
     with captured_warnings() as warned:
         summary = run_job(job_file, out=out, force=force, progress=interactive, report=report,
-                          allow_factory=allow_factory)
+                          allow_factory=allow_factory, scenes_in_flight=scenes_in_flight)
     _print_summary(summary)
     built = safely(batch_sections, summary, warnings=warned)
     if built is not None:
