@@ -61,6 +61,7 @@ from workflows.cluster import dask_client, default_scenes_in_flight, threads_per
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
+from workflows.remote import outputs_in_bucket, prepare_remote, upload_outputs, upload_run_files
 from workflows.scene import plan_scene, predict_scene
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class RunSummary:
     run_id: int
     outcomes: tuple[ItemOutcome, ...]
     catalog: Path | None = None
+    remote: str | None = None  # the s3:// output the products were uploaded to (out_dir is then the state folder)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -179,7 +181,8 @@ class _Context:
 def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = False,
             client: Client | None = None, progress: bool | None = None,
             report: Callable[[ItemOutcome, int, int], None] | None = None, *,
-            allow_factory: bool = False, scenes_in_flight: int | None = None) -> RunSummary:
+            allow_factory: bool = False, scenes_in_flight: int | None = None,
+            state: str | Path | None = None) -> RunSummary:
     """Run a job file over its archive; see the module docstring for what is skipped, redone and recorded.
 
     ``allow_factory``: run a ``model.factory`` the job file names (see :func:`workflows.job.load_job`).
@@ -189,6 +192,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     they finish in (the CLI prints plain lines with it). ``scenes_in_flight``: scenes computed at once on
     the one cluster (else the job's ``dask: scenes_in_flight``, else
     :func:`workflows.cluster.default_scenes_in_flight`).
+    ``state``: the local state folder of an ``s3://`` output (see :mod:`workflows.remote`).
     Raises ConfigError (job invalid) or JobLockedError (another run holds the folder) before doing anything.
 
     Example::
@@ -198,7 +202,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     """
     from tqdm import tqdm
 
-    job = load_job(job_path, out, allow_factory=allow_factory)
+    job = load_job(job_path, out, allow_factory=allow_factory, state=state)
     scenes = discover_scenes(job)
     config = job.spec.predict_config()
     ref = _model_ref(job, config)
@@ -207,6 +211,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     params = _scene_params(job, config)
     with job_lock(job.out_dir, job.name):
         _remove_stale_temps(job.out_dir)
+        prepare_remote(job)
         with open_manifest(job.out_dir / MANIFEST_NAME) as manifest:
             others = [j for j in manifest.jobs() if j != job.name]
             if others:  # its STAC catalog and stale-file clean-up assume the folder is the job's alone
@@ -245,9 +250,10 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
                         bar.update(1)
                         if not done(outcome):
                             break
-            summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes))
+            summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes), remote=job.remote)
             if job.spec.outputs.stac and not summary.stopped:  # on a full disk the catalog waits for the rerun
                 summary = dataclasses.replace(summary, catalog=_publish(job, manifest, scenes))
+            upload_run_files(job)  # an s3:// output: the catalog and a manifest snapshot beside the products
             counts = {s: summary.count(s) for s in ("done", "skipped", "failed")}
             manifest.finish_run(run_id, summary.exit_code, counts)
     return summary
@@ -454,7 +460,7 @@ def _begin_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome | None:
     fingerprint = _fingerprint(digest, ctx.identity, ctx.params)
     ctx.fingerprints[scene.scene_id] = fingerprint
     previous = manifest.get(job.name, scene.scene_id)
-    if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir):
+    if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir) and outputs_in_bucket(job, previous):
         return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
                            previous.attempts if previous else 0)
     manifest.begin(job.name, scene.scene_id, "scene", scene.path, fingerprint, ctx.run_id, _when(scene))
@@ -502,6 +508,8 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
                 paths += _vectorize(ctx, scene, result.classes_path, proba, folder)
             stage = enter("checksum")
             outputs = [_output_record(job.out_dir, p) for p in paths]
+            stage = enter("upload")
+            upload_outputs(job, paths)  # an s3:// output: recorded done only once every object is complete
             properties = {**_when(scene), "bbox": _bbox_4326(result.classes_path), "source_id": scene.source_id}
             seconds = time.perf_counter() - started
             return functools.partial(_succeeded, ctx, scene.scene_id, outputs, seconds, properties, attempts)
@@ -675,7 +683,7 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
                                json.dumps(unit.options.model_dump(mode="json", exclude_unset=True), sort_keys=True))
     previous = manifest.get(job.name, unit.item_id)
     # a record from the older layout (change/change_A__B/..., timeline/timeline/...) is redone in this one
-    if (not ctx.force and _up_to_date(previous, fingerprint, job.out_dir)
+    if (not ctx.force and _up_to_date(previous, fingerprint, job.out_dir) and outputs_in_bucket(job, previous)
             and all(Path(o.path).parent == Path(unit.kind) for o in previous.outputs)):  # type: ignore[union-attr]
         return ItemOutcome(unit.item_id, unit.kind, "skipped", "done", time.perf_counter() - started)
     manifest.begin(job.name, unit.item_id, unit.kind, source, fingerprint, ctx.run_id, {})
@@ -699,6 +707,7 @@ def _run_unit(ctx: _Context, unit: _Unit) -> ItemOutcome:
                                   client=dask, progress=False)
         files = _unit_files(folder, result)
         outputs = [_output_record(job.out_dir, p) for p in files]
+        upload_outputs(job, files)
         seconds = time.perf_counter() - started
         manifest.succeed(job.name, unit.item_id, outputs, seconds, {})
         _remove_replaced(job.out_dir, previous, outputs)
@@ -857,7 +866,7 @@ class StatusRow:
     message: str
 
 
-def read_status(job_path: str | Path, out: str | Path | None = None
+def read_status(job_path: str | Path, out: str | Path | None = None, state: str | Path | None = None
                 ) -> tuple[Job, list[StatusRow], RunRecord | None]:
     """What the manifest says of every scene the job now finds (plus recorded products) and of the last
     run, without running anything.
@@ -866,7 +875,7 @@ def read_status(job_path: str | Path, out: str | Path | None = None
     re-hashes it and redoes the scene if the content differs);
     ``interrupted``: a run stopped during it; ``running``: a run holding the lock is on it now.
     """
-    job = load_job(job_path, out, allow_factory=True)  # reading the status runs no model
+    job = load_job(job_path, out, allow_factory=True, state=state)  # reading the status runs no model
     scenes = discover_scenes(job)
     path = job.out_dir / MANIFEST_NAME
     locked = is_locked(job.out_dir)

@@ -25,7 +25,9 @@ Exit codes:
 
 @click.command(epilog=_EXIT_CODES)
 @click.argument("job_file", metavar="JOB.yaml", type=click.Path(dir_okay=False))
-@options.out(help="Output folder [default: outputs.folder of the job, relative to the job file].", required=False)
+@options.out(help="Output folder or s3://bucket/prefix [default: outputs.folder of the job, relative to the job "
+                  "file].", required=False)
+@options.state()
 @click.option("--force", is_flag=True, help="Redo every scene, even those already done and unchanged.")
 @click.option("--allow-factory", "allow_factory", is_flag=True,
               help="Run the Python model factory the job file names (model.factory). Only for job files you "
@@ -37,8 +39,8 @@ Exit codes:
                    "at least 2]. 1: one scene at a time.")
 @options.quiet(help="No progress bar or per-scene lines; only the summary.")
 @report_errors
-def run(job_file: str, out: str | None, force: bool, allow_factory: bool, scenes_in_flight: int | None,
-        quiet: bool) -> None:
+def run(job_file: str, out: str | None, state: str | None, force: bool, allow_factory: bool,
+        scenes_in_flight: int | None, quiet: bool) -> None:
     """Run JOB.yaml over its archive: resumable, one bad scene never stops the others.
 
     Scenes already done with unchanged inputs, model and parameters (and intact outputs) are skipped; a
@@ -53,6 +55,7 @@ def run(job_file: str, out: str | None, force: bool, allow_factory: bool, scenes
       scenewatch run nightly.yaml --force        # redo everything
       scenewatch run workflows/jobs/naip_vegetation.yaml --scenes-in-flight 2   # two scenes at once
       scenewatch run my_model_job.yaml --allow-factory   # the job names a Python model factory you trust
+      scenewatch run nightly.yaml --out s3://my-bucket/nightly --state /var/lib/scenewatch/nightly
     """
     from workflows.batch import ItemOutcome, run_job
 
@@ -74,12 +77,17 @@ def run(job_file: str, out: str | None, force: bool, allow_factory: bool, scenes
 
     with captured_warnings() as warned:
         summary = run_job(job_file, out=out, force=force, progress=interactive, report=report,
-                          allow_factory=allow_factory, scenes_in_flight=scenes_in_flight)
+                          allow_factory=allow_factory, scenes_in_flight=scenes_in_flight, state=state)
     _print_summary(summary)
     built = safely(batch_sections, summary, warnings=warned)
     if built is not None:
         written = write_batch_report(summary.out_dir, f"scenewatch run: {summary.job}", *built)
-        if written is not None:
+        if written is not None and summary.remote is not None:
+            from pipeline.storage import join_url, upload_file
+
+            upload_file(written, join_url(summary.remote, written.name))
+            click.echo(f"-> {join_url(summary.remote, written.name)}")
+        elif written is not None:
             click.echo(f"-> {written}")
     sys.exit(summary.exit_code)
 
@@ -114,7 +122,8 @@ def _print_summary(summary: Any) -> None:
             click.echo(f"... and {len(shown) - 50} more (see `scenewatch status`)")
     click.echo(f"job {summary.job}: {summary.count('done')} done, {summary.count('skipped')} up to date, "
                f"{summary.count('failed')} failed -> {summary.out_dir}"
-               + (f" (STAC: {summary.catalog.name})" if summary.catalog else ""))
+               + (f" (STAC: {summary.catalog.name})" if summary.catalog else "")
+               + (f"; uploaded to {summary.remote}" if summary.remote else ""))
 
 
 def _table(header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> None:
@@ -127,9 +136,10 @@ def _table(header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> None:
 @click.command()
 @click.argument("job_file", metavar="JOB.yaml", type=click.Path(dir_okay=False))
 @options.out(help="Output folder, if the job was run with --out.", required=False)
+@options.state()
 @click.option("--failed", "only_failed", is_flag=True, help="List failed items only.")
 @report_errors
-def status(job_file: str, out: str | None, only_failed: bool) -> None:
+def status(job_file: str, out: str | None, state: str | None, only_failed: bool) -> None:
     """Show what JOB.yaml has done, failed and still pending, from its run manifest (runs nothing).
 
     \b
@@ -149,7 +159,7 @@ def status(job_file: str, out: str | None, only_failed: bool) -> None:
     """
     from workflows.batch import read_status
 
-    job, rows, last = read_status(job_file, out=out)
+    job, rows, last = read_status(job_file, out=out, state=state)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1

@@ -41,6 +41,7 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @options.classify_options
 @options.quiet()
 @report_errors
+@options.remote_out
 def change(before: str, after: str, model: str, out: str, grid: str, max_offset: float | None, date_pattern: str | None,
            min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None, quiet: bool,
            **predict_values: Any) -> None:
@@ -101,6 +102,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
 @options.classify_options
 @options.quiet()
 @report_errors
+@options.remote_out
 def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str,
              max_offset: float | None, watch: str | None,
              confirm: int | None, min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None,

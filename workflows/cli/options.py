@@ -104,6 +104,27 @@ def report_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def remote_out(func: F) -> F:
+    """Let a command's ``--out`` be ``s3://bucket/prefix``: the command writes into a local staging folder
+    as it would into a local ``--out`` (atomic files, its report), and once it has finished without error
+    every file is uploaded under the prefix (:func:`pipeline.storage.staged_output`); a failed command
+    uploads nothing. Goes under :func:`report_errors`, so a failed upload is one line too."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline.storage import is_remote_out, staged_output
+
+        url = kwargs.get("out")
+        if not is_remote_out(url):
+            return func(*args, **kwargs)
+        with staged_output(url) as folder:
+            result = func(*args, **{**kwargs, "out": str(folder)})
+        click.echo(f"-> uploaded to {url}")
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _debug() -> bool:
     """Whether the user asked for tracebacks (``scenewatch --debug ...``)."""
     ctx = click.get_current_context(silent=True)
@@ -243,8 +264,16 @@ def _given(**settings: Any) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def out(help: str = "Output folder.", required: bool = True) -> Decorator:
+def out(help: str = "Output folder, or s3://bucket/prefix (files uploaded once complete).",
+        required: bool = True) -> Decorator:
     return click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=required, help=help)
+
+
+def state() -> Decorator:
+    return click.option("--state", "state", type=click.Path(file_okay=False), default=None,
+                        help="With an s3:// --out: the local folder that holds the run's manifest, lock and the "
+                             "staging copy of the products [default: outputs.state of the job, else "
+                             "~/.local/state/scenewatch/s3/<bucket>/<prefix>].")
 
 
 def builtin_models() -> str:

@@ -29,6 +29,7 @@ log = logging.getLogger("scenewatch")
 @options.vector_options
 @options.quiet()
 @report_errors
+@options.remote_out
 def predict(scene: str, model: str, out: str, model_options: dict[str, Any], formats: str, min_area: float | None,
             sieve: int | None, simplify: float | None, classes: str | None, max_polygons: int | None, quiet: bool,
             **predict_values: Any) -> None:

@@ -65,6 +65,7 @@ def _sibling_proba(classes: Path) -> Path | None:
               help="Constant text column on every polygon.")
 @options.quiet()
 @report_errors
+@options.remote_out
 def vectorize(classes_path: str, out: str, proba_path: str | None, scene_id: str | None, acquired: str | None,
               attributes: tuple[str, ...], quiet: bool, **values: Any) -> None:
     """Turn a class raster CLASSES into polygon layers OUT/<scene>.<format>, seamless across tiles.

@@ -1,0 +1,88 @@
+"""Outputs in object storage (``--out s3://bucket/prefix``) through the CLI, against moto's S3 server on
+127.0.0.1 (tests/s3_server.py): uploaded whole once built, recorded after the upload, skipped when there."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.workflows.helpers import SHAPE, make_archive, sha256, write_job
+from workflows.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _objects(s3, prefix: str) -> dict[str, dict]:
+    listing = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"][len(prefix):].lstrip("/"): o for o in listing}
+
+
+def _body(s3, key: str) -> bytes:
+    return s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+
+
+def _invoke(*args: str | Path) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_predict_to_s3_equals_a_local_run(tmp_path: Path, make_geotiff, s3, dask_client) -> None:
+    scene = make_geotiff("scene.tif", shape=SHAPE)
+    common = ["predict", scene, "--bands", "naip", "--format", "gpkg", "--scheduler", dask_client.scheduler.address]
+    _invoke(*common, "--out", tmp_path / "local")
+    output = _invoke(*common, "--out", s3.url("pred"))
+    assert f"uploaded to {s3.url('pred')}" in output
+    objects = _objects(s3, "pred")
+    local = {p.name: p for p in (tmp_path / "local").iterdir() if p.is_file()}
+    assert set(objects) == set(local)  # every product, the quicklook and report.html
+    for name in ("scene.classes.tif", "scene.proba.tif", "scene.gpkg"):
+        assert _body(s3, f"pred/{name}") == local[name].read_bytes()  # byte-identical products
+        head = s3.client.head_object(Bucket=s3.bucket, Key=f"pred/{name}")
+        assert head["Metadata"]["sha256"] == sha256(local[name])
+
+
+def test_job_to_s3_uploads_records_and_skips(tmp_path: Path, make_geotiff, s3, dask_client) -> None:
+    archive = make_archive(tmp_path, make_geotiff, "archive", 2)
+    job = write_job(tmp_path, {"folder": str(archive)}, tmp_path / "unused",
+                    dask={"scheduler": dask_client.scheduler.address})
+    state = tmp_path / "state"
+    url = s3.url("nightly")
+    _invoke("run", job, "--out", url, "--state", state, "--quiet")
+    objects = _objects(s3, "nightly")
+    assert {"scene_00.classes.tif", "scene_00.proba.tif", "scene_01.classes.tif", "catalog.json",
+            "stac/scene_00.json", "scenewatch-manifest.sqlite", "report.html"} <= set(objects)
+    assert not any(".sw-tmp-" in k for k in objects)
+    for key in ("scene_00.classes.tif", "catalog.json"):  # the staging copy and the object are the same bytes
+        assert _body(s3, f"nightly/{key}") == (state / key).read_bytes()
+    snapshot = tmp_path / "manifest.sqlite"
+    snapshot.write_bytes(_body(s3, "nightly/scenewatch-manifest.sqlite"))
+    with sqlite3.connect(snapshot) as db:
+        rows = dict(db.execute("SELECT item_id, status FROM items").fetchall())
+        folder = db.execute("SELECT job_json FROM runs").fetchone()[0]
+    assert rows == {"scene_00": "done", "scene_01": "done"} and url in folder
+
+    # a rerun: everything there and identical, nothing redone
+    modified = {k: o["LastModified"] for k, o in objects.items() if k.endswith(".tif")}
+    out = _invoke("run", job, "--out", url, "--state", state)
+    assert "0 done, 2 up to date" in out
+    assert {k: o["LastModified"] for k, o in _objects(s3, "nightly").items() if k.endswith(".tif")} == modified
+    assert "2 done" in _invoke("status", job, "--out", url, "--state", state)
+
+    # an object deleted from the bucket: that scene is redone and uploaded again, the other skipped
+    s3.client.delete_object(Bucket=s3.bucket, Key="nightly/scene_01.proba.tif")
+    out = _invoke("run", job, "--out", url, "--state", state)
+    assert "1 done, 1 up to date" in out
+    assert "scene_01.proba.tif" in _objects(s3, "nightly")
+
+
+def test_unreachable_bucket_is_one_line(tmp_path: Path, make_geotiff, s3) -> None:
+    scene = make_geotiff("scene.tif", shape=SHAPE)
+    job = write_job(tmp_path, {"files": [str(scene)]}, tmp_path / "unused")
+    result = CliRunner().invoke(main, ["run", str(job), "--out", "s3://no-such-bucket-e/x", "--state",
+                                       str(tmp_path / "state")])
+    assert result.exit_code == 1
+    assert "scenewatch: error: output s3://no-such-bucket-e/x: no such bucket" in result.output

@@ -1,0 +1,72 @@
+"""A batch whose output folder is ``s3://bucket/prefix``: where things live and when they are uploaded.
+
+The run works in a local *state folder* exactly as it would in a local output folder (the job's lock, the
+manifest, the products built and checksummed there: ``--state``, ``outputs.state``, else
+:func:`pipeline.storage.default_state_folder`). Each item's files are uploaded once they are complete and
+checksummed, and the item is recorded ``done`` in the manifest only after every upload returned, so a
+``done`` row always means "complete in the bucket". At the end of the run the STAC catalog (relative
+hrefs, so it is valid in the bucket as it is) and a consistent snapshot of the manifest are uploaded
+beside the products; the CLI uploads report.html.
+
+A rerun skips an item when its manifest row is done with the same fingerprint, its local copies still
+match, and every object is in the bucket with the recorded size and sha256; an upload whose object is
+already there and identical is skipped. Losing the state folder costs a recompute, never a wrong object:
+the products are remade, found identical in the bucket and not uploaded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipeline import storage
+from workflows.job import Job
+from workflows.manifest import MANIFEST_NAME, ItemRecord
+
+__all__ = ["prepare_remote", "upload_outputs", "outputs_in_bucket", "upload_run_files"]
+
+
+def prepare_remote(job: Job) -> None:
+    """At the start of a run, under the job's lock: abort multipart uploads a killed run left."""
+    if job.remote is not None:
+        storage.abort_incomplete_uploads(job.remote)
+
+
+def upload_outputs(job: Job, paths: Iterable[Path]) -> None:
+    """Upload an item's finished files (under the state folder) to the same relative keys in the bucket;
+    nothing for a local output. Raises OutputError naming the key on a failure."""
+    if job.remote is None:
+        return
+    for path in paths:
+        relative = Path(path).resolve().relative_to(job.out_dir.resolve())
+        storage.upload_file(path, storage.join_url(job.remote, relative))
+
+
+def outputs_in_bucket(job: Job, record: ItemRecord | None) -> bool:
+    """Whether every output the record lists is in the bucket with its size and sha256 (always True for a
+    local output)."""
+    if job.remote is None or record is None:
+        return True
+    remote = job.remote
+    return all(storage.object_matches(storage.join_url(remote, o.path), o.size, o.sha256) for o in record.outputs)
+
+
+def upload_run_files(job: Job, names: Iterable[str] = ()) -> None:
+    """The run's shared files: the STAC catalog (catalog.json, stac/*.json), ``names`` (report.html...) and
+    a snapshot of the manifest (SQLite's online backup, so it is consistent while the run holds it)."""
+    if job.remote is None:
+        return
+    files = [job.out_dir / "catalog.json", *sorted((job.out_dir / "stac").glob("*.json")),
+             *(job.out_dir / n for n in names)]
+    upload_outputs(job, [f for f in files if f.is_file()])
+    manifest = job.out_dir / MANIFEST_NAME
+    if manifest.is_file():
+        with tempfile.TemporaryDirectory(prefix="scenewatch-manifest-") as tmp:
+            copy = Path(tmp) / MANIFEST_NAME
+            with contextlib.closing(sqlite3.connect(manifest)) as source, \
+                    contextlib.closing(sqlite3.connect(copy)) as target:
+                source.backup(target)
+            storage.upload_file(copy, storage.join_url(job.remote, MANIFEST_NAME))
