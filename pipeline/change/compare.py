@@ -25,6 +25,7 @@ __all__ = [
     "AreaTally",
     "class_change",
     "class_areas",
+    "combine_flood",
     "compare_arrays",
     "encode_confidence",
 ]
@@ -137,3 +138,20 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
                                codes != CHANGE_NODATA)
     return xr.Dataset({"change": (("y", "x"), codes), "confidence": (("y", "x"), conf)},
                       attrs={"class_names": list(names), "model": str(model), "nodata": CHANGE_NODATA})
+
+
+def combine_flood(optical: np.ndarray, radar: np.ndarray, optical_valid: np.ndarray,
+                  radar_valid: np.ndarray) -> np.ndarray:
+    """One flood map from an optical and a radar pair of the same place and grid: uint8, 1 = flooded, 0 = not,
+    :data:`CHANGE_NODATA` where neither pair is valid.
+
+    ``optical``/``radar`` are bool "new water" masks (``other->water`` of ``water-swir`` and ``flood-sar``
+    change); a pixel is flooded if either says so where it is valid (the union: each sensor misses floods
+    the other sees - clouds for optical, flooded vegetation and wind-roughened water for radar), and takes
+    the radar's answer alone where the optical pair is masked (clouds) and the optical's where the radar is.
+    """
+    optical = np.asarray(optical, bool) & optical_valid
+    radar = np.asarray(radar, bool) & radar_valid
+    out = (optical | radar).astype(np.uint8)
+    out[~(optical_valid | radar_valid)] = CHANGE_NODATA
+    return out
