@@ -26,6 +26,7 @@ from typing_extensions import Self
 from pipeline.errors import ConfigError
 from pipeline.inference.masks import QualityMask, parse_quality_mask
 from pipeline.inference.read import DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_COMPRESSION_RATIO
+from pipeline.inference.stac import SourceOptions, parse_resampling
 from pipeline.vocab import VECTOR_FORMAT_ALIASES, BlendMethod, Precision, ProbaDtype, VectorFormat, choices
 
 __all__ = [
@@ -83,6 +84,23 @@ Mask = Annotated[
 band; written back as that list."""
 
 
+def _band_resampling(value: Any) -> Any:
+    if value is None or isinstance(value, (str, list, dict)) or (
+            isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+        return parse_resampling(value)
+    return value
+
+
+BandResampling = Annotated[
+    tuple[tuple[str, str], ...], BeforeValidator(_band_resampling),
+    PlainSerializer(lambda pairs: [f"{b}={m}" for b, m in pairs]),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                              {"type": "object", "additionalProperties": {"type": "string"}}]}),
+]
+"""Per-band resampling of a STAC item's assets: ``"scl=nearest,swir16=average"``, a list of such pairs or a
+mapping; written back as a list of ``band=method``."""
+
+
 class PredictConfig(FrozenConfig):
     """Everything that shapes one segmentation run of one scene, apart from the scene and the model."""
 
@@ -112,6 +130,20 @@ class PredictConfig(FrozenConfig):
     mask: Mask = Field(None, description="quality mask: pixels a band of the band map marks unusable are nodata, "
                        "e.g. 'scl', 'qa_pixel=cloud,shadow', 'clm=1' (see pipeline.inference.masks)")
     mask_dilate: int = Field(0, ge=0, description="grow the masked patches by this many pixels")
+    resolution: float | None = Field(None, gt=0, description="STAC item scenes: read every band onto a grid of "
+                                     "this many metres (CRS units) per pixel; default: the finest asset's")
+    resampling: BandResampling = Field((), description="STAC item scenes: resampling per band, e.g. "
+                                       "'swir16=average,scl=nearest'; default: nearest for masks and classes, "
+                                       "bilinear onto a finer grid, average onto a coarser one")
+    requester_pays: bool = Field(False, description="read s3:// inputs from requester-pays buckets (you pay)")
+    s3_endpoint: str | None = Field(None, description="URL of an S3-compatible store to read s3:// inputs from, "
+                                    "e.g. http://127.0.0.1:9000 (path-style); default: AWS, or AWS_S3_ENDPOINT")
+
+    @property
+    def source_options(self) -> SourceOptions:
+        """How a STAC item scene is read (:mod:`pipeline.inference.stac`)."""
+        return SourceOptions(self.resolution, self.resampling, self.requester_pays, self.s3_endpoint)
+
 
     @model_validator(mode="after")
     def _overlap_within_halo(self) -> PredictConfig:

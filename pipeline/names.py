@@ -31,9 +31,9 @@ def safe_name(raw: str, max_length: int = 100) -> str:
 
 
 def scene_id(path: str | Path) -> str:
-    """The id of a scene file: its name without the raster extension, made safe."""
+    """The id of a scene file (or STAC item): its name without the raster (or .json) extension, made safe."""
     name = Path(path).name
-    for ext in (".tiff", ".tif", ".vrt", ".jp2", ".img"):
+    for ext in (".tiff", ".tif", ".vrt", ".jp2", ".img", ".json"):  # .json: a STAC item
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break

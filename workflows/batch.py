@@ -53,6 +53,7 @@ from distributed.scheduler import KilledWorker
 from pipeline.atomic import TEMP_MARKER, output_subfolder
 from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
 from pipeline.errors import ConfigError, DiskFullError, ModelError, ScenewatchError
+from pipeline.inference.stac import split_fragment
 from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
 from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
@@ -274,6 +275,7 @@ def _input_sha256(manifest: Manifest, path: str) -> str:
     """The file's sha256, from the manifest's cache when size, mtime and inode are unchanged."""
     if "://" in path or path.startswith("/vsi"):
         return "href:" + path  # remote assets: identified by href (immutable object URLs are the norm)
+    path = split_fragment(path)[0]  # an item of an item collection file (x.json#id): that file
     resolved = str(Path(path).resolve())
     st = os.stat(resolved)
     if not stat.S_ISREG(st.st_mode):  # a FIFO or /dev/zero would block or never end here

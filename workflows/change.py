@@ -76,6 +76,7 @@ from pipeline.change.transitions import (
 )
 from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig, VectorizeConfig
 from pipeline.errors import ConfigError, InvalidSceneError
+from pipeline.inference.masks import BoundMask, bind_mask, dilate, unusable_pixels
 from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
 from pipeline.models.contract import ModelRef
 from pipeline.names import safe_name, scene_id
@@ -318,7 +319,7 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
     target = common_grid(config.grid, before)
     _check_overlap(target, [before, after], config.max_offset)
     change_path = product_path(out_dir, name, "change")
-    diff_model = difference_model(model) if isinstance(model, str) else None
+    diff_model = _difference_of(model)
     date_tags = {tag: d.isoformat() for tag, d in zip((Tag.BEFORE_DATE, Tag.AFTER_DATE), dates, strict=True) if d}
     to_classify = diff_model is None and not all(is_classes_path(p) for p in (before, after))
     if diff_model is None:
@@ -348,6 +349,22 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
                         target, tally.names, model_label, tally.table(), items)
 
 
+def _difference_of(model: Model) -> IndexDifference | None:
+    """The index-difference model ``model`` names (a name, or a ModelRef of one with options), or None."""
+    if isinstance(model, ModelRef):
+        diff = difference_model(model.source) if model.source else None
+        options = {k: v for k, v in model.options if k != "precision"}
+    else:
+        diff, options = difference_model(str(model)), {}
+    if diff is None or not options:
+        return diff
+    configure = getattr(diff, "with_options", None)  # index differences that take options (a threshold)
+    if configure is None:
+        raise ConfigError(f"model {diff.name}: takes no `model_options` (got {', '.join(options)})")
+    result: IndexDifference = configure(**options)
+    return result
+
+
 def _class_change(before: DatedClasses, after: DatedClasses, grid: GridSpec, path: Path, window_size: int,
                   date_tags: dict[str, str], progress: bool | None) -> AreaTally:
     k = len(before.class_names)
@@ -371,10 +388,17 @@ def _class_change(before: DatedClasses, after: DatedClasses, grid: GridSpec, pat
 
 def _index_change(model: IndexDifference, before: str | Path, after: str | Path, grid: GridSpec, path: Path,
                   config: ChangeConfig, date_tags: dict[str, str], progress: bool | None) -> AreaTally:
-    indexes = []
+    indexes, masks = [], []
     for scene in (before, after):
         meta = open_scene(scene, max_pixels=config.predict.max_pixels, assume_crs=config.predict.assume_crs)
-        indexes.append(resolve_bands(meta, parse_band_map(config.predict.bands, meta), model.bands))
+        band_map = parse_band_map(config.predict.bands, meta)
+        indexes.append(resolve_bands(meta, band_map, model.bands))
+        mask = config.predict.mask
+        if mask is not None:
+            resolve_bands(meta, band_map, mask.bands)
+            masks.append(bind_mask(mask, band_map.indexes, config.predict.mask_dilate, f"scene {meta.name}"))
+    if masks:
+        date_tags = {**date_tags, Tag.MASK: str(config.predict.mask)}
     tally = AreaTally(model.class_names)
     todo = list(windows(grid, config.window_size))
     tags = {**date_tags, Tag.BEFORE: scene_id(before), Tag.AFTER: scene_id(after), Tag.DESCRIPTION: model.description}
@@ -384,12 +408,25 @@ def _index_change(model: IndexDifference, before: str | Path, after: str | Path,
             data_b, valid_b = read_aligned(before, grid, window, indexes[0], dtype="float32")
             data_a, valid_a = read_aligned(after, grid, window, indexes[1], dtype="float32")
             valid = valid_b & valid_a
+            for scene, mask in zip((before, after), masks, strict=False):
+                valid &= ~_unusable_on_grid(scene, grid, window, mask)
             codes, conf = model.classify(model.difference(data_b, data_a), valid)
             writer.write(window, np.stack([codes, encode_confidence(conf, valid)]))
             tally.add(codes, pixel_area_rows(grid, window))
             bar.update(1)
         writer.finish()
     return tally
+
+
+def _unusable_on_grid(scene: str | Path, grid: GridSpec, window: PixelWindow, mask: BoundMask) -> np.ndarray:
+    """The pixels of ``window`` of the common grid that ``mask``'s bands of ``scene`` mark unusable (nearest
+    neighbour onto the grid), dilated on the grid; read over the window grown by the dilation, so that
+    windows join without seams."""
+    grown = window.expand(mask.dilate, PixelWindow(0, 0, grid.height, grid.width)) if mask.dilate else window
+    bands, covered = read_aligned(scene, grid, grown, mask.indexes)
+    unusable = dilate(unusable_pixels(mask.mask, bands) & covered, mask.dilate)
+    r0, c0 = window.row_off - grown.row_off, window.col_off - grown.col_off
+    return unusable[r0 : r0 + window.height, c0 : c0 + window.width]
 
 
 # ----------------------------------------------------------------------------------------------- polygons

@@ -24,7 +24,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import ChangeOptions, FrozenConfig, PredictConfig, TimelineOptions, VectorFormats, VectorOptions
+from pipeline.config import (
+    ChangeOptions,
+    FrozenConfig,
+    Mask,
+    PredictConfig,
+    TimelineOptions,
+    VectorFormats,
+    VectorOptions,
+)
 from pipeline.errors import ConfigError, ModelError, ScenewatchError
 from pipeline.names import unique_names
 from pipeline.products import is_product_path
@@ -203,6 +211,9 @@ class JobSpec(_Frozen):
     inputs: InputsSpec
     model: ModelSpec
     bands: str | None = Field(None, description="band map 'red=3,nir=2' or a preset (naip, sentinel2, ...)")
+    mask: Mask = Field(None, description="quality mask, as --mask: 'scl', 'qa_pixel=cloud,shadow', or a list of "
+                       "rules ['clm=1', 'scl=snow'], one per band of `bands`")
+    mask_dilate: int = Field(0, ge=0, description="grow the masked patches by this many pixels")
     tiling: PredictConfig = PredictConfig()
     dask: DaskSpec = DaskSpec()
     products: ProductsSpec = ProductsSpec()
@@ -212,15 +223,17 @@ class JobSpec(_Frozen):
     @field_validator("tiling")
     @classmethod
     def _tiling_only(cls, value: PredictConfig) -> PredictConfig:
-        misplaced = [k for k in ("bands", "workers", "scheduler") if getattr(value, k) is not None]
+        misplaced = [k for k in ("bands", "workers", "scheduler", "mask", "mask_dilate") if getattr(value, k)]
         if misplaced:
-            raise ValueError(f"{misplaced[0]} belongs at the top level (bands:) or under dask:, not under tiling:")
+            raise ValueError(f"{misplaced[0]} belongs at the top level (bands:, mask:) or under dask:, not under "
+                             "tiling:")
         return value
 
     def predict_config(self) -> PredictConfig:
         """The per-scene configuration: tiling plus the band map and Dask placement."""
         return self.tiling.model_copy(update={"bands": self.bands, "workers": self.dask.workers,
-                                              "scheduler": self.dask.scheduler})
+                                              "scheduler": self.dask.scheduler, "mask": self.mask,
+                                              "mask_dilate": self.mask_dilate})
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,14 +573,21 @@ def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
             base = None
     except pystac.STACError as err:
         raise ConfigError(f"{where}: not a STAC catalog or item collection ({err})") from err
-    return _scenes_from_items(job, items, base, where)
+    return _scenes_from_items(job, items, base, where, collection=source if base is not None else None)
 
 
-def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where: str) -> list[SceneInput]:
+def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where: str,
+                       collection: Path | None = None) -> list[SceneInput]:
     """One scene per STAC item (``base``: the folder relative asset hrefs of an item collection file start
-    from; None: pystac resolves them from the item's own href)."""
+    from; None: pystac resolves them from the item's own href). An item with one asset per band (several
+    GeoTIFF assets, no ``inputs.asset``) is read as a STAC item scene (pipeline.inference.stac): its own
+    href, or ``collection.json#item-id`` for an item of an item collection file."""
     found: list[tuple[str, str, TimeRange | None, tuple[float, float, float, float] | None]] = []
     for item in items:
+        item_href = _band_item_href(item, job.spec.inputs.asset, collection)
+        if item_href is not None:
+            found.append((item.id, item_href, _item_time(item), tuple(item.bbox) if item.bbox else None))  # type: ignore[arg-type]
+            continue
         asset = _pick_asset(item, job.spec.inputs.asset, where)
         href = asset.get_absolute_href() if base is None else asset.href
         if href is None:
@@ -657,6 +677,21 @@ def _aoi_geometry(path: Path, where: str) -> dict[str, Any]:
     if "coordinates" not in data:
         raise ConfigError(f"{where}: aoi {path.name} is not a GeoJSON geometry, feature or feature collection")
     return dict(data)
+
+
+def _band_item_href(item: Any, key: str | None, collection: Path | None) -> str | None:
+    """Where a STAC item with one GeoTIFF asset per band is read from, or None for an item whose one image
+    asset is the scene (or when ``inputs.asset`` names the asset)."""
+    if key is not None:
+        return None
+    images = [a for a in item.assets.values() if a.media_type and "tiff" in a.media_type.lower()
+              and not set(a.roles or ()) & {"thumbnail", "overview", "visual"}]
+    if len(images) < 2:
+        return None
+    if collection is not None:
+        return f"{collection}#{item.id}"
+    href = item.get_self_href()
+    return str(href) if href else None
 
 
 def _pick_asset(item: Any, key: str | None, where: str) -> Any:

@@ -1,18 +1,22 @@
-"""One scene, end to end: plan tiles, read and predict them in Dask workers, stitch and write COGs.
+"""One scene, end to end: plan tiles, read and predict them in Dask workers, stitch and write COGs there too.
 
 Data flow (module names in brackets)::
 
     scene header [pipeline.inference.read.open_scene] -> tile grid [tiles.grid]
       -> per batch of tiles, in a worker: read windows [pipeline.inference.read] -> model [pipeline.models.loader]
          -> weighted contributions [pipeline.inference.predict, tiles.blend]
-      -> in this process, as results arrive: blend [pipeline.inference.stitch.Stitcher] -> classes and probabilities
-         -> written window by window [pipeline.inference.raster.CogWriter] -> COG, renamed into place
+      -> per piece (a tile high, a stripe wide, whole COG blocks), in a worker: blend the contributions of
+         the tiles around it [pipeline.inference.stitch.Stitcher] -> classes and probabilities
+         -> compressed COG blocks in a part file [pipeline.inference.assemble] -> halved for the level above
+      -> per overview piece, in a worker: four halves of the level below -> blocks -> halved again
+      -> per product, in a worker: the COG assembled from the blocks, copied byte for byte
+         [pipeline.inference.assemble.assemble_cog] -> renamed into place
 
-Workers send each tile's contribution here once; this process blends the cores whose neighbours are all
-in and writes them straight away, so it never holds more than about a column of cores (tiles go out in
-stripes a few tiles wide, each top to bottom, one stripe per worker side by side: :func:`_batches`), and at most
-``max_tiles_in_flight`` tiles are submitted ahead of what has been written (backpressure keeps memory
-bounded by tiles in flight, not by scene size).
+This process only submits tasks and follows them (:func:`_run`): no tile's pixels come here. Tiles go
+out in stripes a few tiles wide, each top to bottom, one stripe per worker side by side (:func:`_batches`),
+at most ``max_tiles_in_flight`` tiles ahead; a piece's task is submitted as soon as the predict tasks it
+reads are, so a tile's contribution lives in a worker until the pieces around it are written (about a
+column of tiles, as the single writer held before), and each piece task holds one piece.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from distributed import Client, as_completed
 from distributed import TimeoutError as DaskTimeoutError
 
@@ -35,11 +39,20 @@ from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_te
 from pipeline.colours import class_colours, colour_table
 from pipeline.config import PredictConfig
 from pipeline.errors import SceneTimeoutError, crosses_processes
+from pipeline.inference.assemble import (
+    BlockRef,
+    CogSpec,
+    assemble_cog,
+    encode_blocks,
+    part_path,
+    remove_parts,
+    write_part,
+)
 from pipeline.inference.masks import BoundMask, bind_mask
+from pipeline.inference.overviews import reduce2
 from pipeline.inference.predict import TileInput, predict_tiles
-from pipeline.inference.raster import CogWriter
 from pipeline.inference.read import SceneMeta, open_scene, parse_band_map, read_window, resolve_bands, use_read_cache
-from pipeline.inference.stitch import Stitcher, TileContribution, decode_proba
+from pipeline.inference.stitch import Stitcher, TileContribution
 from pipeline.models.contract import ModelInfo, ModelRef
 from pipeline.models.loader import describe_model, load_model
 from pipeline.names import safe_name
@@ -55,11 +68,11 @@ from pipeline.products import (
     proba_path,
 )
 from tiles.blend import BlendMethod
-from tiles.grid import Tile, TileGrid, aligned_tile_size, plan_tiles
+from tiles.grid import PixelWindow, Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.cluster import dask_client, threads_per_model
 from workflows.threshold import resolve_auto_threshold
 
-__all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene", "StitchedCore"]
+__all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene"]
 
 log = logging.getLogger("scenewatch")
 
@@ -86,15 +99,6 @@ class ScenePlan:
     @property
     def scene(self) -> str:
         return str(self.meta.path)
-
-
-@dataclass(frozen=True, slots=True)
-class StitchedCore:
-    """One finished core: what later stages (vectorizing) receive as the raster is written."""
-
-    tile: Tile
-    classes: Any  # (rows, cols) uint8, CLASS_NODATA where invalid
-    proba: Any  # (classes, rows, cols) float32, NaN where invalid
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,34 +215,130 @@ def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]]:
     return colour_table(class_colours(info.class_names, info.class_colors), CLASS_NODATA)
 
 
-@contextlib.contextmanager
-def _writers(plan: ScenePlan, out_dir: Path, proba_dtype: str) -> Iterator[tuple[CogWriter, CogWriter]]:
-    """The classes and probability writers, each aborted (staging files removed) if anything fails or the
-    run is stopped before they finish, including while the second is being created."""
-    info = plan.info
+def _specs(plan: ScenePlan, proba_dtype: str) -> dict[str, CogSpec]:
+    """The two products' COGs, as their directories describe them: classes (mode overviews, colours) and
+    probabilities (average overviews, uint8 with a scale or float32 with NaN nodata)."""
+    info, meta = plan.info, plan.meta
     tags = {**model_tags(info.name, info.version), Tag.SCENE: plan.scene_id, **class_tags(info.class_names),
             **plan.tags}
     uint8 = proba_dtype == "uint8"
-    with (
-        CogWriter(classes_path(out_dir, plan.scene_id), plan.meta, count=1, dtype="uint8",
-                  nodata=CLASS_NODATA, resampling="mode", descriptions=["class"],
-                  colormap=_class_colormap(info), tags=tags) as classes,
-        CogWriter(proba_path(out_dir, plan.scene_id), plan.meta, count=info.num_classes,
-                  dtype=proba_dtype, nodata=PROBA_UINT8_NODATA if uint8 else float("nan"),
-                  resampling="average", descriptions=[f"p({c})" for c in info.class_names],
-                  scales=[1.0 / PROBA_UINT8_SCALE] * info.num_classes if uint8 else None, tags=tags) as proba,
-    ):
-        yield classes, proba
+    grid = {"crs": meta.crs, "transform": meta.transform, "height": meta.height, "width": meta.width,
+            "tags": tags}
+    return {
+        "classes": CogSpec(**grid, count=1, dtype="uint8", nodata=CLASS_NODATA, resampling="mode",
+                           descriptions=("class",), colormap=_class_colormap(info)),
+        "proba": CogSpec(**grid, count=info.num_classes, dtype=proba_dtype,
+                         nodata=PROBA_UINT8_NODATA if uint8 else float("nan"), resampling="average",
+                         descriptions=tuple(f"p({c})" for c in info.class_names),
+                         scales=(1.0 / PROBA_UINT8_SCALE,) * info.num_classes if uint8 else None),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """What a piece task hands on: where its blocks, and those of the pieces below it, are stored
+    (``(product, level, block row, block column)``), the tiles without data it counted, and its level
+    halved for the piece above it (None at the coarsest level)."""
+
+    blocks: dict[tuple[str, int, int, int], BlockRef]
+    skipped: int
+    halves: dict[str, np.ndarray] | None
+
+
+def _write_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow, arrays: Mapping[str, np.ndarray],
+                 out_dir: Path, token: str) -> tuple[dict[tuple[str, int, int, int], BlockRef],
+                                                     dict[str, np.ndarray] | None]:
+    """Compress ``arrays`` (one per product, covering ``window`` of ``level``) into a part file and halve
+    them for the level above, unless ``level`` is the coarsest."""
+    blocks: dict[tuple[str, int, int, int], bytes] = {}
+    for name, spec in specs.items():
+        size = spec.block_size
+        cols = -(-window.width // size)
+        for i, data in enumerate(encode_blocks(spec, arrays[name])):
+            blocks[name, level, window.row_off // size + i // cols, window.col_off // size + i % cols] = data
+    refs = write_part(part_path(out_dir, token, f"L{level}-{window.row_off}-{window.col_off}"), blocks)
+    coarsest = len(next(iter(specs.values())).factors)
+    halves = None if level == coarsest else {
+        name: reduce2(arrays[name], spec.resampling, spec.nodata) for name, spec in specs.items()}
+    return refs, halves
+
+
+@crosses_processes
+def _stitch_piece(specs: Mapping[str, CogSpec], window: PixelWindow, grid: TileGrid, overlap: int,
+                  num_classes: int, batches: Sequence[Sequence[Tile]],
+                  results: Sequence[Sequence[TileContribution | None]], out_dir: Path, token: str) -> _Piece:
+    """The Dask task of a full-resolution piece: blend the cores that reach ``window`` from the contributions
+    of the tiles around them (:class:`Stitcher`), then compress and halve it (:func:`_write_piece`)."""
+    proba_spec = specs["proba"]
+    stitcher = Stitcher(grid, overlap, num_classes, proba_spec.dtype)
+    cores = {t.index for t in grid.tiles_touching(window)}
+    needed = {n.index for t in grid.tiles_touching(window) for n in stitcher.covered_cores(t)}
+    classes = np.full((1, window.height, window.width), CLASS_NODATA, dtype=np.uint8)
+    proba = np.full((num_classes, window.height, window.width), proba_spec.nodata, dtype=proba_spec.dtype)
+    skipped = 0
+    for tiles, contributions in zip(batches, results, strict=True):
+        for tile, contribution in zip(tiles, contributions, strict=True):
+            if tile.index not in needed:
+                continue
+            # a tile is counted by the piece its core's first pixel lies in
+            skipped += contribution is None and tile.index in cores and window.intersection(
+                PixelWindow(tile.core_window.row_off, tile.core_window.col_off, 1, 1)) is not None
+            for done in stitcher.add(tile, contribution):
+                if done.tile.index not in cores:
+                    continue
+                part = done.tile.core_window.intersection(window)
+                assert part is not None
+                src_r, src_c = part.relative_to(done.tile.core_window)
+                dst_r, dst_c = part.relative_to(window)
+                classes[0, dst_r, dst_c] = done.classes[src_r, src_c]
+                proba[:, dst_r, dst_c] = done.proba[:, src_r, src_c]
+    blocks, halves = _write_piece(specs, 0, window, {"classes": classes, "proba": proba}, out_dir, token)
+    return _Piece(blocks, skipped, halves)
+
+
+@crosses_processes
+def _reduce_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow,
+                  children: Sequence[tuple[int, int, _Piece]], out_dir: Path, token: str) -> _Piece:
+    """The Dask task of an overview piece: the halves of up to four pieces of the level below (``(row
+    offset, column offset, piece)`` in ``window``), put side by side, compressed and halved again."""
+    arrays = {}
+    for name, spec in specs.items():
+        out = np.empty((spec.count, window.height, window.width), dtype=spec.dtype)
+        for row, col, child in children:
+            assert child.halves is not None
+            half = child.halves[name]
+            out[:, row:row + half.shape[1], col:col + half.shape[2]] = half
+        arrays[name] = out
+    blocks, halves = _write_piece(specs, level, window, arrays, out_dir, token)
+    for _, _, child in children:
+        blocks |= child.blocks
+    return _Piece(blocks, sum(child.skipped for _, _, child in children), halves)
+
+
+@crosses_processes
+def _assemble(spec: CogSpec, name: str, root: _Piece, path: Path) -> int:
+    """The Dask task that writes one product's COG from the blocks of every piece; returns the tiles
+    without data that the pieces counted."""
+    assemble_cog(spec, {key[1:]: ref for key, ref in root.blocks.items() if key[0] == name}, path)
+    return root.skipped
+
+
+def _piece_size(grid: TileGrid, stripe: int, block: int) -> tuple[int, int]:
+    """Rows and columns of a full-resolution piece: a tile's height and a stripe's width (the tiles a lane
+    walks, :func:`_batches`), each rounded up to whole COG blocks."""
+    def whole(px: int) -> int:
+        return -(-px // block) * block
+
+    return whole(grid.tile_size), whole(stripe * grid.tile_size)
 
 
 def predict_scene(plan: ScenePlan, out_dir: str | Path = ".", *, client: Client | None = None,
-                  progress: bool | None = None,
-                  on_core: Callable[[StitchedCore], None] | None = None) -> SceneResult:
+                  progress: bool | None = None) -> SceneResult:
     """Segment a planned scene into ``<out_dir>/<scene>.classes.tif`` and ``<scene>.proba.tif`` (COGs).
 
     ``plan`` comes from :func:`plan_scene`. Runs on ``client`` if given, else on ``plan.config.scheduler``
-    if set, else on a new LocalCluster of ``plan.config.workers`` processes. ``on_core`` is called here with
-    every finished core, in completion order, as it is written.
+    if set, else on a new LocalCluster of ``plan.config.workers`` processes. Workers write the COGs (into
+    ``out_dir``, which they must see as this process does).
 
     Example::
 
@@ -251,34 +351,82 @@ def predict_scene(plan: ScenePlan, out_dir: str | Path = ".", *, client: Client 
     started = time.perf_counter()
     config = plan.config
     out_dir = Path(out_dir)
+    token = f"{plan.scene_id}.{uuid.uuid4().hex[:8]}"  # names this run's keys and part files
     with removed_if_left_empty(out_dir):  # a failed first run leaves no empty folder behind
         output_folder(out_dir)
         sweep_stale_temps(out_dir)  # what a killed run of this host left here
-        with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
-            plan = resolve_auto_threshold(plan, dask)  # threshold=auto: one histogram pass (workflows.threshold)
-            ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
-            timings = _run(dask, plan, ref, config, out_dir, progress, on_core)
+        try:
+            with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
+                plan = resolve_auto_threshold(plan, dask)  # threshold=auto: one histogram pass (workflows.threshold)
+                ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
+                timings = _run(dask, plan, ref, config, out_dir, progress, token)
+        finally:
+            remove_parts(out_dir, token)  # after the cluster: no task of this run writes one any more
     skipped = int(timings.pop("tiles_skipped"))
     result = SceneResult(
         scene=plan.scene, scene_id=plan.scene_id, classes_path=classes_path(out_dir, plan.scene_id),
         proba_path=proba_path(out_dir, plan.scene_id), tiles_planned=len(plan.grid), tiles_skipped=skipped,
         seconds=time.perf_counter() - started, model=plan.info, grid=plan.grid, extra=timings,
     )
-    log.info("scene %s: %d tiles (%d without data) in %.1f s; this process waited %.1f s for workers, "
-             "blended and wrote for %.1f s, finished the COGs in %.1f s", plan.scene_id, result.tiles_planned,
-             skipped, result.seconds, timings["waiting_seconds"], timings["writing_seconds"],
-             timings["finishing_seconds"])
+    log.info("scene %s: %d tiles (%d without data) in %.1f s; the COGs were finished %.1f s after the last "
+             "tile", plan.scene_id, result.tiles_planned, skipped, result.seconds, timings["finishing_seconds"])
     return result
 
 
+@dataclass(slots=True)
+class _PieceJob:
+    """A piece not yet submitted: its task's arguments and how many of its inputs are not yet submitted."""
+
+    level: int
+    window: PixelWindow
+    waiting: int
+    inputs: list[Any] = field(default_factory=list)  # predict batch numbers (level 0) or child positions
+    children: list[tuple[int, int, Any]] = field(default_factory=list)  # (row, col, future) of level > 0
+
+
+def _piece_plan(grid: TileGrid, specs: Mapping[str, CogSpec], stitcher: Stitcher, batches: Sequence[Sequence[Tile]],
+                piece: tuple[int, int]) -> tuple[list[dict[tuple[int, int], _PieceJob]], dict[int, list[_PieceJob]]]:
+    """The pieces of every level (``(row, col)`` -> job) and, per predict batch, the full-resolution pieces
+    that read its tiles."""
+    spec = specs["classes"]
+    batch_of = {t.index: i for i, tiles in enumerate(batches) for t in tiles}
+    levels: list[dict[tuple[int, int], _PieceJob]] = []
+    readers: dict[int, list[_PieceJob]] = {}
+    for level in range(len(spec.factors) + 1):
+        rows, cols = spec.level_shape(level)
+        jobs = {}
+        for i in range(-(-rows // piece[0])):
+            for j in range(-(-cols // piece[1])):
+                window = PixelWindow(i * piece[0], j * piece[1], min(piece[0], rows - i * piece[0]),
+                                     min(piece[1], cols - j * piece[1]))
+                job = jobs[i, j] = _PieceJob(level, window, 0)
+                if level == 0:
+                    needed = {n.index for t in grid.tiles_touching(window) for n in stitcher.covered_cores(t)}
+                    job.inputs = sorted({batch_of[index] for index in needed})
+                    for b in job.inputs:
+                        readers.setdefault(b, []).append(job)
+                else:
+                    below = levels[-1]
+                    job.inputs = [(di, dj) for di in (0, 1) for dj in (0, 1) if (2 * i + di, 2 * j + dj) in below]
+                job.waiting = len(job.inputs)
+        levels.append(jobs)
+    return levels, readers
+
+
 def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, out_dir: Path,
-         progress: bool | None, on_core: Callable[[StitchedCore], None] | None) -> dict[str, float]:
-    """Submit, stitch and write; returns tiles skipped and where this process spent its time (seconds
-    waiting for workers, blending and writing, finishing the COGs)."""
+         progress: bool | None, token: str) -> dict[str, float]:
+    """Submit the graph of a scene and follow it; returns tiles skipped and the seconds between the last
+    tile's result and the COGs in place.
+
+    Predict tasks go out as before (stripes, lanes, at most ``max_tiles_in_flight`` tiles ahead); each piece
+    task (:func:`_stitch_piece`, then :func:`_reduce_piece` up the overview levels) is submitted as soon as
+    the tasks it reads are, and Dask runs it where its inputs are once they are done; the two
+    :func:`_assemble` tasks end the graph. This process holds futures only: no pixel comes here."""
     from tqdm import tqdm
 
-    stitcher = Stitcher(plan.grid, 0 if plan.blend == "none" else plan.overlap, plan.info.num_classes,
-                        config.proba_dtype)
+    overlap = 0 if plan.blend == "none" else plan.overlap
+    stitcher = Stitcher(plan.grid, overlap, plan.info.num_classes, config.proba_dtype)
+    specs = _specs(plan, config.proba_dtype)
     # one lane of stripes per worker, each pinned to it loosely (Dask may still move a task to an idle worker)
     workers = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
     task_size = max(config.batch_size, TILES_PER_TASK)
@@ -289,60 +437,103 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     lanes = min(len(workers), -(-plan.grid.cols // stripe))
     if lanes <= 1:
         workers = []  # one stripe at a time: Dask places every task, nothing is pinned
-    batches = _batches(plan.grid, task_size, max(1, lanes), stripe)
+    batches = list(_batches(plan.grid, task_size, max(1, lanes), stripe))
     stripe_px = stripe * plan.grid.tile_size + 2 * plan.grid.halo
-    skipped = 0
-    run_token = f"{plan.scene_id}-{uuid.uuid4().hex[:8]}"  # keys unique per run: one cluster, many scenes
+    piece = _piece_size(plan.grid, stripe, specs["classes"].block_size)
+    levels, readers = _piece_plan(plan.grid, specs, stitcher, [tiles for _, tiles in batches], piece)
     pending = as_completed(timeout=config.timeout)  # the scene's time budget, from now
-    futures: dict[Any, list[Tile]] = {}
+    predicts: dict[int, Any] = {}  # batch number -> future, until every piece reading it is submitted
+    tiles_of: dict[str, int] = {}  # predict key -> tiles, for the progress bar
+    finals: list[Any] = []
+    submitted = 0
+
+    def submit_piece(job: _PieceJob) -> None:
+        where = f"{token}-{job.level}-{job.window.row_off}-{job.window.col_off}"
+        if job.level == 0:
+            fut = dask.submit(_stitch_piece, specs, job.window, plan.grid, overlap, plan.info.num_classes,
+                              [batches[b][1] for b in job.inputs], [predicts[b] for b in job.inputs], out_dir,
+                              token, key=f"piece-{where}", pure=False)
+            for b in job.inputs:
+                readers[b].remove(job)
+                if not readers[b]:
+                    del predicts[b]  # Dask keeps the result while a piece task still needs it
+        else:
+            fut = dask.submit(_reduce_piece, specs, job.level, job.window, list(job.children), out_dir, token,
+                              key=f"piece-{where}", pure=False)
+            job.children.clear()
+        if job.level + 1 == len(levels):  # the top: one piece, then the two COGs
+            for name, spec in specs.items():
+                path = (classes_path if name == "classes" else proba_path)(out_dir, plan.scene_id)
+                final = dask.submit(_assemble, spec, name, fut, path, key=f"assemble-{token}-{name}", pure=False)
+                finals.append(final)
+                pending.add(final)
+            return
+        i, j = job.window.row_off // piece[0], job.window.col_off // piece[1]
+        parent = levels[job.level + 1][i // 2, j // 2]
+        parent.children.append(((i % 2) * piece[0] // 2, (j % 2) * piece[1] // 2, fut))
+        parent.waiting -= 1
+        if parent.waiting == 0:
+            submit_piece(parent)
 
     def submit_next() -> bool:
-        lane, tiles = next(batches, (0, None))
-        if tiles is None:
+        nonlocal submitted
+        if submitted == len(batches):
             return False
+        lane, tiles = batches[submitted]
         fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
                           plan.blend, config.proba_dtype, stripe_px, config.batch_size, plan.mask, pure=False,
-                          key=f"predict-{run_token}-{tiles[0].row}-{tiles[0].col}",
+                          key=f"predict-{token}-{tiles[0].row}-{tiles[0].col}",
                           **({"workers": [workers[lane]], "allow_other_workers": True} if workers else {}))
-        futures[fut] = tiles
+        predicts[submitted] = fut
+        tiles_of[fut.key] = len(tiles)
         pending.add(fut)
+        for job in list(readers.get(submitted, ())):
+            job.waiting -= 1
+            if job.waiting == 0:
+                submit_piece(job)
+        submitted += 1
         return True
 
     bar = tqdm(total=len(plan.grid), desc=f"{plan.scene_id}", unit="tile", disable=None if progress is None
                else not progress, leave=False)
-    with bar, _writers(plan, out_dir, config.proba_dtype) as (classes_w, proba_w):
+    last_tile = time.perf_counter()
+    with bar:
         try:
             for _ in range(in_flight):
                 if not submit_next():
                     break
-            busy = 0.0
-            loop_start = time.perf_counter()
             for fut in pending:
-                tiles = futures.pop(fut)
-                contributions = fut.result()
-                tick = time.perf_counter()
-                fut.release()
-                for tile, contribution in zip(tiles, contributions, strict=True):
-                    skipped += contribution is None
-                    for done in stitcher.add(tile, contribution):
-                        classes_w.write(done.tile.core_window, done.classes)
-                        proba_w.write(done.tile.core_window, done.proba)
-                        if on_core is not None:
-                            on_core(StitchedCore(done.tile, done.classes, decode_proba(done.proba)))
-                bar.update(len(tiles))
-                submit_next()
-                busy += time.perf_counter() - tick
-            loop = time.perf_counter() - loop_start
+                if fut.status == "error":
+                    fut.result()  # raises the task's error here
+                if fut.key in tiles_of:
+                    bar.update(tiles_of.pop(fut.key))
+                    submit_next()
+                    last_tile = time.perf_counter()
+            skipped = finals[0].result()
         except BaseException as err:
-            for fut in futures:
-                fut.cancel()
+            _stop(dask, [*pending.futures, *predicts.values(), *finals], token)
             if isinstance(err, DaskTimeoutError):
                 raise SceneTimeoutError(f"scene {plan.scene_id}: not finished after {config.timeout:g} s, the "
                                         "scene's `timeout`; stopped (raise it for scenes this large)") from err
             raise
-        tick = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for finishing in [pool.submit(classes_w.finish), pool.submit(proba_w.finish)]:
-                finishing.result()
-    return {"tiles_skipped": skipped, "waiting_seconds": loop - busy, "writing_seconds": busy,
-            "finishing_seconds": time.perf_counter() - tick}
+    return {"tiles_skipped": skipped, "finishing_seconds": time.perf_counter() - last_tile}
+
+
+# How long a stopped run waits for its tasks already running on workers (a piece or an assembly, seconds
+# each), so that none of them writes a part file after the run has removed them.
+STOP_WAIT_S = 60.0
+
+
+def _stop(dask: Client, futures: Sequence[Any], token: str) -> None:
+    """Cancel this run's tasks and wait until none of them runs on a worker any more."""
+    with contextlib.suppress(Exception):
+        dask.cancel(list(futures))
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            running = [k for keys in dask.processing().values() for k in keys if token in str(k)]
+        except Exception:  # noqa: BLE001 - a cluster going away: nothing runs there any more
+            return
+        if not running:
+            return
+        time.sleep(0.1)

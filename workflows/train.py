@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import FrozenConfig, load_config_error
+from pipeline.config import FrozenConfig, Mask, load_config_error
 from pipeline.errors import ConfigError, ModelError
+from pipeline.inference.masks import bind_mask, model_band_names
 from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
 from pipeline.training.chips import Block, Split, split_blocks
 from pipeline.training.labels import open_labels
@@ -78,6 +79,8 @@ class TrainConfig(FrozenConfig):
     halo: int = Field(32, ge=0)
     name: str | None = None
     assume_crs: str | None = None
+    mask: Mask = Field(None, description="quality mask, as --mask: its pixels are left out of the loss and scores")
+    mask_dilate: int = Field(0, ge=0, description="grow the masked patches by this many pixels")
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -209,7 +212,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
     for i, (scene_path, labels_path) in enumerate(zip(config.scenes, config.labels, strict=True)):
         meta = open_scene(scene_path, assume_crs=config.assume_crs)
         band_map = parse_band_map(config.bands, meta)
-        names = base_bands or tuple(band_map.indexes)
+        names = base_bands or model_band_names(band_map.indexes, config.mask)
         if not names:
             raise ConfigError(f"scene {meta.name}: no band names; set `bands` (e.g. pan=1 or "
                               f"red=1,green=2,blue=3)")
@@ -217,7 +220,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainRun:
         if base_bands is None:
             base_bands = tuple(names)
         labels = open_labels(labels_path, meta, class_names, config.label_attribute)
-        scenes.append(TrainingScene(meta, indexes, labels))
+        mask = None
+        if config.mask is not None:
+            resolve_bands(meta, band_map, config.mask.bands)
+            mask = bind_mask(config.mask, band_map.indexes, config.mask_dilate, f"scene {meta.name}")
+        scenes.append(TrainingScene(meta, indexes, labels, mask))
         area = region.intersection(meta.bounds) if region else None
         if region is not None and area is None:
             raise ConfigError(f"scene {meta.name}: `region` {region} lies outside the scene "

@@ -35,6 +35,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import rasterio
@@ -345,32 +346,33 @@ def assemble_cog(spec: CogSpec, blocks: Mapping[BlockKey, BlockRef], path: Path)
     counts = [[blocks[k][2] for k in level] for level in keys]
     head, _ = _layout(spec, _read_tiff(cog_template(spec)), counts)
     need = len(head) + sum(sum(c) + 8 * len(c) for c in counts)
-    with atomic_path(path) as tmp:
-        try:
+    try:
+        with atomic_path(path) as tmp:  # the rename too can fail: a folder in the way, no permission
             with open(tmp, "wb") as out:
                 out.write(head)
-                files: dict[str, object] = {}
-                try:
-                    for level in reversed(range(levels)):
-                        for key in keys[level]:
-                            part, offset, length = blocks[key]
-                            src = files.get(part)
-                            if src is None:
-                                src = files[part] = open(part, "rb")  # noqa: SIM115 - closed below
-                            src.seek(offset)  # type: ignore[attr-defined]
-                            data = src.read(length)  # type: ignore[attr-defined]
-                            if len(data) != length:
-                                raise OSError(f"part {Path(part).name}: cut short")
-                            out.write(struct.pack("<I" if head[:2] == b"II" else ">I", length) + data + data[-4:])
-                finally:
-                    for src in files.values():
-                        src.close()  # type: ignore[attr-defined]
+                _copy_blocks(out, [blocks[k] for level in reversed(keys) for k in level], head[:2] == b"II")
             problem = verify_raster(tmp, spec.height, spec.width, spec.count)
-        except OSError as err:
-            raise _write_error(path, err, need) from err
-        if problem is not None:
-            raise _write_error(path, OSError(problem), need)
+            if problem is not None:
+                raise OSError(problem)
+    except OSError as err:
+        raise _write_error(path, err, need) from err
     return path
+
+
+def _copy_blocks(out: BinaryIO, refs: Sequence[BlockRef], little: bool) -> None:
+    """Append blocks in the given order, each with its size before it and its last 4 bytes after it."""
+    leader = struct.Struct("<I" if little else ">I")
+    with contextlib.ExitStack() as stack:
+        files: dict[str, BinaryIO] = {}
+        for part, offset, length in refs:
+            src = files.get(part)
+            if src is None:
+                src = files[part] = stack.enter_context(open(part, "rb"))
+            src.seek(offset)
+            data = src.read(length)
+            if len(data) != length:
+                raise OSError(f"part file {Path(part).name}: cut short")
+            out.write(leader.pack(length) + data + data[-4:])
 
 
 def _write_error(path: Path, err: BaseException, need: int) -> OutputError:

@@ -23,7 +23,7 @@ it: tiles stitch without seams whatever the halo.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "QualityMask",
     "bind_mask",
     "dilate",
+    "model_band_names",
     "parse_quality_mask",
     "unusable_pixels",
 ]
@@ -72,6 +73,7 @@ chosen bit is set (e.g. 21824 clear land, 22280 cloud, 23888 cloud shadow, 1 fil
 masks all six."""
 
 PRESETS = ("scl", "qa_pixel")
+"""The quality bands the presets read; never a model's input."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +215,8 @@ def dilate(unusable: np.ndarray, pixels: int) -> np.ndarray:
     return binary_dilation(unusable, structure=np.ones((2 * pixels + 1, 2 * pixels + 1), dtype=bool))
 
 
-def mask_texts(mask: QualityMask | None) -> Sequence[str]:
-    """The rules as text (``()`` for no mask)."""
-    return () if mask is None else mask.texts
+def model_band_names(band_indexes: Mapping[str, int], mask: QualityMask | None = None) -> tuple[str, ...]:
+    """The bands of a band map a model takes as input: all but the quality bands (``scl``, ``qa_pixel``, and
+    any band ``mask`` reads), in the map's order."""
+    skip = set(PRESETS) | set(mask.bands if mask is not None else ())
+    return tuple(name for name in band_indexes if name not in skip)

@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,19 @@ from rasterio.windows import Window
 
 from pipeline.errors import BandMapError, InvalidSceneError, SceneOpenError, SceneReadError, ScenewatchError
 from pipeline.inference.masks import BoundMask, dilate, unusable_pixels
+from pipeline.inference.stac import (
+    BandSource,
+    ItemGrid,
+    SourceOptions,
+    cloud_settings,
+    default_resampling,
+    is_stac_item,
+    item_grid,
+    item_sources,
+    load_item,
+    read_source,
+    split_fragment,
+)
 from tiles.grid import PixelWindow
 
 __all__ = [
@@ -134,6 +147,9 @@ class SceneMeta:
     descriptions: tuple[str | None, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     driver: str = "GTiff"  # what open_scene opened it with; every later read uses this driver only
+    # A STAC item (pipeline.inference.stac): one source per band, read onto this grid; () for a raster file.
+    sources: tuple[BandSource, ...] = ()
+    gdal_env: tuple[tuple[str, str], ...] = ()  # GDAL settings its readers run under (remote reads)
 
     @property
     def name(self) -> str:
@@ -153,9 +169,12 @@ class BandMap:
     """Band names to 1-based band indexes in a file, e.g. ``red -> 1, nir -> 4``."""
 
     indexes: Mapping[str, int]
+    # band name -> a band of the scene by name (``nir=nir08``, ``red=B04``): a STAC item's common name or
+    # asset key, or a file's band description
+    names: Mapping[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.indexes.items())
+        return ",".join([f"{k}={v}" for k, v in self.indexes.items()] + [f"{k}={v}" for k, v in self.names.items()])
 
 
 def _scene_error_prefix(path: str | Path) -> str:
@@ -247,6 +266,10 @@ def _is_vrt(head: bytes) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
 
 
+_LOCAL_ENV = (("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR"),)
+_REMOTE_ENV = cloud_settings()
+
+
 def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt: bool = False,
                 driver: str | None = None) -> rasterio.DatasetReader:
     """Open an input raster for reading, as untrusted input: the caller closes it (``with``).
@@ -272,7 +295,7 @@ def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt:
     first: RasterioIOError | None = None
     for name in drivers:
         try:
-            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            with rasterio.Env(**dict(_REMOTE_ENV if _is_remote(text) else _LOCAL_ENV)):
                 return rasterio.open(text, driver=name)
         except RasterioIOError as err:
             first = first or err
@@ -286,7 +309,8 @@ def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt:
 
 def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: str | None = None,
                allow_vrt: bool = False, max_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
-               max_block_bytes: int | None = DEFAULT_MAX_BLOCK_BYTES) -> SceneMeta:
+               max_block_bytes: int | None = DEFAULT_MAX_BLOCK_BYTES,
+               source: SourceOptions | None = None) -> SceneMeta:
     """Read and check a scene's header; no pixel is decoded except one block to detect truncation.
 
     Raises :class:`SceneOpenError` for a missing or non-raster file, and for one :func:`open_raster` refuses
@@ -295,8 +319,12 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
     ``max_pixels`` pixels; declared pixels more than ``max_ratio`` times the file's bytes or one block over
     ``max_block_bytes`` (checked before any block is decoded; None turns a check off; neither applies to
     remote files, whose size is not known here, and the ratio not to a VRT); an unsupported data type.
+
+    A ``.json`` path or URL is a STAC item (:func:`open_item`); ``source`` says how it is read.
     """
     path = str(path)
+    if is_stac_item(path):
+        return open_item(path, max_pixels=max_pixels, max_block_bytes=max_block_bytes, source=source)
     where = _scene_error_prefix(path)
     with open_raster(path, "scene", allow_vrt=allow_vrt) as src:
         if max_pixels is not None and src.height * src.width > max_pixels:
@@ -340,6 +368,60 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
             tags=dict(src.tags()),
             driver=src.driver,
         )
+
+
+def open_item(path: str, *, max_pixels: int | None = None, max_block_bytes: int | None = DEFAULT_MAX_BLOCK_BYTES,
+              source: SourceOptions | None = None) -> SceneMeta:
+    """A STAC item (a local ``.json`` file or an http(s):// or s3:// URL) as a scene whose bands are its
+    assets (:mod:`pipeline.inference.stac`): the grid is the finest asset's (or ``source.resolution``'s),
+    each band keeps its asset's href, scale, offset, nodata and resampling, and :func:`read_window` reads
+    them onto the grid window by window. The asset on the grid is opened here (its header: the href is
+    readable, its block size sizes tiles); the others are opened by the workers that read them.
+
+    Asset hrefs are explicit remote inputs (the user named the item); each is opened as any scene is
+    (:func:`open_raster`: GeoTIFF only, so an asset that is a VRT is refused, local or remote).
+    """
+    options = source or SourceOptions()
+    location, item_id = split_fragment(path)
+    text = check_input_path(location, "STAC item")
+    where = f"scene {Path(text.split('?', 1)[0]).name}" + (f"#{item_id}" if item_id else "")
+    env = cloud_settings(options)
+    with rasterio.Env(**dict(env)):
+        item = load_item(text, where, item_id)
+        sources = item_sources(item, text, where, _asset_header)
+        grid = item_grid(sources, options.resolution, where)
+        if max_pixels is not None and grid.height * grid.width > max_pixels:
+            raise InvalidSceneError(f"{where}: {grid.width} x {grid.height} px is {grid.width * grid.height:,} "
+                                    f"pixels, over the limit of {max_pixels:,}; raise `max_pixels` if this is intended")
+        overrides = dict(options.resampling)
+        unknown = [b for b in overrides if not any(b in s.aliases for s in sources)]
+        if unknown:
+            raise BandMapError(f"{where}: `resampling` names band(s) {', '.join(unknown)} that the item does not "
+                               f"have (it has {', '.join(s.name for s in sources)})")
+        grid_res = float(np.hypot(grid.transform.a, grid.transform.d))
+        sources = [replace(s, resampling=next((overrides[a] for a in s.aliases if a in overrides), None)
+                           or default_resampling(s.mask_like, s.resolution, grid_res)) for s in sources]
+        finest = min(sources, key=lambda s: s.resolution)
+        header = _asset_header(finest.href, f"{where}: asset {finest.key}", max_block_bytes)
+    block_h, block_w = header["block_shape"]
+    when = item.get("properties", {}).get("datetime")
+    tags = {"STAC_ITEM": str(item.get("id", ""))} | ({"STAC_DATETIME": str(when)} if when else {})
+    return SceneMeta(path=path, crs=grid.crs, transform=grid.transform, height=grid.height, width=grid.width,
+                     count=len(sources), dtype="float32", nodata=None, block_height=block_h, block_width=block_w,
+                     descriptions=tuple(s.name for s in sources), tags=tags, sources=tuple(sources), gdal_env=env)
+
+
+def _asset_header(href: str, what: str, max_block_bytes: int | None = DEFAULT_MAX_BLOCK_BYTES) -> dict[str, Any]:
+    """What an item's asset says of itself, read through :func:`open_raster` (one clear line if it cannot
+    be: missing, forbidden, not a GeoTIFF)."""
+    try:
+        with open_raster(href, what) as src:
+            _check_declared_size(src, what, None, None, max_block_bytes)
+            return {"crs": src.crs, "transform": src.transform, "height": src.height, "width": src.width,
+                    "dtype": src.dtypes[0], "count": src.count, "nodata": src.nodata,
+                    "block_shape": src.block_shapes[0]}
+    except SceneOpenError as err:
+        raise SceneOpenError(f"{what} ({href}): {str(err).split(': ', 2)[-1]}") from err
 
 
 def _check_declared_size(src: rasterio.DatasetReader, where: str, file_bytes: int | None,
@@ -412,6 +494,7 @@ def _probe_last_block(src: rasterio.DatasetReader, where: str, block_h: int, blo
 
 
 _PAIR = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(\d+)\s*$")
+_NAME_PAIR = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([A-Za-z][A-Za-z0-9_]*)\s*$")
 
 
 def parse_band_map(spec: str | Mapping[str, int] | BandMap | None, meta: SceneMeta | None = None) -> BandMap:
@@ -423,13 +506,20 @@ def parse_band_map(spec: str | Mapping[str, int] | BandMap | None, meta: SceneMe
     if isinstance(spec, Mapping):
         return BandMap(dict(spec))
     if spec is None or spec == "":
+        if meta is not None and meta.sources:  # a STAC item: every band by its name
+            return BandMap({s.name: i for i, s in enumerate(meta.sources, start=1)})
         return _band_map_from_descriptions(meta) if meta is not None else BandMap({})
     key = spec.strip().lower()
     if key in SENSOR_PRESETS:
         return BandMap({name: i + 1 for i, name in enumerate(SENSOR_PRESETS[key])})
     indexes: dict[str, int] = {}
+    names: dict[str, str] = {}
     for part in spec.split(","):
         match = _PAIR.match(part)
+        named = _NAME_PAIR.match(part) if match is None else None
+        if named is not None:
+            names[named.group(1).lower()] = named.group(2).lower()
+            continue
         if match is None:
             presets = ", ".join(SENSOR_PRESETS)
             raise BandMapError(
@@ -440,7 +530,7 @@ def parse_band_map(spec: str | Mapping[str, int] | BandMap | None, meta: SceneMe
         if index < 1:
             raise BandMapError(f"band map {spec!r}: band indexes start at 1, got {name}={index}")
         indexes[name] = index
-    return BandMap(indexes)
+    return BandMap(indexes, names)
 
 
 def _band_map_from_descriptions(meta: SceneMeta) -> BandMap:
@@ -458,8 +548,13 @@ def _band_map_from_descriptions(meta: SceneMeta) -> BandMap:
 def resolve_bands(meta: SceneMeta, band_map: BandMap, required: Sequence[str]) -> tuple[int, ...]:
     """The 1-based band indexes of ``required`` bands, in that order; an error names every problem. A band
     the map names past the file's last band is an error only when it is required (a preset's optional
-    quality band, ``scl`` of ``sentinel2-l2a``, may be absent)."""
+    quality band, ``scl`` of ``sentinel2-l2a``, may be absent).
+
+    A ``name=band`` pair (``nir=nir08``) picks a band by its name: a STAC item's common name or asset key,
+    a file's band description. A STAC item's bands are picked by name only: a required band is the item's
+    band of that name, unless a pair maps it to another (indexes, a preset's included, do not apply)."""
     where = _scene_error_prefix(meta.path)
+    band_map = _named_indexes(meta, band_map, required, where)
     out_of_range = {n: i for n, i in band_map.indexes.items() if i > meta.count and n in required}
     if out_of_range:
         listed = ", ".join(f"{n}={i}" for n, i in out_of_range.items())
@@ -472,6 +567,39 @@ def resolve_bands(meta: SceneMeta, band_map: BandMap, required: Sequence[str]) -
             f"set `bands` (e.g. red=1,green=2,blue=3,nir=4) or a preset such as naip or sentinel2"
         )
     return tuple(band_map.indexes[name] for name in required)
+
+
+def _named_indexes(meta: SceneMeta, band_map: BandMap, required: Sequence[str], where: str) -> BandMap:
+    """``band_map`` with its ``name=band`` pairs (and, for a STAC item, every band) as indexes of ``meta``."""
+    if not band_map.names and not meta.sources:
+        return band_map
+    lookup: dict[str, int] = {}
+    if meta.sources:
+        for i, source in enumerate(meta.sources, start=1):
+            for alias in source.aliases:
+                lookup.setdefault(alias, i)
+    else:
+        for i, desc in enumerate(meta.descriptions, start=1):
+            if desc:
+                name = desc.strip().lower()
+                lookup.setdefault(name, i)
+                lookup.setdefault(_DESCRIPTION_ALIASES.get(name, name), i)
+    unknown = {n: t for n, t in band_map.names.items() if t not in lookup and n in required}
+    if unknown:
+        have = ", ".join(s.name for s in meta.sources) if meta.sources else ", ".join(d for d in meta.descriptions if d)
+        listed = ", ".join(f"{n}={t}" for n, t in unknown.items())
+        raise BandMapError(f"{where}: band map names {listed} but the scene has no band of that name (it has "
+                           f"{have or 'no named bands'})")
+    named = {n: lookup[t] for n, t in band_map.names.items() if t in lookup}
+    if not meta.sources:
+        return BandMap({**band_map.indexes, **named})
+    indexes = {n: lookup[n] for n in required if n in lookup and n not in named} | named
+    missing = [n for n in required if n not in indexes]
+    if missing:
+        raise BandMapError(f"{where}: the model needs band(s) {', '.join(missing)} but the STAC item has "
+                           f"{', '.join(s.name for s in meta.sources)}; map them by name with `bands` "
+                           f"(e.g. {missing[0]}={meta.sources[0].name})")
+    return BandMap(indexes)
 
 
 def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
@@ -487,7 +615,17 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
     zero band is not), and NaN or infinite values in the bands read are invalid too.
 
     Invalid pixels are set to 0 in the returned data so that models see a defined value.
+
+    A STAC item's bands (``meta.sources``) are read from their assets onto the scene's grid, each with its
+    resampling, then scaled (:func:`pipeline.inference.stac.read_source`); a pixel is valid where every band
+    read is (inside its asset, not its nodata).
     """
+    if meta.sources:
+        data, valid = _read_item(meta, window, indexes)
+        if mask is not None:
+            valid &= ~_unusable(None, meta, window, mask)
+        data[:, ~valid] = 0.0
+        return data, valid
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
         src = _open_for_reading(meta.path, meta.driver)
@@ -515,15 +653,44 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
     return data, valid
 
 
-def _unusable(src: rasterio.DatasetReader, meta: SceneMeta, window: PixelWindow, mask: BoundMask) -> np.ndarray:
+def _unusable(src: rasterio.DatasetReader | None, meta: SceneMeta, window: PixelWindow,
+              mask: BoundMask) -> np.ndarray:
     """The pixels of ``window`` that ``mask``'s bands mark unusable, dilated: the bands are read over the
     window grown by the dilation (within the scene), so every tile dilates a patch the same way."""
     grow = mask.dilate
     row0, col0 = max(0, window.row_off - grow), max(0, window.col_off - grow)
     row1, col1 = min(meta.height, window.row_end + grow), min(meta.width, window.col_end + grow)
-    bands = src.read(list(mask.indexes), window=Window(col0, row0, col1 - col0, row1 - row0))
+    if src is None:  # a STAC item: its mask assets, onto the grid (nearest for classes and bit flags)
+        grown = PixelWindow(row0, col0, row1 - row0, col1 - col0)
+        bands = np.rint(_read_item(meta, grown, mask.indexes)[0]).astype(np.int64)
+    else:
+        bands = src.read(list(mask.indexes), window=Window(col0, row0, col1 - col0, row1 - row0))
     unusable = dilate(unusable_pixels(mask.mask, bands), grow)
     return unusable[window.row_off - row0 : window.row_end - row0, window.col_off - col0 : window.col_end - col0]
+
+
+def _read_item(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A STAC item's bands ``indexes`` over ``window``, each from its asset, under the item's GDAL settings;
+    an asset that cannot be read is one line naming the item, the asset and its href."""
+    grid = ItemGrid(meta.crs, meta.transform, meta.height, meta.width)
+    data = np.empty((len(indexes), window.height, window.width), dtype=np.float32)
+    valid = np.ones((window.height, window.width), dtype=bool)
+    keep = max(_OPEN_PER_THREAD, len({s.href for s in meta.sources}))
+    with rasterio.Env(**dict(meta.gdal_env)):
+        for i, band in enumerate(indexes):
+            source = meta.sources[band - 1]
+            try:
+                src = _open_for_reading(source.href, "GTiff", keep=keep, what=f"scene {meta.name}: asset {source.key}")
+                data[i], ok = read_source(src, source, grid, window)
+            except (RasterioIOError, OSError) as err:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                if isinstance(err, ScenewatchError):
+                    raise SceneReadError(str(err)) from err
+                raise SceneReadError(f"scene {meta.name}: asset {source.key} ({source.href}) cannot be read at rows "
+                                     f"{window.row_off}-{window.row_end}, columns {window.col_off}-{window.col_end} "
+                                     f"({reason})") from err
+            valid &= ok
+    return data, valid
 
 
 _FLOAT_DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
@@ -559,7 +726,8 @@ _OPEN_PER_THREAD = 2
 _local = threading.local()
 
 
-def _open_for_reading(path: str, driver: str) -> rasterio.DatasetReader:
+def _open_for_reading(path: str, driver: str, keep: int = _OPEN_PER_THREAD,
+                      what: str | None = None) -> rasterio.DatasetReader:
     if _is_remote(path):
         key: tuple[Any, ...] = (path, driver)
     else:
@@ -570,8 +738,8 @@ def _open_for_reading(path: str, driver: str) -> rasterio.DatasetReader:
         "handles", OrderedDict())
     src = handles.get(key)
     if src is None or src.closed:
-        src = handles[key] = open_raster(path, driver=driver)
-        while len(handles) > _OPEN_PER_THREAD:
+        src = handles[key] = open_raster(path, what or "scene", driver=driver)
+        while len(handles) > keep:
             handles.popitem(last=False)[1].close()
     handles.move_to_end(key)
     return src

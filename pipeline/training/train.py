@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.inference.masks import BoundMask
 from pipeline.inference.read import SceneMeta, read_window
 from pipeline.training.augment import augment
 from pipeline.training.chips import Block, Chip, SamplingMethod, Split, sample_chips
@@ -71,6 +72,7 @@ class TrainingScene:
     meta: SceneMeta
     band_indexes: tuple[int, ...]
     labels: Labels
+    mask: BoundMask | None = None  # quality mask: its unusable pixels are unknown labels (IGNORE), never learnt
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ def band_statistics(sums: np.ndarray, squares: np.ndarray, count: int) -> tuple[
 
 
 def _read_block(scene: TrainingScene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
-    data, valid = read_window(scene.meta, window, scene.band_indexes)
+    data, valid = read_window(scene.meta, window, scene.band_indexes, scene.mask)
     return data, read_labels(scene.labels, window, valid)
 
 

@@ -16,7 +16,7 @@ from pipeline.models.contract import ModelRef
 from pipeline.models.loader import load_model
 from pipeline.products import CLASS_NODATA
 from tests.models import small_convnet, unet
-from workflows.scene import _writers, plan_scene, predict_scene
+from workflows.scene import plan_scene, predict_scene
 
 
 def whole_image(path, ref, indexes):
@@ -182,11 +182,17 @@ def test_stripes_are_at_least_a_task_wide():
     assert _stripe_tiles(TILES_PER_TASK) == TILES_PER_TASK  # a task is one row of a stripe
 
 
-def test_scene_writers_leave_nothing_when_the_second_cannot_be_created(make_geotiff, tmp_path):
-    """The classes writer exists before the probability writer is made; a failure (or a SIGTERM) in
-    between removes its staging file too, so a stopped run leaves no temporary file in the output folder."""
-    plan = plan_scene(make_geotiff(), "vegetation", PredictConfig.build(bands="naip"))
+@pytest.mark.slow
+def test_a_run_whose_cog_cannot_be_written_leaves_no_part_file(make_geotiff, tmp_path, dask_client):
+    """Workers write the pieces beside the output; an assembly that fails (here: a folder where the classes
+    COG goes) is one OutputError, and neither the pieces nor a temporary COG stay behind."""
+    from pipeline.errors import OutputError
+
     out = tmp_path / "out"
-    with pytest.raises(TypeError), _writers(plan, out, proba_dtype="no such type"):
-        pass
-    assert list(out.iterdir()) == []
+    (out / "scene.classes.tif").mkdir(parents=True)
+    plan = plan_scene(make_geotiff("scene.tif", shape=(4, 700, 600)), "vegetation",
+                      PredictConfig(bands="naip", tile_size=128, halo=8))
+    with pytest.raises(OutputError, match="scene.classes.tif"):
+        predict_scene(plan, out, client=dask_client, progress=False)
+    assert sorted(p.name for p in out.iterdir()) in (["scene.classes.tif"], ["scene.classes.tif",
+                                                                              "scene.proba.tif"])

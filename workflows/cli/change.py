@@ -33,18 +33,19 @@ def _predict_config(values: dict[str, Any]) -> Any:
 @options.grid(first="the BEFORE scene's")
 @options.max_offset
 @options.bands(_BANDS_HELP)
+@options.model_settings
 @options.date_pattern
 @options.min_area
-@options.sieve
+@options.change_sieve
 @options.polygons
 @click.option("--name", default=None, help="Output name [default: BEFORE__AFTER].")
 @options.classify_options
 @options.quiet()
 @report_errors
 @options.remote_out
-def change(before: str, after: str, model: str, out: str, grid: str, max_offset: float | None, date_pattern: str | None,
-           min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None, quiet: bool,
-           **predict_values: Any) -> None:
+def change(before: str, after: str, model: str, out: str, grid: str, max_offset: float | None,
+           model_options: dict[str, Any], threshold: str | None, date_pattern: str | None, min_area: float | None,
+           sieve: int | None, polygons: bool | None, name: str | None, quiet: bool, **predict_values: Any) -> None:
     """Compare BEFORE and AFTER (scenes, or existing *.classes.tif) on one grid.
 
     Writes OUT/<name>.change.tif (transition codes + confidence, COG), OUT/<name>.change.gpkg (change polygons
@@ -58,16 +59,20 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
           examples/data/m_4709963_se_14_1_20200831.tif --model vegetation --bands naip --max-offset 0.5 --out out/
       scenewatch change pre.tif post.tif --model dnbr --bands sentinel2-l2a --min-area 0.5ha --out burn/
       scenewatch change a.classes.tif b.classes.tif --grid reference.tif --out out/
+      scenewatch change examples/data/m_4709963_se_14_1_20090818.tif examples/data/m_4709963_se_14_1_20200831.tif \
+          --bands naip --threshold 0.2 --mask blue=255 --sieve 16 --min-area 0.05ha --out out/change-clean
     """
     from pipeline.config import ChangeConfig
     from workflows.change import detect_change
     from workflows.report import captured_warnings, change_section, safely
 
+    model_options = options.model_options_of(model_options, threshold)
     config = build(ChangeConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
                    polygons=polygons, min_area=min_area, sieve=sieve, name=name, max_offset=max_offset)
     started = time.perf_counter()
     with captured_warnings() as warned:
-        result = detect_change(before, after, model, out, config, progress=False if quiet else None)
+        result = detect_change(before, after, _model_ref(model, model_options), out, config,
+                               progress=False if quiet else None)
     changed = result.areas[result.areas.code != 0]
     click.echo(f"{result.name}: {result.before_date or '?'} -> {result.after_date or '?'} on a "
                f"{result.grid.width} x {result.grid.height} grid ({result.grid.crs})")
@@ -75,7 +80,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
         click.echo(f"  {row.transition}: {row.area_m2 / 1e4:,.2f} ha")
     written = [result.change_path, result.polygons_path, result.quicklook_path]
     click.echo("-> " + ", ".join(str(p) for p in written if p is not None))
-    section = safely(change_section, result, out_dir=out, model_options=_model_options(predict_values),
+    section = safely(change_section, result, out_dir=out, model_options=model_options,
                      config=config, seconds=time.perf_counter() - started, warnings=warned)
     _report(out, f"scenewatch change: {result.name}", section)
 
@@ -88,6 +93,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
 @options.grid(first="the earliest scene's")
 @options.max_offset
 @options.bands(_BANDS_HELP)
+@options.model_settings
 @click.option("--watch", default=None, metavar="FROM->TO",
               help="Transitions that raise alerts, e.g. 'vegetation->other' (several comma separated, * = any) "
                    "[default: any change of class].")
@@ -95,7 +101,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
               help="Observations that confirm an alert (high confidence) "
                    f"[default: {options.default_of(TimelineConfig, 'confirm')}].")
 @options.min_area
-@options.sieve
+@options.change_sieve
 @options.polygons
 @click.option("--name", default=None,
               help=f"Prefix of the output files [default: {options.default_of(TimelineConfig, 'name')}].")
@@ -104,7 +110,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
 @report_errors
 @options.remote_out
 def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str,
-             max_offset: float | None, watch: str | None,
+             max_offset: float | None, model_options: dict[str, Any], threshold: str | None, watch: str | None,
              confirm: int | None, min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None,
              quiet: bool, **predict_values: Any) -> None:
     """Follow a dated stack of SCENES of one place: areas per date, alerts and change events.
@@ -119,29 +125,36 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
       scenewatch timeline landsat/*.tif --model vegetation --bands red=3,nir=2 \\
           --date-pattern '(?P<year>\\d{4})' --watch 'vegetation->other' --out pucallpa/
       scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --model vegetation --bands naip --out naip/
+      scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --bands naip --threshold 0.2 --mask blue=255 \
+          --watch 'vegetation->other' --sieve 16 --out naip-clean/
     """
     from workflows.change import run_timeline
     from workflows.report import captured_warnings, safely, timeline_section
 
+    model_options = options.model_options_of(model_options, threshold)
     config = build(TimelineConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
                    watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, polygons=polygons, name=name,
                    max_offset=max_offset)
     started = time.perf_counter()
     with captured_warnings() as warned:
-        result = run_timeline(list(scenes), model, out, config, progress=False if quiet else None)
+        result = run_timeline(list(scenes), _model_ref(model, model_options), out, config,
+                              progress=False if quiet else None)
     first, last = result.dates[0].date, result.dates[-1].date
     click.echo(f"{result.name}: {len(result.dates)} dates {first} .. {last} on a {result.grid.width} x "
                f"{result.grid.height} grid ({result.grid.crs})")
     written = [result.areas_csv, result.areas_parquet, result.alerts_path, result.events_path,
                result.events_polygons_path, result.plot_path]
     click.echo("-> " + ", ".join(str(p) for p in written if p is not None))
-    section = safely(timeline_section, result, out_dir=out, model_options=_model_options(predict_values),
+    section = safely(timeline_section, result, out_dir=out, model_options=model_options,
                      config=config, model_name=model, seconds=time.perf_counter() - started, warnings=warned)
     _report(out, f"scenewatch timeline: {result.name}", section)
 
 
-def _model_options(values: dict[str, Any]) -> dict[str, Any]:
-    return dict(values.get("model_options") or {})
+def _model_ref(model: str, model_options: dict[str, Any]) -> Any:
+    """The model as given, or with its options a ModelRef (an index-difference name stays a name when bare)."""
+    from pipeline.models.contract import ModelRef
+
+    return ModelRef.of(model, **model_options) if model_options else model
 
 
 def _report(out: str, title: str, section: Any) -> None:

@@ -23,16 +23,16 @@ log = logging.getLogger("scenewatch")
 @options.model()
 @options.out()
 @options.bands("Where the model's bands are in SCENE [default: from the band descriptions].")
-@options.model_options
+@options.model_settings
 @options.classify_options
 @options.formats(allow_none=True)
 @options.vector_options
 @options.quiet()
 @report_errors
 @options.remote_out
-def predict(scene: str, model: str, out: str, model_options: dict[str, Any], formats: str, min_area: float | None,
-            sieve: int | None, simplify: float | None, classes: str | None, max_polygons: int | None, quiet: bool,
-            **predict_values: Any) -> None:
+def predict(scene: str, model: str, out: str, model_options: dict[str, Any], threshold: str | None, formats: str,
+            min_area: float | None, sieve: int | None, simplify: float | None, classes: str | None,
+            max_polygons: int | None, quiet: bool, **predict_values: Any) -> None:
     """Segment SCENE into OUT/<scene>.classes.tif and OUT/<scene>.proba.tif (Cloud-Optimized GeoTIFFs), then
     polygon layers OUT/<scene>.<format> (see `scenewatch vectorize`), OUT/<scene>.quicklook.png (the classes
     in the model's colours) and OUT/report.html (quicklook, area per class, model, counts, timings, warnings).
@@ -46,6 +46,8 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
       scenewatch predict big.tif --model vegetation --scheduler tcp://scheduler:8786 --out /shared/out
       scenewatch predict s2.tif --model water-mndwi --model-option threshold=0.1 --bands sentinel2 --out out/
       scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
+      scenewatch predict s2_l2a.tif --model vegetation --threshold 0.6 --bands sentinel2-l2a --mask scl --out out/
+      scenewatch predict scene.tif --bands red=1,nir=2,clm=3 --mask clm=1 --mask-dilate 2 --out out/
     """
     from pipeline.config import PredictConfig, VectorizeConfig
     from pipeline.models.contract import ModelRef
@@ -53,6 +55,7 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], for
     from workflows.report import captured_warnings
     from workflows.scene import plan_scene, predict_scene
 
+    model_options = options.model_options_of(model_options, threshold)
     config: PredictConfig = build(PredictConfig, **predict_values)
     layers: VectorizeConfig | None = None
     if formats.strip().lower() != "none":  # checked now, not after the rasters are written

@@ -59,6 +59,7 @@ def _region(text: str | None) -> tuple[int, int, int, int] | None:
 @click.option("--seed", type=int, default=None, help="Seed of every random draw [default: 0].")
 @click.option("--name", default=None, help="Model name in the bundle [default: the folder name].")
 @options.assume_crs
+@options.mask_options
 @options.quiet()
 @report_errors
 def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, ...], region: str | None,
@@ -104,7 +105,7 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 @click.option("--labels", "-l", "labels_path", required=True, help="Label raster or vector labels of SCENE.")
 @options.label_attribute
 @options.bands("Where the model's bands are in SCENE [default: from the band descriptions].")
-@options.model_options
+@options.model_settings
 @options.region
 @click.option("--objects", "object_classes", multiple=True,
               help="Class to score as objects (repeatable) "
@@ -120,7 +121,7 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 @options.quiet()
 @report_errors
 def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | None, model_options: dict[str, Any],
-             region: str | None, object_classes: tuple[str, ...], iou_threshold: float | None,
+             threshold: str | None, region: str | None, object_classes: tuple[str, ...], iou_threshold: float | None,
              min_object_pixels: int | None, out: str | None, as_json: bool, quiet: bool,
              **predict_values: Any) -> None:
     """Score MODEL on SCENE against its labels: per-class IoU, F1, precision, recall, confusion matrix, and
@@ -137,6 +138,7 @@ def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | No
     from pipeline.models.contract import ModelRef
     from workflows.evaluate import evaluate_scene, evaluation_dict
 
+    model_options = options.model_options_of(model_options, threshold)
     config = build(EvaluateConfig, predict=build(PredictConfig, **predict_values), label_attribute=label_attribute,
                    region=_region(region), object_classes=object_classes or None, iou_threshold=iou_threshold,
                    min_object_pixels=min_object_pixels)
