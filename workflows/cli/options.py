@@ -12,7 +12,10 @@ One grammar per value, parsed by one function, the same on every command:
 - ``--bands``: a band map ``red=1,nir=4``, a preset (``naip``, ``sentinel2``, ...) or band names in file order
   ``red,green,blue`` (= ``red=1,green=2,blue=3``): :func:`parse_bands`.
 - ``--min-area``: m² as a number, or with a unit (``5000m2``, ``0.5ha``, ``1km2``): :func:`pipeline.config.parse_area`.
-- ``--model-option KEY=VALUE``, repeatable: :func:`parse_model_options`.
+- ``--model-option KEY=VALUE``, repeatable: :func:`parse_model_options`; ``--threshold VALUE`` is
+  ``--model-option threshold=VALUE`` (:func:`model_options_of` joins them, and refuses both with two values).
+- ``--mask NAME=VALUES`` (repeatable, one band each) and ``--mask-dilate N``: a quality mask,
+  :func:`pipeline.inference.masks.parse_quality_mask`.
 - vocabularies (precision, blend, proba dtype, vector formats) come from :mod:`pipeline.vocab`; defaults
   shown in help come from the configs in :mod:`pipeline.config`.
 
@@ -31,7 +34,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.config import PredictConfig, VectorizeConfig, parse_area
+from pipeline.config import ChangeOptions, PredictConfig, VectorizeConfig, parse_area
 from pipeline.errors import BandMapError, ConfigError, ScenewatchError
 from pipeline.inference.read import SENSOR_PRESETS
 from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, choices
@@ -39,9 +42,9 @@ from pipeline.vocab import BlendMethod, Precision, ProbaDtype, VectorFormat, cho
 __all__ = [
     "assume_crs", "band_names", "bands", "build", "builtin_models", "classify_options", "cli_message",
     "cluster_options", "date_pattern", "default_of", "formats", "grid", "halo", "label_attribute", "max_offset",
-    "max_pixels", "min_area", "model", "model_options", "out", "parse_bands", "parse_model_options", "polygons",
-    "predict_options", "quiet", "region", "report_errors", "scene_options", "sieve", "stack", "tile_size",
-    "untrusted_options", "vector_options",
+    "mask_options", "max_pixels", "min_area", "model", "model_options", "model_options_of", "model_settings",
+    "out", "parse_bands", "parse_model_options", "polygons", "predict_options", "quiet", "region", "report_errors",
+    "scene_options", "sieve", "change_sieve", "stack", "threshold", "tile_size", "untrusted_options", "vector_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -188,9 +191,11 @@ def parse_bands(text: str) -> str:
 
 def band_names(text: str) -> list[str]:
     """The band names of a band map in file order: what a model bundle lists as its inputs."""
+    from pipeline.inference.masks import model_band_names
     from pipeline.inference.read import parse_band_map
 
     indexes = parse_band_map(parse_bands(text)).indexes
+    indexes = {name: indexes[name] for name in model_band_names(indexes)}
     if len(set(indexes.values())) != len(indexes):
         raise ConfigError(f"band map {text!r}: two names for one band; a model's bands are distinct")
     return sorted(indexes, key=lambda name: indexes[name])
@@ -219,6 +224,26 @@ def parse_model_options(pairs: Iterable[str]) -> dict[str, Any]:
                     continue
         options[key] = value
     return options
+
+
+def model_options_of(model_options: dict[str, Any] | None, threshold: str | None) -> dict[str, Any]:
+    """``--model-option`` pairs with ``--threshold`` folded in as ``threshold``; both given with different
+    values is an error naming both flags."""
+    options = dict(model_options or {})
+    if threshold is None:
+        return options
+    value = parse_model_options([f"threshold={threshold}"])["threshold"]
+    if "threshold" in options and options["threshold"] != value:
+        raise ConfigError(f"`threshold` {threshold} and `model_options` threshold={options['threshold']} disagree; "
+                          "give one of them")
+    return options | {"threshold": value}
+
+
+@report_errors
+def _mask_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from pipeline.inference.masks import parse_quality_mask
+
+    return parse_quality_mask(value)
 
 
 @report_errors
@@ -305,6 +330,15 @@ model_options = click.option(
          "network (see `scenewatch models show NAME`).")
 
 
+threshold = click.option(
+    "--threshold", default=None, metavar="VALUE",
+    help="The model's threshold, e.g. 0.6 (or auto where the model computes one per scene): the same as "
+         "--model-option threshold=VALUE.")
+
+model_settings = stack(model_options, threshold)
+"""``--model-option`` and ``--threshold``: a command joins them with :func:`model_options_of`."""
+
+
 def tile_size(default: str = "the model's") -> Decorator:
     return click.option("--tile-size", type=int, default=None, help=f"Core tile size in pixels [default: {default}].")
 
@@ -366,7 +400,20 @@ cluster_options = stack(
 )
 """Where the work runs."""
 
-classify_options = stack(predict_options, scene_options, untrusted_options, cluster_options)
+mask_options = stack(
+    click.option("--mask", "mask", multiple=True, metavar="NAME=VALUES", callback=_mask_callback,
+                 help="Quality mask, repeatable (one band each): pixels where band NAME of --bands holds VALUES "
+                      "(e.g. clm=1 or clm=1,2,8-11) are nodata in every product; presets scl (Sentinel-2 L2A: "
+                      "nodata, saturated, shadow, cloud, cirrus, snow) and qa_pixel (Landsat C2 bits: fill, "
+                      "dilated, cirrus, cloud, shadow, snow), or only some classes: scl=cloud,shadow "
+                      "[default: no mask]."),
+    click.option("--mask-dilate", "mask_dilate", type=int, default=None, metavar="PIXELS",
+                 help="Grow the masked patches by PIXELS in every direction, e.g. 2 [default: 0]."),
+)
+"""The quality mask: the ``mask`` and ``mask_dilate`` fields of :class:`~pipeline.config.PredictConfig`."""
+
+
+classify_options = stack(predict_options, mask_options, scene_options, untrusted_options, cluster_options)
 """Everything a command that classifies scenes takes into its PredictConfig (predict, change, timeline,
 evaluate): the tiling and model run, the input limits and repairs, and where the work runs."""
 
@@ -387,6 +434,10 @@ min_area = click.option("--min-area", default=None, metavar="AREA", callback=_ar
                         help="Drop polygons smaller than AREA: m² (5000) or with a unit (5000m2, 0.5ha, 1km2).")
 sieve = click.option("--sieve", type=int, default=None, metavar="PIXELS",
                      help="Before polygonizing, merge pixel groups smaller than PIXELS into their largest neighbour.")
+change_sieve = click.option(
+    "--sieve", type=int, default=None, metavar="PIXELS",
+    help="Before polygonizing, merge change patches smaller than PIXELS into their largest neighbour "
+         f"[default: {default_of(ChangeOptions, 'sieve')}, a 3 x 3 block; 0 keeps single pixels].")
 
 vector_options = stack(
     min_area,
