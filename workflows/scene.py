@@ -131,7 +131,8 @@ def plan_scene(scene: str | Path, model: str | os.PathLike[str] | ModelRef, conf
         result = predict_scene(plan, "out/")
     """
     meta = open_scene(scene, max_pixels=config.max_pixels, assume_crs=config.assume_crs,
-                      allow_vrt=config.allow_vrt, max_ratio=config.max_ratio, max_block_bytes=config.max_block_bytes)
+                      allow_vrt=config.allow_vrt, max_ratio=config.max_ratio, max_block_bytes=config.max_block_bytes,
+                      source=config.source_options)  # a STAC item: its grid, resampling, remote settings
     ref = ModelRef.of(model, precision=config.precision)
     info = describe_model(ref)
     band_map = parse_band_map(config.bands, meta)
