@@ -432,12 +432,13 @@ def formats(allow_none: bool = False) -> Decorator:
 
 min_area = click.option("--min-area", default=None, metavar="AREA", callback=_area_callback,
                         help="Drop polygons smaller than AREA: m² (5000) or with a unit (5000m2, 0.5ha, 1km2).")
-sieve = click.option("--sieve", type=int, default=None, metavar="PIXELS",
-                     help="Before polygonizing, merge pixel groups smaller than PIXELS into their largest neighbour.")
-change_sieve = click.option(
-    "--sieve", type=int, default=None, metavar="PIXELS",
-    help="Before polygonizing, merge change patches smaller than PIXELS into their largest neighbour "
-         f"[default: {default_of(ChangeOptions, 'sieve')}, a 3 x 3 block; 0 keeps single pixels].")
+def _sieve(help: str) -> Decorator:
+    return click.option("--sieve", type=int, default=None, metavar="PIXELS", help=help)
+
+
+sieve = _sieve("Before polygonizing, merge pixel groups smaller than PIXELS into their largest neighbour.")
+change_sieve = _sieve("Before polygonizing, merge change patches smaller than PIXELS into their largest neighbour "
+                      f"[default: {default_of(ChangeOptions, 'sieve')}, a 3 x 3 block; 0 keeps single pixels].")
 
 vector_options = stack(
     min_area,
