@@ -62,6 +62,7 @@ SKIP = {  # a piece of the example -> why it does not run in the tests
     ".venv/bin/python -m pytest": "the test suite itself",
     "bench.vectorize": "a benchmark: minutes on an 8192 px synthetic scene",
     "s2.tif": "needs a Sentinel-2 scene (none is shipped)",
+    "s2_l2a.tif": "needs a Sentinel-2 L2A scene with its SCL band (none is shipped)",
     "s2.classes.tif": "needs a Sentinel-2 clearing map (none is shipped)",
     "pre.tif post.tif": "needs a Sentinel-2 L2A pair (none is shipped)",
     "landsat/*.tif": "needs a Landsat series (none is shipped)",
