@@ -25,6 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import (
+    BandResampling,
     ChangeOptions,
     FrozenConfig,
     Mask,
@@ -53,7 +54,8 @@ __all__ = [
 ]
 
 # PredictConfig fields that change how fast a scene is done, never what is written: left out of fingerprints.
-EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight", "timeout"})
+EXECUTION_FIELDS = frozenset({"workers", "scheduler", "max_tiles_in_flight", "timeout", "requester_pays",
+                              "s3_endpoint"})
 
 
 _Frozen = FrozenConfig
@@ -98,7 +100,16 @@ class InputsSpec(_Frozen):
     stac: str | None = Field(None, description="STAC catalog.json or item collection JSON on disk")
     stac_search: StacSearchSpec | None = Field(None, description="a STAC API search: url, collections, bbox or aoi, "
                                                                  "datetime, query, limit")
-    asset: str | None = Field(None, description="STAC asset key of the image [default: first GeoTIFF asset]")
+    asset: str | None = Field(None, description="STAC asset key of the image [default: an item with one GeoTIFF "
+                                                "asset per band is read band by band; else its GeoTIFF asset]")
+    resolution: float | None = Field(None, gt=0, description="STAC items: pixel size of the grid every band is read "
+                                                             "onto, as --resolution [default: the finest band's]")
+    resampling: BandResampling = Field((), description="STAC items: resampling per band, as --resampling: "
+                                                       "['swir16=average', 'scl=nearest']")
+    requester_pays: bool = Field(False, description="read s3:// inputs from requester-pays buckets (you pay)")
+    s3_endpoint: str | None = Field(None, description="URL of an S3-compatible store for s3:// inputs, e.g. "
+                                                      "http://minio:9000; credentials only from the AWS environment "
+                                                      "variables or profile, never from the job file")
     start: dt.date | None = Field(None, description="keep scenes dated on or after this day (YYYY-MM-DD)")
     end: dt.date | None = Field(None, description="keep scenes dated on or before this day (YYYY-MM-DD)")
     bbox: tuple[float, float, float, float] | None = Field(
@@ -223,17 +234,22 @@ class JobSpec(_Frozen):
     @field_validator("tiling")
     @classmethod
     def _tiling_only(cls, value: PredictConfig) -> PredictConfig:
-        misplaced = [k for k in ("bands", "workers", "scheduler", "mask", "mask_dilate") if getattr(value, k)]
+        misplaced = [k for k in ("bands", "workers", "scheduler", "mask", "mask_dilate", "resolution", "resampling",
+                                 "requester_pays", "s3_endpoint") if getattr(value, k)]
         if misplaced:
-            raise ValueError(f"{misplaced[0]} belongs at the top level (bands:, mask:) or under dask:, not under "
-                             "tiling:")
+            raise ValueError(f"{misplaced[0]} belongs at the top level (bands:, mask:), under inputs: (resolution, "
+                             "resampling, requester_pays, s3_endpoint) or under dask:, not under tiling:")
         return value
 
     def predict_config(self) -> PredictConfig:
         """The per-scene configuration: tiling plus the band map and Dask placement."""
         return self.tiling.model_copy(update={"bands": self.bands, "workers": self.dask.workers,
                                               "scheduler": self.dask.scheduler, "mask": self.mask,
-                                              "mask_dilate": self.mask_dilate})
+                                              "mask_dilate": self.mask_dilate,
+                                              "resolution": self.inputs.resolution,
+                                              "resampling": self.inputs.resampling,
+                                              "requester_pays": self.inputs.requester_pays,
+                                              "s3_endpoint": self.inputs.s3_endpoint})
 
 
 @dataclass(frozen=True, slots=True)
