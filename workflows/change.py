@@ -408,8 +408,8 @@ def _index_change(model: IndexDifference, before: str | Path, after: str | Path,
             data_b, valid_b = read_aligned(before, grid, window, indexes[0], dtype="float32")
             data_a, valid_a = read_aligned(after, grid, window, indexes[1], dtype="float32")
             valid = valid_b & valid_a
-            for scene, mask in zip((before, after), masks, strict=False):
-                valid &= ~_unusable_on_grid(scene, grid, window, mask)
+            for scene, bound in zip((before, after), masks, strict=False):
+                valid &= ~_unusable_on_grid(scene, grid, window, bound)
             codes, conf = model.classify(model.difference(data_b, data_a), valid)
             writer.write(window, np.stack([codes, encode_confidence(conf, valid)]))
             tally.add(codes, pixel_area_rows(grid, window))
