@@ -91,7 +91,10 @@ def _average(a: np.ndarray, invalid: np.ndarray | None, nodata: float | None) ->
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.dtype(dtype).kind in "iu":
         info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+        # halves round up, as the uint8 path without nodata above (and GDAL) rounds them: with np.rint
+        # (halves to even) a cell's value depended on whether its window held a nodata pixel, so the
+        # overviews changed with the cut of the raster into windows, and pieces made apart could not agree
+        return np.clip(np.floor(values + 0.5), info.min, info.max).astype(dtype)
     return values.astype(dtype)
 
 

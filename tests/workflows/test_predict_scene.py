@@ -196,3 +196,67 @@ def test_a_run_whose_cog_cannot_be_written_leaves_no_part_file(make_geotiff, tmp
         predict_scene(plan, out, client=dask_client, progress=False)
     assert sorted(p.name for p in out.iterdir()) in (["scene.classes.tif"], ["scene.classes.tif",
                                                                               "scene.proba.tif"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("proba_dtype", ["uint8", "float32"])
+def test_cogs_written_by_workers_are_the_single_writers_files(make_geotiff, tmp_path, dask_client, proba_dtype):
+    """Several pieces and two overview levels (1300 x 1100 px, tiles of 256, pieces of 512 x 1024): each
+    product is byte for byte the COG that the single writer of the client (CogWriter, window by window,
+    then GDAL's COG copy) made from the same pixels, overviews included; the run leaves only the COGs."""
+    from pipeline.inference.raster import CogWriter
+    from pipeline.inference.read import SceneMeta
+    from tiles.grid import PixelWindow
+
+    scene = make_geotiff(shape=(4, 1300, 1100), nodata=0, nodata_box=(0, 200, 0, 300))
+    config = PredictConfig(bands="naip", tile_size=256, halo=16, proba_dtype=proba_dtype)
+    result = predict_scene(plan_scene(scene, "vegetation", config), tmp_path / "out", client=dask_client,
+                           progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene.classes.tif", "scene.proba.tif"]
+    assert result.tiles_skipped == 0
+    for path, resampling in ((result.classes_path, "mode"), (result.proba_path, "average")):
+        assert cog_validate(str(path), quiet=True)[0], path
+        with rasterio.open(path) as src:
+            data, profile, tags = src.read(), src.profile, src.tags()
+            descriptions, scales, colormap = src.descriptions, src.scales, src.colormap(1) if src.count == 1 else None
+        meta = SceneMeta(path="mem", crs=profile["crs"], transform=profile["transform"], height=1300, width=1100,
+                         count=1, dtype="uint8", nodata=None, block_height=256, block_width=256)
+        tags.pop("AREA_OR_POINT")
+        reference = tmp_path / f"reference.{path.name}"
+        with CogWriter(reference, meta, count=data.shape[0], dtype=data.dtype.name, nodata=profile["nodata"],
+                       resampling=resampling, descriptions=list(descriptions), colormap=colormap,
+                       scales=list(scales) if proba_dtype == "uint8" and colormap is None else None,
+                       tags=tags) as writer:
+            for tile in result.grid:
+                w = tile.core_window
+                writer.write(PixelWindow(w.row_off, w.col_off, w.height, w.width),
+                             data[:, w.row_off:w.row_end, w.col_off:w.col_end])
+            writer.finish()
+        assert path.read_bytes() == reference.read_bytes(), path.name
+
+
+def test_pieces_are_whole_blocks_a_tile_high_and_a_stripe_wide_and_each_tile_is_read_by_its_neighbours():
+    from pipeline.inference.stitch import Stitcher
+    from tiles.grid import plan_tiles
+    from workflows.scene import _batches, _piece_plan, _piece_size
+
+    grid = plan_tiles(2500, 3100, 300, 16)
+    piece = _piece_size(grid, 4, 512)
+    assert piece == (512, 1536)
+    batches = [tiles for _, tiles in _batches(grid, 4, 2)]
+    stitcher = Stitcher(grid, 8, 2, "uint8")
+    from pipeline.inference.assemble import CogSpec
+
+    spec = CogSpec(crs=None, transform=rasterio.transform.from_origin(0, 0, 1, 1), height=2500, width=3100, count=1,
+                   dtype="uint8", nodata=255)
+    levels, readers = _piece_plan(grid, {"classes": spec}, stitcher, batches, piece)
+    assert len(levels) == len(spec.factors) + 1 and len(levels[-1]) == 1  # one piece at the top
+    for level, jobs in enumerate(levels):
+        rows, cols = spec.level_shape(level)
+        assert sum(job.window.size for job in jobs.values()) == rows * cols  # they tile the level
+        assert all(job.window.height <= piece[0] and job.window.width <= piece[1] for job in jobs.values())
+    for job in levels[0].values():  # a piece reads the batches of every tile that reaches its cores
+        needed = {n.index for t in grid.tiles_touching(job.window) for n in stitcher.covered_cores(t)}
+        read = {t.index for b in job.inputs for t in batches[b]}
+        assert needed <= read
+        assert all(job in readers[b] for b in job.inputs)

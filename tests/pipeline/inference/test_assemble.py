@@ -128,3 +128,19 @@ def test_a_missing_or_cut_part_fails_and_publishes_nothing(tmp_path: Path) -> No
     with pytest.raises(OutputError, match="cut short"):
         assemble_cog(spec, refs, tmp_path / "out.tif")
     assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_averages_do_not_depend_on_the_cut(dtype: str) -> None:
+    """A cell's average rounds its halves up whether or not its window holds nodata elsewhere, so pieces
+    halved apart agree with the raster halved whole (with halves to even they differed by one)."""
+    data = np.tile(np.array([[[1, 2, 5, 5, 9, 9], [2, 2, 5, 6, 9, 9]]], dtype=dtype), (1, 2, 2))
+    data[0, 2, 4:8] = [2, 2, 2, 2]
+    data[0, 3, 4:8] = [3, 3, 3, 3]  # 2.5: rounds up to 3 (halves to even gave 2 where a window held nodata)
+    data[0, 0, 10:12] = 255 if dtype == "uint8" else 65535  # nodata in the right half only
+    nodata = 255 if dtype == "uint8" else 65535
+    whole = reduce2(data, "average", nodata)
+    halves = np.concatenate([reduce2(data[:, :, :6], "average", nodata), reduce2(data[:, :, 6:], "average", nodata)],
+                            axis=2)
+    np.testing.assert_array_equal(whole, halves)
+    assert whole[0, 1, 2] == 3
