@@ -76,6 +76,7 @@ class Tag:
     CONFIRM = "SCENEWATCH_CONFIRM"
     DESCRIPTION = "SCENEWATCH_DESCRIPTION"
     ENCODING = "SCENEWATCH_ENCODING"
+    BACKEND = "SCENEWATCH_BACKEND"  # what ran the network: the backends the workers chose (auto), comma-separated
     MASK = "SCENEWATCH_MASK"  # the quality mask that made pixels nodata (--mask), e.g. "scl dilate=2"
     THRESHOLD = "SCENEWATCH_THRESHOLD"  # index threshold used and how: "0.113 auto (Otsu; ...)", "0 fallback (...)"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DIR = REPO / "examples" / "data"
 NAIP_2020 = SAMPLE_DIR / "m_4709963_se_14_1_20200831.tif"
 NAIP_2009 = SAMPLE_DIR / "m_4709963_se_14_1_20090818.tif"
+
+# Each test session keeps the backends precision auto measures (pipeline.models.backends) in a cache of its
+# own, never the user's; set at import, so the worker processes of every LocalCluster inherit it.
+_BACKEND_CACHE = tempfile.TemporaryDirectory(prefix="scenewatch-backends-")
+os.environ.setdefault("SCENEWATCH_CACHE_DIR", _BACKEND_CACHE.name)
 
 
 def shared(relative: str) -> Path:

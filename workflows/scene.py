@@ -22,6 +22,7 @@ column of tiles, as the single writer held before), and each piece task holds on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -69,6 +70,7 @@ from pipeline.products import (
 )
 from tiles.blend import BlendMethod
 from tiles.grid import PixelWindow, Tile, TileGrid, aligned_tile_size, plan_tiles
+from workflows.backends import backend_tags
 from workflows.cluster import dask_client, threads_per_model
 from workflows.threshold import resolve_auto_threshold
 
@@ -360,6 +362,9 @@ def predict_scene(plan: ScenePlan, out_dir: str | Path = ".", *, client: Client 
             with dask_client(config.workers, config.scheduler, client, model=plan.model) as dask:
                 plan = resolve_auto_threshold(plan, dask)  # threshold=auto: one histogram pass (workflows.threshold)
                 ref = plan.model if plan.model.threads else plan.model.with_threads(threads_per_model(dask))
+                # precision auto settled in every worker first, and recorded in the COGs' tags
+                plan = dataclasses.replace(plan, tags={**plan.tags, **backend_tags(
+                    dask, plan.meta, plan.grid, plan.band_indexes, ref)})
                 timings = _run(dask, plan, ref, config, out_dir, progress, token)
         finally:
             remove_parts(out_dir, token)  # after the cluster: no task of this run writes one any more

@@ -436,8 +436,12 @@ def load_bundle(path: str | os.PathLike[str], *, precision: Precision = "auto", 
                  "'scenewatch[int8]'); running it in torch", folder.name)
     if wants_int8 and not device.startswith("cuda"):
         variant = int8.load_int8(folder, spec)
+    # the backend cache's key (pipeline.models.backends): these weights, this variant, this normalisation
+    identity = int8.sha256_hex(json.dumps([spec.sha256, spec.int8.model_sha256 if variant and spec.int8 else None,
+                                           list(spec.mean or []), list(spec.std or [])]).encode())
     return TorchSegmentationModel(network, spec.info, mean=spec.mean, std=spec.std, precision=precision,
-                                  device=device, compile=compile, int8=variant)
+                                  device=device, compile=compile, int8=variant, identity=identity,
+                                  calibrate=precision == "auto" and variant is None)
 
 
 # ------------------------------------------------------------------------------------------------- writing

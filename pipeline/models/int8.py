@@ -37,8 +37,9 @@ import numpy as np
 
 from pipeline.errors import ModelError
 
-__all__ = ["INT8_MODEL", "INT8_WEIGHTS", "Int8UnsupportedError", "OpenVinoForward", "calibrate", "load_int8",
-           "openvino_available", "require_int8", "require_openvino", "sha256_hex"]
+__all__ = ["INT8_MODEL", "INT8_WEIGHTS", "Int8UnsupportedError", "OpenVinoForward", "calibrate", "convert",
+           "load_int8", "nncf_available", "openvino_available", "quantize", "read_ir", "require_int8",
+           "require_openvino", "sha256_hex"]
 
 log = logging.getLogger("scenewatch")
 
@@ -48,6 +49,16 @@ INT8_WEIGHTS = "int8.bin"
 
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
+
+
+def nncf_available() -> bool:
+    return importlib.util.find_spec("nncf") is not None
+
+
+def read_ir(xml: Path) -> Any:
+    """An OpenVINO IR this process wrote (the ``.bin`` beside ``xml``), e.g. a calibration cached by
+    :mod:`pipeline.models.backends`."""
+    return _ov_core().read_model(str(xml))
 
 
 def require_openvino(what: str) -> Any:
@@ -80,9 +91,10 @@ class OpenVinoForward:
     width, so edge tiles need no recompiling. It is compiled on first use with as many threads as torch
     uses in this process (set per worker); each thread calling it gets its own inference request."""
 
-    def __init__(self, model: Any, keep: Any = None) -> None:
+    def __init__(self, model: Any, keep: Any = None, hint: str | None = None) -> None:
         self._model = model
         self._keep = keep  # the buffer the weights were read from, kept alive with the model
+        self._hint = hint  # OpenVINO's INFERENCE_PRECISION_HINT ("f32", "bf16"); None: the plugin's default
         self._compiled: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -97,10 +109,12 @@ class OpenVinoForward:
                     # No pinning: OpenVINO pins its threads to cores counted from the first, so two
                     # worker processes of one thread each both ran on core 0 (282 ms per tile each,
                     # 140 ms unpinned).
+                    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                              "ENABLE_CPU_PINNING": False}
+                    if self._hint:
+                        config["INFERENCE_PRECISION_HINT"] = self._hint
                     try:
-                        self._compiled = _ov_core().compile_model(self._model, "CPU", {
-                            "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
-                            "ENABLE_CPU_PINNING": False})
+                        self._compiled = _ov_core().compile_model(self._model, "CPU", config)
                     except RuntimeError as err:
                         raise Int8UnsupportedError(_cpu_refusal(err)) from err
                 request = self._local.request = self._compiled.create_infer_request()
@@ -185,11 +199,21 @@ def calibrate(model: Any, tiles: Sequence[Any]) -> Any:
     calibrated on ``tiles``: inputs as :meth:`~pipeline.models.network.TorchSegmentationModel.prepare` makes them.
     Run it with :class:`OpenVinoForward`; :func:`pipeline.models.quantize.quantize_bundle` is the checked,
     stored way."""
+    return quantize(convert(model, tiles[0]), tiles)
+
+
+def convert(model: Any, example: Any) -> Any:
+    """``model``'s torch network as an OpenVINO model (fp32 weights; batch, height and width dynamic),
+    traced on ``example`` (a prepared input)."""
     ov = require_openvino(f"model {model.info.name}")
+    return ov.convert_model(_export(model.network, example))
+
+
+def quantize(converted: Any, tiles: Sequence[Any]) -> Any:
+    """An OpenVINO model (:func:`convert`) quantized to int8 by NNCF, activation ranges from ``tiles``."""
     with _no_cuda_tools_warning():
         import nncf
 
-        converted = ov.convert_model(_export(model.network, tiles[0]))
         return nncf.quantize(converted, nncf.Dataset([np.ascontiguousarray(x.cpu().numpy()) for x in tiles]),
                              subset_size=len(tiles), advanced_parameters=_global_ranges(nncf))
 

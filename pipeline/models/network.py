@@ -30,6 +30,7 @@ __all__ = [
     "build_smp_model",
     "default_device",
     "native_bf16",
+    "native_fp16",
     "resolve_precision",
     "visible_gpus",
 ]
@@ -67,6 +68,16 @@ def native_bf16() -> bool:
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def native_fp16() -> bool:
+    """Whether this CPU has native fp16 kernels (AVX512-FP16 or AMX-FP16)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -112,7 +123,8 @@ class TorchSegmentationModel:
 
     def __init__(self, network: Any, info: ModelInfo, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, precision: str = "auto", device: str | None = None,
-                 stride: int = 32, compile: bool = False, int8: Callable[[Any], Any] | None = None) -> None:
+                 stride: int = 32, compile: bool = False, int8: Callable[[Any], Any] | None = None,
+                 identity: str | None = None, calibrate: bool = False) -> None:
         import torch
 
         self.info = info
@@ -135,6 +147,22 @@ class TorchSegmentationModel:
         self.compiled = bool(compile)
         self._static_hw = (0, 0)
         self._forward = _compile(self.network) if compile else self.network
+        # auto on a CPU measures the backends on the first tiles (pipeline.models.backends), unless compiled
+        # (torch.compile is asked for explicitly and runs in torch)
+        self._choose_pending = precision == "auto" and on_cpu and not compile
+        self._auto_pending = self._auto_pending and not self._choose_pending
+        self._identity = identity
+        self._calibrate = calibrate
+        self.choice: Any = None  # the pipeline.models.backends.Choice auto made on a CPU
+        self._backend: Any = None  # the pipeline.models.backends.Backend that runs, once chosen
+        self.backend = self._name_of(self.precision)
+
+    def _name_of(self, precision: str) -> str:
+        """The backend name an explicit precision runs as (``auto`` names what it measured instead)."""
+        if precision == "int8":
+            return "openvino-int8"
+        where = "" if not self.device.startswith("cuda") else "-cuda"
+        return f"torch-{precision}{where}" + ("-compiled" if self.compiled else "")
 
     def _network_for(self, precision: str, *, eager: bool = False) -> Any:
         if precision == "int8":
@@ -179,17 +207,22 @@ class TorchSegmentationModel:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         # OpenVINO takes plain NCHW arrays: channels-last would be converted there and back for nothing
-        layout = torch.contiguous_format if self.precision == "int8" else torch.channels_last
+        channels_last = self._backend.channels_last if self._backend is not None else self.precision != "int8"
+        layout = torch.channels_last if channels_last and not self._choose_pending else torch.contiguous_format
         return x.to(self.device).contiguous(memory_format=layout)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         h, w = batch.shape[-2:]
+        if self._choose_pending:
+            self.choose_backend(batch)
         x = self.prepare(batch)
         if self._auto_pending:
             self._auto_pending = False
             self._check_auto(x)
+        if self._backend is not None:
+            return self.run(x, self._backend.precision, self._backend.forward)[..., :h, :w].numpy()
         forward = self._network_for(self.precision)
         if self.compiled and self.precision != "int8":
             # one image per call, for the same reason (batches of 1 and 2 would both compile)
@@ -197,6 +230,52 @@ class TorchSegmentationModel:
         else:
             probs = self.run(x, self.precision, forward)
         return probs[..., :h, :w].cpu().numpy()
+
+    def choose_backend(self, batch: np.ndarray, max_samples: int = 4) -> str:
+        """Settle ``auto`` on a CPU: measure the backends on up to ``max_samples`` images of ``batch`` (raw
+        ``(N, bands, H, W)``, the scene's first tiles), or take the cached choice, and run that from now on
+        (:mod:`pipeline.models.backends`). Logs the choice and every candidate's MP/s in one line; returns the
+        backend's name. Does nothing for an explicit precision, a GPU, or once settled."""
+        import torch
+
+        from pipeline.models import backends
+
+        if not self._choose_pending:
+            return self.backend
+        x = self.prepare(batch[:max_samples])
+        self._choose_pending = False
+        samples = [x[i : i + 1] for i in range(len(x))]
+        reference = self.run(samples[0], "fp32", self.network)
+        if not bool(torch.isfinite(reference).all()):  # no backend can be judged against NaN
+            raise ModelError(f"model {self.info.name}: gives non-finite probabilities (NaN or inf) in fp32 on the "
+                             "first tile; check its weights and its input scaling")
+        choice, backend = backends.choose(self, samples, identity=self.identity, threads=torch.get_num_threads(),
+                                          limit=AUTO_DRIFT_LIMIT)
+        self.choice, self._backend, self.backend, self.precision = choice, backend, backend.name, backend.precision
+        accepted = {m.name: m for m in choice.measurements}
+        self.auto_drift = accepted[backend.name].drift if backend.name in accepted else None
+        log.info("model %s: precision auto runs %s", self.info.name, choice.summary())
+        return self.backend
+
+    @property
+    def choosing(self) -> bool:
+        """Whether ``auto`` has yet to settle which backend runs (:meth:`choose_backend`)."""
+        return self._choose_pending
+
+    @property
+    def identity(self) -> str | None:
+        """What the backend cache keys this model by: the bundle's weights (and int8 variant) digest, else
+        the sha256 of the network's weights and normalisation; None for an int8 callable nothing identifies."""
+        if self._identity is None and self._int8 is None:
+            import hashlib
+
+            digest = hashlib.sha256(type(self.network).__qualname__.encode())
+            for name, tensor in self.network.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(self._mean.numpy().tobytes() + self._std.numpy().tobytes())
+            self._identity = digest.hexdigest()
+        return self._identity
 
     def _check_auto(self, x: Any) -> None:
         """Compare the reduced precision with fp32 on (a centre crop of) the first image, eagerly, and step

@@ -57,8 +57,8 @@ def _drift(network, data, mean, std) -> tuple[float, TorchSegmentationModel]:
 def test_auto_is_bf16_within_limit_on_random_init_unet_and_real_imagery(naip):
     drift, auto = _drift(_unet(), *naip)
     assert auto.auto_drift is not None  # the first-tile check ran
-    # bf16 is kept exactly when the check saw it within the limit (measured here: 0.004-0.005)
-    assert (auto.precision == "bf16") == (auto.auto_drift <= AUTO_DRIFT_LIMIT)
+    # what runs is what the measurement kept: within the limit on the first tiles (bf16 drifts 0.004-0.005)
+    assert auto.auto_drift <= AUTO_DRIFT_LIMIT and auto.backend in auto.choice.ranking
     assert drift <= 0.01
 
 
@@ -70,7 +70,8 @@ def test_auto_is_within_limit_on_a_fitted_unet(naip):
     fp32 = TorchSegmentationModel(network, INFO, mean=mean, std=std, precision="fp32", device="cpu").predict(data)
     assert np.abs(fp32[:, 1] - 0.5).mean() > 0.2  # the fit worked: the network is confident, not degenerate
     drift, auto = _drift(network, data, mean, std)
-    assert auto.precision == "bf16" and drift <= 0.01  # measured: about 0.001 on fitted networks
+    bf16 = next(m for m in auto.choice.measurements if m.name == "torch-bf16")
+    assert not bf16.refused and drift <= 0.01  # measured: about 0.001 on fitted networks
 
 
 class _Amplifier(torch.nn.Module):
@@ -96,11 +97,11 @@ def test_auto_falls_back_to_fp32_when_bf16_drifts(caplog):
     bf16 = TorchSegmentationModel(_Amplifier(), INFO, precision="bf16", device="cpu")
     fp32 = TorchSegmentationModel(_Amplifier(), INFO, precision="fp32", device="cpu")
     assert np.abs(bf16.predict(batch) - fp32.predict(batch)).mean() > 0.01  # bf16 really is too coarse here
-    with caplog.at_level("WARNING", logger="scenewatch"):
+    with caplog.at_level("INFO", logger="scenewatch"):
         out = auto.predict(batch)
-    assert auto.precision == "fp32" and auto.auto_drift > AUTO_DRIFT_LIMIT
-    np.testing.assert_array_equal(out, fp32.predict(batch))
-    assert "using fp32" in caplog.text
+    assert auto.precision == "fp32" and auto.auto_drift <= AUTO_DRIFT_LIMIT
+    np.testing.assert_allclose(out, fp32.predict(batch), rtol=0, atol=1e-4)  # torch or OpenVINO fp32
+    assert "torch-bf16 refused (drifts" in caplog.text
 
 
 def test_explicit_precision_is_obeyed_and_checked():
