@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NAIP_2009_CLASSES = "out/timeline/m_4709963_se_14_1_20090818.classes.tif"  # written by the README's timeline
 NAIP_2020_CLASSES = "out/m_4709963_se_14_1_20200831.classes.tif"  # written by the README's first predict
+NAIP_CHANGE = "out/change/m_4709963_se_14_1_20090818__m_4709963_se_14_1_20200831.change.tif"  # README's change
 
 SUBSTITUTE = {  # a path in an example that stands for the user's file -> the bundled one it runs on
     "scene.tif": str(NAIP_2020.relative_to(REPO)),
@@ -44,6 +45,7 @@ SUBSTITUTE = {  # a path in an example that stands for the user's file -> the bu
     "burn_mask.tif": NAIP_2020_CLASSES,
     "a.classes.tif": NAIP_2009_CLASSES,
     "b.classes.tif": NAIP_2020_CLASSES,
+    "out/before__after.change.tif": NAIP_CHANGE,  # written by the README's change example
 }
 
 FASTER = {  # command -> options appended (click takes the last value): the same path, in seconds

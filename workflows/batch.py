@@ -803,17 +803,19 @@ def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path
         if record is None or record.status != "done" or "bbox" not in record.properties:
             continue
         assets = []
+        extra: dict[str, str] = {}
         for output in record.outputs:
             path = job.out_dir / output.path
             key, media, roles, title = asset_of(path)
             if key == "classes":
                 title = f"classes ({', '.join(_class_names(path))})"
+                extra |= _threshold_property(path)
             assets.append(CatalogAsset(key, path, media, roles, title))
         props = record.properties
         start = dt.datetime.fromisoformat(props["start"]) if "start" in props else None
         end = dt.datetime.fromisoformat(props["end"]) if "end" in props else None
         entries.append(CatalogEntry(scene.scene_id, tuple(props["bbox"]), start, end, tuple(assets),
-                                    {"scenewatch:fingerprint": record.fingerprint}))
+                                    {"scenewatch:fingerprint": record.fingerprint, **extra}))
     entries += _product_entries(job, manifest, {e.item_id: e for e in entries})
     return publish_catalog(job.out_dir, job.name, job.name, entries)
 
@@ -846,6 +848,16 @@ def _product_entries(job: Job, manifest: Manifest, scene_entries: dict[str, Cata
                                     {"scenewatch:fingerprint": record.fingerprint, "scenewatch:product": record.kind,
                                      "scenewatch:scenes": record.source.split()}))
     return entries
+
+
+def _threshold_property(path: Path) -> dict[str, str]:
+    """``scenewatch:threshold``: the index threshold a classes raster was made with (its SCENEWATCH_THRESHOLD
+    tag: value, auto/fallback/fixed and why), for the scene's STAC item."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        value = src.tags().get(Tag.THRESHOLD)
+    return {"scenewatch:threshold": value} if value else {}
 
 
 def _class_names(path: Path) -> list[str]:

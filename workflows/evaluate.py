@@ -29,7 +29,8 @@ from pipeline.training.labels import IGNORE, Labels, open_labels, read_labels
 from pipeline.training.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
 from tiles.grid import PixelWindow
 
-__all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluation_dict", "polygons_of"]
+__all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluate_change", "evaluation_dict", "polygons_of",
+           "is_change_product"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,115 @@ def evaluate_scene(scene: str | Path, model: str | Path | ModelRef, labels_path:
                                                        min_object_pixels=config.min_object_pixels)
     return Evaluation(scene=Path(scene).name, model=result.model.name, labels=Path(labels_path).name,
                       region=region or meta.bounds, pixels=pixels, objects=objects, unknown_pixels=unknown)
+
+
+# ------------------------------------------------------------------------------------------ change products
+
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".fgb", ".shp", ".parquet")
+
+
+def is_change_product(path: str | Path) -> bool:
+    """Whether ``path`` is a change product ``evaluate`` scores without a model: a ``*.change.tif`` raster or a
+    change layer (``*.change.gpkg`` and the other vector formats of ``scenewatch change``)."""
+    name = Path(path).name.lower()
+    return name.endswith(".change.tif") or any(name.endswith(".change" + s) for s in VECTOR_SUFFIXES)
+
+
+def _read_layer(path: Path, where: str) -> Any:
+    import geopandas as gpd
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            return gpd.read_parquet(path)
+        return gpd.read_file(path)
+    except (OSError, ValueError, RuntimeError) as err:  # pyogrio.errors.DataSourceError is a RuntimeError
+        raise ConfigError(f"{where} {path.name}: cannot be read as a vector layer ({err})") from err
+
+
+def _burn(layer: Any, grid: Any, window: PixelWindow, where: str) -> np.ndarray:
+    """bool ``(rows, cols)``: pixels of ``window`` of ``grid`` whose centre is inside a polygon of ``layer``."""
+    from rasterio.features import rasterize
+    from rasterio.windows import transform as window_transform
+
+    if layer.crs is None:
+        raise ConfigError(f"{where}: the layer has no CRS; write one into it (e.g. ogr2ogr -a_srs)")
+    geoms = [g for g in layer.to_crs(grid.crs).geometry if g is not None and not g.is_empty]
+    if not geoms:
+        return np.zeros((window.height, window.width), bool)
+    transform = window_transform(Window(window.col_off, window.row_off, window.width, window.height), grid.transform)
+    return rasterize(geoms, out_shape=(window.height, window.width), transform=transform, fill=0,
+                     default_value=1, dtype="uint8").astype(bool)
+
+
+def evaluate_change(change: str | Path, labels_path: str | Path, *, transitions: Sequence[str] | None = None,
+                    label_attribute: str | None = None, label_values: Sequence[int] | None = None,
+                    region: PixelWindow | None = None) -> Evaluation:
+    """Score a change product against a reference: IoU, F1, precision and recall of "change" against "no change".
+
+    ``change`` is a ``*.change.tif`` (band 1 transition codes, names in its tags) or a change layer (any
+    polygon is change; a ``class_name`` column is filtered by ``transitions``). ``transitions`` are the
+    transitions that count as the change scored (e.g. ``other->water`` for a flood; default: every one but
+    "no change"). ``labels_path`` is a mask raster (change where its value is in ``label_values``, default
+    any value but 0 and nodata) or polygons (change inside; with ``label_attribute``, only features whose
+    attribute is truthy). The grid is the change raster's, or the label raster's for a layer; pixels that are
+    nodata in the change raster or the label raster are left out (``unknown_pixels``).
+    """
+    from pipeline.change.align import grid_of, read_aligned
+    from pipeline.change.transitions import CHANGE_NODATA
+    from pipeline.products import class_names_from_tags
+
+    change, labels_path = Path(change), Path(labels_path)
+    vector_pred = change.suffix.lower() != ".tif"
+    vector_truth = labels_path.suffix.lower() in VECTOR_SUFFIXES
+    if vector_pred and vector_truth:
+        raise ConfigError(f"evaluate {change.name}: a change layer is scored on a grid; give the reference as a "
+                          "mask raster, or score the change raster (*.change.tif) against the polygons")
+    grid = grid_of(labels_path if vector_pred else change)
+    region = region or grid.bounds
+    wanted = None if transitions is None else {t.strip().lower() for t in transitions}
+    codes: list[int] = []
+    pred_layer = truth_layer = None
+    if vector_pred:
+        pred_layer = _read_layer(change, "change layer")
+        if wanted is not None and "class_name" in pred_layer.columns:
+            pred_layer = pred_layer[pred_layer["class_name"].str.lower().isin(wanted)]
+    else:
+        with rasterio.open(change) as src:
+            names = [n.lower() for n in class_names_from_tags(src.tags())]
+        if wanted is not None:
+            unknown = sorted(wanted - set(names))
+            if unknown:
+                raise ConfigError(f"evaluate {change.name}: no transition {', '.join(unknown)}; it has "
+                                  f"{', '.join(n for n in names if n)}")
+        codes = [i for i, n in enumerate(names) if n and i != 0 and (wanted is None or n in wanted)]
+    if vector_truth:
+        truth_layer = _read_layer(labels_path, "labels")
+        if label_attribute is not None:
+            if label_attribute not in truth_layer.columns:
+                raise ConfigError(f"labels {labels_path.name}: no attribute {label_attribute!r}")
+            truth_layer = truth_layer[truth_layer[label_attribute].astype(bool)]
+    total = np.zeros((2, 2), dtype=np.int64)
+    unknown_pixels = 0
+    for window in _strips(region):
+        if vector_pred:
+            predicted = _burn(pred_layer, grid, window, f"change layer {change.name}")
+            ok = np.ones(predicted.shape, bool)
+        else:
+            raw, ok = read_aligned(change, grid, window, [1])
+            ok &= raw[0] != CHANGE_NODATA
+            predicted = np.isin(raw[0], codes)
+        if vector_truth:
+            truth = _burn(truth_layer, grid, window, f"labels {labels_path.name}")
+        else:
+            raw_t, ok_t = read_aligned(labels_path, grid, window, [1])
+            ok &= ok_t
+            truth = np.isin(raw_t[0], list(label_values)) if label_values is not None else raw_t[0] != 0
+        total += confusion_matrix(np.where(ok, truth, IGNORE).astype(np.uint8),
+                                  np.where(ok, predicted, IGNORE).astype(np.uint8), 2)
+        unknown_pixels += int(np.count_nonzero(~ok))
+    label = ",".join(sorted(wanted)) if wanted else "change"
+    return Evaluation(scene=change.name, model=f"change product ({label})", labels=labels_path.name, region=region,
+                      pixels=pixel_metrics(total, ("no change", "change")), objects=(), unknown_pixels=unknown_pixels)
 
 
 def evaluation_dict(ev: Evaluation) -> dict[str, Any]:

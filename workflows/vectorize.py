@@ -163,6 +163,12 @@ def _default_scene_id(path: Path, meta: SceneMeta) -> str:
     return safe_name(tag if tag else name_of(path))
 
 
+def _threshold_column(tags: Mapping[str, str]) -> dict[str, str]:
+    """The index threshold the raster was made with (``SCENEWATCH_THRESHOLD``: value, auto/fallback/fixed and
+    why) as a ``threshold`` column, so the layer says how its classes were drawn."""
+    return {"threshold": tags[Tag.THRESHOLD]} if tags.get(Tag.THRESHOLD) else {}
+
+
 def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: VectorizeConfig = VectorizeConfig(), *,
                     proba_path: str | Path | None = None, scene_id: str | None = None,
                     acquired: dt.date | str | None = None, attributes: Mapping[str, Any] | None = None,
@@ -207,7 +213,8 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
     spec = LayerSpec(
         scene_id=sid, crs_wkt=meta.crs.to_wkt(), transform=meta.transform, basis=basis, class_names=names,
         model=meta.tags.get(Tag.MODEL) or None, model_version=meta.tags.get(Tag.MODEL_VERSION) or None,
-        acquired=_acquired(meta, sid, acquired), attributes=dict(attributes or {}), simplify_px=simplify_px,
+        acquired=_acquired(meta, sid, acquired), attributes=_threshold_column(meta.tags) | dict(attributes or {}),
+        simplify_px=simplify_px,
         min_area_m2=cfg.min_area, class_attributes=dict(class_attributes or {}),
         class_colors=_colour_table(classes_path, names),
     )

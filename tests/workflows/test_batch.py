@@ -265,6 +265,7 @@ def test_change_and_timeline_plug_in(tmp_path: Path, make_geotiff, dask_client) 
     # STAC items for the products, as for scenes: footprint and time range of their dates, typed assets
     items = {i.id: i for i in pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True)}
     change_item, timeline_item = items[f"change_{pair}"], items["timeline"]
+    assert items["site_20200101"].properties["scenewatch:threshold"] == "0.3 fixed"  # the threshold used
     assert change_item.assets["change"].roles == ["data"]
     assert change_item.assets["change"].media_type == pystac.MediaType.COG
     assert Path(change_item.assets["change"].get_absolute_href()) == out / "change" / f"{pair}.change.tif"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import rasterio
 from click.testing import CliRunner
@@ -74,4 +75,7 @@ def test_cli_model_option_threshold_auto(make_geotiff, tmp_path: Path) -> None:
                                        "--format", "gpkg", "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     with rasterio.open(out / "lake.classes.tif") as src:
-        assert src.tags()[Tag.THRESHOLD].split()[1] in ("auto", "fallback")
+        tag = src.tags()[Tag.THRESHOLD]
+        assert tag.split()[1] in ("auto", "fallback")
+    layer = gpd.read_file(out / "lake.gpkg", layer="lake")
+    assert set(layer["threshold"]) == {tag}  # the vector layer says which threshold drew it

@@ -100,9 +100,12 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 
 @click.command()
 @click.argument("scene", type=click.Path(dir_okay=False))
-@options.model(help=f"Model bundle folder or built-in model ({options.builtin_models()}).", default=None,
-               required=True)
+@options.model(help=f"Model bundle folder or built-in model ({options.builtin_models()}); not for a change "
+                    "product.", default=None)
 @click.option("--labels", "-l", "labels_path", required=True, help="Label raster or vector labels of SCENE.")
+@click.option("--transition", "transitions", multiple=True,
+              help="For a change product: a transition that counts as the change scored (repeatable), e.g. "
+                   "other->water [default: every change].")
 @options.label_attribute
 @options.bands("Where the model's bands are in SCENE [default: from the band descriptions].")
 @options.model_settings
@@ -120,7 +123,8 @@ def train(config_path: str | None, scenes: tuple[str, ...], labels: tuple[str, .
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @options.quiet()
 @report_errors
-def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | None, model_options: dict[str, Any],
+def evaluate(scene: str, model: str | None, labels_path: str, transitions: tuple[str, ...],
+             label_attribute: str | None, model_options: dict[str, Any],
              threshold: str | None, region: str | None, object_classes: tuple[str, ...], iou_threshold: float | None,
              min_object_pixels: int | None, out: str | None, as_json: bool, quiet: bool,
              **predict_values: Any) -> None:
@@ -128,15 +132,28 @@ def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | No
     object precision/recall/F1 (polygons matched at IoU >= 0.5, as SpaceNet scores buildings).
 
     The whole scene is predicted (tiled and stitched, as `scenewatch predict` does) before scoring.
+    SCENE may instead be a change product of `scenewatch change` (a *.change.tif raster or a *.change.gpkg
+    layer): it is scored as change against no change, with no model, against a mask raster or polygons.
 
     \b
     Examples:
       scenewatch evaluate examples/data/spacenet4_atlanta_pan.tif --model models/buildings \\
           --labels examples/data/spacenet4_atlanta_buildings.geojson --bands pan=1 --region 0,600,900,300
       scenewatch evaluate s2.tif --model models/forest --labels classes.tif --json
+      scenewatch evaluate out/before__after.change.tif --labels reference.tif --transition vegetation->other
     """
     from pipeline.models.contract import ModelRef
-    from workflows.evaluate import evaluate_scene, evaluation_dict
+    from tiles.grid import PixelWindow
+    from workflows.evaluate import evaluate_change, evaluate_scene, is_change_product
+
+    if is_change_product(scene):
+        window = _region(region)
+        ev = evaluate_change(scene, labels_path, transitions=transitions or None, label_attribute=label_attribute,
+                             region=None if window is None else PixelWindow(*window))
+        _print_evaluation(ev, as_json)
+        return
+    if model is None:
+        raise click.UsageError("Missing option '--model' (needed unless SCENE is a *.change.tif or *.change.gpkg)")
 
     model_options = options.model_options_of(model_options, threshold)
     config = build(EvaluateConfig, predict=build(PredictConfig, **predict_values), label_attribute=label_attribute,
@@ -144,6 +161,12 @@ def evaluate(scene: str, model: str, labels_path: str, label_attribute: str | No
                    min_object_pixels=min_object_pixels)
     ev = evaluate_scene(scene, ModelRef.of(model, **model_options), labels_path, config, out_dir=out,
                         progress=False if quiet else None)
+    _print_evaluation(ev, as_json)
+
+
+def _print_evaluation(ev: Any, as_json: bool) -> None:
+    from workflows.evaluate import evaluation_dict
+
     if as_json:
         click.echo(json.dumps(evaluation_dict(ev), indent=2))
         return
