@@ -374,7 +374,7 @@ def parse_resampling(value: str | Mapping[str, str] | Sequence[str] | None) -> t
         texts = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
         pairs = []
         for text in texts:
-            match = re.fullmatch(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([a-z]+)\s*", text)
+            match = re.fullmatch(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([A-Za-z0-9_]+)\s*", text)
             if match is None:
                 raise ValueError(f"resampling {text.strip()!r}: write band=method, e.g. scl=nearest,swir16=average")
             pairs.append((match.group(1), match.group(2)))
