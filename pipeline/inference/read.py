@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -270,6 +271,28 @@ _LOCAL_ENV = (("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR"),)
 _REMOTE_ENV = cloud_settings()
 
 
+CONNECT_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds between tries of a remote open that could not connect at all. GDAL's own retries
+(GDAL_HTTP_MAX_RETRY) cover 429/5xx, timeouts and reset connections, not a refused one (an S3 endpoint
+restarting, a proxy briefly down); :func:`open_raster` tries those again, about 15 s in all."""
+_CONNECT_FAILED = re.compile(r"(Could not|Couldn't|Failed to) connect", re.IGNORECASE)
+
+
+def _clear_remote_cache() -> None:
+    """GDAL's ``VSICurlClearCache()``: forget what /vsicurl/ and /vsis3/ remember of remote files (a failed
+    stat stays cached as "does not exist"). rasterio does not expose it; it is called in the GDAL library
+    rasterio loaded. Best effort: where that library cannot be found, the retry simply meets the cache."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            found = next((line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]), None)
+        if found is not None:
+            ctypes.CDLL(found).VSICurlClearCache()
+    except (OSError, AttributeError):
+        pass
+
+
 def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt: bool = False,
                 driver: str | None = None, open_options: Mapping[str, str] | None = None) -> rasterio.DatasetReader:
     """Open an input raster for reading, as untrusted input: the caller closes it (``with``).
@@ -294,11 +317,18 @@ def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt:
         drivers = ("VRT",) if is_vrt else tuple(d for d in drivers if d != "VRT") or drivers
     first: RasterioIOError | None = None
     for name in drivers:
-        try:
-            with rasterio.Env(**dict(_REMOTE_ENV if _is_remote(text) else _LOCAL_ENV)):
-                return rasterio.open(text, driver=name, **dict(open_options or {}))
-        except RasterioIOError as err:
-            first = first or err
+        waits = iter(CONNECT_RETRY_DELAYS if _is_remote(text) else ())
+        while True:
+            try:
+                with rasterio.Env(**dict(_REMOTE_ENV if _is_remote(text) else _LOCAL_ENV)):
+                    return rasterio.open(text, driver=name, **dict(open_options or {}))
+            except RasterioIOError as err:
+                wait = next(waits, None) if _CONNECT_FAILED.search(str(err)) else None
+                if wait is None:
+                    first = first or err
+                    break
+                time.sleep(wait)  # the store is restarting or unreachable for a moment: try again,
+                _clear_remote_cache()  # without GDAL's cached "does not exist" of the failed try
     assert first is not None
     reason = str(first).splitlines()[0] if str(first) else "unreadable header"
     hint = ""

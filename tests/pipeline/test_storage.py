@@ -94,3 +94,25 @@ def test_endpoint_from_gdal_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert storage._endpoint_url() == "http://127.0.0.1:9000"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://minio.example:9000")
     assert storage._endpoint_url() == "https://minio.example:9000"
+
+
+def test_upload_retries_while_the_store_restarts(s3, tmp_path: Path) -> None:
+    """botocore's standard retries carry an upload over a store that is down for a moment."""
+    import threading
+    import time
+
+    path = tmp_path / "a.tif"
+    path.write_bytes(b"x" * 100)
+    s3.stop()
+
+    def back() -> None:
+        time.sleep(1.0)
+        s3.start()
+
+    restart = threading.Thread(target=back)
+    restart.start()
+    try:
+        assert storage.upload_file(path, s3.url("later/a.tif")).uploaded
+    finally:
+        restart.join()
+    assert s3.client.head_object(Bucket=s3.bucket, Key="later/a.tif")["ContentLength"] == 100

@@ -187,3 +187,59 @@ def test_job_file_takes_mask_and_model_options(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(job))
     with pytest.raises(Exception, match=r"line \d+: mask: 'qa_pixel=clouds': 'clouds' is not a qa_pixel class"):
         load_job(path)
+
+
+def test_train_leaves_masked_pixels_out_of_its_labels(make_geotiff, tmp_path: Path) -> None:
+    """Masked pixels become the ignore label (255): neither the loss, the band statistics nor validation see
+    them; and the mask band is never a model input."""
+    from pipeline.inference.masks import bind_mask
+    from pipeline.inference.read import open_scene, parse_band_map
+    from pipeline.training.chips import Block, Split
+    from pipeline.training.labels import IGNORE, open_labels
+    from pipeline.training.train import TrainingScene, prepare_data
+    from tiles.grid import PixelWindow
+
+    data = np.ones((3, 64, 64), np.uint16) * 500
+    data[2, 10:20, 10:30] = 1  # cloud in the mask band
+    scene = make_geotiff("train.tif", data=data)
+    labels = make_geotiff("labels.tif", data=np.ones((1, 64, 64)), dtype="uint8")
+    meta = open_scene(scene)
+    band_map = parse_band_map("red=1,nir=2,clm=3")
+    mask = bind_mask(parse_quality_mask("clm=1"), band_map.indexes, 1)
+    truth = open_labels(labels, meta, ["other", "vegetation"])
+    window = PixelWindow(0, 0, 64, 64)
+    split = Split((Block(0, window),), (Block(0, window),))
+    prepared = prepare_data([TrainingScene(meta, (1, 2), truth, mask)], split, ["other", "vegetation"])
+    expected = np.ones((64, 64), np.uint8)
+    expected[9:21, 9:31] = IGNORE
+    np.testing.assert_array_equal(prepared.train_labels[0], expected)
+    np.testing.assert_array_equal(prepared.val_labels[0], expected)
+    from workflows.train import TrainConfig
+
+    config = TrainConfig(scenes=(str(scene),), labels=(str(labels),), out=str(tmp_path / "b"), bands="red=1,nir=2,clm=3",
+                         classes="other,vegetation", mask="clm=1", mask_dilate=1)
+    assert config.mask is not None and config.mask.bands == ("clm",)
+    from pipeline.inference.masks import model_band_names
+
+    assert model_band_names(band_map.indexes, config.mask) == ("red", "nir")
+
+
+@pytest.mark.slow
+def test_evaluate_leaves_masked_pixels_out_of_the_score(cloudy_stack, dask_client, tmp_path: Path) -> None:
+    folder, _ = cloudy_stack
+    scene = folder / "site_2017.tif"
+    with rasterio.open(scene) as src:
+        profile, clm = src.profile, src.read(5)
+    profile.update(count=1, nodata=None)
+    labels = tmp_path / "labels.tif"
+    with rasterio.open(labels, "w", **profile) as dst:
+        dst.write(np.ones((1, *clm.shape), np.uint8))  # all vegetation
+    args = ["evaluate", str(scene), "--model", "vegetation", "--labels", str(labels), "--bands",
+            "swir16=1,nir=2,red=3,green=4,clm=5", "--scheduler", dask_client.scheduler.address, "--json", "-q"]
+    import json
+
+    plain = json.loads(_run(*args))
+    masked = json.loads(_run(*args, "--mask", "clm=1"))
+    assert masked["pixels"]["unknown_pixels"] - plain["pixels"]["unknown_pixels"] == int(clm.sum())
+    iou = {c["name"]: c["iou"] for c in plain["pixels"]["classes"]}["vegetation"]
+    assert {c["name"]: c["iou"] for c in masked["pixels"]["classes"]}["vegetation"] > iou  # clouds scored no more
