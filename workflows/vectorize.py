@@ -6,12 +6,18 @@ Data flow (module names in brackets)::
       -> per tile, in a worker: read its class (and probability) window [pipeline.vectors.vectorize]
          -> sieve -> label and polygonize -> split: interior polygons are finished there (measured,
             attributes [pipeline.vectors.measure, pipeline.vectors.export.feature_table]); border pieces come back
-      -> in this process, in row-major order: seams merged [pipeline.vectors.merge.SeamMerger]
-         -> rows staged on disk [pipeline.vectors.export.LayerStager] -> each format written [pipeline.vectors.export]
+      -> in this process, in row-major order: which border pieces form one object [pipeline.vectors.merge.SeamGroups],
+         from each tile's outline (classes and edge strips; the pieces themselves stay on the workers)
+      -> per finished row of tiles, in a worker: those groups unioned beside their pieces
+         [pipeline.vectors.merge.merge_groups] and turned into rows
+      -> in this process: rows staged on disk [pipeline.vectors.export.LayerStager] -> each format written
+         [pipeline.vectors.export]
 
 No process holds the class raster: each task reads its own window. At most ``max_tiles_in_flight`` tasks
-are ahead of the merge, which holds only the border pieces of about one row of tiles; finished rows go to a
-staging file on disk, so memory does not grow with the raster.
+are ahead of the merge, which holds only the border pieces of about one row of tiles (in the workers; this
+process holds their outlines); finished rows go to a staging file on disk, so memory does not grow with the
+raster. What is left in this process per tile (an outline's union-find, staging the rows) is small next to
+the unions it used to do here (docs/benchmarks.md: the client's share of the CPU with polygons).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distributed import Client
+from distributed import Client, Future
 
 from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
 from pipeline.config import VectorizeConfig
@@ -39,9 +45,10 @@ from pipeline.names import safe_name
 from pipeline.products import Tag, class_names_from_tags, name_of
 from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table
 from pipeline.vectors.measure import area_basis, pixel_size_m
-from pipeline.vectors.merge import SeamMerger, split_border
+from pipeline.vectors.merge import BorderOutline, Group, SeamGroups, merge_groups, outline, split_border
 from pipeline.vectors.vectorize import (
     CorePieces,
+    Pieces,
     PolygonLimitError,
     keep_mask,
     own_class_proba,
@@ -247,22 +254,67 @@ def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
     return str(proba_path)
 
 
+def _interior_and_outline(result: tuple[pa.Table, CorePieces]) -> tuple[pa.Table, BorderOutline]:
+    """What this process takes of a tile's result: its finished rows and its border pieces' outline."""
+    interior, border = result
+    return interior, outline(border)
+
+
+def _border_pieces(result: tuple[pa.Table, CorePieces]) -> Pieces:
+    """What stays on the workers until its objects are complete: the tile's border pieces."""
+    return result[1].pieces
+
+
+@crosses_processes
+def _merge_seams(spec: LayerSpec, groups: list[Group], pieces: dict[int, Pieces]) -> pa.Table:
+    """The Dask task that unions finished groups (the pieces of the tiles they span come to it) into rows."""
+    return feature_table(merge_groups(pieces, groups), spec)
+
+
 def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progress: bool | None,
          where: str) -> None:
-    """Submit tiles in row-major order, at most ``in_flight`` ahead, and merge their results in that order
-    (so the layer's row order, like its ids, does not depend on which worker finishes first)."""
+    """Submit tiles in row-major order, at most ``in_flight`` ahead, group their seams in that order and
+    stage the rows in that order too: each tile's interior rows, then the objects its row completes (so
+    the layer's row order, like its ids, does not depend on which worker finishes first, and is the order
+    of a merge done in one process).
+
+    A tile's task result stays on its worker: this process fetches its interior rows and the outline of its
+    border pieces (two small tasks on it); the border pieces go, once their objects are complete, to a
+    task that unions them (:func:`_merge_seams`)."""
     from tqdm import tqdm
 
     tiles = iter(job.grid)
     run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
-    queue: deque[tuple[Tile, Any]] = deque()
-    merger = SeamMerger(job.grid)
+    queue: deque[tuple[Tile, Future, Future]] = deque()
+    seams = SeamGroups(job.grid)
+    borders: dict[int, Future] = {}  # tile index -> its border pieces, while some are not merged
+    # rows to stage, in order: a table, or a merge task and the number of objects it makes
+    outputs: deque[pa.Table | tuple[Future, int]] = deque()
+    queued = 0  # rows in `outputs` (a merge task's objects counted before min_area drops any)
 
     def submit_next() -> None:
         tile = next(tiles, None)
         if tile is not None:
-            key = f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
-            queue.append((tile, dask.submit(_vectorize_tile, job, tile, pure=False, key=key)))
+            key = f"{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
+            fut = dask.submit(_vectorize_tile, job, tile, pure=False, key=f"vectorize-{key}")
+            light = dask.submit(_interior_and_outline, fut, pure=False, key=f"vectorize-rows-{key}")
+            border = dask.submit(_border_pieces, fut, pure=False, key=f"vectorize-border-{key}")
+            fut.release()  # kept by the two tasks on it until they are done
+            queue.append((tile, light, border))
+
+    def stage_ready(wait: bool) -> None:
+        nonlocal queued
+        while outputs and (wait or len(outputs) > in_flight or not isinstance(outputs[0], tuple)
+                           or outputs[0][0].done()):
+            item = outputs.popleft()
+            if isinstance(item, tuple):
+                merged, count = item
+                table = merged.result()
+                merged.release()
+            else:
+                table, count = item, item.num_rows
+            queued -= count
+            stager.add(table)
 
     bar = tqdm(total=len(job.grid), desc=f"{job.spec.scene_id} polygons", unit="tile",
                disable=None if progress is None else not progress, leave=False)
@@ -271,22 +323,44 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             for _ in range(in_flight):
                 submit_next()
             while queue:
-                tile, fut = queue.popleft()
+                tile, light, border = queue.popleft()
                 try:
-                    interior, border = fut.result()
+                    interior, shape = light.result()
                 except PolygonLimitError as err:
                     raise PolygonLimitError(f"{where}: {err}") from err
-                fut.release()
+                light.release()
                 submit_next()
-                stager.add(interior)
-                stager.add(feature_table(merger.add(tile, border), job.spec))
-                if stager.count + merger.held > job.max_polygons:
+                index = tile.row * job.grid.cols + tile.col
+                if len(shape):
+                    borders[index] = border
+                else:
+                    border.release()
+                outputs.append(interior)
+                queued += interior.num_rows
+                finished = seams.add(tile, shape)
+                if finished:
+                    spans = {i: borders[i] for i in sorted({i for group in finished for i, _ in group})}
+                    merged = dask.submit(_merge_seams, job.spec, finished, spans, pure=False,
+                                         key=f"vectorize-merge-{job.spec.scene_id}-{run}-{tile.row}")
+                    outputs.append((merged, len(finished)))
+                    queued += len(finished)
+                for released in seams.released:
+                    borders.pop(released).release()  # the merge task keeps what it needs
+                if stager.count + queued + seams.held > job.max_polygons:
                     raise PolygonLimitError(
                         f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with `sieve` "
                         f"(pixels), keep fewer `classes` or raise `max_polygons`"
                     )
+                stage_ready(wait=False)
                 bar.update(1)
+            stage_ready(wait=True)
         except BaseException:
-            for _, fut in queue:
+            for _, light, border in queue:
+                light.cancel()
+                border.cancel()
+            for item in outputs:
+                if isinstance(item, tuple):
+                    item[0].cancel()
+            for fut in borders.values():
                 fut.cancel()
             raise

@@ -134,6 +134,22 @@ def test_geographic_raster_areas_are_geodesic(tmp_path: Path, dask_client) -> No
     assert frame["area_m2"].sum() == pytest.approx(expected, rel=0.005)
 
 
+@pytest.mark.slow
+def test_seams_are_unioned_in_the_workers(scene, tmp_path: Path, dask_client) -> None:
+    """The client groups seams from outlines; the unions run as Dask tasks on the workers."""
+    from distributed import get_task_stream
+
+    classes_path, proba_path, classes, _ = scene
+    with get_task_stream(dask_client) as stream:
+        result = vectorize_scene(classes_path, tmp_path / "out", VectorizeConfig(tile_size=50),
+                                 proba_path=proba_path, client=dask_client)
+    workers = set(dask_client.scheduler_info()["workers"])
+    merges = [t for t in stream.data if str(t["key"]).startswith("vectorize-merge-")]
+    assert merges and {t["worker"] for t in merges} <= workers
+    ref, _ = whole_raster_polygons(classes, classes != 255)
+    assert result.features == len(ref)
+
+
 def test_noisy_raster_hits_the_polygon_limit(tmp_path: Path, dask_client) -> None:
     noisy = (np.random.default_rng(0).random((256, 256)) < 0.5).astype(np.uint8)
     path = write_raster(tmp_path / "noisy.tif", noisy)

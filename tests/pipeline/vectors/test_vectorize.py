@@ -183,3 +183,36 @@ def test_sieve_removes_groups_below_the_threshold() -> None:
     assert ours.pixels.min() >= 10
     assert ours.pixels.sum() == classes.size
     assert len(ours) < len(whole_raster_polygons(classes, valid)[0])
+
+
+def test_grouping_from_outlines_then_merging_elsewhere_matches_the_whole_raster() -> None:
+    """Seams grouped from outlines alone (no geometry, as the Dask client does) and unioned per finished
+    row from the tiles' pieces (as a worker does) give the whole-raster polygons, and every tile's pieces
+    are released once its objects are complete."""
+    from pipeline.vectors.merge import SeamGroups, merge_groups, outline
+
+    classes = blobs((210, 333), 4, seed=3)
+    valid = np.ones(classes.shape, dtype=bool)
+    grid = TileGrid(classes.shape[0], classes.shape[1], 37, 0)
+    seams = SeamGroups(grid)
+    held: dict[int, Pieces] = {}
+    out = []
+    for tile in grid:
+        rows, cols = tile.core_window.relative_to(grid.bounds)
+        c = classes[rows, cols]
+        interior, border = split_border(polygonize_core(c, valid[rows, cols], tile.core_window, grid.bounds))
+        shape = outline(border)
+        assert all(np.asarray(getattr(shape, f)).dtype.kind in "iu" for f in shape.__slots__)  # no geometry
+        index = tile.row * grid.cols + tile.col
+        if len(border.pieces):
+            held[index] = border.pieces
+        groups = seams.add(tile, shape)
+        out += [interior, merge_groups({i: held[i] for group in groups for i, _ in group}, groups)]
+        for released in seams.released:
+            del held[released]
+    assert seams.held == 0 and not held
+    ref, ref_cls = whole_raster_polygons(classes, valid)
+    ours = Pieces.concat(out)
+    assert_same_polygons(ours.geometry, ours.cls, ref, ref_cls)
+    expected, _ = vectorize_tiled(classes, valid, 37)  # SeamMerger: the same objects, in the same order
+    assert shapely.equals_exact(ours.geometry, expected.geometry, tolerance=0).all()
