@@ -216,8 +216,8 @@ def test_train_leaves_masked_pixels_out_of_its_labels(make_geotiff, tmp_path: Pa
     np.testing.assert_array_equal(prepared.val_labels[0], expected)
     from workflows.train import TrainConfig
 
-    config = TrainConfig(scenes=(str(scene),), labels=(str(labels),), out=str(tmp_path / "b"), bands="red=1,nir=2,clm=3",
-                         classes="other,vegetation", mask="clm=1", mask_dilate=1)
+    config = TrainConfig(scenes=(str(scene),), labels=(str(labels),), out=str(tmp_path / "b"),
+                         bands="red=1,nir=2,clm=3", classes="other,vegetation", mask="clm=1", mask_dilate=1)
     assert config.mask is not None and config.mask.bands == ("clm",)
     from pipeline.inference.masks import model_band_names
 

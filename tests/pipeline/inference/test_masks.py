@@ -105,11 +105,17 @@ def test_read_window_masks_bands_and_dilates_without_seams(make_geotiff) -> None
 
 
 def test_mask_band_must_be_in_the_band_map(make_geotiff) -> None:
-    meta = open_scene(make_geotiff("plain.tif", shape=(4, 20, 20)))
     mask = parse_quality_mask("scl")
     assert mask is not None
     with pytest.raises(ConfigError, match="`mask` needs band scl but the band map has red=1"):
         bind_mask(mask, parse_band_map("red=1,nir=4").indexes)
+    # a band the map names past the file's last band is refused when the mask needs it
+    from pipeline.errors import BandMapError
+    from workflows.scene import plan_scene
+
+    plain = make_geotiff("plain.tif", shape=(4, 20, 20))
+    with pytest.raises(BandMapError, match="band map names band clm=5 but the file has 4"):
+        plan_scene(plain, "vegetation", PredictConfig(bands="red=1,nir=4,clm=5", mask="clm=1"))
     # the sentinel2-l2a preset names scl 13th; a 12-band file without it still reads its 12 bands
     twelve = open_scene(make_geotiff("s2.tif", shape=(12, 20, 20)))
     assert resolve_bands(twelve, parse_band_map("sentinel2-l2a"), ["red", "nir"]) == (4, 8)
