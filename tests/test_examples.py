@@ -72,6 +72,7 @@ SKIP = {  # a piece of the example -> why it does not run in the tests
     "unet.pth": "needs the user's PyTorch checkpoint",
     "nightly.yaml": "the user's own job file over their archive",
     "my_model_job.yaml": "the user's own job file naming their model factory",
+    "s3://my-bucket": "needs an S3 bucket and AWS credentials",
 }
 
 

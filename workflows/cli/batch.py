@@ -156,6 +156,7 @@ def status(job_file: str, out: str | None, state: str | None, only_failed: bool)
     Examples:
       scenewatch status workflows/jobs/naip_vegetation.yaml
       scenewatch status nightly.yaml --out /data/products/nightly --failed
+      scenewatch status nightly.yaml --out s3://my-bucket/nightly --state /var/lib/scenewatch/nightly
     """
     from workflows.batch import read_status
 
