@@ -35,7 +35,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -350,7 +350,10 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
 
 
 def _difference_of(model: Model) -> IndexDifference | None:
-    """The index-difference model ``model`` names (a name, or a ModelRef of one with options), or None."""
+    """The index-difference model ``model`` names (a name, or a ModelRef of one with options), or None.
+
+    A symmetric two-edge model (``dndvi``: loss above +t, gain below -t) takes ``threshold`` t; a model with
+    published class edges (``dnbr``, Key & Benson's severities) takes none."""
     if isinstance(model, ModelRef):
         diff = difference_model(model.source) if model.source else None
         options = {k: v for k, v in model.options if k != "precision"}
@@ -358,11 +361,17 @@ def _difference_of(model: Model) -> IndexDifference | None:
         diff, options = difference_model(str(model)), {}
     if diff is None or not options:
         return diff
-    configure = getattr(diff, "with_options", None)  # index differences that take options (a threshold)
-    if configure is None:
-        raise ConfigError(f"model {diff.name}: takes no `model_options` (got {', '.join(options)})")
-    result: IndexDifference = configure(**options)
-    return result
+    symmetric = len(diff.edges) == 2 and diff.edges[0] == -diff.edges[1]
+    unknown = sorted(set(options) - {"threshold"})
+    if unknown or not symmetric:
+        takes = "takes only `threshold`" if symmetric else "has fixed, published class edges and takes no options"
+        raise ConfigError(f"model {diff.name}: {takes} (got `model_options` {', '.join(unknown or options)})")
+    t = options["threshold"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 2:
+        raise ConfigError(f"model {diff.name}: `threshold` {t!r}: give the index change that counts, a number "
+                          f"between 0 and 2 (default {diff.edges[1]:g})")
+    described = f"{diff.description.split(';')[0]}; loss > {t:g}, gain < {-t:g}"
+    return replace(diff, edges=(-float(t), float(t)), description=described)
 
 
 def _class_change(before: DatedClasses, after: DatedClasses, grid: GridSpec, path: Path, window_size: int,

@@ -143,6 +143,16 @@ def test_change_masks_clouds_and_threshold_reaches_the_model(cloudy_stack, dask_
          tmp_path / "dndvi", "-q", "--no-polygons")
     with rasterio.open(tmp_path / "dndvi" / name) as src:
         assert src.read(1)[150, 200] == CHANGE_NODATA and src.tags()[Tag.MASK] == "clm=1"
+    # an index difference takes --threshold too: the cloud's NDVI drop is change at 0.2, not at 1.9
+    for threshold in ("0.2", "1.9"):
+        _run("change", before, after, "--model", "dndvi", "--bands", bands, "--threshold", threshold, "--out",
+             tmp_path / f"dndvi{threshold}", "-q", "--no-polygons")
+    with rasterio.open(tmp_path / "dndvi0.2" / name) as low, rasterio.open(tmp_path / "dndvi1.9" / name) as high:
+        assert low.read(1)[150, 200] != 0 and high.read(1)[150, 200] == 0
+        assert "loss > 1.9" in high.tags()[Tag.DESCRIPTION]
+    refused = CliRunner().invoke(main, ["change", str(before), str(after), "--model", "dnbr", "--bands", bands,
+                                        "--threshold", "0.3", "--out", str(tmp_path / "dnbr")])
+    assert refused.exit_code == 2 and "model dnbr: has fixed, published class edges" in refused.output
     # --threshold reaches the model: at 0.99 nothing is vegetation on either date
     _run("change", before, after, "--bands", bands, "--threshold", "0.99", "--out", tmp_path / "strict",
          "--scheduler", address, "-q", "--no-polygons")
