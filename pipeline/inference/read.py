@@ -535,9 +535,9 @@ def parse_band_map(spec: str | Mapping[str, int] | BandMap | None, meta: SceneMe
         return spec
     if isinstance(spec, Mapping):
         return BandMap(dict(spec))
+    if meta is not None and meta.sources:  # a STAC item: every band by its names, then the name=band pairs
+        return _item_band_map(meta, parse_band_map(spec).names)
     if spec is None or spec == "":
-        if meta is not None and meta.sources:  # a STAC item: every band by its name
-            return BandMap({s.name: i for i, s in enumerate(meta.sources, start=1)})
         return _band_map_from_descriptions(meta) if meta is not None else BandMap({})
     key = spec.strip().lower()
     if key in SENSOR_PRESETS:
@@ -561,6 +561,18 @@ def parse_band_map(spec: str | Mapping[str, int] | BandMap | None, meta: SceneMe
             raise BandMapError(f"band map {spec!r}: band indexes start at 1, got {name}={index}")
         indexes[name] = index
     return BandMap(indexes, names)
+
+
+def _item_band_map(meta: SceneMeta, names: Mapping[str, str]) -> BandMap:
+    """A STAC item's bands by every name they have (common name, asset key, band name) and ``names`` pairs
+    mapped onto them (kept in ``names`` too, so that :func:`resolve_bands` prefers them); a preset's or a
+    pair's index does not apply to an item, whose bands have no order."""
+    indexes: dict[str, int] = {}
+    for i, source in enumerate(meta.sources, start=1):
+        for alias in source.aliases:
+            indexes.setdefault(alias, i)
+    indexes.update({n: indexes[t] for n, t in names.items() if t in indexes})
+    return BandMap(indexes, dict(names))
 
 
 def _band_map_from_descriptions(meta: SceneMeta) -> BandMap:

@@ -1,0 +1,127 @@
+"""STAC items as scenes through the CLI and job files: bands from separate COGs at 10 m and 20 m, scale and
+offset from the item, assets on disk or in moto's S3 server on 127.0.0.1 (tests/s3_server.py).
+
+How "identical within the resampling's tolerance" is measured here: the Rondonia item (B11 at 20 m,
+bilinear onto the 10 m grid) against the same scene stacked at 10 m by ``rasterio.warp.reproject``, with
+the same model and tiling: the share of pixels whose class agrees (measured 0.99993: 67 of 1,000,000
+pixels, all at the NDMI threshold) and the largest difference of the stored uint8 probability (measured
+2/254), where the resampled band differs by at most half a DN. Items with no resampled band (NAIP) are
+compared exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from tests.stac_items import BuiltItem, naip_items, rondonia_item, upload_item
+from tests.workflows.helpers import manifest_rows, write_job
+from workflows.cli import main
+from workflows.job import discover_scenes, load_job
+
+pytestmark = pytest.mark.slow
+
+TILING = ["--tile-size", "256", "--halo", "16", "--workers", "2", "--format", "none", "--quiet"]
+
+
+def _predict(scene: str | Path, out: Path, *args: str) -> None:
+    result = CliRunner().invoke(main, ["predict", str(scene), "--out", str(out), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.fixture(scope="module")
+def rondonia(tmp_path_factory: pytest.TempPathFactory) -> BuiltItem:
+    return rondonia_item(tmp_path_factory.mktemp("rondonia"))
+
+
+def test_an_item_at_two_resolutions_predicts_as_the_stacked_file(rondonia: BuiltItem, tmp_path: Path) -> None:
+    _predict(rondonia.item, tmp_path / "item", "--model", "bare", "--bands", "nir=nir08", *TILING)
+    _predict(rondonia.reference, tmp_path / "file", "--model", "bare", "--bands", "nir=2,swir16=3", *TILING)
+    item_id = rondonia.id  # the item's file name without .json
+    classes = _read(tmp_path / "item" / f"{item_id}.classes.tif")[0]
+    expected = _read(tmp_path / "file" / "reference_10m.classes.tif")[0]
+    assert classes.shape == (1000, 1000) and set(np.unique(classes)) == {0, 1}
+    assert (classes == expected).mean() >= 0.9999
+    proba = _read(tmp_path / "item" / f"{item_id}.proba.tif").astype(int)
+    assert np.abs(proba - _read(tmp_path / "file" / "reference_10m.proba.tif").astype(int)).max() <= 2
+
+
+def test_an_item_in_s3_with_its_cloud_mask(rondonia: BuiltItem, s3, tmp_path: Path) -> None:
+    """The same item read from the S3 server by the planner and by worker processes, with --mask scl: the
+    cloud and its shadow in the 20 m SCL asset are nodata on the 10 m grid, the rest as read from disk."""
+    url, _ = upload_item(rondonia, s3)
+    _predict(url, tmp_path / "s3", "--model", "bare", "--bands", "nir=nir08", "--mask", "scl=cloud,shadow", *TILING)
+    _predict(rondonia.item, tmp_path / "local", "--model", "bare", "--bands", "nir=nir08", *TILING)
+    masked = _read(tmp_path / "s3" / f"{rondonia.id}.classes.tif")[0]
+    local = _read(tmp_path / "local" / f"{rondonia.id}.classes.tif")[0]
+    scl = _read(rondonia.reference)[3]
+    cloudy = np.isin(scl, (3, 8, 9))
+    assert cloudy.sum() > 5000
+    assert (masked[cloudy] == 255).all()
+    np.testing.assert_array_equal(masked[~cloudy], local[~cloudy])
+
+
+def test_an_item_without_bands_when_the_model_names_its_common_names(s3, tmp_path: Path) -> None:
+    """`scenewatch predict item.json --model vegetation --out out/` just works: the model's red and nir are
+    the item's common names; from S3 the result is the original file's, exactly (no band is resampled)."""
+    built = naip_items(tmp_path / "items")[1]
+    url, _ = upload_item(built, s3)
+    _predict(url, tmp_path / "item", "--model", "vegetation", "--workers", "1", "--format", "none", "--quiet")
+    _predict(built.reference, tmp_path / "file", "--model", "vegetation", "--bands", "naip", "--workers", "1",
+             "--format", "none", "--quiet")
+    for kind in ("classes", "proba"):
+        np.testing.assert_array_equal(_read(tmp_path / "item" / f"{built.id}.{kind}.tif"),
+                                      _read(tmp_path / "file" / f"{built.reference.stem}.{kind}.tif"))
+
+
+def test_a_missing_asset_fails_the_command_with_one_line(rondonia: BuiltItem, s3, tmp_path: Path) -> None:
+    url, _ = upload_item(rondonia, s3, prefix="partial")
+    s3.client.delete_object(Bucket=s3.bucket, Key="partial/B11.tif")
+    result = CliRunner().invoke(main, ["predict", url, "--model", "bare", "--bands", "nir=nir08", "--out",
+                                       str(tmp_path / "out"), *TILING])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.startswith("scenewatch: error:")]
+    assert len(lines) == 1, result.output
+    assert f"scene {rondonia.id}.json: asset B11 ({s3.url('partial/B11.tif')}) cannot be read" in lines[0]
+
+
+def _catalog(items: list[BuiltItem], folder: Path) -> Path:
+    catalog = pystac.Catalog("naip", "NAIP items, one COG per band")
+    for built in items:
+        item = pystac.Item.from_file(str(built.item))
+        item.make_asset_hrefs_absolute()
+        catalog.add_item(item)
+    catalog.normalize_and_save(str(folder), catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return folder / "catalog.json"
+
+
+def test_a_job_over_a_catalog_of_band_per_asset_items(tmp_path: Path) -> None:
+    items = naip_items(tmp_path / "items")
+    catalog = _catalog(items, tmp_path / "catalog")
+    job_path = write_job(tmp_path, {"stac": str(catalog)}, tmp_path / "out")
+    scenes = discover_scenes(load_job(job_path))
+    assert [(s.scene_id, Path(s.path).name) for s in scenes] == [(b.id, f"{b.id}.json") for b in items]
+    result = CliRunner().invoke(main, ["run", str(job_path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in manifest_rows(tmp_path / "out")] == ["done", "done"]
+    # an item collection file: each item is `items.json#<id>`, its relative hrefs from the file's folder
+    collection = tmp_path / "items" / "items.json"
+    features = [json.loads(b.item.read_text()) for b in items]
+    for built, feature in zip(items, features, strict=True):
+        for asset in feature["assets"].values():
+            asset["href"] = f"{built.id}/{asset['href'].removeprefix('./')}"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    scenes = discover_scenes(load_job(write_job(tmp_path, {"stac": str(collection)}, tmp_path / "out2",
+                                                name="collection")))
+    assert [s.path for s in scenes] == [f"{collection}#{b.id}" for b in items]
