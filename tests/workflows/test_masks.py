@@ -164,7 +164,8 @@ def test_change_masks_clouds_and_threshold_reaches_the_model(cloudy_stack, dask_
 
 
 def test_threshold_and_model_option_that_disagree_are_one_line(tmp_path: Path) -> None:
-    for command in (["change", "a.tif", "b.tif"], ["timeline", "a.tif", "b.tif"], ["predict", "a.tif"]):
+    for command in (["change", "a.tif", "b.tif"], ["timeline", "a.tif", "b.tif"], ["predict", "a.tif"],
+                    ["evaluate", "a.tif", "--model", "vegetation", "--labels", "l.tif"]):
         result = CliRunner().invoke(main, [*command, "--threshold", "0.5", "--model-option", "threshold=0.6",
                                            "--out", str(tmp_path)])
         assert result.exit_code == 2
