@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import io
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -211,7 +212,8 @@ def convert(model: Any, example: Any) -> Any:
 
 def quantize(converted: Any, tiles: Sequence[Any]) -> Any:
     """An OpenVINO model (:func:`convert`) quantized to int8 by NNCF, activation ranges from ``tiles``."""
-    with _no_cuda_tools_warning():
+    # NNCF draws a progress bar on stdout; a worker's stdout is the user's terminal, under scenewatch's own bar
+    with _no_cuda_tools_warning(), contextlib.redirect_stdout(io.StringIO()):
         import nncf
 
         return nncf.quantize(converted, nncf.Dataset([np.ascontiguousarray(x.cpu().numpy()) for x in tiles]),
