@@ -602,7 +602,7 @@ def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where:
     for item in items:
         item_href = _band_item_href(item, job.spec.inputs.asset, collection)
         if item_href is not None:
-            found.append((item.id, item_href, _item_time(item), tuple(item.bbox) if item.bbox else None))  # type: ignore[arg-type]
+            found.append((item.id, item_href, _item_time(item), tuple(item.bbox) if item.bbox else None))
             continue
         asset = _pick_asset(item, job.spec.inputs.asset, where)
         href = asset.get_absolute_href() if base is None else asset.href
@@ -610,7 +610,7 @@ def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where:
             raise ConfigError(f"{where}: item {item.id!r} asset has no href")
         if base is not None and "://" not in href and not Path(href).is_absolute():
             href = str(base / href)
-        found.append((item.id, href, _item_time(item), tuple(item.bbox) if item.bbox else None))  # type: ignore[arg-type]
+        found.append((item.id, href, _item_time(item), tuple(item.bbox) if item.bbox else None))
     ids = unique_names([f[0] for f in found], keys=[f"{f[0]}\0{f[1]}" for f in found])
     return [SceneInput(i, href, when, bbox, raw) for i, (raw, href, when, bbox) in zip(ids, found, strict=True)]
 

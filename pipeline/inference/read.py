@@ -663,11 +663,11 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
     read is (inside its asset, not its nodata).
     """
     if meta.sources:
-        data, valid = _read_item(meta, window, indexes)
+        pixels, usable = _read_item(meta, window, indexes)
         if mask is not None:
-            valid &= ~_unusable(None, meta, window, mask)
-        data[:, ~valid] = 0.0
-        return data, valid
+            usable &= ~_unusable(None, meta, window, mask)
+        pixels[:, ~usable] = 0.0
+        return pixels, usable
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
         src = _open_for_reading(meta.path, meta.driver)
