@@ -36,7 +36,7 @@ import numpy as np
 from distributed import Client, as_completed
 from distributed import TimeoutError as DaskTimeoutError
 
-from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
+from pipeline.atomic import atomic_path, output_folder, removed_if_left_empty, sweep_stale_temps, temp_path_for
 from pipeline.colours import class_colours, colour_table
 from pipeline.config import PredictConfig
 from pipeline.errors import SceneTimeoutError, crosses_processes
@@ -249,17 +249,19 @@ class _Piece:
 
 
 def _write_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow, arrays: Mapping[str, np.ndarray],
-                 out_dir: Path, token: str) -> tuple[dict[tuple[str, int, int, int], BlockRef],
-                                                     dict[str, np.ndarray] | None]:
+                 out_dir: Path | None, token: str) -> tuple[dict[tuple[str, int, int, int], BlockRef],
+                                                            dict[str, np.ndarray] | None]:
     """Compress ``arrays`` (one per product, covering ``window`` of ``level``) into a part file and halve
-    them for the level above, unless ``level`` is the coarsest."""
+    them for the level above, unless ``level`` is the coarsest. ``out_dir`` None (workers that do not share
+    the client's disk): the compressed blocks themselves are the references, carried in the task result."""
     blocks: dict[tuple[str, int, int, int], bytes] = {}
     for name, spec in specs.items():
         size = spec.block_size
         cols = -(-window.width // size)
         for i, data in enumerate(encode_blocks(spec, arrays[name])):
             blocks[name, level, window.row_off // size + i // cols, window.col_off // size + i % cols] = data
-    refs = write_part(part_path(out_dir, token, f"L{level}-{window.row_off}-{window.col_off}"), blocks)
+    refs: dict[tuple[str, int, int, int], BlockRef] = dict(blocks) if out_dir is None else write_part(
+        part_path(out_dir, token, f"L{level}-{window.row_off}-{window.col_off}"), blocks)
     coarsest = len(next(iter(specs.values())).factors)
     halves = None if level == coarsest else {
         name: reduce2(arrays[name], spec.resampling, spec.nodata) for name, spec in specs.items()}
@@ -269,7 +271,8 @@ def _write_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow, 
 @crosses_processes
 def _stitch_piece(specs: Mapping[str, CogSpec], window: PixelWindow, grid: TileGrid, overlap: int,
                   num_classes: int, batches: Sequence[Sequence[Tile]],
-                  results: Sequence[Sequence[TileContribution | None]], out_dir: Path, token: str) -> _Piece:
+                  results: Sequence[Sequence[TileContribution | None]], out_dir: Path | None, token: str
+                  ) -> _Piece:
     """The Dask task of a full-resolution piece: blend the cores that reach ``window`` from the contributions
     of the tiles around them (:class:`Stitcher`), then compress and halve it (:func:`_write_piece`)."""
     proba_spec = specs["proba"]
@@ -301,7 +304,7 @@ def _stitch_piece(specs: Mapping[str, CogSpec], window: PixelWindow, grid: TileG
 
 @crosses_processes
 def _reduce_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow,
-                  children: Sequence[tuple[int, int, _Piece]], out_dir: Path, token: str) -> _Piece:
+                  children: Sequence[tuple[int, int, _Piece]], out_dir: Path | None, token: str) -> _Piece:
     """The Dask task of an overview piece: the halves of up to four pieces of the level below (``(row
     offset, column offset, piece)`` in ``window``), put side by side, compressed and halved again."""
     arrays = {}
@@ -324,6 +327,31 @@ def _assemble(spec: CogSpec, name: str, root: _Piece, path: Path) -> int:
     without data that the pieces counted."""
     assemble_cog(spec, {key[1:]: ref for key, ref in root.blocks.items() if key[0] == name}, path)
     return root.skipped
+
+
+@crosses_processes
+def _assemble_bytes(spec: CogSpec, name: str, root: _Piece) -> tuple[int, bytes]:
+    """:func:`_assemble` for workers that do not share the client's disk: the COG is assembled in the
+    worker's own temporary folder and its bytes go back as the result, for the client to write."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scenewatch-cog-") as tmp:
+        path = Path(tmp) / f"{name}.tif"
+        assemble_cog(spec, {key[1:]: ref for key, ref in root.blocks.items() if key[0] == name}, path)
+        return root.skipped, path.read_bytes()
+
+
+def workers_share_disk(dask: Client, folder: Path) -> bool:
+    """Whether every worker sees ``folder`` as this process does (a LocalCluster, a shared file system):
+    a probe file written here must exist for each of them. Where one does not (a cluster of machines with
+    local disks), pieces travel as task results and the COGs are written here (:func:`_assemble_bytes`)."""
+    probe = temp_path_for(folder / "workers-probe")
+    probe.write_bytes(b"")
+    try:
+        seen = dask.run(os.path.isfile, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    return bool(seen) and all(seen.values())
 
 
 def _piece_size(grid: TileGrid, stripe: int, block: int) -> tuple[int, int]:
@@ -451,26 +479,34 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     predicts: dict[int, Any] = {}  # batch number -> future, until every piece reading it is submitted
     tiles_of: dict[str, int] = {}  # predict key -> tiles, for the progress bar
     finals: list[Any] = []
+    shared = workers_share_disk(dask, out_dir)
+    part_dir = out_dir if shared else None  # else the blocks travel in the task results
+    inline: list[Path] = []  # no shared disk: where this process writes each COG the workers return
     submitted = 0
 
     def submit_piece(job: _PieceJob) -> None:
         where = f"{token}-{job.level}-{job.window.row_off}-{job.window.col_off}"
         if job.level == 0:
             fut = dask.submit(_stitch_piece, specs, job.window, plan.grid, overlap, plan.info.num_classes,
-                              [batches[b][1] for b in job.inputs], [predicts[b] for b in job.inputs], out_dir,
+                              [batches[b][1] for b in job.inputs], [predicts[b] for b in job.inputs], part_dir,
                               token, key=f"piece-{where}", pure=False)
             for b in job.inputs:
                 readers[b].remove(job)
                 if not readers[b]:
                     del predicts[b]  # Dask keeps the result while a piece task still needs it
         else:
-            fut = dask.submit(_reduce_piece, specs, job.level, job.window, list(job.children), out_dir, token,
+            fut = dask.submit(_reduce_piece, specs, job.level, job.window, list(job.children), part_dir, token,
                               key=f"piece-{where}", pure=False)
             job.children.clear()
         if job.level + 1 == len(levels):  # the top: one piece, then the two COGs
             for name, spec in specs.items():
                 path = (classes_path if name == "classes" else proba_path)(out_dir, plan.scene_id)
-                final = dask.submit(_assemble, spec, name, fut, path, key=f"assemble-{token}-{name}", pure=False)
+                if shared:
+                    final = dask.submit(_assemble, spec, name, fut, path, key=f"assemble-{token}-{name}", pure=False)
+                else:
+                    final = dask.submit(_assemble_bytes, spec, name, fut, key=f"assemble-{token}-{name}",
+                                        pure=False)
+                    inline.append(path)
                 finals.append(final)
                 pending.add(final)
             return
@@ -516,6 +552,11 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
                     submit_next()
                     last_tile = time.perf_counter()
             skipped = finals[0].result()
+            if not shared:
+                skipped = skipped[0]
+                for path, final in zip(inline, finals, strict=True):
+                    with atomic_path(path) as tmp:
+                        tmp.write_bytes(final.result()[1])
         except BaseException as err:
             _stop(dask, [*pending.futures, *predicts.values(), *finals], token)
             if isinstance(err, DaskTimeoutError):

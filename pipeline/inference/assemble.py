@@ -54,8 +54,9 @@ __all__ = ["CogSpec", "BlockKey", "BlockRef", "encode_blocks", "write_part", "co
 
 # (overview level, block row, block column): level 0 is full resolution, level k is halved k times
 BlockKey = tuple[int, int, int]
-# where a block's compressed bytes are: (part file, offset, length)
-BlockRef = tuple[str, int, int]
+# where a block's compressed bytes are: (part file, offset, length), or the bytes themselves (workers that
+# share no disk with the process that assembles: see workflows.scene.workers_share_disk)
+BlockRef = tuple[str, int, int] | bytes
 
 _TIFF_TYPES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _SHORT, _LONG, _LONG8 = 3, 4, 16
@@ -343,7 +344,7 @@ def assemble_cog(spec: CogSpec, blocks: Mapping[BlockKey, BlockRef], path: Path)
     missing = [k for level in keys for k in level if k not in blocks]
     if missing:
         raise ValueError(f"output {path.name}: {len(missing)} blocks missing, first {missing[0]}")
-    counts = [[blocks[k][2] for k in level] for level in keys]
+    counts = [[_length(blocks[k]) for k in level] for level in keys]
     head, _ = _layout(spec, _read_tiff(cog_template(spec)), counts)
     need = len(head) + sum(sum(c) + 8 * len(c) for c in counts)
     try:
@@ -359,12 +360,20 @@ def assemble_cog(spec: CogSpec, blocks: Mapping[BlockKey, BlockRef], path: Path)
     return path
 
 
+def _length(ref: BlockRef) -> int:
+    return len(ref) if isinstance(ref, bytes) else ref[2]
+
+
 def _copy_blocks(out: BinaryIO, refs: Sequence[BlockRef], little: bool) -> None:
     """Append blocks in the given order, each with its size before it and its last 4 bytes after it."""
     leader = struct.Struct("<I" if little else ">I")
     with contextlib.ExitStack() as stack:
         files: dict[str, BinaryIO] = {}
-        for part, offset, length in refs:
+        for ref in refs:
+            if isinstance(ref, bytes):
+                out.write(leader.pack(len(ref)) + ref + ref[-4:])
+                continue
+            part, offset, length = ref
             src = files.get(part)
             if src is None:
                 src = files[part] = stack.enter_context(open(part, "rb"))

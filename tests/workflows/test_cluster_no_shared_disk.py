@@ -1,0 +1,105 @@
+"""A cluster that shares no disk with the machine that submits the job: `dask scheduler` and two
+`dask worker` processes on 127.0.0.1, each started in a folder of its own and, where the OS lets us, in a
+mount namespace of its own with a private /tmp (so the submitting test's tmp files, the job file and the
+state folder do not exist for them). The job's inputs are only in the S3 server (items found through a
+STAC API search, assets in the bucket); its outputs go to S3. The products must equal a local run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stac_items import naip_items, upload_item
+from tests.workflows.helpers import write_job
+from workflows.batch import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _isolation() -> list[str]:
+    """`unshare` into a private mount namespace with a fresh tmpfs on /tmp, when this OS allows it (root or
+    user namespaces); else nothing (the workers still run in folders of their own)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return []
+    probe = subprocess.run([unshare, "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /tmp"],
+                           capture_output=True)
+    return [unshare, "-m", "--propagation", "private"] if probe.returncode == 0 else []
+
+
+@pytest.fixture
+def remote_cluster(tmp_path_factory: pytest.TempPathFactory, s3) -> Iterator[tuple[str, bool]]:
+    """``(scheduler address, isolated)``: a scheduler and two single-threaded workers as separate processes."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    dask = str(bin_dir / "dask")
+    env = {**os.environ, "PYTHONPATH": ""}  # the installed package, as on a worker machine; S3 env from `s3`
+    wrap = _isolation()
+    processes = []
+    try:
+        home = tmp_path_factory.mktemp("scheduler")
+        processes.append(subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                           "--no-dashboard"], cwd=home, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for i in range(2):
+            folder = tmp_path_factory.mktemp(f"worker{i}")
+            # in its own namespace the worker's /tmp is empty: it works in /tmp/worker, its own
+            command = (f"mount -t tmpfs none /tmp && mkdir /tmp/worker && cd /tmp/worker && exec {dask} worker "
+                       f"{address} --nthreads 1 --no-dashboard --local-directory /tmp/worker" if wrap else
+                       f"exec {dask} worker {address} --nthreads 1 --no-dashboard --local-directory {folder}")
+            processes.append(subprocess.Popen([*wrap, "sh", "-c", command], cwd=folder, env=env,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            if wrap:  # the isolation holds: a worker does not see this test's files
+                assert not client.run(os.path.exists, str(home)).get(next(iter(client.scheduler_info()["workers"])))
+        yield address, bool(wrap)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_stac_s3_job_on_a_cluster_without_shared_disk(tmp_path: Path, s3, stac_api, remote_cluster) -> None:
+    address, _ = remote_cluster
+    items = []
+    for built in naip_items(tmp_path / "items"):
+        _, local = upload_item(built, s3)
+        items.append(json.loads(local.read_text()))
+    url = stac_api.serve(items)
+    inputs = {"stac_search": {"url": url, "datetime": "2000-01-01/2030-12-31"}}
+    job = write_job(tmp_path, inputs, tmp_path / "unused", dask={"scheduler": address}, bands=None,
+                    name="cluster")
+    summary = run_job(job, out=s3.url("cluster"), state=tmp_path / "state")
+    assert summary.exit_code == 0 and summary.count("done") == 2, summary.outcomes
+
+    local_job = write_job(tmp_path, inputs, tmp_path / "local", dask={"workers": 1}, bands=None, name="local")
+    assert run_job(local_job).exit_code == 0
+    for scene in ("naip_20090818", "naip_20200831"):
+        for product in ("classes", "proba"):
+            name = f"{scene}.{product}.tif"
+            body = s3.client.get_object(Bucket=s3.bucket, Key=f"cluster/{name}")["Body"].read()
+            assert body == (tmp_path / "local" / name).read_bytes(), f"{name} differs from the local run"
+    keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="cluster/")["Contents"]}
+    assert {"cluster/catalog.json", "cluster/scenewatch-manifest.sqlite"} <= keys
