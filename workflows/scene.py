@@ -260,7 +260,7 @@ def _write_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow, 
         cols = -(-window.width // size)
         for i, data in enumerate(encode_blocks(spec, arrays[name])):
             blocks[name, level, window.row_off // size + i // cols, window.col_off // size + i % cols] = data
-    refs: dict[tuple[str, int, int, int], BlockRef] = dict(blocks) if out_dir is None else write_part(
+    refs: dict[Any, BlockRef] = dict(blocks) if out_dir is None else write_part(
         part_path(out_dir, token, f"L{level}-{window.row_off}-{window.col_off}"), blocks)
     coarsest = len(next(iter(specs.values())).factors)
     halves = None if level == coarsest else {

@@ -118,7 +118,7 @@ def remote_out(func: F) -> F:
         from pipeline.storage import is_remote_out, staged_output
 
         url = kwargs.get("out")
-        if not is_remote_out(url):
+        if url is None or not is_remote_out(url):
             return func(*args, **kwargs)
         with staged_output(url) as folder:
             result = func(*args, **{**kwargs, "out": str(folder)})
