@@ -24,13 +24,13 @@ from rasterio.windows import Window
 from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError
 from pipeline.inference.read import SceneMeta
-from pipeline.models.contract import ModelRef
+from pipeline.models.contract import BUILTIN_MODELS, ModelRef
 from pipeline.training.labels import IGNORE, Labels, open_labels, read_labels
 from pipeline.training.metrics import ObjectMetrics, PixelMetrics, confusion_matrix, match_objects, pixel_metrics
 from tiles.grid import PixelWindow
 
-__all__ = ["Evaluation", "evaluate_scene", "evaluate_prediction", "evaluate_change", "evaluation_dict", "polygons_of",
-           "is_change_product"]
+__all__ = ["Evaluation", "Baseline", "BASELINE_TARGETS", "index_baselines", "evaluate_scene", "evaluate_prediction",
+           "evaluate_change", "evaluation_dict", "polygons_of", "is_change_product"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,28 @@ class Evaluation:
     pixels: PixelMetrics
     objects: tuple[ObjectMetrics, ...]
     unknown_pixels: int  # pixels in the region left out: no label, or no prediction (nodata)
+    baselines: tuple[Baseline, ...] = ()  # the best built-in index per class, for a trained bundle
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A built-in index model scored on the same pixels as a trained network, for one of its classes."""
+
+    class_name: str  # the network's class
+    model: str  # the built-in model whose target class matches it
+    description: str
+    iou: float  # the built-in's IoU of that class
+    network_iou: float  # the network's
+
+
+# A network's class -> the target class of the built-in models that map the same thing (lower case).
+BASELINE_TARGETS: dict[str, tuple[str, ...]] = {
+    "water": ("water", "flood", "flooded", "flooding", "open water", "surface water"),
+    "vegetation": ("vegetation", "forest", "trees", "tree", "canopy", "green", "vegetated"),
+    "bare": ("bare", "cleared", "clearcut", "clear-cut", "clearing", "deforestation", "deforested", "soil",
+             "bare soil", "cleared land"),
+    "burned": ("burned", "burnt", "burn", "burn scar", "burned area", "fire scar"),
+}
 
 
 def _strips(region: PixelWindow, rows: int = 512) -> Iterator[PixelWindow]:
@@ -154,8 +176,61 @@ def evaluate_scene(scene: str | Path, model: str | Path | ModelRef, labels_path:
                                                        object_classes=object_classes,
                                                        iou_threshold=config.iou_threshold,
                                                        min_object_pixels=config.min_object_pixels)
+        baselines: tuple[Baseline, ...] = ()
+        if plan.model.factory or plan.model.source not in BUILTIN_MODELS:
+            baselines = index_baselines(scene, labels, names, pixels, config, region or meta.bounds, Path(tmp),
+                                        client=client)
     return Evaluation(scene=Path(scene).name, model=result.model.name, labels=Path(labels_path).name,
-                      region=region or meta.bounds, pixels=pixels, objects=objects, unknown_pixels=unknown)
+                      region=region or meta.bounds, pixels=pixels, objects=objects, unknown_pixels=unknown,
+                      baselines=baselines)
+
+
+def _class_iou(classes_path: Path, target: int, labels: Labels, c: int, region: PixelWindow) -> float:
+    """IoU of "class ``target`` in the raster" against "label ``c``", over pixels known on both sides."""
+    inter = union = 0
+    for window in _strips(region):
+        predicted = _read_classes(classes_path, window)
+        truth = read_labels(labels, window)
+        known = (truth != IGNORE) & (predicted != IGNORE)
+        p, t = (predicted == target) & known, (truth == c) & known
+        inter += int(np.count_nonzero(p & t))
+        union += int(np.count_nonzero(p | t))
+    return 1.0 if union == 0 else inter / union
+
+
+def index_baselines(scene: str | Path, labels: Labels, class_names: Sequence[str], network: PixelMetrics,
+                    config: EvaluateConfig, region: PixelWindow, work: Path, *, client: Any = None
+                    ) -> tuple[Baseline, ...]:
+    """For each class of a trained network that a built-in index model maps (:data:`BASELINE_TARGETS`: water,
+    vegetation/forest, bare/cleared, burned), that model run on the same scene with its defaults (where the
+    scene has its bands) and scored on the same pixels; the best per class. Empty when none applies."""
+    from pipeline.errors import ScenewatchError
+    from pipeline.models.loader import load_model
+    from pipeline.models.spectral import SpectralIndexModel
+    from workflows.scene import plan_scene, predict_scene
+
+    wanted = {name.lower(): i for i, name in enumerate(class_names)}
+    network_iou = {c.name.lower(): float("nan") if c.iou is None else c.iou for c in network.classes}
+    best: dict[str, Baseline] = {}
+    for name in sorted(BUILTIN_MODELS):
+        model = load_model(ModelRef.of(name))
+        if not isinstance(model, SpectralIndexModel):
+            continue
+        target = model.info.class_names[1].lower()
+        matches = [n for n in BASELINE_TARGETS.get(target, (target,)) if n in wanted]
+        if not matches:
+            continue
+        try:
+            plan = plan_scene(scene, name, config.predict, scene_id=f"baseline-{name}")
+        except ScenewatchError:  # the scene lacks a band this index needs: no baseline from it
+            continue
+        result = predict_scene(plan, work, client=client, progress=False)
+        for match in matches:
+            iou = _class_iou(result.classes_path, 1, labels, wanted[match], region)
+            cls = class_names[wanted[match]]
+            if cls not in best or iou > best[cls].iou:
+                best[cls] = Baseline(cls, name, result.model.description, iou, network_iou.get(match, float("nan")))
+    return tuple(best[c] for c in class_names if c in best)
 
 
 # ------------------------------------------------------------------------------------------ change products
@@ -277,6 +352,7 @@ def evaluation_dict(ev: Evaluation) -> dict[str, Any]:
                    "classes": [asdict(c) for c in ev.pixels.classes],
                    "confusion_matrix": {"rows": "true class", "columns": "predicted class",
                                         "values": [list(r) for r in ev.pixels.confusion]}},
+        "baselines": [asdict(b) for b in ev.baselines],
         "objects": [{"class": o.name, "iou_threshold": o.iou_threshold, "true_positives": o.true_positives,
                      "false_positives": o.false_positives, "false_negatives": o.false_negatives,
                      "precision": o.precision, "recall": o.recall, "f1": o.f1} for o in ev.objects],

@@ -89,3 +89,34 @@ def test_change_scoring_refuses_what_it_cannot_score(flood_chip, tmp_path: Path)
     assert result.exit_code != 0 and "no transition a->b" in result.output
     result = CliRunner().invoke(main, ["evaluate", str(mask), "--labels", str(mask)])
     assert result.exit_code != 0 and "--model" in result.output
+
+
+@pytest.mark.slow
+def test_evaluating_a_bundle_prints_the_best_builtin_index_beside_it(tmp_path: Path, dask_client) -> None:
+    """A (random) network for forest/cleared on Rondonia against INPE's map: `bare` (NDMI) is its baseline."""
+    folder = shared("labeled/deforestation_rondonia_s2_20LLQ")
+    bands = []
+    for band in ("B8A", "B11"):
+        with rasterio.open(folder / f"SENTINEL-2_MSI_20LLQ_{band}_2021-09-22.tif") as src:
+            bands.append(src.read(1))
+            profile = src.profile
+    scene = tmp_path / "rondonia.tif"
+    with rasterio.open(scene, "w", **(profile | {"count": 2})) as dst:
+        dst.write(np.stack(bands))
+    with rasterio.open(next(folder.glob("*probs_v0.tif"))) as src:
+        argmax = src.read().argmax(axis=0)  # Water, ClearCut_Burn, ClearCut_Soil, ClearCut_Veg, Forest, Wetland
+    labels = np.full(argmax.shape, 255, np.uint8)
+    labels[argmax == 4], labels[np.isin(argmax, [1, 2, 3])] = 0, 1
+    label_path = tmp_path / "labels.tif"
+    with rasterio.open(label_path, "w", **(profile | {"count": 1, "dtype": "uint8", "nodata": 255})) as dst:
+        dst.write(labels[None])
+    runner = CliRunner()
+    made = runner.invoke(main, ["models", "init", "--arch", "Unet", "--encoder", "resnet18", "--bands", "nir,swir16",
+                                "--classes", "forest,cleared", "--out", str(tmp_path / "net")], catch_exceptions=False)
+    assert made.exit_code == 0, made.output
+    text = runner.invoke(main, ["evaluate", str(scene), "--model", str(tmp_path / "net"), "--labels", str(label_path),
+                                "--bands", "nir=1,swir16=2", "--scheduler", dask_client.scheduler.address],
+                         catch_exceptions=False).output
+    line = next(line for line in text.splitlines() if line.startswith("baseline cleared: built-in index bare"))
+    assert float(re.search(r"IoU ([0-9.]+)", line).group(1)) > 0.8  # docs/accuracy.md: 0.851
+    assert "worse than the index" in line  # a random network

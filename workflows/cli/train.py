@@ -131,7 +131,9 @@ def evaluate(scene: str, model: str | None, labels_path: str, transitions: tuple
     """Score MODEL on SCENE against its labels: per-class IoU, F1, precision, recall, confusion matrix, and
     object precision/recall/F1 (polygons matched at IoU >= 0.5, as SpaceNet scores buildings).
 
-    The whole scene is predicted (tiled and stitched, as `scenewatch predict` does) before scoring.
+    The whole scene is predicted (tiled and stitched, as `scenewatch predict` does) before scoring. For a
+    trained bundle, the built-in index whose class matches one of its classes (water, vegetation/forest,
+    bare/cleared, burned) is run on the same scene and scored on the same pixels, and printed beside it.
     SCENE may instead be a change product of `scenewatch change` (a *.change.tif raster or a *.change.gpkg
     layer): it is scored as change against no change, with no model, against a mask raster or polygons.
 
@@ -180,3 +182,7 @@ def _print_evaluation(ev: Any, as_json: bool) -> None:
     for o in ev.objects:
         click.echo(f"objects {o.name} (IoU >= {o.iou_threshold}): TP {o.true_positives}, FP {o.false_positives}, "
                    f"FN {o.false_negatives}; precision {_fmt(o.precision)}, recall {_fmt(o.recall)}, F1 {_fmt(o.f1)}")
+    for b in ev.baselines:  # a trained network beside the built-in index that maps the same class
+        verdict = "worse than" if b.network_iou < b.iou else "at least as good as"
+        click.echo(f"baseline {b.class_name}: built-in index {b.model} ({b.description}) IoU {_fmt(b.iou)} on the "
+                   f"same pixels; this model's {_fmt(b.network_iou)} is {verdict} the index")
