@@ -28,7 +28,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipeline.errors import InvalidSceneError, SceneReadError
-from pipeline.inference.read import SceneMeta, check_georeferenced, open_raster
+from pipeline.inference.read import SceneMeta, check_georeferenced, open_raster, open_scene, read_item_on_grid
+from pipeline.inference.stac import ItemGrid, is_stac_item
 from tiles.grid import PixelWindow
 
 __all__ = ["GridSpec", "GridOffset", "grid_of", "grid_meta", "grid_offset", "read_aligned", "pixel_area_rows",
@@ -61,6 +62,8 @@ def grid_of(path: str | os.PathLike[str] | SceneMeta, what: str = "raster") -> G
     ``what`` names the file in errors (``scene``, ``grid``)."""
     if isinstance(path, SceneMeta):
         return GridSpec(path.crs, path.transform, path.height, path.width)
+    if is_stac_item(os.fspath(path)):  # a STAC item: the grid its bands are read onto (the finest band's)
+        return grid_of(open_scene(os.fspath(path)))
     where = f"{what} {os.path.basename(path)}"
     with open_raster(path, what) as src:  # refuses what a scene may not be (VRT, FIFO, /vsi...), one line
         if src.crs is None:
@@ -147,6 +150,10 @@ def read_aligned(path: str | os.PathLike[str], grid: GridSpec, window: PixelWind
     GDAL's dataset mask (as :func:`pipeline.inference.read.read_window`): False outside the raster's footprint and
     wherever its nodata, internal mask or alpha says so. Only the source pixels under the window are read.
     """
+    if is_stac_item(os.fspath(path)):  # a STAC item: its assets read straight onto the grid
+        item, valid = read_item_on_grid(open_scene(os.fspath(path)), ItemGrid(grid.crs, grid.transform, grid.height,
+                                                                             grid.width), window, indexes)
+        return (item if dtype is None else item.astype(dtype)), valid
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     name = os.path.basename(path)
     try:

@@ -68,6 +68,7 @@ __all__ = [
     "parse_band_map",
     "resolve_bands",
     "read_window",
+    "read_item_on_grid",
     "read_cache_bytes",
     "use_read_cache",
     "SUPPORTED_DTYPES",
@@ -717,10 +718,23 @@ def _unusable(src: rasterio.DatasetReader | None, meta: SceneMeta, window: Pixel
 _ITEM_OPEN_OPTIONS = (("OVERVIEW_LEVEL", "NONE"),)
 
 
-def _read_item(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """A STAC item's bands ``indexes`` over ``window``, each from its asset, under the item's GDAL settings;
-    an asset that cannot be read is one line naming the item, the asset and its href."""
-    grid = ItemGrid(meta.crs, meta.transform, meta.height, meta.width)
+def read_item_on_grid(meta: SceneMeta, grid: ItemGrid, window: PixelWindow,
+                      indexes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A STAC item's bands (default: all) over ``window`` of another ``grid`` (a change's common grid, a
+    quicklook's preview): float32, scaled, and where every band is valid; each band resampled as its kind
+    and the two grids' resolutions ask (:func:`pipeline.inference.stac.default_resampling`)."""
+    res = float(np.hypot(grid.transform.a, grid.transform.d))
+    sources = tuple(replace(s, resampling=default_resampling(s.mask_like, s.resolution, res)) for s in meta.sources)
+    bands = list(indexes) if indexes is not None else list(range(1, meta.count + 1))
+    return _read_item(replace(meta, sources=sources), window, bands, grid)
+
+
+def _read_item(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
+               grid: ItemGrid | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A STAC item's bands ``indexes`` over ``window`` (of its grid, or of ``grid``), each from its asset,
+    under the item's GDAL settings; an asset that cannot be read is one line naming the item, the asset
+    and its href."""
+    grid = grid or ItemGrid(meta.crs, meta.transform, meta.height, meta.width)
     data = np.empty((len(indexes), window.height, window.width), dtype=np.float32)
     valid = np.ones((window.height, window.width), dtype=bool)
     keep = max(_OPEN_PER_THREAD, len({s.href for s in meta.sources}))

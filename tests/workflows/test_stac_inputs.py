@@ -125,3 +125,16 @@ def test_a_job_over_a_catalog_of_band_per_asset_items(tmp_path: Path) -> None:
     scenes = discover_scenes(load_job(write_job(tmp_path, {"stac": str(collection)}, tmp_path / "out2",
                                                 name="collection")))
     assert [s.path for s in scenes] == [f"{collection}#{b.id}" for b in items]
+
+
+def test_change_between_two_items_is_the_change_between_their_files(tmp_path: Path) -> None:
+    """Dates from the items' datetime, the common grid from the first item, the quicklook from its bands."""
+    before, after = naip_items(tmp_path / "items")
+    common = ["--model", "vegetation", "--bands", "naip", "--workers", "1", "--quiet"]
+    for scenes, out in (((before.item, after.item), "items"), ((before.reference, after.reference), "files")):
+        result = CliRunner().invoke(main, ["change", *map(str, scenes), "--out", str(tmp_path / out),
+                                           *common], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    items = _read(tmp_path / "items" / f"{before.id}__{after.id}.change.tif")
+    files = _read(tmp_path / "files" / f"{before.reference.stem}__{after.reference.stem}.change.tif")
+    np.testing.assert_array_equal(items, files)
