@@ -261,7 +261,8 @@ def _write_piece(specs: Mapping[str, CogSpec], level: int, window: PixelWindow, 
         for i, data in enumerate(encode_blocks(spec, arrays[name])):
             blocks[name, level, window.row_off // size + i // cols, window.col_off // size + i % cols] = data
     refs: dict[Any, BlockRef] = dict(blocks) if out_dir is None else write_part(
-        part_path(out_dir, token, f"L{level}-{window.row_off}-{window.col_off}"), blocks)
+        part_path(out_dir, token, f"L{level}-{window.row_off}-{window.col_off}"), blocks,
+        owner=token.rsplit(".", 1)[0])  # errors name the scene (its id), not the part file
     coarsest = len(next(iter(specs.values())).factors)
     halves = None if level == coarsest else {
         name: reduce2(arrays[name], spec.resampling, spec.nodata) for name, spec in specs.items()}

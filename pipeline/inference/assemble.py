@@ -44,7 +44,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
-from pipeline.atomic import atomic_path, free_bytes, temp_path_for
+from pipeline.atomic import atomic_path, free_bytes, is_disk_full, temp_path_for
 from pipeline.errors import DiskFullError, OutputError
 from pipeline.inference.overviews import overview_factors
 from pipeline.inference.raster import verify_raster
@@ -117,8 +117,9 @@ def encode_blocks(spec: CogSpec, array: np.ndarray) -> list[bytes]:
         return tiff_blocks(mem.read())
 
 
-def write_part(path: Path, blocks: Mapping[BlockKey, bytes]) -> dict[BlockKey, BlockRef]:
-    """Store compressed blocks in one part file; where each one is. ``path`` is removed if this fails."""
+def write_part(path: Path, blocks: Mapping[BlockKey, bytes], owner: str = "") -> dict[BlockKey, BlockRef]:
+    """Store compressed blocks in one part file; where each one is. ``path`` is removed if this fails, and
+    the error names ``owner`` (what the part is of: a scene's COGs) rather than the part file."""
     refs: dict[BlockKey, BlockRef] = {}
     offset = 0
     try:
@@ -127,8 +128,11 @@ def write_part(path: Path, blocks: Mapping[BlockKey, bytes]) -> dict[BlockKey, B
                 out.write(data)
                 refs[key] = (str(path), offset, len(data))
                 offset += len(data)
-    except BaseException:
+    except BaseException as err:
         path.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            need = sum(len(d) for d in blocks.values())
+            raise _write_error(path.with_name(owner or path.name), err, need, "writing a piece of its COGs") from err
         raise
     return refs
 
@@ -384,14 +388,14 @@ def _copy_blocks(out: BinaryIO, refs: Sequence[BlockRef], little: bool) -> None:
             out.write(leader.pack(length) + data + data[-4:])
 
 
-def _write_error(path: Path, err: BaseException, need: int) -> OutputError:
+def _write_error(path: Path, err: BaseException, need: int, doing: str = "assembling the COG") -> OutputError:
+    """What a failed write means to the user: a full disk (said with the space it needed), or why not."""
     free = free_bytes(path.parent)
-    if free is not None and free < need + 2**20:
-        return DiskFullError(f"output {path.name}: no space left in {path.parent} while assembling the COG "
+    if is_disk_full(err) or (free is not None and free < need + 2**20):
+        return DiskFullError(f"output {path.name}: no space left in {path.parent} while {doing} "
                              f"(about {need / 2**20:.1f} MiB needed); free some space and run again")
     detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return OutputError(f"output {path.name}: cannot be written in {path.parent} while assembling the COG "
-                       f"({detail})")
+    return OutputError(f"output {path.name}: cannot be written in {path.parent} while {doing} ({detail})")
 
 
 def part_path(out_dir: Path, token: str, name: str) -> Path:

@@ -118,7 +118,9 @@ def test_a_batch_stops_cleanly_on_a_full_disk_and_a_rerun_finishes_it(
     archive = make_archive(tmp_path, make_geotiff, "archive", 3)
     reference = tmp_path / "reference"
     assert run_job(write_job(tmp_path, {"folder": str(archive)}, reference, name="ref"), progress=False).exit_code == 0
-    for kib in range(1000, 2600, 300):  # from a disk that holds nothing to one that holds all but the last scene
+    # from a disk that holds nothing to one that holds all but the last scene (the COGs are assembled from
+    # compressed pieces: a scene needs about twice its COGs, 0.2 MiB here, no uncompressed staging raster)
+    for kib in range(300, 2600, 100):
         out = small_disk(kib)
         # one scene at a time: with several in flight, those already started also fail on the full disk
         summary = run_job(write_job(tmp_path, {"folder": str(archive)}, out, name="full"), progress=False,
@@ -126,7 +128,7 @@ def test_a_batch_stops_cleanly_on_a_full_disk_and_a_rerun_finishes_it(
         if summary.exit_code == EXIT_DISK_FULL and summary.count("done") >= 1:
             break
     else:
-        pytest.fail("no disk size between 1000 and 2500 KiB stopped the batch after its first scene")
+        pytest.fail("no disk size between 300 and 2500 KiB stopped the batch after its first scene")
     failed = [o for o in summary.outcomes if o.status == "failed"]
     assert len(failed) == 1 and failed[0].error_class == "DiskFullError"
     assert f"no space left in {out}" in failed[0].message and "\n" not in failed[0].message
