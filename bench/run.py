@@ -11,6 +11,7 @@ harness working; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +228,62 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
                     unet_large.peak / unet_small.peak, "<= 1.15", unet_large.peak / unet_small.peak <= 1.15))
     rows.append(Row(f"U-Net peak memory {large}², 2 workers", f"{gib(unet_large.peak):.2f} GiB",
                     gib(unet_large.peak) / 3, "< 3 GiB", gib(unet_large.peak) < 3))
+    rows += archive_rows(quick, work, scenes[small], warm_up)
+    return rows
+
+
+# Issue 20 is measured against main before it: its rows run that commit's code from a git worktree, with
+# today's measuring scripts copied in (they use only plan_scene, predict_scene and vectorize_scene).
+BEFORE_ISSUE_20 = "81168c2"
+
+
+def _script(module: str, *args: str, tree: Path = REPO) -> dict[str, Any]:
+    """``python -m MODULE ARGS`` with the code of ``tree`` (this checkout, or a worktree of an older commit):
+    the JSON of its ``RESULT`` line."""
+    env = os.environ | {"PYTHONPATH": str(tree)}
+    run = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=tree, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{run.stderr[-3000:]}")
+    return dict(json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:]))
+
+
+@contextlib.contextmanager
+def old_tree(commit: str, work: Path) -> Iterator[Path]:
+    """A git worktree of ``commit`` with today's bench/cpu.py and bench/client_share.py copied in, removed
+    (and unregistered) afterwards."""
+    import shutil
+
+    tree = work / f"tree-{commit}"
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), commit], cwd=REPO, check=True,
+                   capture_output=True)
+    try:
+        for name in ("cpu.py", "client_share.py"):
+            shutil.copy(REPO / "bench" / name, tree / "bench" / name)
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+
+
+def archive_rows(quick: bool, work: Path, scene: Path, warm_up: str) -> list[Row]:
+    """Issue 20: a batch with scenes in flight against one scene at a time; the client's share of the CPU
+    of a scene with polygons, before and after (``--quick``: both on this checkout, tiny)."""
+    size, count = (384, 2) if quick else (4096, 8)
+    batch = _script("bench.batch_throughput", "--scenes", str(count), "--size", str(size), "--workers", "2",
+                    "--work", str(work / "archive"))
+    rows = [Row(f"Archive throughput, {count} NDVI scenes of {size}², 2 workers: {batch['scenes_in_flight']} scenes "
+                f"in flight vs one at a time (issue 20)",
+                f"{batch['in_flight_seconds']:.1f} vs {batch['one_at_a_time_seconds']:.1f} s", batch["ratio"],
+                ">= 1.3", batch["ratio"] >= 1.3)]
+    args = ("--scene", str(scene), "--warm-up", warm_up, "--workers", "2", "--polygons")
+    after = _script("bench.client_share", *args, "--out", str(work / "share-after"))
+    with contextlib.nullcontext(REPO) if quick else old_tree(BEFORE_ISSUE_20, work) as tree:
+        before = _script("bench.client_share", *args, "--out", str(work / "share-before"), tree=tree)
+    share, was = after["total"]["share"], before["total"]["share"]
+    rows.append(Row(f"Client share of the CPU, NDVI {size}² with polygons: now vs "
+                    f"{BEFORE_ISSUE_20} (issue 20)",
+                    f"{share:.1%} vs {was:.1%} (polygons alone {after['vectorize']['share']:.1%} vs "
+                    f"{before['vectorize']['share']:.1%}; COGs alone {after['predict']['share']:.1%} vs "
+                    f"{before['predict']['share']:.1%})", share / was if was else 0.0, "share < 5 %", share < 0.05))
     return rows
 
 

@@ -21,5 +21,5 @@ def test_quick_benchmark_runs_every_comparison(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     for comparison in ("reading alone", "2 workers vs 1", "vs model alone", "model alone in bf16", "plain fp32 eager",
                        "vs naive script", "peak memory", "matrix product", "Vectorize and merge",
-                       "Inference precision"):
+                       "Inference precision", "Archive throughput", "Client share of the CPU"):
         assert comparison in run.stdout, comparison

@@ -1,0 +1,69 @@
+"""CPU seconds per process over a stretch of a run: the Dask client's share of the work.
+
+    with CpuShare(client) as cpu:
+        predict_scene(plan, out, client=client)
+    cpu.share  # client process CPU seconds / CPU seconds of the client and every worker process
+
+The client process is this one (with a LocalCluster, the scheduler runs in it too, as in a user's run);
+the workers are its descendant processes (nannies and workers of a LocalCluster) plus any process a
+worker reports with ``os.getpid`` on this host. CPU time is user + system, all threads, from psutil.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+__all__ = ["CpuShare"]
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+    return float(times.user + times.system)
+
+
+class CpuShare:
+    """Client and worker CPU seconds between ``__enter__`` and ``__exit__``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._me = psutil.Process()
+        self.client_seconds = 0.0
+        self.worker_seconds = 0.0
+
+    def _others(self) -> dict[int, psutil.Process]:
+        procs = {p.pid: p for p in self._me.children(recursive=True)}
+        try:
+            pids = self._client.run(os.getpid).values()
+        except Exception:  # noqa: BLE001 - a client without workers yet: descendants only
+            pids = []
+        for pid in pids:
+            if pid not in procs and pid != self._me.pid and psutil.pid_exists(pid):
+                procs[pid] = psutil.Process(pid)
+        return procs
+
+    def __enter__(self) -> CpuShare:
+        self._start_me = _cpu(self._me)
+        self._start = {pid: (p, _cpu(p)) for pid, p in self._others().items()}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self.client_seconds = _cpu(self._me) - self._start_me
+        now = self._others()
+        total = 0.0
+        for pid, process in now.items():
+            before = self._start[pid][1] if pid in self._start else 0.0
+            total += max(0.0, _cpu(process) - before)
+        self.worker_seconds = total
+
+    @property
+    def share(self) -> float:
+        """Client CPU seconds over all processes' CPU seconds."""
+        whole = self.client_seconds + self.worker_seconds
+        return self.client_seconds / whole if whole else 0.0
