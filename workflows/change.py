@@ -81,8 +81,10 @@ from pipeline.inference.read import open_scene, parse_band_map, resolve_bands
 from pipeline.models.contract import ModelRef
 from pipeline.names import safe_name, scene_id
 from pipeline.products import CLASS_NODATA, PRODUCTS, Tag, is_classes_path, product_path
+from pipeline.threshold import is_auto
 from tiles.grid import PixelWindow
 from workflows.cluster import dask_client
+from workflows.threshold import resolve_pair_threshold
 
 if TYPE_CHECKING:  # imported lazily where used: loading the module stays light
     import geopandas as gpd
@@ -367,6 +369,8 @@ def _difference_of(model: Model) -> IndexDifference | None:
         takes = "takes only `threshold`" if symmetric else "has fixed, published class edges and takes no options"
         raise ConfigError(f"model {diff.name}: {takes} (got `model_options` {', '.join(unknown or options)})")
     t = options["threshold"]
+    if is_auto(t):  # the pair's own threshold, from |difference| over both dates (_index_change)
+        return replace(diff, auto=True)
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 2:
         raise ConfigError(f"model {diff.name}: `threshold` {t!r}: give the index change that counts, a number "
                           f"between 0 and 2 (default {diff.edges[1]:g})")
@@ -410,16 +414,25 @@ def _index_change(model: IndexDifference, before: str | Path, after: str | Path,
         date_tags = {**date_tags, Tag.MASK: str(config.predict.mask)}
     tally = AreaTally(model.class_names)
     todo = list(windows(grid, config.window_size))
-    tags = {**date_tags, Tag.BEFORE: scene_id(before), Tag.AFTER: scene_id(after), Tag.DESCRIPTION: model.description}
+    tags = {**date_tags, Tag.BEFORE: scene_id(before), Tag.AFTER: scene_id(after)}
+
+    def pair(window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+        data_b, valid_b = read_aligned(before, grid, window, indexes[0], dtype="float32")
+        data_a, valid_a = read_aligned(after, grid, window, indexes[1], dtype="float32")
+        valid = valid_b & valid_a
+        for scene, bound in zip((before, after), masks, strict=False):
+            valid &= ~_unusable_on_grid(scene, grid, window, bound)
+        return model.difference(data_b, data_a), valid
+
+    if model.auto:  # threshold=auto: a first pass sums the pair's histogram of |difference| (workflows.threshold)
+        model, tags[Tag.THRESHOLD] = resolve_pair_threshold(model, map(pair, todo), f"{scene_id(before)}__"
+                                                            f"{scene_id(after)}")
+    tags[Tag.DESCRIPTION] = model.description
     with change_writer(path, grid, tally.names, model.name, model.version, tags) as writer, \
             _progress_bar(len(todo), f"change {path.name}", progress) as bar:
         for window in todo:
-            data_b, valid_b = read_aligned(before, grid, window, indexes[0], dtype="float32")
-            data_a, valid_a = read_aligned(after, grid, window, indexes[1], dtype="float32")
-            valid = valid_b & valid_a
-            for scene, bound in zip((before, after), masks, strict=False):
-                valid &= ~_unusable_on_grid(scene, grid, window, bound)
-            codes, conf = model.classify(model.difference(data_b, data_a), valid)
+            diff, valid = pair(window)
+            codes, conf = model.classify(diff, valid)
             writer.write(window, np.stack([codes, encode_confidence(conf, valid)]))
             tally.add(codes, pixel_area_rows(grid, window))
             bar.update(1)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from pipeline.change.transitions import IndexDifference
 from pipeline.errors import crosses_processes
 from pipeline.inference.masks import BoundMask
 from pipeline.inference.read import SceneMeta, read_window
@@ -29,7 +30,7 @@ from pipeline.products import Tag
 from pipeline.threshold import ThresholdChoice, index_histogram
 from tiles.grid import Tile
 
-__all__ = ["resolve_auto_threshold", "scene_histogram", "TILES_PER_TASK"]
+__all__ = ["resolve_auto_threshold", "resolve_pair_threshold", "scene_histogram", "TILES_PER_TASK"]
 
 log = logging.getLogger("scenewatch")
 
@@ -93,3 +94,24 @@ def resolve_auto_threshold(plan: Any, client: Any) -> Any:
     ref = plan.model.with_options(threshold=choice.value)
     return dataclasses.replace(plan, model=ref, info=describe_model(ref),
                                tags={**plan.tags, Tag.THRESHOLD: choice.describe()})
+
+
+def resolve_pair_threshold(model: IndexDifference, windows: Iterable[tuple[np.ndarray, np.ndarray]],
+                           name: str) -> tuple[IndexDifference, str]:
+    """An index-difference model with ``threshold=auto`` (``dndvi``) resolved for a pair: the histogram of
+    ``|difference|`` summed over the pair's ``(difference, valid)`` windows (one window in memory at a time),
+    then :meth:`~pipeline.change.transitions.IndexDifference.resolved`; logged in one line. Returns the model
+    with its edges and the ``SCENEWATCH_THRESHOLD`` tag's text."""
+    from pipeline.change.transitions import DIFFERENCE_RANGE
+
+    total = np.zeros(DIFFERENCE_RANGE.bins, dtype=np.int64)
+    for diff, valid in windows:
+        total += model.magnitude_histogram(diff, valid)
+    resolved, choice = model.resolved(total)
+    if choice.source == "auto":
+        log.info("change %s: %s threshold %.4g computed from the pair (%s)", name, model.name, choice.value,
+                 choice.detail)
+    else:
+        log.warning("change %s: %s threshold=auto fell back to the default %g: %s", name, model.name, choice.value,
+                    choice.detail)
+    return resolved, choice.describe()

@@ -87,6 +87,30 @@ def class_areas(classes: np.ndarray, row_areas: np.ndarray, k: int,
     return area, count, float(weights[ok].sum())
 
 
+def _difference_of(model: Any) -> Any:
+    """The index-difference model ``model`` names (``"dndvi"``, or ``ModelRef.of("dndvi", threshold=...)`` with
+    a number or ``auto``), or None for a segmentation model."""
+    from dataclasses import replace
+
+    from pipeline.change.transitions import difference_model
+    from pipeline.models.contract import ModelRef
+    from pipeline.threshold import is_auto
+
+    if isinstance(model, str):
+        return difference_model(model)
+    if not isinstance(model, ModelRef) or not model.source:
+        return None
+    diff = difference_model(model.source)
+    t = dict(model.options).get("threshold")
+    if diff is None or t is None:
+        return diff
+    if not diff.symmetric:
+        raise ConfigError(f"model {diff.name}: has fixed, published class edges and takes no threshold")
+    if is_auto(t):
+        return replace(diff, auto=True)
+    return replace(diff, edges=(-float(t), float(t)))
+
+
 def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetation", *,
                    bands: Mapping[str, int] | None = None, valid: np.ndarray | None = None) -> xr.Dataset:
     """Change between two co-registered ``(channels, H, W)`` arrays: chips without georeferencing, or a
@@ -104,7 +128,6 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
     """
     import xarray as xr
 
-    from pipeline.change.transitions import difference_model
     from pipeline.inference.predict import predict_array
     from pipeline.inference.stitch import classify
     from pipeline.models.contract import ModelRef
@@ -117,7 +140,7 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
                           "(channels, rows, cols) arrays")
     if valid is None:
         valid = np.asarray(before.any(axis=0) & after.any(axis=0))
-    diff_model = difference_model(model) if isinstance(model, str) else None
+    diff_model = _difference_of(model)
     band_names = diff_model.bands if diff_model is not None else load_model(ModelRef.of(model)).info.bands
     mapping = dict(bands) if bands is not None else {b: i for i, b in enumerate(band_names)}
     missing = [b for b in band_names if b not in mapping]
@@ -126,7 +149,10 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
                           f"{{{', '.join(repr(b) + ': <channel>' for b in band_names)}}}")
     pick = [mapping[b] for b in band_names]
     if diff_model is not None:
-        codes, conf = diff_model.classify(diff_model.difference(before[pick], after[pick]), valid)
+        diff = diff_model.difference(before[pick], after[pick])
+        if diff_model.auto:  # the pair's own threshold, from |difference| over its valid pixels
+            diff_model, _ = diff_model.resolved(diff_model.magnitude_histogram(diff, valid))
+        codes, conf = diff_model.classify(diff, valid)
         names = diff_model.class_names
     else:
         seg = load_model(ModelRef.of(model))

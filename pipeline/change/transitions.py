@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.models.spectral import normalized_difference
+from pipeline.threshold import IndexRange, ThresholdChoice, choose_threshold, index_histogram
 
 __all__ = [
     "CHANGE_NODATA",
@@ -179,6 +180,7 @@ class IndexDifference:
     stable: int
     scale: float = 0.1
     description: str = ""
+    auto: bool = False  # threshold=auto: the edges (-t, t) come from the pair (:meth:`resolved`)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -188,6 +190,28 @@ class IndexDifference:
     def difference(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """``index(before) - index(after)`` for ``(bands, H, W)`` arrays in ``self.bands`` order."""
         return (self.index(*before) - self.index(*after)).astype(np.float32)
+
+    @property
+    def symmetric(self) -> bool:
+        """Two edges ``(-t, t)``: a threshold ``t`` (or ``auto``) applies; published class edges take none."""
+        return len(self.edges) == 2 and self.edges[0] == -self.edges[1]
+
+    def magnitude_histogram(self, diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Histogram of ``|difference|`` over valid pixels in :data:`DIFFERENCE_RANGE` bins: summed over the
+        windows of a pair, it gives the pair's threshold (:meth:`resolved`)."""
+        return index_histogram(np.abs(diff[valid]), DIFFERENCE_RANGE)
+
+    def resolved(self, hist: np.ndarray) -> tuple[IndexDifference, ThresholdChoice]:
+        """The model with edges ``(-t, t)`` from Otsu's threshold on the histogram of ``|difference|`` over the
+        pair (stable pixels near 0, changed ones far from it), kept only where it splits a bimodal histogram
+        with the fixed ``t`` between its class means (:func:`pipeline.threshold.choose_threshold`), else the
+        fixed edges; and the choice, for the logs and the ``SCENEWATCH_THRESHOLD`` tag."""
+        from dataclasses import replace
+
+        choice = choose_threshold(hist, self.edges[1], DIFFERENCE_RANGE)
+        t = choice.value
+        described = f"{self.description.split(';')[0]}; loss > {t:.4g}, gain < {-t:.4g} ({choice.source})"
+        return replace(self, edges=(-t, t), description=described, auto=False), choice
 
     def classify(self, diff: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 codes (0 = stable bin, :data:`CHANGE_NODATA` where invalid) and float32 confidence."""
@@ -203,6 +227,8 @@ class IndexDifference:
         conf[~valid] = np.nan
         return codes, conf
 
+
+DIFFERENCE_RANGE = IndexRange(0.0, 2.0)  # |difference| of two indexes in -1..1
 
 DIFFERENCE_MODELS: dict[str, IndexDifference] = {
     # dNDVI = NDVI(before) - NDVI(after); a drop of more than 0.2 is vegetation loss, a rise of more than 0.2

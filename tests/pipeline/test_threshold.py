@@ -113,3 +113,29 @@ def test_flood_sar_units_and_options() -> None:
         load_model(ModelRef.of("flood-sar", polarisations="hh"))
     with pytest.raises(ModelError, match="units"):
         load_model(ModelRef.of("flood-sar", units="decibel"))
+
+
+def test_dndvi_threshold_auto_through_compare_arrays_and_detect_change(tmp_path) -> None:
+    """The pair's own threshold on |dNDVI| (NAIP 2009/2020): the same through the array API and the
+    windowed change, recorded in the change raster's tags; a pair with no change falls back to 0.2."""
+    from pipeline.change.compare import compare_arrays
+    from pipeline.config import ChangeConfig, PredictConfig
+    from pipeline.products import Tag
+    from tests.conftest import REPO
+    from workflows.change import detect_change
+
+    data = REPO / "examples" / "data"
+    before, after = data / "m_4709963_se_14_1_20090818.tif", data / "m_4709963_se_14_1_20200831.tif"
+    ref = ModelRef.of("dndvi", threshold="auto")
+    pair = detect_change(before, after, ref, tmp_path, ChangeConfig(predict=PredictConfig(bands="naip"),
+                                                                  polygons=False, quicklook=False), progress=False)
+    with rasterio.open(pair.change_path) as src:
+        tag = src.tags()[Tag.THRESHOLD]
+        codes = src.read(1)
+    t = float(tag.split()[0])
+    assert " auto (Otsu" in tag and 0.2 < t < 0.6
+    with rasterio.open(before) as a:
+        chip = a.read(window=((0, 256), (0, 256)))
+    same = compare_arrays(chip, chip, ref, bands={"red": 0, "nir": 3})  # no change at all: unimodal at 0
+    assert (same.change.to_numpy() == 0).all()
+    assert (codes[codes != 255] == 0).mean() > 0.6  # more stable pixels than with the fixed 0.2 (42 %)
