@@ -138,3 +138,15 @@ def test_change_between_two_items_is_the_change_between_their_files(tmp_path: Pa
     items = _read(tmp_path / "items" / f"{before.id}__{after.id}.change.tif")
     files = _read(tmp_path / "files" / f"{before.reference.stem}__{after.reference.stem}.change.tif")
     np.testing.assert_array_equal(items, files)
+
+
+def test_resolution_and_resampling_on_the_command_line(rondonia: BuiltItem, tmp_path: Path) -> None:
+    _predict(rondonia.item, tmp_path / "out", "--model", "bare", "--bands", "nir=nir08", "--resolution", "20",
+             "--resampling", "nir08=average", "--resampling", "scl=nearest", *TILING)
+    with rasterio.open(tmp_path / "out" / f"{rondonia.id}.classes.tif") as src:
+        assert (src.width, src.height, src.res) == (500, 500, (20.0, 20.0))
+    result = CliRunner().invoke(main, ["predict", str(rondonia.item), "--out", str(tmp_path / "bad"),
+                                       "--resampling", "swir16=lanczos3"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("scenewatch: error: --resampling swir16=lanczos3: unknown method; choose from "
+                                     "nearest, bilinear, cubic, average, mode")

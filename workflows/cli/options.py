@@ -319,7 +319,8 @@ def model(help: str | None = None, default: str | None = "vegetation", required:
 def bands(help: str = "", required: bool = False) -> Decorator:
     """``--bands``; ``help`` says what the bands are for in this command (a sentence)."""
     text = ("Band map 'red=1,green=2,blue=3,nir=4', band names in file order 'red,green,blue,nir', or a preset "
-            f"({', '.join(SENSOR_PRESETS)}).")
+            f"({', '.join(SENSOR_PRESETS)}). A STAC item's bands go by name (common name or asset key), the "
+            "model's own by default; 'nir=nir08' maps one onto another.")
     return click.option("--bands", "-b", "bands", required=required, callback=_bands_callback, metavar="BANDS",
                         help=f"{text} {help}".strip())
 
@@ -413,7 +414,37 @@ mask_options = stack(
 """The quality mask: the ``mask`` and ``mask_dilate`` fields of :class:`~pipeline.config.PredictConfig`."""
 
 
-classify_options = stack(predict_options, mask_options, scene_options, untrusted_options, cluster_options)
+@report_errors
+def _resampling_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from pipeline.inference.stac import parse_resampling
+
+    if not value:
+        return None
+    try:
+        return parse_resampling(value)
+    except ValueError as err:
+        raise ConfigError(str(err).replace("resampling ", "`resampling` ", 1)) from None
+
+
+source_options = stack(
+    click.option("--resolution", type=float, default=None, metavar="METRES",
+                 help="A STAC item scene: read every band onto a grid of this pixel size, e.g. 20 "
+                      "[default: the finest band's]."),
+    click.option("--resampling", "resampling", multiple=True, metavar="BAND=METHOD", callback=_resampling_callback,
+                 help="A STAC item scene: how a band is resampled onto the grid, repeatable, e.g. swir16=average "
+                      "(nearest, bilinear, cubic, average, mode) [default: nearest for masks and classes, bilinear "
+                      "onto a finer grid, average onto a coarser one]."),
+    click.option("--requester-pays", "requester_pays", is_flag=True, default=None,
+                 help="Read s3:// inputs from requester-pays buckets; the transfer is billed to your AWS account."),
+    click.option("--s3-endpoint", "s3_endpoint", default=None, metavar="URL",
+                 help="Read s3:// inputs from an S3-compatible store, e.g. http://127.0.0.1:9000 (path-style) "
+                      "[default: AWS, or GDAL's AWS_S3_ENDPOINT]. Credentials: AWS_ACCESS_KEY_ID/"
+                      "AWS_SECRET_ACCESS_KEY or AWS_PROFILE."),
+)
+"""How a STAC item scene is read: grid, resampling and remote options of :class:`~pipeline.config.PredictConfig`."""
+
+classify_options = stack(predict_options, mask_options, scene_options, untrusted_options, source_options,
+                         cluster_options)
 """Everything a command that classifies scenes takes into its PredictConfig (predict, change, timeline,
 evaluate): the tiling and model run, the input limits and repairs, and where the work runs."""
 

@@ -48,6 +48,9 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], thr
       scenewatch predict naip.tif --bands naip --out out/ --format gpkg,parquet --classes vegetation --min-area 0.1ha
       scenewatch predict s2_l2a.tif --model vegetation --threshold 0.6 --bands sentinel2-l2a --mask scl --out out/
       scenewatch predict scene.tif --bands red=1,nir=2,clm=3 --mask clm=1 --mask-dilate 2 --out out/
+      scenewatch predict examples/data/naip_20200831_item.json --model vegetation --out out/
+      scenewatch predict s3://my-bucket/items/S2B_20LLQ_20210922.json --model bare --bands nir=nir08 --mask scl \
+          --resolution 20 --resampling swir16=average --s3-endpoint http://127.0.0.1:9000 --out out/
     """
     from pipeline.config import PredictConfig, VectorizeConfig
     from pipeline.models.contract import ModelRef

@@ -31,6 +31,7 @@ CLI = REPO / "workflows" / "cli"
     ("red,green,blue,nir", "red=1,green=2,blue=3,nir=4"), # names in file order
     (" Red , NIR ", "red=1,nir=2"),
     ("pan", "pan=1"),
+    ("nir=nir08,red=B04", "nir=nir08,red=B04"),  # bands by name: a STAC item's common names or asset keys
 ])
 def test_one_band_grammar(text: str, expected: str) -> None:
     assert parse_bands(text) == expected
@@ -41,7 +42,7 @@ def test_one_band_grammar(text: str, expected: str) -> None:
     ("red,,nir", "cannot read ''"),
     ("red,red", "red named twice"),
     ("red=1,nir", "give every band its index"),
-    ("red=1,nir=x", "cannot read 'nir=x'"),
+    ("red=1,nir=4x", "cannot read 'nir=4x'"),  # nir=x is a band by name (a STAC item's nir08, a description)
     ("red=0", "band indexes start at 1"),
     ("naip,swir16", "naip is a preset; give it alone"),
 ])
