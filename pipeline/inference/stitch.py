@@ -8,9 +8,9 @@ A tile's blend window (its core grown by the blend overlap) splits in two parts 
   and weights (:class:`BlendPart`), and :class:`Stitcher` sums the parts that cover each core and divides
   by the summed weight (:mod:`tiles.blend` makes the weights a partition of unity).
 
-So only the thin ring crosses process boundaries as float32, and the process that writes the raster only
-blends rings. Pixels without a positive summed weight are invalid input and become nodata; class indexes
-are the argmax of the probabilities.
+So only the thin ring crosses process boundaries as float32, and the task that writes a piece of the raster
+(``workflows.scene._stitch_piece``, in a worker) only blends rings. Pixels without a positive summed weight
+are invalid input and become nodata; class indexes are the argmax of the probabilities.
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ class Stitcher:
     """Streaming stitcher: feed it tile contributions in any order; it returns each core, finished, as soon
     as every tile whose blend window reaches that core has arrived, and then forgets that core.
 
-    It holds, per incomplete core, the ring parts that reach it and the core's finished interior: with
-    tiles arriving stripe by stripe (``workflows.scene``), about one column of cores plus the tiles in flight.
+    It holds, per incomplete core, the ring parts that reach it and the core's finished interior: in a piece
+    task (``workflows.scene``), the tiles around one piece.
     """
 
     def __init__(self, grid: TileGrid, overlap: int, num_classes: int, proba_dtype: str) -> None:
