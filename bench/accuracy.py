@@ -106,7 +106,7 @@ def load_event(event: str, sensor: str, name: str, bands: dict[str, int], fixed:
         out.truth.append(truth)
         out.index_before.append(model.index_values(before[pick][None].astype(np.float32))[0])
         out.index_after.append(model.index_values(after[pick][None].astype(np.float32))[0])
-        out.valid.append(before.any(axis=0) & after.any(axis=0))
+        out.valid.append(np.asarray(before.any(axis=0) & after.any(axis=0), dtype=bool))
         out.default.append(flood(before, after, name, bands))
         out.fixed.append(flood(before, after, ModelRef.of(name, threshold=fixed), bands))
     return out
@@ -179,7 +179,9 @@ def rondonia_rows(rows: list[list[str]]) -> None:
     for label, ref in (("default", ModelRef.of("bare")), ("auto", ModelRef.of("bare", threshold="auto"))):
         model = load_model(ref)
         out[label] = score(model.predict(np.where(valid, bands, 0))[0].argmax(axis=0) == 1, truth, valid)
-    index = load_model(ModelRef.of("bare")).index_values(bands)[0]
+    bare = load_model(ModelRef.of("bare"))
+    assert isinstance(bare, SpectralIndexModel)
+    index = bare.index_values(bands)[0]
     grid = np.round(np.arange(-0.2, 0.61, 0.025), 3)
     best = max(((score(index < t, truth, valid), float(t)) for t in grid), key=lambda s: s[0].iou)
     trivial = score(np.ones_like(truth), truth, valid)

@@ -102,9 +102,8 @@ class SpectralIndexModel:
         """Histogram (:mod:`pipeline.threshold` bins) of the index over the valid pixels of a batch;
         ``valid`` ``(N, H, W)`` defaults to "not every band zero"."""
         batch = np.asarray(batch, dtype=np.float32)
-        if valid is None:
-            valid = batch.any(axis=1)
-        return index_histogram(self.index_values(batch)[valid], self.index_range)
+        keep = np.asarray(batch.any(axis=1) if valid is None else valid, dtype=bool)
+        return index_histogram(self.index_values(batch)[keep], self.index_range)
 
     def choose(self, hist: np.ndarray) -> ThresholdChoice:
         """The threshold a histogram of this model's index gives (the fixed default where it is not bimodal)."""
@@ -115,7 +114,7 @@ class SpectralIndexModel:
         value = self.index_values(batch)
         thresholds = np.full((batch.shape[0], 1, 1), self.threshold, dtype=np.float32)
         if self.auto:
-            valid = batch.any(axis=1)
+            valid = np.asarray(batch.any(axis=1), dtype=bool)
             for i in range(batch.shape[0]):
                 hist = index_histogram(value[i][valid[i]], self.index_range)
                 thresholds[i] = self.choose(hist).value
