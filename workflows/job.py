@@ -97,7 +97,8 @@ class InputsSpec(_Frozen):
     pattern: str = Field("*.tif", description="glob pattern inside `folder` (** for subfolders)")
     glob: str | None = Field(None, description="one glob pattern, e.g. archive/**/*.tif")
     files: list[str] | None = Field(None, description="explicit list of scene files")
-    stac: str | None = Field(None, description="STAC catalog.json or item collection JSON on disk")
+    stac: str | None = Field(None, description="STAC catalog.json, collection or item collection JSON: a path, or "
+                                               "an http(s):// or s3:// URL")
     stac_search: StacSearchSpec | None = Field(None, description="a STAC API search: url, collections, bbox or aoi, "
                                                                  "datetime, query, limit")
     asset: str | None = Field(None, description="STAC asset key of the image [default: an item with one GeoTIFF "
@@ -518,7 +519,10 @@ def discover_scenes(job: Job) -> list[SceneInput]:
     if spec.stac_search is not None:
         scenes = _search_scenes(job, spec.stac_search)
     else:
-        scenes = _stac_scenes(job, job.resolve(spec.stac)) if spec.stac is not None else _file_scenes(job)
+        if spec.stac is not None and re.match(r"(?i)(https?|s3)://", spec.stac):
+            scenes = _stac_url_scenes(job, spec.stac)
+        else:
+            scenes = _stac_scenes(job, job.resolve(spec.stac)) if spec.stac is not None else _file_scenes(job)
     kept = [s for s in scenes if _keep(s, spec)]
     return sorted(kept, key=lambda s: (s.when.start if s.when else dt.datetime.max.replace(tzinfo=_UTC),
                                        s.scene_id))
@@ -590,6 +594,51 @@ def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
     except pystac.STACError as err:
         raise ConfigError(f"{where}: not a STAC catalog or item collection ({err})") from err
     return _scenes_from_items(job, items, base, where, collection=source if base is not None else None)
+
+
+def _stac_url_scenes(job: Job, url: str) -> list[SceneInput]:
+    """A static catalog, collection or item collection published at an ``http(s)://`` or ``s3://`` URL: its
+    items, with hrefs resolved against their own URLs, so that workers read them by URL too."""
+    import pystac
+
+    where = f"job {job.path.name}: inputs.stac {url}"
+    io = _url_stac_io()
+    try:
+        data = io.read_json(url)
+        if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+            items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
+            for item in items:
+                item.set_self_href(url)  # relative asset hrefs resolve against the collection's URL
+        else:
+            catalog = pystac.read_dict(data, href=url, stac_io=io)
+            if not isinstance(catalog, pystac.Catalog):
+                raise ConfigError(f"{where}: is a STAC {type(catalog).__name__}, not a catalog or item collection")
+            items = list(catalog.get_items(recursive=True))
+    except ConfigError:
+        raise
+    except Exception as err:  # HTTP, S3 and parsing errors alike: one line naming the URL
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{where}: cannot be read as a STAC catalog or item collection ({first})") from err
+    return _scenes_from_items(job, items, None, where)
+
+
+def _url_stac_io() -> Any:
+    """A pystac StacIO that also reads ``s3://`` (made here: pystac is imported only when a job needs it)."""
+    import pystac.stac_io
+
+    class UrlStacIO(pystac.stac_io.DefaultStacIO):
+        """pystac's reader, plus ``s3://`` through boto3 (credentials and endpoint from the AWS environment)."""
+
+        def read_text_from_href(self, href: str) -> str:
+            if href.lower().startswith("s3://"):
+                from pipeline.storage import parse_s3_url, s3_client
+
+                target = parse_s3_url(href)
+                body = s3_client().get_object(Bucket=target.bucket, Key=target.prefix)["Body"]
+                return str(body.read().decode("utf-8"))
+            return str(super().read_text_from_href(href))
+
+    return UrlStacIO()
 
 
 def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where: str,

@@ -88,3 +88,22 @@ def test_search_limit_aoi_and_errors(tmp_path: Path, make_geotiff, stac_api, s3)
     stac_api.stop()
     with pytest.raises(ConfigError, match="search failed"):
         discover_scenes(load_job(job))
+
+
+def test_static_catalog_by_url(tmp_path: Path, make_geotiff, s3) -> None:
+    """A static catalog published in a bucket (relative links, as `catalog.save` writes them) is read by its
+    s3:// URL, and its items' assets resolve to URLs that workers can read too."""
+    images = _uploaded(s3, make_geotiff, 2)
+    catalog = pystac.Catalog("archive", "published scenes")
+    for i, image in enumerate(images):
+        catalog.add_item(_item(f"S2_2024060{i + 1}", f"2024-06-0{i + 1}", 1, image))
+    catalog.normalize_hrefs(str(tmp_path / "published"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    for path in (tmp_path / "published").rglob("*.json"):
+        s3.client.upload_file(str(path), s3.bucket, f"stac/{path.relative_to(tmp_path / 'published')}")
+    job = write_job(tmp_path, {"stac": s3.url("stac/catalog.json"), "asset": "image"}, tmp_path / "out")
+    scenes = discover_scenes(load_job(job))
+    assert [(s.source_id, s.path) for s in scenes] == [("S2_20240601", images[0]), ("S2_20240602", images[1])]
+    missing = write_job(tmp_path, {"stac": s3.url("stac/none.json")}, tmp_path / "out", name="missing")
+    with pytest.raises(ConfigError, match=r"inputs.stac s3://.*/stac/none.json: cannot be read"):
+        discover_scenes(load_job(missing))
