@@ -139,3 +139,16 @@ def test_dndvi_threshold_auto_through_compare_arrays_and_detect_change(tmp_path)
     same = compare_arrays(chip, chip, ref, bands={"red": 0, "nir": 3})  # no change at all: unimodal at 0
     assert (same.change.to_numpy() == 0).all()
     assert (codes[codes != 255] == 0).mean() > 0.6  # more stable pixels than with the fixed 0.2 (42 %)
+
+
+def test_combine_flood_takes_either_sensor_where_valid() -> None:
+    from pipeline.change.compare import combine_flood
+    from pipeline.change.transitions import CHANGE_NODATA
+
+    optical = np.array([[1, 0, 1, 0]], bool)
+    radar = np.array([[0, 1, 1, 0]], bool)
+    optical_valid = np.array([[1, 1, 0, 0]], bool)  # clouds on the right half
+    radar_valid = np.array([[1, 1, 1, 0]], bool)
+    out = combine_flood(optical, radar, optical_valid, radar_valid)
+    np.testing.assert_array_equal(out, [[1, 1, 1, CHANGE_NODATA]])
+    assert combine_flood(optical, radar, optical_valid, np.zeros_like(radar_valid))[0, 1] == 0  # radar invalid
