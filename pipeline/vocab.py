@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-"""Inference precision of a network. ``auto``: fp16 on a GPU; on a CPU the bundle's int8 variant if it has
-one, else bf16 where the CPU has it natively, else fp32 (see :func:`pipeline.models.network.resolve_precision`)."""
+"""Inference precision of a network. ``auto``: fp16 on a GPU; on a CPU the fastest backend within the drift
+limit, measured once per machine and cached (see :mod:`pipeline.models.backends`)."""
 
 ProbaDtype = Literal["uint8", "float32"]
 """Storage of the probability raster: ``uint8`` is ``round(p x 254)`` with nodata 255, ``float32`` is ``p``."""

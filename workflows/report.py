@@ -78,7 +78,7 @@ def class_area_table(areas: ClassAreas, colors: Sequence[str] = (), caption: str
 def _model_facts(name: str, version: str, model_options: Mapping[str, Any], precision: str) -> list[tuple[str, str]]:
     options = ", ".join(f"{k}={v}" for k, v in sorted(model_options.items()) if v is not None and k != "precision")
     if precision == "auto":  # resolved inside each worker, per device; not reported back to the client
-        precision = "auto (each worker picks: fp16 on a GPU; int8 where calibrated, else fp32, on a CPU)"
+        precision = "auto (each worker picks: fp16 on a GPU; on a CPU the fastest backend it measured)"
     return [("model", f"{name} {version}".strip()), ("precision", precision),
             ("model options", options or "the model's defaults (threshold included)")]
 
@@ -107,6 +107,9 @@ def predict_section(result: Any, areas: ClassAreas, quicklook_png: bytes | None,
     info = result.model
     facts = [("scene", Path(result.scene).name), *_model_facts(info.name, info.version, model_options,
                                                                  str(config.precision))]
+    backend = _backend_of(result.classes_path)
+    if backend:
+        facts.append(("backend", backend))  # what ran the network in the workers (SCENEWATCH_BACKEND)
     facts += [("tile size / halo", f"{result.grid.tile_size} / {result.grid.halo} px"),
               ("tiles", f"{result.tiles_planned:,} ({result.tiles_skipped:,} without data)"),
               ("grid", f"{result.grid.width:,} x {result.grid.height:,} px"),
@@ -318,6 +321,19 @@ def _model_of(classes: Path) -> str:
     with rasterio.open(classes) as src:
         tags = src.tags()
     return f"{tags.get(Tag.MODEL, '?')} {tags.get(Tag.MODEL_VERSION, '')}".strip()
+
+
+def _backend_of(classes: Path) -> str:
+    """The backends a class raster's tags say ran the network ("" if none is recorded)."""
+    import rasterio
+
+    from pipeline.products import Tag
+
+    try:
+        with rasterio.open(classes) as src:
+            return str(src.tags().get(Tag.BACKEND, ""))
+    except rasterio.errors.RasterioIOError:
+        return ""
 
 
 def _colors_of(classes: Path) -> tuple[str, ...]:

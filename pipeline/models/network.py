@@ -108,13 +108,13 @@ class TorchSegmentationModel:
     stride (reflect), inference mode, channels-last and autocast at the chosen precision, softmax output
     (sigmoid for a one-logit binary network).
 
-    Precision ``auto`` picks fp16 on a GPU; on a CPU, int8 where the model has a calibrated int8 variant
-    (``int8``, a callable from normalized, padded input to logits: :class:`pipeline.models.int8.OpenVinoForward`),
-    else bf16 where the CPU has native bf16 kernels (AVX512-BF16/AMX). It then checks itself once: the
-    first batch runs in fp32 too and, if the mean absolute probability difference exceeds
-    :data:`AUTO_DRIFT_LIMIT`, the model steps down (int8 to bf16 if that passes, else fp32) for good, and
-    logs it. So ``auto`` never trades more accuracy than that for speed, whatever the network. An explicit
-    precision is obeyed.
+    Precision ``auto`` on a CPU measures the backends (torch fp32/channels-last/bf16/fp16, OpenVINO
+    fp32/bf16/int8: :mod:`pipeline.models.backends`) on the first tiles it is given
+    (:meth:`choose_backend`, or the first batch) and runs the fastest within :data:`AUTO_DRIFT_LIMIT` of
+    fp32 and the class-agreement limit; the choice is cached per model, tile shape, CPU, threads and package
+    versions. On a GPU it is fp16, checked once against fp32 on the first batch (over the limit: fp32 for
+    good). So ``auto`` never trades more accuracy than that for speed, whatever the network. An explicit
+    precision is obeyed; :attr:`backend` names what runs.
 
     ``compile`` wraps the network in ``torch.compile`` (inductor, weights frozen and prepacked): faster per
     tile, but each worker pays a compile of tens of seconds for the first tile and for every new tile shape,

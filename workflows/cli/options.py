@@ -361,8 +361,9 @@ predict_options = stack(
                  help=f"Tiles per model call [default: {default_of(PredictConfig, 'batch_size')}, the fastest "
                       f"measured on CPU and on a GPU]."),
     click.option("--precision", type=click.Choice(choices(Precision)), default=None,
-                 help="Inference precision for neural networks; auto: fp16 on a GPU, else the bundle's int8 variant "
-                      "if it has one (`scenewatch models quantize`), else bf16 where the CPU has it "
+                 help="Inference precision for neural networks; auto: fp16 on a GPU; on a CPU the fastest of torch "
+                      "fp32/bf16/fp16 and OpenVINO fp32/bf16/int8 within the drift limit, measured once per machine "
+                      "on the scene's first tiles and cached (docs/models.md) "
                       f"[default: {default_of(PredictConfig, 'precision')}]."),
     click.option("--proba-dtype", type=click.Choice(choices(ProbaDtype)), default=None,
                  help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 "
@@ -412,7 +413,6 @@ mask_options = stack(
                  help="Grow the masked patches by PIXELS in every direction, e.g. 2 [default: 0]."),
 )
 """The quality mask: the ``mask`` and ``mask_dilate`` fields of :class:`~pipeline.config.PredictConfig`."""
-
 
 @report_errors
 def _resampling_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
