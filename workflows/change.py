@@ -84,7 +84,7 @@ from pipeline.products import CLASS_NODATA, PRODUCTS, Tag, is_classes_path, prod
 from pipeline.threshold import is_auto
 from tiles.grid import PixelWindow
 from workflows.cluster import dask_client
-from workflows.threshold import resolve_pair_threshold
+from workflows.threshold import pair_threshold_tags, resolve_pair_threshold
 
 if TYPE_CHECKING:  # imported lazily where used: loading the module stays light
     import geopandas as gpd
@@ -384,7 +384,8 @@ def _class_change(before: DatedClasses, after: DatedClasses, grid: GridSpec, pat
     tally = AreaTally(transition_names(before.class_names))
     row_areas: dict[tuple[int, int], np.ndarray] = {}
     todo = list(windows(grid, window_size))
-    tags = {**date_tags, Tag.BEFORE: before.scene_id, Tag.AFTER: after.scene_id}
+    tags = {**date_tags, Tag.BEFORE: before.scene_id, Tag.AFTER: after.scene_id,
+            **pair_threshold_tags(before.classes_path, after.classes_path)}
     with change_writer(path, grid, tally.names, before.model, before.model_version, tags) as writer, \
             _progress_bar(len(todo), f"change {path.name}", progress) as bar:
         for window in todo:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,8 @@ from pipeline.products import Tag
 from pipeline.threshold import ThresholdChoice, index_histogram
 from tiles.grid import Tile
 
-__all__ = ["resolve_auto_threshold", "resolve_pair_threshold", "scene_histogram", "TILES_PER_TASK"]
+__all__ = ["resolve_auto_threshold", "resolve_pair_threshold", "pair_threshold_tags", "scene_histogram",
+           "TILES_PER_TASK"]
 
 log = logging.getLogger("scenewatch")
 
@@ -115,3 +117,18 @@ def resolve_pair_threshold(model: IndexDifference, windows: Iterable[tuple[np.nd
         log.warning("change %s: %s threshold=auto fell back to the default %g: %s", name, model.name, choice.value,
                     choice.detail)
     return resolved, choice.describe()
+
+
+def pair_threshold_tags(before: str | Path, after: str | Path) -> dict[str, str]:
+    """``SCENEWATCH_THRESHOLD`` of a change raster made from two class rasters: each date's threshold
+    (``before: 0.1133 auto (...); after: 0 fallback (...)``), when either date recorded one; so the change
+    raster and its layer say how each date was classified."""
+    import rasterio
+
+    found = []
+    for label, path in (("before", before), ("after", after)):
+        with rasterio.open(path) as src:
+            value = src.tags().get(Tag.THRESHOLD)
+        if value:
+            found.append(f"{label}: {value}")
+    return {Tag.THRESHOLD: "; ".join(found)} if found else {}

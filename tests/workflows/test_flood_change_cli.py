@@ -58,6 +58,8 @@ def test_flood_change_through_the_cli_equals_compare_arrays(sensor, model, bands
         flooded = src.read(1) == names.index("other->water")
     with rasterio.open(out / "after.classes.tif") as src:
         assert re.match(r"-?[0-9.]+ (auto|fallback)", src.tags()[Tag.THRESHOLD])
+    with rasterio.open(out / "before__after.change.tif") as src:  # both dates' thresholds, on the change too
+        assert re.match(r"before: -?[0-9.]+ (auto|fallback).*; after: ", src.tags()[Tag.THRESHOLD])
     ds = compare_arrays(before, after, model, bands=mapping)
     expected = (ds.change == ds.attrs["class_names"].index("other->water")).to_numpy()
     assert (flooded == expected).mean() > 0.999  # the same thresholds, the same pixels
