@@ -23,6 +23,7 @@ the unions it used to do here (docs/benchmarks.md: the client's share of the CPU
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import re
 import time
@@ -43,12 +44,11 @@ from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
 from pipeline.inference.read import SceneMeta, open_scene
 from pipeline.names import safe_name
 from pipeline.products import Tag, class_names_from_tags, name_of
-from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table
+from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table, table_bounds
 from pipeline.vectors.measure import area_basis, pixel_size_m
 from pipeline.vectors.merge import BorderOutline, Group, SeamGroups, merge_groups, outline, split_border
 from pipeline.vectors.vectorize import (
     CorePieces,
-    Pieces,
     PolygonLimitError,
     keep_mask,
     own_class_proba,
@@ -254,21 +254,59 @@ def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
     return str(proba_path)
 
 
-def _interior_and_outline(result: tuple[pa.Table, CorePieces]) -> tuple[pa.Table, BorderOutline]:
-    """What this process takes of a tile's result: its finished rows and its border pieces' outline."""
+Bounds = tuple[float, float, float, float] | None
+
+
+def _interior_and_outline(result: tuple[pa.Table, CorePieces]) -> tuple[pa.Table, Bounds, BorderOutline]:
+    """What this process takes of a tile's result: its finished rows (and their bounds, so that it never
+    parses their geometry) and its border pieces' outline."""
     interior, border = result
-    return interior, outline(border)
-
-
-def _border_pieces(result: tuple[pa.Table, CorePieces]) -> Pieces:
-    """What stays on the workers until its objects are complete: the tile's border pieces."""
-    return result[1].pieces
+    return interior, table_bounds(interior), outline(border)
 
 
 @crosses_processes
-def _merge_seams(spec: LayerSpec, groups: list[Group], pieces: dict[int, Pieces]) -> pa.Table:
-    """The Dask task that unions finished groups (the pieces of the tiles they span come to it) into rows."""
-    return feature_table(merge_groups(pieces, groups), spec)
+def _merge_seams(spec: LayerSpec, groups: list[Group], tiles: dict[int, tuple[pa.Table, CorePieces]]
+                 ) -> tuple[pa.Table, Bounds]:
+    """The Dask task that unions finished groups into rows; the results of the tiles they span come to it."""
+    table = feature_table(merge_groups({i: result[1].pieces for i, result in tiles.items()}, groups), spec)
+    return table, table_bounds(table)
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Rows waiting to be staged, in layer order: a tile's interior rows (``table``, ``bounds``), or a row of
+    tiles' merge tasks (``merges``) and the objects they make (``count``)."""
+
+    count: int
+    table: pa.Table | None = None
+    bounds: Bounds = None
+    merges: list[Future] | None = None
+
+    def ready(self) -> bool:
+        return self.merges is None or all(f.done() for f in self.merges)
+
+    def take(self) -> tuple[pa.Table, Bounds]:
+        if self.merges is None:
+            assert self.table is not None
+            return self.table, self.bounds
+        parts = [f.result() for f in self.merges]
+        for f in self.merges:
+            f.release()
+        # one table, as one merge in this process made: the layer's batches (Parquet row groups) too
+        table = pa.concat_tables([t for t, _ in parts]).combine_chunks()
+        boxes = [b for _, b in parts if b is not None]
+        box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+               max(b[3] for b in boxes)) if boxes else None
+        return table, box
+
+
+def _chunks(groups: list[Group], parts: int) -> list[list[Group]]:
+    """``groups`` cut into at most ``parts`` consecutive runs of about as many pieces each (merged apart
+    and put end to end, they keep their order)."""
+    sizes = np.cumsum([len(g) for g in groups])
+    cuts = np.searchsorted(sizes, sizes[-1] * np.arange(1, parts) / parts, side="right")
+    bounds = [0, *sorted({int(c) for c in cuts if 0 < c < len(groups)}), len(groups)]
+    return [groups[i:j] for i, j in itertools.pairwise(bounds)]
 
 
 def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progress: bool | None,
@@ -279,18 +317,19 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
     of a merge done in one process).
 
     A tile's task result stays on its worker: this process fetches its interior rows and the outline of its
-    border pieces (two small tasks on it); the border pieces go, once their objects are complete, to a
-    task that unions them (:func:`_merge_seams`)."""
+    border pieces (a small task on it); once a row of tiles completes objects, their groups are unioned
+    by tasks that take the results of the tiles they span (:func:`_merge_seams`), one run of groups per
+    worker, whose rows are staged end to end as one table."""
     from tqdm import tqdm
 
     tiles = iter(job.grid)
     run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
     queue: deque[tuple[Tile, Future, Future]] = deque()
     seams = SeamGroups(job.grid)
-    borders: dict[int, Future] = {}  # tile index -> its border pieces, while some are not merged
-    # rows to stage, in order: a table, or a merge task and the number of objects it makes
-    outputs: deque[pa.Table | tuple[Future, int]] = deque()
-    queued = 0  # rows in `outputs` (a merge task's objects counted before min_area drops any)
+    held: dict[int, Future] = {}  # tile index -> its task's result, while some of its border pieces are not merged
+    outputs: deque[_Rows] = deque()  # rows to stage, in layer order
+    queued = 0  # rows in `outputs` (objects of merge tasks counted before min_area drops any)
+    workers = max(1, worker_count(dask))
 
     def submit_next() -> None:
         tile = next(tiles, None)
@@ -298,23 +337,14 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             key = f"{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
             fut = dask.submit(_vectorize_tile, job, tile, pure=False, key=f"vectorize-{key}")
             light = dask.submit(_interior_and_outline, fut, pure=False, key=f"vectorize-rows-{key}")
-            border = dask.submit(_border_pieces, fut, pure=False, key=f"vectorize-border-{key}")
-            fut.release()  # kept by the two tasks on it until they are done
-            queue.append((tile, light, border))
+            queue.append((tile, fut, light))
 
     def stage_ready(wait: bool) -> None:
         nonlocal queued
-        while outputs and (wait or len(outputs) > in_flight or not isinstance(outputs[0], tuple)
-                           or outputs[0][0].done()):
-            item = outputs.popleft()
-            if isinstance(item, tuple):
-                merged, count = item
-                table = merged.result()
-                merged.release()
-            else:
-                table, count = item, item.num_rows
-            queued -= count
-            stager.add(table)
+        while outputs and (wait or len(outputs) > in_flight or outputs[0].ready()):
+            rows = outputs.popleft()
+            queued -= rows.count
+            stager.add(*rows.take())
 
     bar = tqdm(total=len(job.grid), desc=f"{job.spec.scene_id} polygons", unit="tile",
                disable=None if progress is None else not progress, leave=False)
@@ -323,29 +353,30 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             for _ in range(in_flight):
                 submit_next()
             while queue:
-                tile, light, border = queue.popleft()
+                tile, fut, light = queue.popleft()
                 try:
-                    interior, shape = light.result()
+                    interior, box, shape = light.result()
                 except PolygonLimitError as err:
                     raise PolygonLimitError(f"{where}: {err}") from err
                 light.release()
                 submit_next()
-                index = tile.row * job.grid.cols + tile.col
                 if len(shape):
-                    borders[index] = border
+                    held[tile.row * job.grid.cols + tile.col] = fut
                 else:
-                    border.release()
-                outputs.append(interior)
+                    fut.release()
+                outputs.append(_Rows(interior.num_rows, interior, box))
                 queued += interior.num_rows
                 finished = seams.add(tile, shape)
                 if finished:
-                    spans = {i: borders[i] for i in sorted({i for group in finished for i, _ in group})}
-                    merged = dask.submit(_merge_seams, job.spec, finished, spans, pure=False,
-                                         key=f"vectorize-merge-{job.spec.scene_id}-{run}-{tile.row}")
-                    outputs.append((merged, len(finished)))
+                    merges = []
+                    for n, part in enumerate(_chunks(finished, workers)):
+                        spans = {i: held[i] for i in sorted({i for group in part for i, _ in group})}
+                        merges.append(dask.submit(_merge_seams, job.spec, part, spans, pure=False,
+                                                  key=f"vectorize-merge-{job.spec.scene_id}-{run}-{tile.row}-{n}"))
+                    outputs.append(_Rows(len(finished), merges=merges))
                     queued += len(finished)
                 for released in seams.released:
-                    borders.pop(released).release()  # the merge task keeps what it needs
+                    held.pop(released).release()  # the merge tasks keep what they need
                 if stager.count + queued + seams.held > job.max_polygons:
                     raise PolygonLimitError(
                         f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with `sieve` "
@@ -355,12 +386,12 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
                 bar.update(1)
             stage_ready(wait=True)
         except BaseException:
-            for _, light, border in queue:
+            for _, fut, light in queue:
+                fut.cancel()
                 light.cancel()
-                border.cancel()
-            for item in outputs:
-                if isinstance(item, tuple):
-                    item[0].cancel()
-            for fut in borders.values():
+            for rows in outputs:
+                for f in rows.merges or []:
+                    f.cancel()
+            for fut in held.values():
                 fut.cancel()
             raise

@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +51,7 @@ __all__ = [
     "FORMATS",
     "LayerSpec",
     "LayerStager",
+    "table_bounds",
     "feature_table",
     "layer_schema",
     "export_layer",
@@ -210,6 +211,15 @@ def feature_table(pieces: Pieces, spec: LayerSpec) -> pa.Table:
                      else columns[f.name] for f in schema], schema=schema)
 
 
+def table_bounds(table: pa.Table) -> tuple[float, float, float, float] | None:
+    """``(xmin, ymin, xmax, ymax)`` of a layer table's geometries (map coordinates); None when it has no rows."""
+    if table.num_rows == 0:
+        return None
+    bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
+    return (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()),
+            float(bounds[:, 3].max()))
+
+
 class LayerStager:
     """Rows staged on disk as they are finished, in an Arrow IPC file beside the outputs, deleted on exit.
 
@@ -227,7 +237,9 @@ class LayerStager:
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer: pa.ipc.RecordBatchFileWriter | None = pa.ipc.new_file(self._sink, self.schema)
 
-    def add(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table, bounds: Sequence[float] | None = None) -> None:
+        """Stage rows; ``bounds`` (their :func:`table_bounds`, computed where the rows were made) spares
+        this process parsing their geometry."""
         if table.num_rows == 0:
             return
         assert self._writer is not None, "stager is closed"
@@ -240,9 +252,10 @@ class LayerStager:
             raise
         self.count += table.num_rows
         self.classes.update(np.unique(table.column("class_id").to_numpy()).tolist())
-        bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
-        self.bbox = [min(self.bbox[0], bounds[:, 0].min()), min(self.bbox[1], bounds[:, 1].min()),
-                     max(self.bbox[2], bounds[:, 2].max()), max(self.bbox[3], bounds[:, 3].max())]
+        box = table_bounds(table) if bounds is None else bounds
+        if box is not None:
+            self.bbox = [min(self.bbox[0], box[0]), min(self.bbox[1], box[1]), max(self.bbox[2], box[2]),
+                         max(self.bbox[3], box[3])]
 
     def close(self) -> None:
         if self._writer is not None:

@@ -84,6 +84,8 @@ class BorderOutline:
 
     cls: np.ndarray
     touches: np.ndarray
+    key_row: np.ndarray
+    key_col: np.ndarray
     top: np.ndarray
     bottom: np.ndarray
     left: np.ndarray
@@ -94,17 +96,22 @@ class BorderOutline:
 
 
 def outline(core: CorePieces) -> BorderOutline:
-    return BorderOutline(core.pieces.cls, core.pieces.touches, core.top, core.bottom, core.left, core.right)
+    pieces = core.pieces
+    return BorderOutline(pieces.cls, pieces.touches, pieces.key_row, pieces.key_col, core.top, core.bottom, core.left,
+                         core.right)
 
 
 class SeamGroups:
     """Which border pieces of a grid's cores form one object, fed one core's outline at a time in row-major
-    order; :meth:`add` returns the groups that core completes (none until a row ends)."""
+    order; :meth:`add` returns the groups that core completes (none until a row ends), in the order of the
+    objects they make (first pixel, then class: the order :func:`merge_groups` returns them in), so that
+    consecutive runs of them can be merged apart and their rows put end to end."""
 
     def __init__(self, grid: TileGrid) -> None:
         self.grid = grid
         self._next = 0  # row-major index of the tile expected next
         self._touches: dict[int, np.ndarray] = {}  # tile index -> border bits of its pieces
+        self._keys: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # tile index -> key row, col, class
         self._alive: dict[int, np.ndarray] = {}  # tile index -> which of them are still held
         self._parent: dict[int, int] = {}  # union-find over piece ids (tile index << 32 | local index)
         self._bottom: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # col -> ids, classes of the row above
@@ -129,6 +136,7 @@ class SeamGroups:
         self.released = []
         if len(core):
             self._touches[index] = core.touches
+            self._keys[index] = (core.key_row, core.key_col, core.cls)
             self._alive[index] = np.ones(len(core), dtype=bool)
             for local in range(len(core)):
                 self._parent[(index << 32) | local] = (index << 32) | local
@@ -185,6 +193,7 @@ class SeamGroups:
                 if on_bottom[local] and not last_row:
                     open_roots.add(root)
         finished = [members for root, members in groups.items() if root not in open_roots]
+        finished.sort(key=self._object_key)
         done: dict[int, list[int]] = {}
         for members in finished:
             for i, local in members:
@@ -194,9 +203,15 @@ class SeamGroups:
             for local in locals_:
                 del self._parent[(index << 32) | local]
             if not self._alive[index].any():
-                del self._touches[index], self._alive[index]
+                del self._touches[index], self._alive[index], self._keys[index]
                 self.released.append(index)
         return finished
+
+    def _object_key(self, members: Group) -> tuple[int, int, int]:
+        """The object's first pixel (row, column) and class, as :func:`merge_group` keys it."""
+        keys = [(int(self._keys[i][0][local]), int(self._keys[i][1][local]), int(self._keys[i][2][local]))
+                for i, local in members]
+        return min(keys)
 
 
 class SeamMerger:
