@@ -150,3 +150,15 @@ def test_resolution_and_resampling_on_the_command_line(rondonia: BuiltItem, tmp_
     assert result.exit_code == 2
     assert result.output.strip() == ("scenewatch: error: --resampling swir16=lanczos3: unknown method; choose from "
                                      "nearest, bilinear, cubic, average, mode")
+
+
+def test_a_job_sets_how_items_are_read_under_inputs(tmp_path: Path) -> None:
+    inputs = {"stac": "catalog.json", "resolution": 20, "resampling": ["swir16=average"], "requester_pays": True,
+              "s3_endpoint": "http://127.0.0.1:9000"}
+    config = load_job(write_job(tmp_path, inputs, tmp_path / "out")).spec.predict_config()
+    assert (config.resolution, config.resampling, config.requester_pays, config.s3_endpoint) == (
+        20.0, (("swir16", "average"),), True, "http://127.0.0.1:9000")
+    misplaced = write_job(tmp_path, {"stac": "catalog.json"}, tmp_path / "out", name="misplaced",
+                          tiling={"resolution": 20})
+    with pytest.raises(Exception, match="resolution belongs at the top level .* under inputs:"):
+        load_job(misplaced)

@@ -241,3 +241,36 @@ def test_naip_items_are_the_original_files_band_for_band(tmp_path: Path) -> None
         expected, expected_valid = read_window(file_meta, window, (1, 2, 3, 4))
         np.testing.assert_array_equal(data[:, valid], expected[:, valid])
         assert (valid <= expected_valid).all()  # a pixel is nodata in an item where any band is
+
+
+def test_a_landsat_item_is_scaled_and_its_nodata_and_qa_band_honoured(make_geotiff, tmp_path: Path) -> None:
+    """Landsat Collection 2 L2: reflectance = DN x 0.0000275 - 0.2 (raster:bands), nodata 0, QA_PIXEL bit flags
+    (classification:bitfields) read with nearest; the model's red and nir are the item's common names."""
+    rng = np.random.default_rng(3)
+    dn = rng.integers(7273, 30000, size=(2, 60, 80)).astype(np.uint16)
+    dn[:, :5, :] = 0  # a fill collar
+    qa = np.full((1, 60, 80), 21824, dtype=np.uint16)
+    qa[0, :5, :] = 1
+    assets = {}
+    for key, common, data in (("red", "red", dn[:1]), ("nir08", "nir", dn[1:]), ("qa_pixel", None, qa)):
+        make_geotiff(f"{key}.tif", data=data, dtype="uint16", res=30.0, nodata=None if key == "qa_pixel" else 0)
+        band = {"nodata": 1, "data_type": "uint16"} if common is None else \
+            {"nodata": 0, "data_type": "uint16", "scale": 0.0000275, "offset": -0.2}
+        assets[key] = {"href": f"./{key}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       "roles": ["cloud", "cloud-shadow"] if common is None else ["data"], "raster:bands": [band]}
+        if common is not None:
+            assets[key]["eo:bands"] = [{"name": key.upper(), "common_name": common}]
+        else:
+            assets[key]["classification:bitfields"] = [{"offset": 3, "length": 1, "name": "cloud"}]
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "LC09_L2SP_001002_20240601", "geometry": None,
+            "properties": {"datetime": "2024-06-01T10:00:00Z"}, "links": [], "assets": assets}
+    path = tmp_path / "landsat.json"
+    path.write_text(json.dumps(item))
+    meta = open_scene(path)
+    assert [(s.name, s.resampling, s.mask_like) for s in meta.sources] == [
+        ("red", "nearest", False), ("nir", "nearest", False), ("qa_pixel", "nearest", True)]
+    indexes = resolve_bands(meta, parse_band_map(None, meta), ("red", "nir"))
+    data, valid = read_window(meta, PixelWindow(0, 0, 60, 80), indexes)
+    assert not valid[:5].any() and valid[5:].all()
+    np.testing.assert_allclose(data[:, 5:], dn[:, 5:] * 0.0000275 - 0.2, atol=1e-6)
+    assert (data[:, :5] == 0).all()
