@@ -26,7 +26,8 @@ from pathlib import Path
 from rasterio.errors import RasterioIOError
 
 from pipeline.errors import ConfigError, InvalidSceneError, SceneOpenError
-from pipeline.inference.read import open_raster
+from pipeline.inference.read import check_input_path, open_raster
+from pipeline.inference.stac import is_stac_item, load_item, split_fragment
 from pipeline.products import Tag
 
 __all__ = ["scene_date", "date_from_name", "date_from_tags", "date_from_stac", "days_since_epoch",
@@ -118,8 +119,29 @@ def date_from_stac(path: Path) -> dt.date | None:
     return None
 
 
+def date_of_item(href: str) -> dt.date | None:
+    """The ``datetime`` (or ``start_datetime``) of the STAC item a scene is (a local file or a URL)."""
+    location, item_id = split_fragment(href)
+    try:
+        location = check_input_path(location, "STAC item")  # not a FIFO or a device: a regular file or a URL
+        props = load_item(location, f"scene {Path(location).name}", item_id).get("properties") or {}
+    except SceneOpenError:
+        return None  # open_scene says why, when the scene is opened to be read
+    for key in ("datetime", "start_datetime"):
+        if isinstance(props.get(key), str):
+            date = _parse_iso(props[key])
+            if date is not None:
+                return date
+    return None
+
+
 def scene_date(path: str | os.PathLike[str], pattern: str | re.Pattern[str] | None = None) -> dt.date:
-    """The acquisition date of the scene at ``path``; an error names the scene and how to give one."""
+    """The acquisition date of the scene at ``path``; an error names the scene and how to give one. A STAC
+    item's own datetime comes first."""
+    if is_stac_item(os.fspath(path)) and not pattern:
+        item_date = date_of_item(os.fspath(path))
+        if item_date is not None:
+            return item_date
     path = Path(path)
     if pattern:
         date = date_from_name(path.name, pattern)

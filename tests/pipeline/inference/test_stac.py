@@ -274,3 +274,13 @@ def test_a_landsat_item_is_scaled_and_its_nodata_and_qa_band_honoured(make_geoti
     assert not valid[:5].any() and valid[5:].all()
     np.testing.assert_allclose(data[:, 5:], dn[:, 5:] * 0.0000275 - 0.2, atol=1e-6)
     assert (data[:, :5] == 0).all()
+
+
+def test_an_items_date_is_its_datetime(rondonia: BuiltItem, tmp_path: Path) -> None:
+    from pipeline.change.dates import scene_date
+
+    item = json.loads(rondonia.item.read_text())
+    item["properties"]["datetime"] = "2019-07-04T13:00:00Z"  # not the date in the file name
+    renamed = tmp_path / "S2B_20LLQ_20210922.json"
+    renamed.write_text(json.dumps(item))
+    assert scene_date(renamed).isoformat() == "2019-07-04"
