@@ -39,6 +39,7 @@ from pipeline.errors import OutputError
 
 __all__ = ["is_remote_out", "S3Url", "parse_s3_url", "s3_client", "upload_file", "object_matches", "UploadResult",
            "upload_tree", "staged_output", "abort_incomplete_uploads", "default_state_folder", "join_url",
+           "remote_reachable",
            "MULTIPART_THRESHOLD", "MAX_ATTEMPTS", "SHA256_METADATA"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -165,6 +166,39 @@ def object_matches(url: str, size: int, sha256: str) -> bool:
     except BotoCoreError as err:
         raise _error_line(err, url) from err
     return int(head.get("ContentLength", -1)) == size and head.get("Metadata", {}).get(SHA256_METADATA) == sha256
+
+
+def remote_reachable(url: str) -> bool:
+    """Whether an input URL answers now (``s3://``: a HEAD through boto3, whose standard retries wait out
+    a store that is restarting; ``http(s)://``: a HEAD retried the same number of times with backoff).
+    False for a missing object, a 403 or a store that stays down: a read that failed on a reachable object
+    was a transient fault worth trying again; one that failed on an unreachable one was not."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if url.lower().startswith("s3://"):
+        target = parse_s3_url(url)
+        try:
+            s3_client().head_object(Bucket=target.bucket, Key=target.prefix)
+        except (ClientError, BotoCoreError):
+            return False
+        return True
+    if not url.lower().startswith(("http://", "https://")):
+        return False
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30):
+                return True
+        except urllib.error.HTTPError as err:
+            if err.code < 500 and err.code != 429:
+                return False
+        except OSError:
+            pass
+        time.sleep(min(0.5 * 2**attempt, 10.0))
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -526,6 +526,10 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
                                      attempts)
         except ScenewatchError as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if attempts <= job.spec.retries and not stopping.is_set() and _transient(scene, stage):
+                log.warning("%s: %s; the input answers again, running the scene again (%d/%d)", where, message,
+                            attempts, job.spec.retries)
+                continue
             return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, type(err).__name__, message,
                                      started, attempts)
         except Exception as err:  # a bug: recorded as one, and the other scenes still run
@@ -538,6 +542,15 @@ def _succeeded(ctx: _Context, scene_id: str, outputs: list[OutputRecord], second
                properties: dict[str, Any], attempts: int) -> ItemOutcome:
     ctx.manifest.succeed(ctx.job.name, scene_id, outputs, seconds, properties)
     return ItemOutcome(scene_id, "scene", "done", "done", seconds, attempts)
+
+
+def _transient(scene: SceneInput, stage: str) -> bool:
+    """A remote scene that failed while being read (planning or predicting) but whose URL answers now (after
+    botocore's retries waited out the store): an outage, not a bad input, so the scene is worth another
+    try. A missing object or a 403 does not answer, and fails the scene at once."""
+    from pipeline.storage import remote_reachable
+
+    return stage in ("plan", "predict") and "://" in scene.path and remote_reachable(scene.path.split("#")[0])
 
 
 def _unexpected(ctx: _Context, item_id: str, kind: str, stage: str, where: str, err: Exception, started: float,
