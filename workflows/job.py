@@ -230,7 +230,8 @@ class JobSpec(_Frozen):
     dask: DaskSpec = DaskSpec()
     products: ProductsSpec = ProductsSpec()
     outputs: OutputsSpec
-    retries: int = Field(1, ge=0, le=5, description="re-runs of a scene whose Dask worker died")
+    retries: int = Field(1, ge=0, le=5, description="re-runs of a scene whose Dask worker died, or whose remote "
+                                                     "input failed while read and answers again")
 
     @field_validator("tiling")
     @classmethod
