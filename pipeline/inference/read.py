@@ -418,7 +418,7 @@ def open_item(path: str, *, max_pixels: int | None = None, max_block_bytes: int 
     where = f"scene {Path(text.split('?', 1)[0]).name}" + (f"#{item_id}" if item_id else "")
     env = cloud_settings(options)
     with rasterio.Env(**dict(env)):
-        item = load_item(text, where, item_id)
+        item = load_item(text, where, item_id, options)
         sources = item_sources(item, text, where, _asset_header)
         grid = item_grid(sources, options.resolution, where)
         if max_pixels is not None and grid.height * grid.width > max_pixels:

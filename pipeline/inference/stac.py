@@ -153,17 +153,19 @@ def split_fragment(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def load_item(href: str, where: str, item_id: str | None = None) -> dict[str, Any]:
+def load_item(href: str, where: str, item_id: str | None = None,
+              options: SourceOptions | None = None) -> dict[str, Any]:
     """The item JSON at ``href``: a local file (already checked by the caller), an ``http(s)://`` URL, or an
-    ``s3://`` URL (read with boto3, credentials and endpoint from the standard AWS variables); with
-    ``item_id``, that item of the item collection (FeatureCollection) at ``href``."""
+    ``s3://`` URL (read with boto3: credentials from the standard AWS variables or profile, the endpoint
+    and requester-pays from ``options`` or those variables); with ``item_id``, that item of the item
+    collection (FeatureCollection) at ``href``."""
     scheme = urlparse(href).scheme.lower() if "://" in href else ""
     try:
         if scheme in ("http", "https"):
             with urllib.request.urlopen(href, timeout=30) as response:  # the URL the user gave
                 raw = response.read(MAX_ITEM_BYTES + 1)
         elif scheme == "s3":
-            raw = _read_s3(href)
+            raw = _read_s3(href, options or SourceOptions())
         elif scheme:
             raise SceneOpenError(f"{where}: {scheme}:// items are not read; give a path, an http(s):// or s3:// URL")
         else:
@@ -190,15 +192,18 @@ def load_item(href: str, where: str, item_id: str | None = None) -> dict[str, An
     return data
 
 
-def _read_s3(href: str) -> bytes:
+def _read_s3(href: str, options: SourceOptions) -> bytes:
     import boto3  # only for s3:// items; GDAL reads the assets
 
     parsed = urlparse(href)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = options.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint is None and os.environ.get("AWS_S3_ENDPOINT"):
         https = os.environ.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "OFF", "0")
         endpoint = f"{'https' if https else 'http'}://{os.environ['AWS_S3_ENDPOINT']}"
-    extra = {"RequestPayer": "requester"} if os.environ.get("AWS_REQUEST_PAYER") == "requester" else {}
+    elif endpoint is not None and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    payer = options.requester_pays or os.environ.get("AWS_REQUEST_PAYER") == "requester"
+    extra = {"RequestPayer": "requester"} if payer else {}
     client = boto3.client("s3", endpoint_url=endpoint)
     body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), **extra)["Body"]
     return bytes(body.read(MAX_ITEM_BYTES + 1))

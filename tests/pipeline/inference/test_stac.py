@@ -284,3 +284,15 @@ def test_an_items_date_is_its_datetime(rondonia: BuiltItem, tmp_path: Path) -> N
     renamed = tmp_path / "S2B_20LLQ_20210922.json"
     renamed.write_text(json.dumps(item))
     assert scene_date(renamed).isoformat() == "2019-07-04"
+
+
+def test_the_s3_endpoint_option_replaces_the_environment(rondonia: BuiltItem, s3, monkeypatch) -> None:
+    """`s3_endpoint` (--s3-endpoint, a job's inputs.s3_endpoint) reaches an S3-compatible store without GDAL's
+    or boto3's endpoint variables: for the item JSON (boto3) and for every asset (GDAL, planner and reader)."""
+    url, _ = upload_item(rondonia, s3, prefix="endpoint")
+    for name in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name)
+    meta = open_scene(url, source=SourceOptions(s3_endpoint=s3.endpoint))
+    data, valid = read_window(meta, PixelWindow(0, 0, 40, 40), _all_bands(meta))
+    assert valid.all()
+    np.testing.assert_allclose(data, _reference(rondonia, PixelWindow(0, 0, 40, 40)), atol=HALF_DN)
