@@ -43,6 +43,10 @@ def test_predict_to_s3_equals_a_local_run(tmp_path: Path, make_geotiff, s3, dask
         assert _body(s3, f"pred/{name}") == local[name].read_bytes()  # byte-identical products
         head = s3.client.head_object(Bucket=s3.bucket, Key=f"pred/{name}")
         assert head["Metadata"]["sha256"] == sha256(local[name])
+    # vectorize (as change and timeline: the same --out handling) from the local classes to the bucket
+    _invoke("vectorize", local["scene.classes.tif"], "--format", "parquet", "--out", s3.url("vec"),
+            "--scheduler", dask_client.scheduler.address)
+    assert "scene.parquet" in _objects(s3, "vec")
 
 
 def test_job_to_s3_uploads_records_and_skips(tmp_path: Path, make_geotiff, s3, dask_client) -> None:
