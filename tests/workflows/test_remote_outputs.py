@@ -90,3 +90,24 @@ def test_unreachable_bucket_is_one_line(tmp_path: Path, make_geotiff, s3) -> Non
                                        str(tmp_path / "state")])
     assert result.exit_code == 1
     assert "scenewatch: error: output s3://no-such-bucket-e/x: no such bucket" in result.output
+
+
+def test_state_folder_of_an_s3_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--state, else outputs.state (relative to the job file), else $XDG_STATE_HOME/scenewatch/s3/<bucket>/<prefix>."""
+    from pipeline.errors import ConfigError
+    from workflows.job import load_job
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    job = write_job(tmp_path, {"files": ["a.tif"]}, "s3://bucket/nightly/")
+    loaded = load_job(job)
+    assert loaded.remote == "s3://bucket/nightly"
+    assert loaded.out_dir == tmp_path / "xdg" / "scenewatch" / "s3" / "bucket" / "nightly"
+    assert load_job(job, state=tmp_path / "st").out_dir == tmp_path / "st"
+    with_state = write_job(tmp_path, {"files": ["a.tif"]}, "s3://bucket/nightly", name="with-state",
+                           outputs={"folder": "s3://bucket/nightly", "state": "state"})
+    assert load_job(with_state).out_dir == tmp_path / "state"
+    local = load_job(job, out=tmp_path / "plain")
+    assert local.remote is None and local.out_dir == tmp_path / "plain"
+    bad = write_job(tmp_path, {"files": ["a.tif"]}, "s3://", name="bad")
+    with pytest.raises(ConfigError, match="outputs.folder: output s3://: give s3://bucket/prefix"):
+        load_job(bad)
