@@ -533,6 +533,11 @@ def _file_scenes(job: Job) -> list[SceneInput]:
     spec = job.spec.inputs
     where = f"job {job.path.name}"
     if spec.files is not None:
+        urls = [f for f in spec.files if "://" in f]  # remote scenes or STAC items, read by URL (workers too)
+        if urls and len(urls) < len(spec.files):
+            raise ConfigError(f"{where}: inputs.files mixes URLs and local paths; list one kind per job")
+        if urls:
+            return _url_scenes(urls)
         paths = [job.resolve(f) for f in spec.files]
         root = job.base
     elif spec.folder is not None:
@@ -558,6 +563,17 @@ def _file_scenes(job: Job) -> list[SceneInput]:
     return [SceneInput(i, str(p), date_from_name(p.name), None, r) for i, p, r in zip(ids, paths, raw, strict=True)]
 
 
+def _url_scenes(urls: Sequence[str]) -> list[SceneInput]:
+    """Scenes given by URL in ``inputs.files`` (``s3://bucket/item.json``, ``https://.../scene.tif``): ids from
+    the last part of the URL's path, without its extension."""
+    from urllib.parse import urlparse
+
+    stems = [_strip_raster_ext(Path(urlparse(u).path).name) or u for u in urls]
+    ids = unique_names(stems, keys=list(urls))
+    return [SceneInput(i, u, date_from_name(Path(urlparse(u).path).name), None, u)
+            for i, u in zip(ids, urls, strict=True)]
+
+
 def _relative_or_name(path: Path, root: Path) -> str:
     try:
         return str(path.resolve().relative_to(root.resolve()))
@@ -566,7 +582,7 @@ def _relative_or_name(path: Path, root: Path) -> str:
 
 
 def _strip_raster_ext(name: str) -> str:
-    for ext in (".tiff", ".tif", ".vrt", ".jp2", ".img"):
+    for ext in (".tiff", ".tif", ".vrt", ".jp2", ".img", ".json"):  # .json: a STAC item
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
@@ -606,7 +622,8 @@ def _stac_url_scenes(job: Job, url: str) -> list[SceneInput]:
     io = _url_stac_io()
     try:
         data = io.read_json(url)
-        if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        collection = isinstance(data, dict) and data.get("type") == "FeatureCollection"
+        if collection:
             items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
             for item in items:
                 item.set_self_href(url)  # relative asset hrefs resolve against the collection's URL
@@ -620,7 +637,7 @@ def _stac_url_scenes(job: Job, url: str) -> list[SceneInput]:
     except Exception as err:  # HTTP, S3 and parsing errors alike: one line naming the URL
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{where}: cannot be read as a STAC catalog or item collection ({first})") from err
-    return _scenes_from_items(job, items, None, where)
+    return _scenes_from_items(job, items, None, where, collection=url if collection else None)
 
 
 def _url_stac_io() -> Any:
@@ -643,7 +660,7 @@ def _url_stac_io() -> Any:
 
 
 def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where: str,
-                       collection: Path | None = None) -> list[SceneInput]:
+                       collection: str | Path | None = None) -> list[SceneInput]:
     """One scene per STAC item (``base``: the folder relative asset hrefs of an item collection file start
     from; None: pystac resolves them from the item's own href). An item with one asset per band (several
     GeoTIFF assets, no ``inputs.asset``) is read as a STAC item scene (pipeline.inference.stac): its own
@@ -745,7 +762,7 @@ def _aoi_geometry(path: Path, where: str) -> dict[str, Any]:
     return dict(data)
 
 
-def _band_item_href(item: Any, key: str | None, collection: Path | None) -> str | None:
+def _band_item_href(item: Any, key: str | None, collection: str | Path | None) -> str | None:
     """Where a STAC item with one GeoTIFF asset per band is read from, or None for an item whose one image
     asset is the scene (or when ``inputs.asset`` names the asset)."""
     if key is not None:

@@ -20,6 +20,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+from pipeline.inference.read import open_scene
 from tests.stac_items import BuiltItem, naip_items, rondonia_item, upload_item
 from tests.workflows.helpers import manifest_rows, write_job
 from workflows.cli import main
@@ -162,3 +163,27 @@ def test_a_job_sets_how_items_are_read_under_inputs(tmp_path: Path) -> None:
                           tiling={"resolution": 20})
     with pytest.raises(Exception, match="resolution belongs at the top level .* under inputs:"):
         load_job(misplaced)
+
+
+def test_a_job_over_items_in_s3(s3, tmp_path: Path) -> None:
+    """inputs.files of item URLs, and inputs.stac of an item collection URL: every scene is read by URL."""
+    items = naip_items(tmp_path / "items")
+    urls = [upload_item(b, s3)[0] for b in items]
+    job_path = write_job(tmp_path, {"files": urls}, tmp_path / "out")
+    assert [(s.scene_id, s.path) for s in discover_scenes(load_job(job_path))] == [
+        (b.id, u) for b, u in zip(items, urls, strict=True)]
+    result = CliRunner().invoke(main, ["run", str(job_path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in manifest_rows(tmp_path / "out")] == ["done", "done"]
+    _predict(items[1].reference, tmp_path / "file", "--model", "vegetation", "--bands", "naip", "--workers", "1",
+             "--format", "none", "--quiet")
+    done = next((tmp_path / "out").rglob(f"{items[1].id}.classes.tif"))
+    np.testing.assert_array_equal(_read(done), _read(tmp_path / "file" / f"{items[1].reference.stem}.classes.tif"))
+    # the same items as one item collection file in the bucket
+    features = [json.loads(local.read_text()) for local in (b.item.with_name(f"{b.id}.s3.json") for b in items)]
+    s3.client.put_object(Bucket=s3.bucket, Key="items.json",
+                         Body=json.dumps({"type": "FeatureCollection", "features": features}).encode())
+    scenes = discover_scenes(load_job(write_job(tmp_path, {"stac": s3.url("items.json")}, tmp_path / "out2",
+                                                name="collection")))
+    assert [s.path for s in scenes] == [f"{s3.url('items.json')}#{b.id}" for b in items]
+    assert open_scene(scenes[1].path).sources[0].href == s3.url(f"{items[1].id}/red.tif")
