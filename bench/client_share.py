@@ -3,8 +3,11 @@
     PYTHONPATH=$PWD .venv/bin/python -m bench.client_share --scene scene_4096.tif --out /tmp/o [--polygons]
 
 Prints ``RESULT {json}``: per stage (``predict``, ``vectorize``, ``total``) the client process's CPU
-seconds, the workers' and the share (client / all), and the wall seconds. A warm-up scene runs first on the
-same cluster (workers started, model loaded), as every scene of a batch but the first. Uses only
+seconds, the workers' and the share (client / all), and the wall seconds; ``client_loop`` of the client's
+seconds went to Dask's event loop (a LocalCluster's scheduler runs there, and costs CPU per second of wall
+time even idle), ``own_share`` is the share without it: scenewatch's own work in the client. A warm-up
+scene runs first on the same cluster (workers started, model loaded), as every scene of a batch but the
+first. Uses only
 ``plan_scene``, ``predict_scene`` and ``vectorize_scene``, so the same script measures an older checkout:
 ``bench/run.py`` copies it and ``bench/cpu.py`` into a git worktree of that commit and runs it there.
 """
@@ -21,7 +24,9 @@ from bench.cpu import CpuShare
 
 
 def _stage(cpu: CpuShare, seconds: float) -> dict[str, float]:
-    return {"client": cpu.client_seconds, "workers": cpu.worker_seconds, "share": cpu.share, "seconds": seconds}
+    return {"client": cpu.client_seconds, "workers": cpu.worker_seconds, "share": cpu.share, "seconds": seconds,
+            "client_loop": cpu.loop_seconds,
+            "own_share": (cpu.client_seconds - cpu.loop_seconds) / max(cpu.client_seconds + cpu.worker_seconds, 1e-9)}
 
 
 def measure(scene: str, out: str, workers: int, polygons: bool, warm_up: str | None,

@@ -7,11 +7,14 @@
 The client process is this one (with a LocalCluster, the scheduler runs in it too, as in a user's run);
 the workers are its descendant processes (nannies and workers of a LocalCluster) plus any process a
 worker reports with ``os.getpid`` on this host. CPU time is user + system, all threads, from psutil.
+``loop_seconds`` is the part of the client's that its Dask event loop thread ("IO loop": the in-process
+scheduler of a LocalCluster, the client's comms) spent; the rest is scenewatch's own work in the client.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +39,7 @@ class CpuShare:
         self._me = psutil.Process()
         self.client_seconds = 0.0
         self.worker_seconds = 0.0
+        self.loop_seconds = 0.0
 
     def _others(self) -> dict[int, psutil.Process]:
         procs = {p.pid: p for p in self._me.children(recursive=True)}
@@ -48,13 +52,22 @@ class CpuShare:
                 procs[pid] = psutil.Process(pid)
         return procs
 
+    def _loop_threads(self) -> dict[int, float]:
+        loops = {t.native_id for t in threading.enumerate() if t.name.startswith("IO loop")}
+        try:
+            return {t.id: t.user_time + t.system_time for t in self._me.threads() if t.id in loops}
+        except psutil.Error:
+            return {}
+
     def __enter__(self) -> CpuShare:
+        self._start_loop = self._loop_threads()
         self._start_me = _cpu(self._me)
         self._start = {pid: (p, _cpu(p)) for pid, p in self._others().items()}
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.client_seconds = _cpu(self._me) - self._start_me
+        self.loop_seconds = sum(v - self._start_loop.get(k, 0.0) for k, v in self._loop_threads().items())
         now = self._others()
         total = 0.0
         for pid, process in now.items():
