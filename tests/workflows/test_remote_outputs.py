@@ -111,3 +111,17 @@ def test_state_folder_of_an_s3_output(tmp_path: Path, monkeypatch: pytest.Monkey
     bad = write_job(tmp_path, {"files": ["a.tif"]}, "s3://", name="bad")
     with pytest.raises(ConfigError, match="outputs.folder: output s3://: give s3://bucket/prefix"):
         load_job(bad)
+
+
+def test_change_and_timeline_of_a_job_go_to_s3(tmp_path: Path, make_geotiff, s3, dask_client) -> None:
+    (tmp_path / "archive").mkdir()
+    for i, day in enumerate(("20200601", "20210601", "20220601")):
+        make_geotiff(f"archive/s_{day}.tif", shape=SHAPE, seed=i)
+    job = write_job(tmp_path, {"folder": str(tmp_path / "archive")}, tmp_path / "unused",
+                    dask={"scheduler": dask_client.scheduler.address},
+                    products={"change": {"pairs": "consecutive"}, "timeline": {}})
+    _invoke("run", job, "--out", s3.url("series"), "--state", tmp_path / "state", "--quiet")
+    keys = set(_objects(s3, "series"))
+    assert {"change/s_20200601__s_20210601.change.tif", "change/s_20210601__s_20220601.change.tif",
+            "timeline/timeline.areas.csv", "stac/change_s_20200601__s_20210601.json", "stac/timeline.json"} <= keys
+    assert "0 done, 6 up to date" in _invoke("run", job, "--out", s3.url("series"), "--state", tmp_path / "state")
