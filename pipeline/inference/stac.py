@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import re
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -219,7 +220,11 @@ def _absolute(href: str, item_href: str) -> str:
     if "://" in href or Path(href).is_absolute():
         return href
     if "://" in item_href:
-        return urljoin(item_href, href)
+        scheme, rest = item_href.split("://", 1)
+        if scheme.lower() in ("http", "https"):
+            return urljoin(item_href, href)
+        # s3:// and other object-store URLs: urljoin does not resolve relative references for them
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), href))}"
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(item_href)), href))
 
 
@@ -434,11 +439,11 @@ def read_source(src: Any, source: BandSource, grid: ItemGrid, window: PixelWindo
         part = src.read(source.band, window=src_window, out_dtype="float32")
         ok = (part != np.float32(nodata)) if nodata is not None and not math.isnan(nodata) else np.ones(shape, bool)
     else:
+        # GDAL's resampled read honours the band's nodata: a kernel weighs only valid pixels, and an output
+        # pixel is the nodata value only where none under it is valid (no mask read needed)
         part = src.read(source.band, window=src_window, out_shape=shape, resampling=method, out_dtype="float32")
-        if nodata is None:
-            ok = np.ones(shape, dtype=bool)
-        else:  # which output pixels are nodata: the nearest source pixel's, not a blend of masks
-            ok = src.read_masks(source.band, window=src_window, out_shape=shape, resampling=Resampling.nearest) > 0
+        no_value = nodata is None or math.isnan(nodata)
+        ok = np.ones(shape, dtype=bool) if no_value else part != np.float32(nodata)
     if nodata is not None and math.isnan(nodata):
         ok &= ~np.isnan(part)
     out[row_a:row_b, col_a:col_b] = part

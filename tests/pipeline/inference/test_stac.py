@@ -151,7 +151,9 @@ def test_an_item_in_s3_reads_as_the_local_one(rondonia: BuiltItem, s3) -> None:
     local = open_scene(rondonia.item)
     window = PixelWindow(240, 480, 300, 260)
     expected, _ = read_window(local, window, _all_bands(local))
-    for scene in (url, local_copy):  # the item in the bucket, and a local item whose hrefs are s3:// URLs
+    relative = s3.url(f"{rondonia.id}/relative.json")  # the item as written, its hrefs relative to it
+    s3.client.upload_file(str(rondonia.item), s3.bucket, f"{rondonia.id}/relative.json")
+    for scene in (url, local_copy, relative):  # in the bucket, a local item whose hrefs are s3:// URLs
         meta = open_scene(scene)
         assert all(s.href.startswith(f"s3://{s.href.split('/')[2]}/") for s in meta.sources)
         data, valid = read_window(meta, window, _all_bands(meta))
@@ -296,3 +298,23 @@ def test_the_s3_endpoint_option_replaces_the_environment(rondonia: BuiltItem, s3
     data, valid = read_window(meta, PixelWindow(0, 0, 40, 40), _all_bands(meta))
     assert valid.all()
     np.testing.assert_allclose(data, _reference(rondonia, PixelWindow(0, 0, 40, 40)), atol=HALF_DN)
+
+
+def test_a_resampled_band_keeps_its_nodata_out_of_valid_pixels(make_geotiff, tmp_path: Path) -> None:
+    """A 20 m band with a 3 px nodata collar read onto 10 m with bilinear: the collar (6 px at 10 m, less the
+    half pixel whose kernel reaches valid data) is invalid, and no valid pixel mixes in the nodata value."""
+    swir = np.full((1, 10, 10), 2000, dtype=np.uint16)
+    swir[:, :, :3] = 0
+    make_geotiff("swir.tif", data=swir, res=20.0, nodata=0)
+    make_geotiff("blue.tif", data=np.full((1, 20, 20), 1000, dtype=np.uint16), res=10.0, nodata=0)
+    assets = {key: {"href": f"./{key}.tif", "type": "image/tiff; application=geotiff", "roles": ["data"],
+                    "eo:bands": [{"name": key, "common_name": common}]}
+              for key, common in (("blue", "blue"), ("swir", "swir16"))}
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps({"type": "Feature", "stac_version": "1.0.0", "id": "collar", "geometry": None,
+                                "properties": {"datetime": "2020-01-01T00:00:00Z"}, "links": [], "assets": assets}))
+    meta = open_scene(path)
+    assert meta.sources[1].resampling == "bilinear"
+    data, valid = read_window(meta, PixelWindow(0, 0, 20, 20), (1, 2))
+    assert not valid[:, :5].any() and valid[:, 5:].all()
+    assert (data[1][valid] == 2000).all()
