@@ -170,7 +170,7 @@ def object_matches(url: str, size: int, sha256: str) -> bool:
 
 def remote_reachable(url: str) -> bool:
     """Whether an input URL answers now (``s3://``: a HEAD through boto3, whose standard retries wait out
-    a store that is restarting; ``http(s)://``: a HEAD retried the same number of times with backoff).
+    a store that is restarting; ``http(s)://``: its first byte, tried the same number of times with backoff).
     False for a missing object, a 403 or a store that stays down: a read that failed on a reachable object
     was a transient fault worth trying again; one that failed on an unreachable one was not."""
     import time
@@ -190,7 +190,10 @@ def remote_reachable(url: str) -> bool:
         return False
     for attempt in range(MAX_ATTEMPTS):
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30):
+            # the first byte (not HEAD, which some STAC APIs refuse with 405), whatever the file's size
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-0"}),
+                                        timeout=30) as response:
+                response.read(1)
                 return True
         except urllib.error.HTTPError as err:
             if err.code < 500 and err.code != 429:

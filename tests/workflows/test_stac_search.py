@@ -76,6 +76,10 @@ def test_search_limit_aoi_and_errors(tmp_path: Path, make_geotiff, stac_api, s3)
     (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
     job = write_job(tmp_path, {"stac_search": {"url": url, "aoi": "aoi.geojson", "limit": 2}}, tmp_path / "out")
     assert len(discover_scenes(load_job(job))) == 2
+    from pipeline.storage import remote_reachable  # what a batch asks before running a failed remote scene again
+
+    assert remote_reachable(f"{url}/collections/s2-test/items/S2_20240601") and remote_reachable(image)
+    assert not remote_reachable(f"{url}/collections/s2-test/items/none") and not remote_reachable(image + ".x")
     far = write_job(tmp_path, {"stac_search": {"url": url, "bbox": [10, 10, 11, 11]}}, tmp_path / "out", name="far")
     with pytest.raises(ConfigError, match="the search found no items"):
         discover_scenes(load_job(far))
