@@ -9,7 +9,8 @@ One LocalCluster of ``--workers`` processes; a warm-up scene first (workers star
 predicted, vectorized and checksummed before the next starts: what 8 single-scene runs back to back do,
 without their per-run start-up) and with the default (``--in-flight``, else the cluster's worker threads,
 at least 2), each with ``force`` into its own folder. Prints ``RESULT {json}`` with the best seconds of
-each and the ratio (throughput of the batch over one at a time).
+each and the ratio (throughput of the batch over one at a time), and the CPU seconds (client and workers)
+of every run: on a machine others load, scenes in flight can only fill the gaps others leave.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bench.cpu import CpuShare
 from bench.scenes import make_scene
 
 
@@ -46,19 +48,22 @@ def measure(work: Path, scenes: int, size: int, workers: int, polygons: bool, ro
 
     archive_job, warm_job = job(archive, "archive"), job(warm.parent, "warm")
     seconds: dict[str, list[float]] = {"one_at_a_time": [], "in_flight": []}
+    cpu: dict[str, list[float]] = {"one_at_a_time": [], "in_flight": []}  # client + workers, CPU seconds
     with dask_client(workers) as client:
         assert run_job(warm_job, client=client, progress=False, force=True).exit_code == 0
         default = in_flight or default_scenes_in_flight(client)
         for _ in range(rounds):
             for name, n in (("one_at_a_time", 1), ("in_flight", default)):
                 start = time.perf_counter()
-                summary = run_job(archive_job, out=work / f"out-{name}", client=client, progress=False, force=True,
-                                  scenes_in_flight=n)
+                with CpuShare(client) as used:
+                    summary = run_job(archive_job, out=work / f"out-{name}", client=client, progress=False,
+                                      force=True, scenes_in_flight=n)
                 seconds[name].append(time.perf_counter() - start)
+                cpu[name].append(used.client_seconds + used.worker_seconds)
                 assert summary.count("done") == scenes, summary.outcomes
     one, many = min(seconds["one_at_a_time"]), min(seconds["in_flight"])
     return {"seconds": many, "pixels": size * size * len(paths), "one_at_a_time_seconds": one,
-            "in_flight_seconds": many, "scenes_in_flight": default, "ratio": one / many, "all": seconds,
+            "in_flight_seconds": many, "scenes_in_flight": default, "ratio": one / many, "all": seconds, "cpu": cpu,
             "scenes": scenes, "size": size, "workers": workers, "polygons": polygons}
 
 
