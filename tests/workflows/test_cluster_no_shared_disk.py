@@ -103,3 +103,23 @@ def test_stac_s3_job_on_a_cluster_without_shared_disk(tmp_path: Path, s3, stac_a
             assert body == (tmp_path / "local" / name).read_bytes(), f"{name} differs from the local run"
     keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="cluster/")["Contents"]}
     assert {"cluster/catalog.json", "cluster/scenewatch-manifest.sqlite"} <= keys
+
+
+def test_blocks_as_task_results_give_the_same_cogs(tmp_path: Path, make_geotiff, dask_client,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The no-shared-disk path (blocks returned by the tasks, COGs written by the client) on any machine,
+    namespaces or not: byte for byte what workers writing part files beside the output give."""
+    import workflows.scene as scene_module
+    from pipeline.config import PredictConfig
+    from pipeline.models.contract import ModelRef
+
+    image = make_geotiff("scene.tif", shape=(4, 700, 900), blocksize=256)
+    plan = scene_module.plan_scene(image, ModelRef.of("vegetation"), PredictConfig(bands="naip", tile_size=256))
+    shared = scene_module.predict_scene(plan, tmp_path / "shared", client=dask_client, progress=False)
+    assert scene_module.workers_share_disk(dask_client, tmp_path)
+    monkeypatch.setattr(scene_module, "workers_share_disk", lambda dask, folder: False)
+    inline = scene_module.predict_scene(plan, tmp_path / "inline", client=dask_client, progress=False)
+    assert inline.tiles_skipped == shared.tiles_skipped
+    for a, b in ((shared.classes_path, inline.classes_path), (shared.proba_path, inline.proba_path)):
+        assert a.read_bytes() == b.read_bytes()
+    assert not list((tmp_path / "inline").glob("*.part"))
