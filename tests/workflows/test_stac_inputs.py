@@ -187,3 +187,20 @@ def test_a_job_over_items_in_s3(s3, tmp_path: Path) -> None:
                                                 name="collection")))
     assert [s.path for s in scenes] == [f"{s3.url('items.json')}#{b.id}" for b in items]
     assert open_scene(scenes[1].path).sources[0].href == s3.url(f"{items[1].id}/red.tif")
+
+
+def test_a_job_goes_on_when_an_items_asset_is_missing(s3, tmp_path: Path) -> None:
+    items = naip_items(tmp_path / "items")
+    urls = [upload_item(b, s3)[0] for b in items]
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{items[0].id}/nir.tif")  # not the grid's asset: read by tiles
+    job_path = write_job(tmp_path, {"files": urls}, tmp_path / "out")
+    result = CliRunner().invoke(main, ["run", str(job_path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code != 0
+    rows = {r["item_id"]: r for r in manifest_rows(tmp_path / "out")}
+    assert rows[items[1].id]["status"] == "done"
+    failed = rows[items[0].id]
+    assert failed["status"] == "failed"
+    message = failed["error_message"]
+    assert message.startswith(f"scene {items[0].id}.json: asset nir ({s3.url(f'{items[0].id}/nir.tif')}) cannot be "
+                              "read: not a readable raster (HTTP response code: 404)")
+    assert "\n" not in message
