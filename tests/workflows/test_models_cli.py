@@ -87,6 +87,9 @@ def test_every_builtin_model_through_predict_on_real_data(model, scene, bands, t
     with rasterio.open(classes_path) as src:
         classes = src.read(1)
         assert src.tags()["SCENEWATCH_MODEL"] == model
+        used = src.tags()["SCENEWATCH_THRESHOLD"]  # "0.3 fixed", or the water models' "0.168 auto (Otsu; ...)"
+    assert used.split()[1] == ("auto" if model.startswith("water") else "fixed") or "fallback" in used
+    threshold = float(used.split()[0])
     data, valid = _read(path)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = index(data)

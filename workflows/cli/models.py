@@ -112,6 +112,9 @@ def show(ctx: click.Context, name: str, model_options: dict[str, Any]) -> None:
         for key in ("threshold", "softness"):
             if hasattr(model, key):
                 shown[key] = getattr(model, key)
+        if getattr(model, "auto", False):  # threshold=auto: computed per scene; "threshold" is its fallback
+            shown["threshold"] = "auto"
+            shown["fallback_threshold"] = model.threshold  # type: ignore[attr-defined]
         click.echo(json.dumps(shown, indent=2))
         return
     path = _locate(name, ctx.obj["search"])
