@@ -96,7 +96,8 @@ class InputsSpec(_Frozen):
     folder: str | None = Field(None, description="folder of scenes, with `pattern`")
     pattern: str = Field("*.tif", description="glob pattern inside `folder` (** for subfolders)")
     glob: str | None = Field(None, description="one glob pattern, e.g. archive/**/*.tif")
-    files: list[str] | None = Field(None, description="explicit list of scene files")
+    files: list[str] | None = Field(None, description="explicit list of scene files or STAC item JSON files, or of "
+                                                    "their URLs (s3://, https://; not both kinds in one job)")
     stac: str | None = Field(None, description="STAC catalog.json, collection or item collection JSON: a path, or "
                                                "an http(s):// or s3:// URL")
     stac_search: StacSearchSpec | None = Field(None, description="a STAC API search: url, collections, bbox or aoi, "
