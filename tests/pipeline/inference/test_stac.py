@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.warp import calculate_default_transform, reproject
 
+from pipeline.change.dates import scene_date
 from pipeline.config import PredictConfig
 from pipeline.errors import BandMapError, SceneOpenError, SceneReadError
 from pipeline.inference.read import open_scene, parse_band_map, read_window, resolve_bands
 from pipeline.inference.stac import SourceOptions, cloud_settings, is_stac_item, parse_resampling
-from tests.conftest import shared
+from tests.conftest import shared, textured
 from tests.stac_items import RONDONIA_DIR, BuiltItem, naip_items, rondonia_item, upload_item
 from tiles.grid import PixelWindow
 
@@ -279,8 +281,6 @@ def test_a_landsat_item_is_scaled_and_its_nodata_and_qa_band_honoured(make_geoti
 
 
 def test_an_items_date_is_its_datetime(rondonia: BuiltItem, tmp_path: Path) -> None:
-    from pipeline.change.dates import scene_date
-
     item = json.loads(rondonia.item.read_text())
     item["properties"]["datetime"] = "2019-07-04T13:00:00Z"  # not the date in the file name
     renamed = tmp_path / "S2B_20LLQ_20210922.json"
@@ -318,3 +318,34 @@ def test_a_resampled_band_keeps_its_nodata_out_of_valid_pixels(make_geotiff, tmp
     data, valid = read_window(meta, PixelWindow(0, 0, 20, 20), (1, 2))
     assert not valid[:, :5].any() and valid[:, 5:].all()
     assert (data[1][valid] == 2000).all()
+
+
+def test_an_asset_in_another_crs_is_warped_onto_the_grid(make_geotiff, tmp_path: Path) -> None:
+    """An asset whose CRS differs from the grid's is read through a WarpedVRT window: the same pixels as
+    warping the whole asset onto the grid (nearest, so a pixel is either equal or a neighbour's)."""
+    blue = make_geotiff("blue.tif", data=(1000 + 3000 * textured((200, 300), 1))[None], res=10.0, nodata=0)
+    with rasterio.open(blue) as src:
+        grid_crs, grid_t, h, w = src.crs, src.transform, src.height, src.width
+        red = (1000 + 3000 * textured((200, 300), 2)).astype(np.uint16)
+        crs34 = "EPSG:32634"  # the neighbouring UTM zone: a rotated, stretched grid
+        t34, w34, h34 = calculate_default_transform(grid_crs, crs34, w, h, *src.bounds)
+    warped = np.zeros((h34, w34), dtype=np.uint16)
+    reproject(red, warped, src_transform=grid_t, src_crs=grid_crs, dst_transform=t34, dst_crs=crs34)
+    with rasterio.open(tmp_path / "red.tif", "w", driver="GTiff", width=w34, height=h34, count=1, dtype="uint16",
+                       crs=crs34, transform=t34, nodata=0) as dst:
+        dst.write(warped, 1)
+    assets = {key: {"href": f"./{key}.tif", "type": "image/tiff; application=geotiff", "roles": ["data"],
+                    "eo:bands": [{"name": key, "common_name": key}]} for key in ("blue", "red")}
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps({"type": "Feature", "stac_version": "1.0.0", "id": "zones", "geometry": None,
+                                "properties": {"datetime": "2020-01-01T00:00:00Z"}, "links": [], "assets": assets}))
+    meta = open_scene(path, source=SourceOptions(resampling=(("red", "nearest"),)))
+    assert (meta.crs, meta.width, meta.height) == (grid_crs, w, h)  # blue is the finer grid
+    expected = np.zeros((h, w), dtype=np.float32)
+    reproject(warped, expected, src_transform=t34, src_crs=crs34, dst_transform=grid_t, dst_crs=grid_crs,
+              src_nodata=0, dst_nodata=0)
+    window = PixelWindow(37, 51, 120, 200)
+    data, valid = read_window(meta, window, (2,))
+    inner = expected[window.row_off : window.row_end, window.col_off : window.col_end]
+    assert valid.mean() > 0.9
+    assert (data[0][valid] == inner[valid]).mean() > 0.99
