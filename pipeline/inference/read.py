@@ -15,6 +15,7 @@ drivers in :data:`SCENE_DRIVERS` (VRT when the caller asks), no GDAL filename sy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -357,7 +358,9 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
     if is_stac_item(path):
         return open_item(path, max_pixels=max_pixels, max_block_bytes=max_block_bytes, source=source)
     where = _scene_error_prefix(path)
-    with open_raster(path, "scene", allow_vrt=allow_vrt) as src:
+    # a remote scene is read (here and by every worker) under the cloud settings, endpoint and requester-pays
+    env = cloud_settings(source or SourceOptions()) if _is_remote(path) else ()
+    with _gdal_env(env), open_raster(path, "scene", allow_vrt=allow_vrt) as src:
         if max_pixels is not None and src.height * src.width > max_pixels:
             raise InvalidSceneError(
                 f"{where}: {src.width} x {src.height} px is {src.width * src.height:,} pixels, over the limit "
@@ -398,6 +401,7 @@ def open_scene(path: str | Path, *, max_pixels: int | None = None, assume_crs: s
             descriptions=tuple(src.descriptions),
             tags=dict(src.tags()),
             driver=src.driver,
+            gdal_env=env,
         )
 
 
@@ -671,15 +675,16 @@ def read_window(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
         return pixels, usable
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
-        src = _open_for_reading(meta.path, meta.driver)
-        data = src.read(list(indexes), window=rio_window, out_dtype="float32")
-        valid = _valid_from_bands(src, indexes, data)
-        if valid is None:
-            with warnings.catch_warnings():
-                # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
-                # nodata wins, which is what we want; the warning would repeat for every tile.
-                warnings.simplefilter("ignore", NodataShadowWarning)
-                valid = src.dataset_mask(window=rio_window) > 0
+        with _gdal_env(meta.gdal_env):
+            src = _open_for_reading(meta.path, meta.driver)
+            data = src.read(list(indexes), window=rio_window, out_dtype="float32")
+            valid = _valid_from_bands(src, indexes, data)
+            if valid is None:
+                with warnings.catch_warnings():
+                    # A 4-band file whose last band GDAL takes for alpha, and which also has a nodata value:
+                    # nodata wins, which is what we want; the warning would repeat for every tile.
+                    warnings.simplefilter("ignore", NodataShadowWarning)
+                    valid = src.dataset_mask(window=rio_window) > 0
     except ScenewatchError:
         raise  # already says what is wrong (e.g. the file was replaced by a FIFO since it was opened)
     except (RasterioIOError, OSError) as err:
@@ -729,6 +734,11 @@ def read_item_on_grid(meta: SceneMeta, grid: ItemGrid, window: PixelWindow,
     return _read_item(replace(meta, sources=sources), window, bands, grid)
 
 
+def _gdal_env(settings: tuple[tuple[str, str], ...]) -> contextlib.AbstractContextManager[Any]:
+    """``rasterio.Env`` with ``settings`` (a remote scene's), or nothing to enter for a local one."""
+    return rasterio.Env(**dict(settings)) if settings else contextlib.nullcontext()
+
+
 def _read_item(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
                grid: ItemGrid | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A STAC item's bands ``indexes`` over ``window`` (of its grid, or of ``grid``), each from its asset,
@@ -738,7 +748,7 @@ def _read_item(meta: SceneMeta, window: PixelWindow, indexes: Sequence[int],
     data = np.empty((len(indexes), window.height, window.width), dtype=np.float32)
     valid = np.ones((window.height, window.width), dtype=bool)
     keep = max(_OPEN_PER_THREAD, len({s.href for s in meta.sources}))
-    with rasterio.Env(**dict(meta.gdal_env)):
+    with _gdal_env(meta.gdal_env):
         for i, band in enumerate(indexes):
             source = meta.sources[band - 1]
             where = f"scene {meta.name}: asset {source.key} ({source.href}) cannot be read"

@@ -298,6 +298,11 @@ def test_the_s3_endpoint_option_replaces_the_environment(rondonia: BuiltItem, s3
     data, valid = read_window(meta, PixelWindow(0, 0, 40, 40), _all_bands(meta))
     assert valid.all()
     np.testing.assert_allclose(data, _reference(rondonia, PixelWindow(0, 0, 40, 40)), atol=HALF_DN)
+    # a plain GeoTIFF at an s3:// URL, too
+    s3.client.upload_file(str(rondonia.reference), s3.bucket, "endpoint/stacked.tif")
+    meta = open_scene(s3.url("endpoint/stacked.tif"), source=SourceOptions(s3_endpoint=s3.endpoint))
+    data, _ = read_window(meta, PixelWindow(0, 0, 40, 40), (1, 2, 3, 4))
+    np.testing.assert_array_equal(data, _reference(rondonia, PixelWindow(0, 0, 40, 40)))
 
 
 def test_a_resampled_band_keeps_its_nodata_out_of_valid_pixels(make_geotiff, tmp_path: Path) -> None:
