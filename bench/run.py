@@ -229,6 +229,7 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
     rows.append(Row(f"U-Net peak memory {large}², 2 workers", f"{gib(unet_large.peak):.2f} GiB",
                     gib(unet_large.peak) / 3, "< 3 GiB", gib(unet_large.peak) < 3))
     rows += archive_rows(quick, work, scenes[small], warm_up)
+    rows += writer_rows(quick, work, scenes[small], warm_up, unet)
     return rows
 
 
@@ -286,6 +287,33 @@ def archive_rows(quick: bool, work: Path, scene: Path, warm_up: str) -> list[Row
                     f"{before['predict']['share']:.1%}; without Dask's event loop, where a LocalCluster's "
                     f"scheduler runs: {after['total']['own_share']:.1%} vs {before['total']['own_share']:.1%})",
                     share / was if was else 0.0, "share < 5 %", share < 0.05))
+    return rows
+
+
+def writer_rows(quick: bool, work: Path, scene: Path, warm_up: str, unet: str) -> list[Row]:
+    """Issue 20, the writing of a scene's COGs moved to workers: the client's share of the CPU for the U-Net
+    (resnet18, precision auto) with polygons and for its COGs alone, and each model's warm end-to-end time
+    of the COGs, before (81168c2, from a worktree) and after, alternated in one run."""
+    size = 384 if quick else 4096
+    args = ("--scene", str(scene), "--warm-up", warm_up, "--workers", "2", "--polygons")
+    figures: dict[tuple[str, str], dict[str, Any]] = {}
+    with contextlib.nullcontext(REPO) if quick else old_tree(BEFORE_ISSUE_20, work) as old:
+        for model in ("vegetation", unet):
+            for label, tree in (("before", old), ("after", REPO))[1 if quick else 0:]:  # --quick: this tree once
+                figures[model, label] = _script("bench.client_share", *args, "--model", model, "--out",
+                                                str(work / f"writer-{label}"), tree=tree)
+            figures.setdefault((model, "before"), figures[model, "after"])
+    rows = []
+    after, before = figures[unet, "after"], figures[unet, "before"]
+    share, was = after["total"]["share"], before["total"]["share"]
+    rows.append(Row(f"Client share of the CPU, U-Net {size}² with polygons: now vs {BEFORE_ISSUE_20} (issue 20)",
+                    f"{share:.1%} vs {was:.1%} (COGs alone {after['predict']['share']:.1%} vs "
+                    f"{before['predict']['share']:.1%})", share / was if was else 0.0, "share < 2 %", share < 0.02))
+    for model, name in (("vegetation", "NDVI"), (unet, "U-Net")):
+        now, then = figures[model, "after"]["predict"], figures[model, "before"]["predict"]
+        rows.append(Row(f"{name} {size}² COGs, warm cluster, 2 workers: now vs {BEFORE_ISSUE_20} (issue 20: no "
+                        "regression)", f"{now['seconds']:.1f} vs {then['seconds']:.1f} s",
+                        then["seconds"] / now["seconds"], ">= 0.95", then["seconds"] / now["seconds"] >= 0.95))
     return rows
 
 
