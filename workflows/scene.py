@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -153,7 +154,10 @@ def plan_scene(scene: str | Path, model: str | os.PathLike[str] | ModelRef, conf
     overlap = min(halo // 2 if config.overlap is None else config.overlap, halo)
     grid = plan_tiles(meta.height, meta.width, tile_size, halo)
     sid = make_scene_id(scene) if scene_id is None else safe_name(scene_id)
-    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid, config, dict(tags or {}), mask)
+    when = meta.tags.get("STAC_DATETIME", "") if meta.sources else ""  # a STAC item: its acquisition day
+    dated = {Tag.DATE: when[:10]} if re.fullmatch(r"\d{4}-\d{2}-\d{2}", when[:10]) else {}
+    return ScenePlan(meta, ref, info, indexes, grid, overlap, config.blend, sid, config, {**dated, **(tags or {})},
+                     mask)
 
 
 @crosses_processes

@@ -84,6 +84,8 @@ def test_an_item_without_bands_when_the_model_names_its_common_names(s3, tmp_pat
     for kind in ("classes", "proba"):
         np.testing.assert_array_equal(_read(tmp_path / "item" / f"{built.id}.{kind}.tif"),
                                       _read(tmp_path / "file" / f"{built.reference.stem}.{kind}.tif"))
+    with rasterio.open(tmp_path / "item" / f"{built.id}.classes.tif") as src:
+        assert src.tags()["SCENEWATCH_DATE"] == "2020-08-31"  # the item's datetime, for later change runs
 
 
 def test_a_missing_asset_fails_the_command_with_one_line(rondonia: BuiltItem, s3, tmp_path: Path) -> None:
