@@ -206,3 +206,16 @@ def test_a_job_goes_on_when_an_items_asset_is_missing(s3, tmp_path: Path) -> Non
     assert message.startswith(f"scene {items[0].id}.json: asset nir ({s3.url(f'{items[0].id}/nir.tif')}) cannot be "
                               "read: not a readable raster (HTTP response code: 404)")
     assert "\n" not in message
+
+
+def test_evaluate_scores_an_item_as_its_file(tmp_path: Path) -> None:
+    """evaluate takes an item as it takes a file: scored against the file's own prediction, every pixel agrees."""
+    built = naip_items(tmp_path / "items")[1]
+    _predict(built.reference, tmp_path / "file", "--model", "vegetation", "--bands", "naip", "--workers", "1",
+             "--format", "none", "--quiet")
+    labels = tmp_path / "file" / f"{built.reference.stem}.classes.tif"
+    result = CliRunner().invoke(main, ["evaluate", str(built.item), "--model", "vegetation", "--labels", str(labels),
+                                       "--workers", "1", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["pixels"]["accuracy"] == 1.0 and report["pixels"]["mean_iou"] == 1.0, report["pixels"]
