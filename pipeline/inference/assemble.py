@@ -35,7 +35,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import rasterio
@@ -57,6 +57,7 @@ BlockKey = tuple[int, int, int]
 # where a block's compressed bytes are: (part file, offset, length), or the bytes themselves (workers that
 # share no disk with the process that assembles: see workflows.scene.workers_share_disk)
 BlockRef = tuple[str, int, int] | bytes
+_K = TypeVar("_K")  # a block's key in a part file: a BlockKey, or one with the product's name in front
 
 _TIFF_TYPES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _SHORT, _LONG, _LONG8 = 3, 4, 16
@@ -117,10 +118,10 @@ def encode_blocks(spec: CogSpec, array: np.ndarray) -> list[bytes]:
         return tiff_blocks(mem.read())
 
 
-def write_part(path: Path, blocks: Mapping[BlockKey, bytes], owner: str = "") -> dict[BlockKey, BlockRef]:
+def write_part(path: Path, blocks: Mapping[_K, bytes], owner: str = "") -> dict[_K, BlockRef]:
     """Store compressed blocks in one part file; where each one is. ``path`` is removed if this fails, and
     the error names ``owner`` (what the part is of: a scene's COGs) rather than the part file."""
-    refs: dict[BlockKey, BlockRef] = {}
+    refs: dict[_K, BlockRef] = {}
     offset = 0
     try:
         with open(path, "wb") as out:
@@ -254,11 +255,11 @@ def _layout(spec: CogSpec, template: _Tiff, counts: Sequence[Sequence[int]]) -> 
     tiles = (_TILE_OFFSETS, _TILE_BYTE_COUNTS)
 
     sized = []  # each directory's entries, resized, block arrays zeroed for now
-    for level, entries in enumerate(template.ifds):
+    for level, ifd in enumerate(template.ifds):
         rows, cols = spec.level_shape(level)
         n = len(counts[level])
         assert n == math.ceil(rows / spec.block_size) * math.ceil(cols / spec.block_size), (level, n)
-        sized.append([_size_entry(e, order, rows, cols, n) for e in entries])
+        sized.append([_size_entry(e, order, rows, cols, n) for e in ifd])
 
     def table_size(entries: Sequence[_Entry]) -> int:
         return (8 if big else 2) + len(entries) * entry_size + inline
