@@ -44,7 +44,7 @@ from typing import Any
 from pipeline.atomic import atomic_path
 
 __all__ = ["AUTO_AGREEMENT_LIMIT", "CACHE_ENV", "Backend", "Choice", "Measurement", "TIMED_RUNS", "cache_dir",
-           "cache_key", "choose", "cpu_identity", "package_versions"]
+           "cache_key", "centre_crop", "choose", "cpu_identity", "measure", "offer", "package_versions", "rebuild"]
 
 log = logging.getLogger("scenewatch")
 
@@ -351,12 +351,16 @@ def choose(model: Any, samples: Sequence[Any], *, identity: str | None, threads:
     return choice, next(b for b in backends if b.name == choice.backend)
 
 
-def _crop(x: Any, stride: int, size: int = 256) -> list[Any]:
-    """A centre crop of ``size`` px (on the stride) of a prepared sample, as a list of one sample."""
+def centre_crop(x: Any, stride: int, size: int = 256) -> Any:
+    """A centre crop of ``size`` px (on the stride) of a prepared sample's first image."""
     hp, wp = x.shape[-2:]
     r0 = max(0, (hp - size) // 2) // stride * stride
     c0 = max(0, (wp - size) // 2) // stride * stride
-    return [x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous()]
+    return x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous()
+
+
+def _crop(x: Any, stride: int, size: int = 256) -> list[Any]:
+    return [centre_crop(x, stride, size)]
 
 
 def _judged_on_first(backend: Backend) -> Backend:
