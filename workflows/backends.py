@@ -47,19 +47,27 @@ def settle_backend(meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...], re
         return str(getattr(model, "backend", ""))
     full = (grid.tile_size + 2 * grid.halo,) * 2
     samples: list[np.ndarray] = []
-    for i in range(min(len(grid), SCAN_TILES)):
+    largest: np.ndarray | None = None  # a scene without a full-size tile (smaller than two tiles) is settled
+    for i in range(min(len(grid), SCAN_TILES)):  # on its largest tile with data
         tile = grid.tile(i // grid.cols, i % grid.cols)
         window = tile.read_window
-        if (window.height, window.width) != full:
+        is_full = (window.height, window.width) == full
+        if not is_full and (samples or (largest is not None and window.height * window.width <= largest[0].size)):
             continue
         data, valid = read_window(meta, window, indexes)
-        if valid.mean() >= MIN_VALID_FRACTION:
+        if valid.mean() < MIN_VALID_FRACTION:
+            continue
+        if is_full:
             samples.append(data)
+        else:
+            largest = data
         if len(samples) == SAMPLE_TILES:
             break
-    if not samples:  # a small scene (one clipped tile) or one mostly without data: settle on the first batch
-        return str(getattr(model, "backend", ""))
-    return str(choose(np.stack(samples)))
+    if samples:
+        return str(choose(np.stack(samples)))
+    if largest is not None:
+        return str(choose(largest[None]))
+    return str(getattr(model, "backend", ""))  # a scene mostly without data: settled on its first batch instead
 
 
 def backend_tags(dask: Client, meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...],

@@ -73,3 +73,12 @@ def test_unlike_workers_each_choose_for_their_cpu_and_the_cogs_record_it(make_ge
         predict_scene(plan_scene(scene, ref, config), tmp_path / "again", client=client, progress=False)
         again = client.run(_choices, threads)
     assert all(cached for _, cached, _ in again.values())
+
+
+def test_a_scene_smaller_than_a_tile_is_settled_on_it_and_tagged(make_geotiff, tmp_path, dask_client):
+    scene = make_geotiff(shape=(4, 50, 70))
+    config = PredictConfig(bands="naip", tile_size=64, halo=8)
+    result = predict_scene(plan_scene(scene, ModelRef.from_factory(auto_convnet, seed=3), config), tmp_path / "out",
+                           client=dask_client, progress=False)
+    with rasterio.open(result.classes_path) as classes:
+        assert classes.tags()[Tag.BACKEND].startswith(("torch-", "openvino-"))
