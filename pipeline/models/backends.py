@@ -44,7 +44,8 @@ from typing import Any
 from pipeline.atomic import atomic_path
 
 __all__ = ["AUTO_AGREEMENT_LIMIT", "CACHE_ENV", "Backend", "Choice", "Measurement", "TIMED_RUNS", "cache_dir",
-           "cache_key", "centre_crop", "choose", "cpu_identity", "measure", "offer", "package_versions", "rebuild"]
+           "cache_key", "centre_crop", "choose", "cpu_identity", "measure", "native_bf16", "native_fp16", "offer",
+           "package_versions", "rebuild"]
 
 log = logging.getLogger("scenewatch")
 
@@ -393,9 +394,27 @@ def store_artifact(folder: Path, write: Callable[[Path], None]) -> None:
 _IR = "model.xml"
 
 
-def _torch_backend(name: str) -> Backend | None:
-    from pipeline.models.network import native_bf16, native_fp16
+def native_bf16() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX512-BF16 or AMX) that make bf16 faster than fp32."""
+    import torch
 
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def native_fp16() -> bool:
+    """Whether this CPU has native fp16 kernels (AVX512-FP16 or AMX-FP16)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _torch_backend(name: str) -> Backend | None:
     table = {"torch-fp32": Backend("torch-fp32", "fp32", channels_last=False),
              "torch-fp32-cl": Backend("torch-fp32-cl", "fp32"),
              "torch-bf16": Backend("torch-bf16", "bf16") if native_bf16() else None,
@@ -446,8 +465,6 @@ def offer(model: Any, samples: Sequence[Any], identity: str | None) -> tuple[lis
         out.append(Backend("openvino-int8", "int8", channels_last=False, forward=model._int8))
     if not int8.openvino_available():
         return out, notes + ["OpenVINO not installed: no OpenVINO fp32, bf16 or int8"]
-    from pipeline.models.network import native_bf16
-
     converted = _stored_ir("openvino", identity)
     if converted is None:
         try:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelError
+from pipeline.models.backends import native_bf16, native_fp16
 from pipeline.models.contract import ModelInfo
 from pipeline.vocab import Precision, choices
 
@@ -60,26 +61,6 @@ def _visible(nodes: int, cuda_visible_devices: str | None) -> int:
             break
         count += 1
     return min(nodes, count)
-
-
-def native_bf16() -> bool:
-    """Whether this CPU has native bf16 kernels (AVX512-BF16 or AMX) that make bf16 faster than fp32."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def native_fp16() -> bool:
-    """Whether this CPU has native fp16 kernels (AVX512-FP16 or AMX-FP16)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_precision(precision: str, device: str, int8: bool = False) -> str:
