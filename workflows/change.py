@@ -336,7 +336,7 @@ def detect_change(before: str | Path, after: str | Path, model: Model = "vegetat
             items = tuple(classify_dates([before, after], model, out_dir, dates, config.predict, client=dask,
                                          progress=progress))
             tally = _class_change(items[0], items[1], target, change_path, config.window_size, date_tags,
-                                  progress)
+                                  progress, _darkening(model, (before, after), items, target, config))
             model_label = items[0].model
         poly_path = None
         if config.polygons:
@@ -378,18 +378,61 @@ def _difference_of(model: Model) -> IndexDifference | None:
     return replace(diff, edges=(-float(t), float(t)), description=described)
 
 
+def _darkening(model: Model, scenes: tuple[str | Path, str | Path], items: Sequence[DatedClasses], grid: GridSpec,
+               config: ChangeConfig) -> tuple[Any, str] | None:
+    """For ``flood-sar`` on two scenes: the step that makes water on both dates that got darker new water (as
+    :func:`pipeline.change.compare.compare_arrays` does), with the pair's no-change level from a first pass over
+    the windows; and a line for the change raster's description. None for any other model."""
+    if items[0].model != "flood-sar" or any(is_classes_path(p) for p in scenes):
+        return None
+    from pipeline.change.transitions import RATIO_RANGE, darkened_water_codes, no_change_level, ratio_histogram
+    from pipeline.models.loader import load_model
+    from pipeline.models.sar import is_backscatter
+
+    seg = load_model(ModelRef.of(model))
+    if not is_backscatter(seg):
+        return None
+    indexes = []
+    for scene in scenes:
+        meta = open_scene(scene, max_pixels=config.predict.max_pixels, assume_crs=config.predict.assume_crs)
+        indexes.append(resolve_bands(meta, parse_band_map(config.predict.bands, meta), seg.info.bands))
+
+    def db(window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+        b, a = (seg.index_values(read_aligned(scene, grid, window, index, dtype="float32")[0][None])[0]
+                for scene, index in zip(scenes, indexes, strict=True))
+        return b, a
+
+    hist = np.zeros(RATIO_RANGE.bins, dtype=np.int64)
+    for window in windows(grid, config.window_size):
+        land = (read_classes_only(items[0], grid, window) == 0) & (read_classes_only(items[1], grid, window) == 0)
+        hist += ratio_histogram(*db(window), land)
+    level = no_change_level(hist)
+
+    def refine(window: PixelWindow, codes: np.ndarray, c_b: np.ndarray, c_a: np.ndarray) -> np.ndarray:
+        return darkened_water_codes(codes, *db(window), c_b, c_a, level)
+
+    return refine, (f"flood-sar change: new water = water after that was not water before, or water on both "
+                    f"dates darker after than the pair's no-change level {level:+.2f} dB")
+
+
 def _class_change(before: DatedClasses, after: DatedClasses, grid: GridSpec, path: Path, window_size: int,
-                  date_tags: dict[str, str], progress: bool | None) -> AreaTally:
+                  date_tags: dict[str, str], progress: bool | None,
+                  darkening: tuple[Any, str] | None = None) -> AreaTally:
     k = len(before.class_names)
     tally = AreaTally(transition_names(before.class_names))
     row_areas: dict[tuple[int, int], np.ndarray] = {}
     todo = list(windows(grid, window_size))
     tags = {**date_tags, Tag.BEFORE: before.scene_id, Tag.AFTER: after.scene_id,
             **pair_threshold_tags(before.classes_path, after.classes_path)}
+    if darkening is not None:
+        tags[Tag.DESCRIPTION] = darkening[1]
     with change_writer(path, grid, tally.names, before.model, before.model_version, tags) as writer, \
             _progress_bar(len(todo), f"change {path.name}", progress) as bar:
         for window in todo:
-            codes, confidence = class_change(*read_classes(before, grid, window), *read_classes(after, grid, window), k)
+            (c_b, p_b), (c_a, p_a) = read_classes(before, grid, window), read_classes(after, grid, window)
+            codes, confidence = class_change(c_b, p_b, c_a, p_a, k)
+            if darkening is not None:
+                codes = darkening[0](window, codes, c_b, c_a)
             writer.write(window, np.stack([codes, confidence]))
             key = (window.row_off, window.height)
             if key not in row_areas:

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.change.transitions import CHANGE_NODATA, pair_confidence, transition_codes, transition_names
+from pipeline.change.transitions import (
+    CHANGE_NODATA,
+    darkened_water_codes,
+    no_change_level,
+    pair_confidence,
+    ratio_histogram,
+    transition_codes,
+    transition_names,
+)
 from pipeline.errors import ConfigError
 from pipeline.products import CLASS_NODATA, PROBA_UINT8_NODATA, PROBA_UINT8_SCALE
 
@@ -132,6 +140,7 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
     from pipeline.inference.stitch import classify
     from pipeline.models.contract import ModelRef
     from pipeline.models.loader import load_model
+    from pipeline.models.sar import is_backscatter
 
     before = np.asarray(before, dtype=np.float32)
     after = np.asarray(after, dtype=np.float32)
@@ -160,6 +169,11 @@ def compare_arrays(before: np.ndarray, after: np.ndarray, model: Any = "vegetati
         c_b, c_a = classify(p_b, valid), classify(p_a, valid)
         names = transition_names(seg.info.class_names)
         codes = transition_codes(c_b, c_a, seg.info.num_classes, nodata=CLASS_NODATA)
+        if is_backscatter(seg):  # flood-sar: water on both dates that got darker is new water too
+            db_b, db_a = seg.index_values(before[pick][None])[0], seg.index_values(after[pick][None])[0]
+            land = (c_b == 0) & (c_a == 0)
+            level = no_change_level(ratio_histogram(db_b, db_a, land))
+            codes = darkened_water_codes(codes, db_b, db_a, c_b, c_a, level)
         conf = pair_confidence(np.nanmax(np.where(valid, p_b, 0), axis=0), np.nanmax(np.where(valid, p_a, 0), axis=0),
                                codes != CHANGE_NODATA)
     return xr.Dataset({"change": (("y", "x"), codes), "confidence": (("y", "x"), conf)},

@@ -45,6 +45,10 @@ __all__ = [
     "AlertLayers",
     "accumulate_alerts",
     "flood_change",
+    "RATIO_RANGE",
+    "ratio_histogram",
+    "no_change_level",
+    "darkened_water_codes",
     "iou",
 ]
 
@@ -345,6 +349,40 @@ def flood_change(water_before: np.ndarray, water_after: np.ndarray, valid: np.nd
     """uint8 flood map: 1 where water appears (not water before, water after), 0 elsewhere, 255 invalid."""
     out = (np.asarray(water_after, bool) & ~np.asarray(water_before, bool)).astype(np.uint8)
     out[~valid] = CHANGE_NODATA
+    return out
+
+
+# Radar: water on both dates that got darker is new flood water (flood-sar, pipeline.models.sar's docstring).
+RATIO_RANGE = IndexRange(-25.0, 25.0)  # dB of after - before (the log-ratio), 0.1 dB bins
+
+
+def ratio_histogram(db_before: np.ndarray, db_after: np.ndarray, land: np.ndarray) -> np.ndarray:
+    """Histogram (:data:`RATIO_RANGE` bins) of the log-ratio ``after - before`` (dB) over ``land``: the pixels
+    that are valid and not water on either date. Summed over windows, it gives the pair's no-change level."""
+    land = np.asarray(land, bool)
+    return index_histogram(np.asarray(db_after, np.float32)[land] - np.asarray(db_before, np.float32)[land],
+                           RATIO_RANGE)
+
+
+def no_change_level(hist: np.ndarray) -> float:
+    """The median log-ratio (dB) of land on both dates: what "unchanged" looks like in this pair (0 for
+    calibrated sigma0; the offset between the two stretches for per-image 8-bit renderings). 0 with no land."""
+    counts = np.asarray(hist, dtype=np.float64)
+    if counts.sum() <= 0:
+        return 0.0
+    median_bin = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
+    return float(RATIO_RANGE.centres[median_bin])
+
+
+def darkened_water_codes(codes: np.ndarray, db_before: np.ndarray, db_after: np.ndarray,
+                         classes_before: np.ndarray, classes_after: np.ndarray, level: float) -> np.ndarray:
+    """Two-class (``other``, ``water``) transition codes where water on both dates that is darker after than
+    the pair's no-change ``level`` becomes ``other->water`` (new flood water); permanent water (water on both
+    dates, not darker) stays "no change". ``classes_*`` are class indices (1 = water)."""
+    both = (np.asarray(classes_before) == 1) & (np.asarray(classes_after) == 1) & (codes != CHANGE_NODATA)
+    darker = both & ((np.asarray(db_after, np.float32) - np.asarray(db_before, np.float32)) < np.float32(level))
+    out = np.array(codes, dtype=np.uint8, copy=True)
+    out[darker] = transition_code(0, 1, 2)
     return out
 
 

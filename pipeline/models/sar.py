@@ -5,18 +5,39 @@ far below that of land: VV sigma0 of open water is typically below -18 dB, land 
 6 dB lower on both. The model thresholds backscatter in dB (water *below* the threshold) after a boxcar
 speckle filter, and is a two-class :class:`~pipeline.models.spectral.SpectralIndexModel` (``other``,
 ``water``), so tiling, ``predict``, ``change``, ``timeline`` and ``compare_arrays`` treat it like the optical
-water models. A before/after pair gives new water (``other->water``) exactly as ``water-swir`` does::
+water models. A before/after pair gives new water (``other->water``, step 2 below)::
 
     ds = compare_arrays(before, after, "flood-sar", bands={"vv": 0})
     flooded = ds.change == ds.attrs["class_names"].index("other->water")
 
-This follows the thresholding and change-detection steps of UN-SPIDER's Recommended Practice "Flood
-mapping and damage assessment using Sentinel-1 SAR data" (UN-SPIDER Knowledge Portal, 2019; step by step
-in SNAP and in Google Earth Engine): calibrated sigma0, speckle filtering (a focal mean), a threshold
-between the water and land modes of the histogram, and flood = water after that was not water before.
-The threshold is ``auto`` by default: Otsu's threshold on the histogram of dB values, kept only where it
-splits a bimodal histogram into a mode on each side of the fixed default (:mod:`pipeline.threshold`), as
-in the automatic S1 flood services (Martinis, Twele & Voigt 2009; Twele et al. 2016).
+Method (docs/accuracy.md has the measurements and the alternatives that lost):
+
+1. **Water on each date**: backscatter in dB after a boxcar speckle filter, below a threshold chosen per
+   image (``threshold=auto``, the default): Otsu's threshold on the dB histogram, kept where Ashman's D of a
+   two-Gaussian mixture fitted to that histogram exceeds 2 (:func:`pipeline.threshold.mixture_d`), else the
+   fixed -18 dB. Unlike the optical water models there is no test of the modes against the fixed -18 dB:
+   8-bit renderings such as OMBRIA's S1 chips are min-max stretched *per chip and per date* (one pixel at
+   0, one at 255 in every chip), so an absolute dB value means a different backscatter in every chip, and
+   the low mode of backscatter is water by physics anyway. The mixture's D is what tells a chip with water
+   (two modes) from a dry one (one mode, D near 0).
+2. **New water** (change, ``other->water``): water after that was not water before, **or** water on both
+   dates that is darker after than the pair's no-change level, the median log-ratio ``after - before`` (dB)
+   of the pixels that are land on both dates (:func:`pipeline.change.transitions.darkened_water_codes`).
+   The before image only removes *permanent* water: water on both dates that did not get darker. Land's
+   median ratio is 0 dB for calibrated sigma0 and the offset between the two stretches for per-image
+   8-bit renderings (a pseudo-invariant normalisation, no constant).
+
+Why step 2: in OMBRIA Albania the flooded fields are already dark in the BEFORE chip (wet soil, or the
+before acquisition already partly flooded: median 117 of 255 against 138 for dry land), so "water after
+and not water before" missed them (IoU 0.072, below the trivial 0.229); water after alone counts lakes and
+rivers as flood. With both steps: Albania 0.502, France 0.673 (trivial 0.229 / 0.074).
+
+This follows UN-SPIDER's Recommended Practice "Flood mapping and damage assessment using Sentinel-1 SAR
+data" (UN-SPIDER Knowledge Portal, 2019): calibrated sigma0, speckle filtering (a focal mean), change
+between a before and an after image (their ratio), permanent water removed; with the automatic per-image
+threshold of the S1 flood services (Martinis, Twele & Voigt 2009; Twele et al. 2016) in place of their
+fixed ratio threshold, which has no meaning on stretched 8-bit renderings. ``scenewatch change`` and
+``compare_arrays`` apply the same two steps (the change raster's description records the no-change level).
 
 Options (``--model-option KEY=VALUE``, ``ModelRef.of("flood-sar", KEY=VALUE)``):
 
@@ -26,8 +47,8 @@ Options (``--model-option KEY=VALUE``, ``ModelRef.of("flood-sar", KEY=VALUE)``):
   whole numbers up to 255 mean an 8-bit rendering, anything else dB. Give ``units`` on scenes: a tile
   all of one kind could be read differently from its neighbours.
 * ``db_min``, ``db_max`` (default -25, 0): the dB range an 8-bit rendering stretches over. OMBRIA does
-  not document its stretch; -25..0 dB, the usual display range of VV, puts OMBRIA's dry land at -8 (Albania)
-  and -14 dB (France) and its flood water at -20 dB, where sigma0 of land and open water lie.
+  not document its stretch, and it is a per-chip min-max stretch, so this reading only places the fixed
+  -18 dB fallback; the automatic threshold and the change rule do not depend on it.
 * ``polarisations``: ``vv`` (default; band ``vv``), ``vh`` (band ``vh``) or ``vv,vh`` (bands ``vv`` and
   ``vh``; the index is their mean in dB and the default threshold the mean of theirs).
 * ``threshold``: ``auto`` (default) or a number in dB; the fixed default (and fallback) is -18 dB for
@@ -41,6 +62,7 @@ Options (``--model-option KEY=VALUE``, ``ModelRef.of("flood-sar", KEY=VALUE)``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 
@@ -49,7 +71,7 @@ from pipeline.models.contract import ModelInfo, builtin_model
 from pipeline.models.spectral import SpectralIndexModel
 from pipeline.threshold import IndexRange, is_auto
 
-__all__ = ["SAR_DEFAULTS", "SAR_RANGE", "Backscatter", "flood_sar_model", "to_db"]
+__all__ = ["SAR_DEFAULTS", "SAR_RANGE", "Backscatter", "flood_sar_model", "is_backscatter", "to_db"]
 
 SAR_DEFAULTS = {"vv": -18.0, "vh": -24.0}  # dB; open water below (fixed default and fallback of auto)
 SAR_RANGE = IndexRange(-40.0, 10.0)  # dB: the histogram's bounds (sigma0 of 1e-4 .. 10)
@@ -139,4 +161,10 @@ def flood_sar_model(threshold: float | str | None = None, units: str = "auto", p
                      description=f"Sentinel-1 open water: {'+'.join(pols)} backscatter below {shown}, "
                                  f"{2 * radius + 1}x{2 * radius + 1} boxcar", licence="Apache-2.0")
     index = Backscatter(str(units).lower(), low, high, radius)
-    return SpectralIndexModel(info, index, value, soft, False, auto, SAR_RANGE)
+    return SpectralIndexModel(info, index, value, soft, False, auto, SAR_RANGE, "mixture")
+
+
+def is_backscatter(model: object) -> TypeGuard[SpectralIndexModel]:
+    """Whether ``model`` is ``flood-sar`` (a two-class model on :class:`Backscatter`): its change takes water
+    on both dates that got darker as new water (:func:`pipeline.change.transitions.darkened_water_codes`)."""
+    return isinstance(model, SpectralIndexModel) and isinstance(model.index, Backscatter)

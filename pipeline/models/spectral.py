@@ -88,6 +88,7 @@ class SpectralIndexModel:
     above: bool = True
     auto: bool = False
     index_range: IndexRange = IndexRange()
+    threshold_test: str = "classes"  # pipeline.threshold.choose_threshold's test; "mixture" for radar
 
     def index_values(self, batch: np.ndarray) -> np.ndarray:
         """The index of an ``(N, bands, H, W)`` batch as ``(N, H, W)`` float32."""
@@ -107,7 +108,7 @@ class SpectralIndexModel:
 
     def choose(self, hist: np.ndarray) -> ThresholdChoice:
         """The threshold a histogram of this model's index gives (the fixed default where it is not bimodal)."""
-        return choose_threshold(hist, self.threshold, self.index_range)
+        return choose_threshold(hist, self.threshold, self.index_range, self.threshold_test)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
