@@ -29,8 +29,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.change.compare import combine_flood, compare_arrays
+from pipeline.change.transitions import no_change_level, ratio_histogram
 from pipeline.models.contract import ModelRef
 from pipeline.models.loader import load_model
+from pipeline.models.sar import is_backscatter
 from pipeline.models.spectral import SpectralIndexModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,12 +97,13 @@ class EventData:
     valid: list[np.ndarray]
     default: list[np.ndarray]
     fixed: list[np.ndarray]
+    darkening: bool = False  # flood-sar: water on both dates that got darker is new water too (its change rule)
 
 
 def load_event(event: str, sensor: str, name: str, bands: dict[str, int], fixed: float) -> EventData:
     model = load_model(ModelRef.of(name))
     assert isinstance(model, SpectralIndexModel)
-    out = EventData([], [], [], [], [], [])
+    out = EventData([], [], [], [], [], [], is_backscatter(model))
     for before, after, truth in chips(event, sensor):
         pick = [bands[b] for b in model.info.bands]
         out.truth.append(truth)
@@ -120,7 +123,14 @@ def at_threshold(data: EventData, t: float, above: bool) -> Score:
     def water(index: np.ndarray) -> np.ndarray:
         return index > t if above else index < t
 
-    preds = [water(a) & ~water(b) & v for b, a, v in zip(data.index_before, data.index_after, data.valid, strict=True)]
+    preds = []
+    for b, a, v in zip(data.index_before, data.index_after, data.valid, strict=True):
+        wb, wa = water(b), water(a)
+        new = wa & ~wb
+        if data.darkening:  # the model's own change rule, at this threshold
+            level = no_change_level(ratio_histogram(b, a, ~wa & ~wb & v))
+            new |= wa & wb & (a - b < level)
+        preds.append(new & v)
     return pooled(preds, data.truth)
 
 
