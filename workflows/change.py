@@ -556,8 +556,9 @@ def run_timeline(scenes: Sequence[str | Path], model: Model = "vegetation", out_
 
         from pipeline.config import PredictConfig, TimelineConfig
 
-        config = TimelineConfig(predict=PredictConfig(bands="swir16=1,nir=2,red=3"), watch="vegetation->other")
-        timeline = run_timeline(sorted(Path("pucallpa").glob("*.tif")), "vegetation", "out/", config)
+        config = TimelineConfig(predict=PredictConfig(bands="swir16=1,nir=2,red=3"), watch="canopy->bare")
+        timeline = run_timeline(sorted(Path("pucallpa").glob("*.tif")), ModelRef.of("bare", threshold="auto"),
+                                "out/", config)
     """
     if len(scenes) < 2:
         raise ConfigError(f"timeline: {len(scenes)} scene(s) given; a timeline needs at least two dates")

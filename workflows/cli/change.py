@@ -122,8 +122,8 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
 
     \b
     Examples:
-      scenewatch timeline landsat/*.tif --model vegetation --bands red=3,nir=2 \\
-          --date-pattern '(?P<year>\\d{4})' --watch 'vegetation->other' --out pucallpa/
+      scenewatch timeline landsat/*.tif --model bare --bands swir16=1,nir=2,red=3 --threshold auto \\
+          --date-pattern '(?P<year>\\d{4})' --watch 'canopy->bare' --out pucallpa/
       scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --model vegetation --bands naip --out naip/
       scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --bands naip --threshold 0.2 --mask blue=255 \
           --watch 'vegetation->other' --sieve 16 --out naip-clean/
