@@ -37,7 +37,9 @@ data" (UN-SPIDER Knowledge Portal, 2019): calibrated sigma0, speckle filtering (
 between a before and an after image (their ratio), permanent water removed; with the automatic per-image
 threshold of the S1 flood services (Martinis, Twele & Voigt 2009; Twele et al. 2016) in place of their
 fixed ratio threshold, which has no meaning on stretched 8-bit renderings. ``scenewatch change`` and
-``compare_arrays`` apply the same two steps (the change raster's description records the no-change level).
+``compare_arrays`` apply the same two steps (the change raster's description records the no-change level);
+``change`` given two class rasters instead of scenes, and ``timeline``, have no backscatter of both dates at
+hand and apply step 1 only.
 
 Options (``--model-option KEY=VALUE``, ``ModelRef.of("flood-sar", KEY=VALUE)``):
 
