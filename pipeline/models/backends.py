@@ -448,9 +448,14 @@ def _stored_ir(kind: str, identity: str | None) -> Any:
 def _store_ir(kind: str, identity: str | None, ir: Any) -> None:
     import openvino as ov
 
-    if identity is not None:
-        store_artifact(artifact_dir(kind, identity), lambda tmp: ov.save_model(ir, str(tmp / _IR),
-                                                                                compress_to_fp16=False))
+    if identity is None:
+        return
+    folder = artifact_dir(kind, identity)
+    try:
+        store_artifact(folder, lambda tmp: ov.save_model(ir, str(tmp / _IR), compress_to_fp16=False))
+    except OSError as err:  # a read-only cache: this run goes on, the next one makes it again
+        log.warning("backend cache %s: cannot be written (%s); the next run makes it again", folder.parent,
+                    err.strerror or err)
 
 
 def offer(model: Any, samples: Sequence[Any], identity: str | None) -> tuple[list[Backend], list[str]]:

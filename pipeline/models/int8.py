@@ -19,7 +19,8 @@ against fp32 on each worker's first tile (falling back to bf16 or fp32 past
 This module reads the bundle's spec only as the value it is given (``spec``), so that
 :mod:`pipeline.models.bundle` can load a variant without the two importing each other.
 
-OpenVINO and NNCF are optional (``pip install 'scenewatch[int8]'``); only calibrating needs NNCF.
+OpenVINO and NNCF are core dependencies (``auto`` measures OpenVINO fp32/bf16/int8 against torch:
+:mod:`pipeline.models.backends`); an install without them still runs torch, and says so.
 """
 
 from __future__ import annotations
