@@ -18,10 +18,16 @@ are ahead of the merge, which holds only the border pieces of about one row of t
 process holds their outlines); finished rows go to a staging file on disk, so memory does not grow with the
 raster. What is left in this process per tile (an outline's union-find, staging the rows) is small next to
 the unions it used to do here (docs/benchmarks.md: the client's share of the CPU with polygons).
+
+On a cluster whose workers do not see the raster's folder (machines with local disks only, found by the
+probe of :func:`workflows.scene.workers_share_disk`), this process reads each tile's windows as it submits
+the tile and sends them with the task (the classes, their mask and the probabilities as stored), so again
+only the tiles in flight are held.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -50,15 +56,18 @@ from pipeline.vectors.merge import BorderOutline, Group, SeamGroups, merge_group
 from pipeline.vectors.vectorize import (
     CorePieces,
     PolygonLimitError,
+    StoredProba,
+    decode_proba,
     keep_mask,
     own_class_proba,
     polygonize_core,
     read_class_window,
-    read_proba_window,
+    read_stored_proba,
     sieve_classes,
 )
-from tiles.grid import Tile, TileGrid, plan_tiles
+from tiles.grid import PixelWindow, Tile, TileGrid, plan_tiles
 from workflows.cluster import dask_client, worker_count
+from workflows.scene import workers_share_disk
 
 __all__ = ["VectorResult", "vectorize_scene", "class_names_of", "resolve_classes"]
 
@@ -88,14 +97,39 @@ class _TileJob:
     sieve: int
     max_polygons: int
     spec: LayerSpec
+    inline: bool = False  # the workers cannot read the rasters: each task comes with its windows (_TileWindows)
+
+
+@dataclass(frozen=True, slots=True)
+class _TileWindows:
+    """A tile's windows, read by this process for workers that cannot see the rasters."""
+
+    classes: np.ndarray  # the core and its sieve halo
+    valid: np.ndarray
+    proba: StoredProba | None  # the core
+
+
+def _class_read_window(job: _TileJob, tile: Tile) -> PixelWindow:
+    """The window a tile's classes are read over: its core, plus the sieve's halo."""
+    core = tile.core_window
+    return core.expand(job.sieve, job.grid.bounds) if job.sieve > 1 else core
+
+
+def _read_windows(job: _TileJob, tile: Tile) -> _TileWindows:
+    classes, valid = read_class_window(job.classes_path, _class_read_window(job, tile))
+    proba = read_stored_proba(job.proba_path, tile.core_window) if job.proba_path is not None else None
+    return _TileWindows(classes, valid, proba)
 
 
 @crosses_processes
-def _vectorize_tile(job: _TileJob, tile: Tile) -> tuple[pa.Table, CorePieces]:
-    """The Dask task: read one core (with a sieve halo), polygonize it, finish the interior polygons."""
+def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = None) -> tuple[pa.Table, CorePieces]:
+    """The Dask task: read one core (with a sieve halo), polygonize it, finish the interior polygons.
+    ``windows``: what this process read for it, when the worker cannot read the rasters."""
     core = tile.core_window
-    read = core.expand(job.sieve, job.grid.bounds) if job.sieve > 1 else core
-    classes, valid = read_class_window(job.classes_path, read)
+    read = _class_read_window(job, tile)
+    if windows is None:
+        windows = _read_windows(job, tile)
+    classes, valid = windows.classes, windows.valid
     if job.sieve > 1:
         # A group smaller than the sieve lies within `sieve` pixels of any core pixel it covers, so the
         # halo lets every such group be seen whole; groups cut by the halo edge are larger than the sieve.
@@ -104,8 +138,8 @@ def _vectorize_tile(job: _TileJob, tile: Tile) -> tuple[pa.Table, CorePieces]:
         classes, valid = classes[rows, cols], valid[rows, cols]
     keep = keep_mask(classes, valid, job.keep)
     proba = None
-    if job.proba_path is not None:
-        proba = own_class_proba(read_proba_window(job.proba_path, core), classes)
+    if windows.proba is not None:
+        proba = own_class_proba(decode_proba(windows.proba), classes)
     pieces = polygonize_core(classes, keep, core, job.grid.bounds, proba=proba, max_polygons=job.max_polygons)
     interior, border = split_border(pieces)
     return feature_table(interior, job.spec), border
@@ -233,6 +267,9 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
             LayerStager(output_folder(out_dir), spec) as stager:
         sweep_stale_temps(out_dir)
         in_flight = cfg.max_tiles_in_flight or 4 * worker_count(dask)
+        if not _workers_read(dask, classes_path, proba):
+            job = dataclasses.replace(job, inline=True)
+            log.info("%s: the workers do not see %s; tiles travel with their tasks", sid, classes_path.parent)
         _run(dask, job, stager, in_flight, progress, where)
         for fmt in cfg.formats:
             paths[fmt] = export_layer(stager, out_dir / f"{sid}.{fmt}", fmt)
@@ -240,6 +277,16 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
     result = VectorResult(sid, paths, count, len(grid), time.perf_counter() - started, grid)
     log.info("vectorized %s: %d polygons from %d tiles in %.1f s", sid, count, len(grid), result.seconds)
     return result
+
+
+def _workers_read(dask: Client, classes_path: Path, proba_path: str | None) -> bool:
+    """Whether every worker sees the folders of the rasters as this process does; a folder this process
+    cannot write the probe into (read-only) counts as unseen, so the tiles travel with their tasks."""
+    folders = {classes_path.parent, *([Path(proba_path).parent] if proba_path is not None else [])}
+    try:
+        return all(workers_share_disk(dask, folder) for folder in folders)
+    except OSError:
+        return False
 
 
 def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
@@ -335,7 +382,8 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
         tile = next(tiles, None)
         if tile is not None:
             key = f"{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
-            fut = dask.submit(_vectorize_tile, job, tile, pure=False, key=f"vectorize-{key}")
+            windows = _read_windows(job, tile) if job.inline else None
+            fut = dask.submit(_vectorize_tile, job, tile, windows, pure=False, key=f"vectorize-{key}")
             light = dask.submit(_interior_and_outline, fut, pure=False, key=f"vectorize-rows-{key}")
             queue.append((tile, fut, light))
 

@@ -16,6 +16,7 @@ labels in one pass.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -25,7 +26,7 @@ import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 from scipy import ndimage
 
@@ -42,6 +43,9 @@ __all__ = [
     "keep_mask",
     "label_groups",
     "read_class_window",
+    "StoredProba",
+    "read_stored_proba",
+    "decode_proba",
     "read_proba_window",
     "own_class_proba",
     "TOP",
@@ -326,12 +330,25 @@ def read_class_window(path: str, window: PixelWindow) -> tuple[np.ndarray, np.nd
     return classes, valid
 
 
-def read_proba_window(path: str, window: PixelWindow) -> np.ndarray:
-    """Probabilities ``(classes, rows, cols)`` float32 in [0, 1] over ``window``, NaN where nodata; band
-    scales and offsets (uint8 ``p * 254`` storage) are applied."""
+@dataclass(frozen=True, slots=True)
+class StoredProba:
+    """A probability raster's window as stored (uint8 ``p * 254`` or float), its nodata mask and the band
+    scales and offsets: what :func:`decode_proba` needs, a quarter of the float32 it decodes to (so it is
+    what travels to a worker that cannot read the raster itself)."""
+
+    data: np.ndarray  # (classes, rows, cols), the raster's dtype
+    nodata: np.ndarray  # (classes, rows, cols) bool
+    scales: np.ndarray  # (classes, 1, 1) float32
+    offsets: np.ndarray  # (classes, 1, 1) float32
+
+
+def read_stored_proba(path: str, window: PixelWindow) -> StoredProba:
+    """The probability raster's bands over ``window`` as stored (see :func:`read_proba_window`)."""
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     try:
-        with open_raster(path, "probabilities") as src:
+        with open_raster(path, "probabilities") as src, warnings.catch_warnings():
+            # a 4-band uint8 raster (a timeline's events) has its 4th band taken for alpha: nodata decides
+            warnings.simplefilter("ignore", NodataShadowWarning)
             data = src.read(window=rio_window, masked=True)
             scales = np.asarray(src.scales, dtype=np.float32)[:, None, None]
             offsets = np.asarray(src.offsets, dtype=np.float32)[:, None, None]
@@ -340,9 +357,19 @@ def read_proba_window(path: str, window: PixelWindow) -> np.ndarray:
             f"probabilities {Path(path).name}: pixels at rows {window.row_off}-{window.row_end} cannot be read; "
             f"the file looks truncated or corrupt"
         ) from err
-    proba = data.filled(np.nan).astype(np.float32) if data.dtype.kind == "f" else \
-        np.where(np.ma.getmaskarray(data), np.nan, data.data.astype(np.float32))
-    return proba * scales + offsets
+    return StoredProba(data.data, np.ma.getmaskarray(data), scales, offsets)
+
+
+def decode_proba(stored: StoredProba) -> np.ndarray:
+    """Probabilities ``(classes, rows, cols)`` float32 in [0, 1], NaN where nodata, scales and offsets applied."""
+    proba = np.where(stored.nodata, np.nan, stored.data.astype(np.float32))
+    return proba * stored.scales + stored.offsets
+
+
+def read_proba_window(path: str, window: PixelWindow) -> np.ndarray:
+    """Probabilities ``(classes, rows, cols)`` float32 in [0, 1] over ``window``, NaN where nodata; band
+    scales and offsets (uint8 ``p * 254`` storage) are applied."""
+    return decode_proba(read_stored_proba(path, window))
 
 
 def own_class_proba(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
