@@ -123,3 +123,60 @@ def test_blocks_as_task_results_give_the_same_cogs(tmp_path: Path, make_geotiff,
     for a, b in ((shared.classes_path, inline.classes_path), (shared.proba_path, inline.proba_path)):
         assert a.read_bytes() == b.read_bytes()
     assert not list((tmp_path / "inline").glob("*.part"))
+
+
+def _features(path: Path) -> tuple[list[dict], list[bytes]]:
+    """A polygon layer's rows (attributes, in layer order) and geometries (WKB)."""
+    import geopandas as gpd
+
+    frame = gpd.read_file(path, layer=path.stem)
+    return frame.drop(columns="geometry").to_dict("records"), list(frame.geometry.to_wkb())
+
+
+def test_polygons_change_and_timeline_with_windows_sent_by_the_client(
+        tmp_path: Path, make_geotiff, dask_client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers that cannot see the classes COGs (forced on any machine): the client reads each tile's windows
+    and sends them with the task. Polygons (seams across tiles, a sieve halo, probabilities), a change pair
+    and a timeline come out as workers reading the COGs themselves make them."""
+    import workflows.scene as scene_module
+    import workflows.vectorize as vectorize_module
+    from pipeline.config import ChangeConfig, PredictConfig, TimelineConfig, VectorizeConfig
+    from workflows.change import detect_change, run_timeline
+
+    scenes = [make_geotiff(f"site_2020010{i + 1}.tif", shape=(4, 300, 420), blocksize=256, seed=i) for i in range(3)]
+    predict = PredictConfig(bands="naip", tile_size=256)
+    vector = VectorizeConfig(tile_size=128, sieve=4, formats=("gpkg",))
+    client_reads: list[int] = []
+    read_windows = vectorize_module._read_windows
+
+    def counted(job, tile):  # type: ignore[no-untyped-def]
+        client_reads.append(1)
+        return read_windows(job, tile)
+
+    monkeypatch.setattr(vectorize_module, "_read_windows", counted)
+
+    def run(out: Path) -> dict[str, Path]:
+        pair = detect_change(scenes[0], scenes[1], "vegetation", out,
+                             ChangeConfig(predict=predict, quicklook=False), client=dask_client, progress=False)
+        line = run_timeline(scenes, "vegetation", out, TimelineConfig(predict=predict, plot=False, confirm=1),
+                            client=dask_client, progress=False)
+        first = pair.dates[0]
+        layer = vectorize_module.vectorize_scene(first.classes_path, out / "vectors", vector,
+                                                 proba_path=first.proba_path, client=dask_client, progress=False)
+        assert pair.polygons_path is not None and line.events_polygons_path is not None
+        return {"change.tif": pair.change_path, "change.gpkg": pair.polygons_path, "alerts.tif": line.alerts_path,
+                "events.gpkg": line.events_polygons_path, "vectors.gpkg": layer.paths["gpkg"]}
+
+    shared = run(tmp_path / "shared")
+    assert not client_reads  # a LocalCluster sees the folder: the workers read their windows
+    monkeypatch.setattr(scene_module, "workers_share_disk", lambda dask, folder: False)
+    monkeypatch.setattr(vectorize_module, "workers_share_disk", lambda dask, folder: False)
+    inline = run(tmp_path / "inline")
+    assert client_reads
+    for name, path in shared.items():
+        if name.endswith(".tif"):
+            assert path.read_bytes() == inline[name].read_bytes(), name
+        else:
+            rows, shapes = _features(path)
+            assert rows, f"{name}: no polygons to compare"
+            assert (rows, shapes) == _features(inline[name]), name
