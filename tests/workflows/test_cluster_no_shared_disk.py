@@ -89,18 +89,29 @@ def test_stac_s3_job_on_a_cluster_without_shared_disk(tmp_path: Path, s3, stac_a
         items.append(json.loads(local.read_text()))
     url = stac_api.serve(items)
     inputs = {"stac_search": {"url": url, "datetime": "2000-01-01/2030-12-31"}}
+    # polygons and a change pair too: the workers read the classes COGs that only the run's state folder holds
+    products = {"vectors": {"options": {"sieve": 4}},
+                "change": {"pairs": "first-last", "options": {"quicklook": False}}}
     job = write_job(tmp_path, inputs, tmp_path / "unused", dask={"scheduler": address}, bands=None,
-                    name="cluster")
+                    name="cluster", products=products)
     summary = run_job(job, out=s3.url("cluster"), state=tmp_path / "state")
-    assert summary.exit_code == 0 and summary.count("done") == 2, summary.outcomes
+    assert summary.exit_code == 0 and summary.count("done") == 3, summary.outcomes
 
-    local_job = write_job(tmp_path, inputs, tmp_path / "local", dask={"workers": 1}, bands=None, name="local")
+    local_job = write_job(tmp_path, inputs, tmp_path / "local", dask={"workers": 1}, bands=None, name="local",
+                          products=products)
     assert run_job(local_job).exit_code == 0
-    for scene in ("naip_20090818", "naip_20200831"):
-        for product in ("classes", "proba"):
-            name = f"{scene}.{product}.tif"
-            body = s3.client.get_object(Bucket=s3.bucket, Key=f"cluster/{name}")["Body"].read()
-            assert body == (tmp_path / "local" / name).read_bytes(), f"{name} differs from the local run"
+    pair = "change/naip_20090818__naip_20200831.change"
+    for name in ("naip_20090818.classes.tif", "naip_20090818.proba.tif", "naip_20200831.classes.tif",
+                 "naip_20200831.proba.tif", f"{pair}.tif"):
+        body = s3.client.get_object(Bucket=s3.bucket, Key=f"cluster/{name}")["Body"].read()
+        assert body == (tmp_path / "local" / name).read_bytes(), f"{name} differs from the local run"
+    for name in ("naip_20090818.gpkg", "naip_20200831.gpkg", f"{pair}.gpkg"):
+        copy = tmp_path / "downloaded" / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(s3.client.get_object(Bucket=s3.bucket, Key=f"cluster/{name}")["Body"].read())
+        rows, shapes = _features(copy)
+        assert rows, f"{name}: no polygons to compare"
+        assert (rows, shapes) == _features(tmp_path / "local" / name), f"{name} differs from the local run"
     keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="cluster/")["Contents"]}
     assert {"cluster/catalog.json", "cluster/scenewatch-manifest.sqlite"} <= keys
 
