@@ -102,11 +102,32 @@ class _TileJob:
 
 @dataclass(frozen=True, slots=True)
 class _TileWindows:
-    """A tile's windows, read by this process for workers that cannot see the rasters."""
+    """A tile's windows, read by this process for workers that cannot see the rasters: the classes over the
+    core and its sieve halo, the probabilities over the core as stored, masks packed 8 pixels a byte (for
+    uint8 probabilities of ``k`` classes, about ``1.1 * (1 + k)`` bytes a pixel travel)."""
 
-    classes: np.ndarray  # the core and its sieve halo
-    valid: np.ndarray
-    proba: StoredProba | None  # the core
+    classes: np.ndarray
+    valid: bytes
+    proba: StoredProba | None  # its nodata mask packed too
+
+    @classmethod
+    def pack(cls, classes: np.ndarray, valid: np.ndarray, proba: StoredProba | None) -> _TileWindows:
+        if proba is not None:
+            proba = dataclasses.replace(proba, nodata=np.packbits(proba.nodata, axis=None))
+        return cls(classes, np.packbits(valid, axis=None).tobytes(), proba)
+
+    def unpack(self) -> tuple[np.ndarray, np.ndarray, StoredProba | None]:
+        """``(classes, valid, proba)`` as read."""
+        valid = _unpack_bits(self.valid, self.classes.shape)
+        proba = self.proba
+        if proba is not None:
+            proba = dataclasses.replace(proba, nodata=_unpack_bits(proba.nodata.tobytes(), proba.data.shape))
+        return self.classes, valid, proba
+
+
+def _unpack_bits(bits: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=count).astype(bool).reshape(shape)
 
 
 def _class_read_window(job: _TileJob, tile: Tile) -> PixelWindow:
@@ -115,10 +136,11 @@ def _class_read_window(job: _TileJob, tile: Tile) -> PixelWindow:
     return core.expand(job.sieve, job.grid.bounds) if job.sieve > 1 else core
 
 
-def _read_windows(job: _TileJob, tile: Tile) -> _TileWindows:
+def _read_windows(job: _TileJob, tile: Tile) -> tuple[np.ndarray, np.ndarray, StoredProba | None]:
+    """A tile's classes (core and sieve halo) and valid mask, and its probabilities as stored (core)."""
     classes, valid = read_class_window(job.classes_path, _class_read_window(job, tile))
     proba = read_stored_proba(job.proba_path, tile.core_window) if job.proba_path is not None else None
-    return _TileWindows(classes, valid, proba)
+    return classes, valid, proba
 
 
 @crosses_processes
@@ -127,9 +149,7 @@ def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = No
     ``windows``: what this process read for it, when the worker cannot read the rasters."""
     core = tile.core_window
     read = _class_read_window(job, tile)
-    if windows is None:
-        windows = _read_windows(job, tile)
-    classes, valid = windows.classes, windows.valid
+    classes, valid, stored = _read_windows(job, tile) if windows is None else windows.unpack()
     if job.sieve > 1:
         # A group smaller than the sieve lies within `sieve` pixels of any core pixel it covers, so the
         # halo lets every such group be seen whole; groups cut by the halo edge are larger than the sieve.
@@ -138,8 +158,8 @@ def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = No
         classes, valid = classes[rows, cols], valid[rows, cols]
     keep = keep_mask(classes, valid, job.keep)
     proba = None
-    if windows.proba is not None:
-        proba = own_class_proba(decode_proba(windows.proba), classes)
+    if stored is not None:
+        proba = own_class_proba(decode_proba(stored), classes)
     pieces = polygonize_core(classes, keep, core, job.grid.bounds, proba=proba, max_polygons=job.max_polygons)
     interior, border = split_border(pieces)
     return feature_table(interior, job.spec), border
@@ -382,7 +402,7 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
         tile = next(tiles, None)
         if tile is not None:
             key = f"{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
-            windows = _read_windows(job, tile) if job.inline else None
+            windows = _TileWindows.pack(*_read_windows(job, tile)) if job.inline else None
             fut = dask.submit(_vectorize_tile, job, tile, windows, pure=False, key=f"vectorize-{key}")
             light = dask.submit(_interior_and_outline, fut, pure=False, key=f"vectorize-rows-{key}")
             queue.append((tile, fut, light))
