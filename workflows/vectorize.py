@@ -21,8 +21,9 @@ the unions it used to do here (docs/benchmarks.md: the client's share of the CPU
 
 On a cluster whose workers do not see the raster's folder (machines with local disks only, found by the
 probe of :func:`workflows.scene.workers_share_disk`), this process reads each tile's windows as it submits
-the tile and sends them with the task (the classes, their mask and the probabilities as stored), so again
-only the tiles in flight are held.
+the tile and sends them with the task (the classes, their mask and the probabilities as stored). Those
+windows live as long as their task: the tiles in flight, and the tiles of about one row whose seams are open
+(the scheduler keeps a finished task's arguments, to recompute it if its worker is lost).
 """
 
 from __future__ import annotations
