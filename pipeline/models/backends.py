@@ -4,7 +4,7 @@
 AMX; OpenVINO int8 was 2.5x that on an AMD EPYC without AMX: issue 21). It lists what the installed packages
 offer (:func:`candidates`): torch fp32 eager and channels-last, torch bf16 and fp16 autocast where the CPU has
 native kernels for them, OpenVINO fp32 and bf16, OpenVINO int8 (the bundle's calibrated variant, or one
-calibrated here on the scene's first tiles), and times each on a few real tiles of the scene (one warm-up
+calibrated here on the scene's sample tiles), and times each on a few real tiles of the scene (one warm-up
 run, then :data:`TIMED_RUNS` rounds interleaving the candidates, so that load from other processes hits
 them alike). A candidate is refused when its probabilities drift more than
 :data:`pipeline.models.network.AUTO_DRIFT_LIMIT` from fp32 (mean absolute difference) or its class

@@ -213,9 +213,9 @@ class TorchSegmentationModel:
             probs = self.run(x, self.precision, forward)
         return probs[..., :h, :w].cpu().numpy()
 
-    def choose_backend(self, batch: np.ndarray, max_samples: int = 4) -> str:
+    def choose_backend(self, batch: np.ndarray, max_samples: int = 6) -> str:
         """Settle ``auto`` on a CPU: measure the backends on up to ``max_samples`` images of ``batch`` (raw
-        ``(N, bands, H, W)``, the scene's first tiles), or take the cached choice, and run that from now on
+        ``(N, bands, H, W)``, tiles spread over the scene), or take the cached choice, and run that from now on
         (:mod:`pipeline.models.backends`). Logs the choice and every candidate's MP/s in one line; returns the
         backend's name. Does nothing for an explicit precision, a GPU, or once settled."""
         import torch

@@ -363,7 +363,7 @@ predict_options = stack(
     click.option("--precision", type=click.Choice(choices(Precision)), default=None,
                  help="Inference precision for neural networks; auto: fp16 on a GPU; on a CPU the fastest of torch "
                       "fp32/bf16/fp16 and OpenVINO fp32/bf16/int8 within the drift limit, measured once per machine "
-                      "on the scene's first tiles and cached (docs/models.md) "
+                      "on tiles of the scene and cached (docs/models.md) "
                       f"[default: {default_of(PredictConfig, 'precision')}]."),
     click.option("--proba-dtype", type=click.Choice(choices(ProbaDtype)), default=None,
                  help="Storage of the probability raster: uint8 (p x 254, 255 = nodata) or float32 "
