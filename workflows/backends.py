@@ -10,6 +10,7 @@ settles on its first batch of tiles instead (its choice is logged there, not tag
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 
@@ -23,7 +24,9 @@ from pipeline.models.loader import load_model
 from pipeline.products import Tag
 from tiles.grid import Tile, TileGrid
 
-__all__ = ["SAMPLE_TILES", "backend_tags", "settle_backend"]
+__all__ = ["SAMPLE_TILES", "backend_tags", "settle", "settle_backend"]
+
+log = logging.getLogger("scenewatch")
 
 SAMPLE_TILES = 6
 """Tiles the measurement runs on, spread over the scene: the timing uses the first, the drift check all of
@@ -47,16 +50,22 @@ def _spread(tiles: Sequence[Tile], count: int) -> list[Tile]:
 
 @crosses_processes
 def settle_backend(meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...], ref: ModelRef) -> str:
+    """The backend's name (see :func:`settle`)."""
+    return settle(meta, grid, indexes, ref)[0]
+
+
+@crosses_processes
+def settle(meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...], ref: ModelRef) -> tuple[str, str]:
     """In a worker: load the model (cached for the tiles that follow) and settle ``auto`` on
     :data:`SAMPLE_TILES` full-size tiles spread over the scene, each with at least half its pixels valid;
     the backend's name, or "" for a model that has no backends (a spectral index, a model of the user's
-    own)."""
+    own), and the one line that says why (what auto measured; "" for an explicit precision)."""
     model = load_model(ref)
     choose = getattr(model, "choose_backend", None)
     if choose is None:
-        return ""
+        return "", ""
     if not getattr(model, "choosing", False):  # an explicit precision: nothing to measure
-        return str(getattr(model, "backend", ""))
+        return str(getattr(model, "backend", "")), ""
     full = (grid.tile_size + 2 * grid.halo,) * 2
     tiles = [grid.tile(i // grid.cols, i % grid.cols) for i in range(len(grid))]
     whole = [t for t in tiles if (t.read_window.height, t.read_window.width) == full]
@@ -75,10 +84,13 @@ def settle_backend(meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...], re
                 largest = data
                 break
     if samples:
-        return str(choose(np.stack(samples), max_samples=SAMPLE_TILES))
-    if largest is not None:
-        return str(choose(largest[None]))
-    return str(getattr(model, "backend", ""))  # a scene mostly without data: settled on its first batch instead
+        choose(np.stack(samples), max_samples=SAMPLE_TILES)
+    elif largest is not None:
+        choose(largest[None])
+    else:  # a scene mostly without data: settled on its first batch instead
+        return str(getattr(model, "backend", "")), ""
+    choice = getattr(model, "choice", None)
+    return str(getattr(model, "backend", "")), choice.summary() if choice is not None else ""
 
 
 def backend_tags(dask: Client, meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...],
@@ -89,7 +101,10 @@ def backend_tags(dask: Client, meta: SceneMeta, grid: TileGrid, indexes: tuple[i
         return {}
     workers: Sequence[str] = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
     token = uuid.uuid4().hex[:8]
-    futures = [dask.submit(settle_backend, meta, grid, indexes, ref, key=f"backend-{token}-{i}", pure=False,
+    futures = [dask.submit(settle, meta, grid, indexes, ref, key=f"backend-{token}-{i}", pure=False,
                            workers=[w], allow_other_workers=False) for i, w in enumerate(workers)]
-    names = sorted({name for name in dask.gather(futures) if name})
+    settled = dask.gather(futures)
+    for line in sorted({why for _, why in settled if why}):  # the workers' own log lines stay in the workers
+        log.info("model %s: precision auto runs %s", ref.source if not ref.factory else ref.factory, line)
+    names = sorted({name for name, _ in settled if name})
     return {Tag.BACKEND: ",".join(names)} if names else {}
