@@ -146,7 +146,6 @@ class PredictConfig(FrozenConfig):
         """How a STAC item scene is read (:mod:`pipeline.inference.stac`)."""
         return SourceOptions(self.resolution, self.resampling, self.requester_pays, self.s3_endpoint)
 
-
     @model_validator(mode="after")
     def _overlap_within_halo(self) -> PredictConfig:
         if self.overlap is not None and self.halo is not None and self.overlap > self.halo:
