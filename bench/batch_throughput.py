@@ -8,7 +8,7 @@ One LocalCluster of ``--workers`` processes; a warm-up scene first (workers star
 ``--rounds`` times, alternating: the job over the archive with ``scenes_in_flight=1`` (each scene planned,
 predicted, vectorized and checksummed before the next starts: what 8 single-scene runs back to back do,
 without their per-run start-up) and with the default (``--in-flight``, else the cluster's worker threads,
-twice the worker threads), each with ``force`` into its own folder. Prints ``RESULT {json}`` with the best seconds of
+at least 2), each with ``force`` into its own folder. Prints ``RESULT {json}`` with the best seconds of
 each and the ratio (throughput of the batch over one at a time), and the CPU seconds (client and workers)
 of every run: on a machine others load, scenes in flight can only fill the gaps others leave.
 """

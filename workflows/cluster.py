@@ -114,14 +114,12 @@ def threads_per_model(client: Client) -> int:
 
 
 def default_scenes_in_flight(client: Client) -> int:
-    """Scenes a batch computes at once when the job does not say: twice the cluster's worker threads, so
-    that while one scene per task slot waits on its tail (its last tiles, the COGs being assembled, the
-    polygons' seams) another scene's tiles keep that slot busy. Measured (bench/batch_throughput.py, 8
-    NDVI scenes of 4096² with polygons, 2 workers of one thread, quiet 2-core Xeon): 2 in flight 1.25x one
-    at a time, 4 in flight 1.39x.
+    """Scenes a batch computes at once when the job does not say: the cluster's worker threads (every
+    task slot may hold a different scene's tiles), and at least 2, so that one scene's tail (its last
+    tiles, the COGs being finished, the polygons) overlaps the next scene's tiles even on one worker.
 
     Each scene bounds its own tiles in flight (two tasks per worker), so what the cluster holds grows
     with this number: the workers' queues and, in this process, one column of cores per scene.
     """
     slots = sum(max(1, w.get("nthreads", 1)) for w in client.scheduler_info(n_workers=-1).get("workers", {}).values())
-    return 2 * slots
+    return max(2, slots)

@@ -43,13 +43,13 @@ def test_model_threads_share_the_cores_among_every_worker_thread():
             assert threads_per_model(client) == max(1, expected), (workers, threads)
 
 
-def test_scenes_in_flight_default_to_twice_the_worker_threads():
-    """A batch's default scenes in flight: two per task slot of the cluster."""
+def test_scenes_in_flight_default_to_the_worker_threads_and_at_least_two():
+    """A batch's default scenes in flight: every task slot of the cluster, and two even on one worker."""
     from distributed import Client, LocalCluster
 
     from workflows.cluster import default_scenes_in_flight
 
-    for workers, threads, expected in ((1, 1, 2), (1, 3, 6), (2, 2, 8)):
+    for workers, threads, expected in ((1, 1, 2), (1, 3, 3), (2, 2, 4)):
         with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
                           scheduler_port=0) as cluster, Client(cluster) as client:
             client.wait_for_workers(workers)
