@@ -181,11 +181,18 @@ def remote_reachable(url: str) -> bool:
 
     if url.lower().startswith("s3://"):
         target = parse_s3_url(url)
-        try:
-            s3_client().head_object(Bucket=target.bucket, Key=target.prefix)
-        except (ClientError, BotoCoreError):
-            return False
-        return True
+        # botocore's standard retries use full jitter, so its 8 tries can all fall within a second of a
+        # refused connection: the store's answer is waited for here too, with the same backoff as HTTP.
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                s3_client().head_object(Bucket=target.bucket, Key=target.prefix)
+            except ClientError:
+                return False  # the store answered: missing, forbidden
+            except BotoCoreError:
+                time.sleep(min(0.5 * 2**attempt, 10.0))  # no answer (refused, reset, timed out): wait
+                continue
+            return True
+        return False
     if not url.lower().startswith(("http://", "https://")):
         return False
     for attempt in range(MAX_ATTEMPTS):

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,8 +335,13 @@ def _write_ogr(stager: LayerStager, tmp: Path, driver: str, crs: str, stream: pa
                         geometry_type="Polygon", crs=crs, layer_options=dict(layer_options or {}))
 
 
+# GDAL's config options are process-wide: a batch with several scenes in flight exports from several threads,
+# and one thread restoring the option while another writes left that GeoPackage stamped with the write time.
+_PINNED_DATE = threading.Lock()
+
+
 def _write_gpkg(stager: LayerStager, tmp: Path) -> None:
-    with _gdal_config({"OGR_CURRENT_DATE": OGR_CURRENT_DATE}):
+    with _PINNED_DATE, _gdal_config({"OGR_CURRENT_DATE": OGR_CURRENT_DATE}):
         _write_ogr(stager, tmp, "GPKG", stager.spec.crs_wkt, _stream(stager), {"SPATIAL_INDEX": "YES"})
     _write_layer_styles(tmp, stager.spec.scene_id, layer_categories(stager.spec, stager.classes))
 
