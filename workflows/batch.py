@@ -53,6 +53,7 @@ from distributed.scheduler import KilledWorker
 from pipeline.atomic import TEMP_MARKER, output_subfolder
 from pipeline.config import ChangeConfig, ChangeOptions, PredictConfig, TimelineConfig, TimelineOptions, VectorizeConfig
 from pipeline.errors import ConfigError, DiskFullError, ModelError, ScenewatchError
+from pipeline.inference.read import clear_remote_cache
 from pipeline.inference.stac import split_fragment
 from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
@@ -529,6 +530,7 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
             if attempts <= job.spec.retries and not stopping.is_set() and _transient(scene, stage):
                 log.warning("%s: %s; the input answers again, running the scene again (%d/%d)", where, message,
                             attempts, job.spec.retries)
+                clear_remote_cache()  # GDAL remembers what the outage answered ("not recognized", "no such file")
                 continue
             return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, type(err).__name__, message,
                                      started, attempts)

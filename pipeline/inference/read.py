@@ -55,6 +55,7 @@ from pipeline.inference.stac import (
 from tiles.grid import PixelWindow
 
 __all__ = [
+    "clear_remote_cache",
     "SceneMeta",
     "BandMap",
     "SENSOR_PRESETS",
@@ -280,7 +281,7 @@ restarting, a proxy briefly down); :func:`open_raster` tries those again, about 
 _CONNECT_FAILED = re.compile(r"(Could not|Couldn't|Failed to) connect", re.IGNORECASE)
 
 
-def _clear_remote_cache() -> None:
+def clear_remote_cache() -> None:
     """GDAL's ``VSICurlClearCache()``: forget what /vsicurl/ and /vsis3/ remember of remote files (a failed
     stat stays cached as "does not exist"). rasterio does not expose it; it is called in the GDAL library
     rasterio loaded. Best effort: where that library cannot be found, the retry simply meets the cache."""
@@ -330,7 +331,7 @@ def open_raster(path: str | os.PathLike[str], what: str = "scene", *, allow_vrt:
                     first = first or err
                     break
                 time.sleep(wait)  # the store is restarting or unreachable for a moment: try again,
-                _clear_remote_cache()  # without GDAL's cached "does not exist" of the failed try
+                clear_remote_cache()  # without GDAL's cached "does not exist" of the failed try
     assert first is not None
     reason = str(first).splitlines()[0] if str(first) else "unreadable header"
     hint = ""

@@ -41,7 +41,9 @@ def _upload_scenes(s3, make_geotiff, count: int) -> list[str]:
 def test_server_restarted_mid_run_is_retried(tmp_path: Path, make_geotiff, s3) -> None:
     urls = _upload_scenes(s3, make_geotiff, 3)
     _items(tmp_path, {f"scene{i}": u for i, u in enumerate(urls)})
-    job = write_job(tmp_path, {"stac": "items.json", "asset": "image"}, tmp_path / "unused")
+    # three re-runs: the first one can meet the store while it is still coming back (HEAD answers, a read
+    # right after it did not, in CI's order of tests)
+    job = write_job(tmp_path, {"stac": "items.json", "asset": "image"}, tmp_path / "unused", retries=3)
     restarted = threading.Event()
 
     def outage(outcome, index: int, total: int) -> None:
