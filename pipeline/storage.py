@@ -124,7 +124,8 @@ def _client(endpoint: str | None, addressing: str) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """A file's sha256, read in 1 MiB chunks (the batch's fingerprints and the uploads' metadata)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -229,7 +230,7 @@ def upload_file(path: str | os.PathLike[str], url: str, *, sha256: str | None = 
 
     path = Path(path)
     size = path.stat().st_size
-    digest = sha256 or _sha256(path)
+    digest = sha256 or file_sha256(path)
     if object_matches(url, size, digest):
         return UploadResult(url, size, digest, False)
     target = parse_s3_url(url)

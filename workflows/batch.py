@@ -58,6 +58,7 @@ from pipeline.inference.stac import split_fragment
 from pipeline.models.contract import BUILTIN_MODELS, ModelInfo, ModelRef
 from pipeline.models.loader import describe_model
 from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_path, name_of
+from pipeline.storage import file_sha256
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, default_scenes_in_flight, threads_per_model
 from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discover_scenes, load_job
@@ -262,14 +263,6 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
 
 
 # ------------------------------------------------------------------------------------------- fingerprints
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _input_sha256(manifest: Manifest, path: str) -> str:

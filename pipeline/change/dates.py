@@ -22,6 +22,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from rasterio.errors import RasterioIOError
 
@@ -111,11 +112,9 @@ def date_from_stac(path: Path) -> dt.date | None:
         except (OSError, ValueError):
             continue
         props = item.get("properties", {}) if isinstance(item, dict) else {}
-        for key in ("datetime", "start_datetime"):
-            if isinstance(props.get(key), str):
-                date = _parse_iso(props[key])
-                if date is not None:
-                    return date
+        date = _item_date(props)
+        if date is not None:
+            return date
     return None
 
 
@@ -127,6 +126,11 @@ def date_of_item(href: str) -> dt.date | None:
         props = load_item(location, f"scene {Path(location).name}", item_id).get("properties") or {}
     except SceneOpenError:
         return None  # open_scene says why, when the scene is opened to be read
+    return _item_date(props)
+
+
+def _item_date(props: dict[str, Any]) -> dt.date | None:
+    """A STAC item's ``datetime``, else its ``start_datetime``, as a date (None when neither parses)."""
     for key in ("datetime", "start_datetime"):
         if isinstance(props.get(key), str):
             date = _parse_iso(props[key])
