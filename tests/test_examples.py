@@ -73,6 +73,8 @@ SKIP = {  # a piece of the example -> why it does not run in the tests
     "nightly.yaml": "the user's own job file over their archive",
     "my_model_job.yaml": "the user's own job file naming their model factory",
     "s3://my-bucket": "needs an S3 bucket and AWS credentials",
+    "earth-search.aws.element84.com": "searches a public STAC API (the network); test_stac_cli.py runs the same "
+                                      "flags against rustac serve on 127.0.0.1",
 }
 
 

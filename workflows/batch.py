@@ -61,7 +61,7 @@ from pipeline.products import Tag, asset_of, class_names_from_tags, is_classes_p
 from pipeline.storage import file_sha256
 from workflows.catalog import CatalogAsset, CatalogEntry, publish_catalog
 from workflows.cluster import dask_client, default_scenes_in_flight, threads_per_model
-from workflows.job import EXECUTION_FIELDS, Job, SceneInput, VectorsSpec, discover_scenes, load_job
+from workflows.job import EXECUTION_FIELDS, InputsSpec, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
 from workflows.remote import outputs_in_bucket, prepare_remote, upload_outputs, upload_run_files
@@ -185,7 +185,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
             client: Client | None = None, progress: bool | None = None,
             report: Callable[[ItemOutcome, int, int], None] | None = None, *,
             allow_factory: bool = False, scenes_in_flight: int | None = None,
-            state: str | Path | None = None) -> RunSummary:
+            state: str | Path | None = None, inputs: InputsSpec | None = None) -> RunSummary:
     """Run a job file over its archive; see the module docstring for what is skipped, redone and recorded.
 
     ``allow_factory``: run a ``model.factory`` the job file names (see :func:`workflows.job.load_job`).
@@ -196,6 +196,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     the one cluster (else the job's ``dask: scenes_in_flight``, else
     :func:`workflows.cluster.default_scenes_in_flight`).
     ``state``: the local state folder of an ``s3://`` output (see :mod:`workflows.remote`).
+    ``inputs``: a scene source instead of the job's (``run JOB --stac-search ...``; :func:`workflows.job.with_inputs`).
     Raises ConfigError (job invalid) or JobLockedError (another run holds the folder) before doing anything.
 
     Example::
@@ -205,7 +206,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
     """
     from tqdm import tqdm
 
-    job = load_job(job_path, out, allow_factory=allow_factory, state=state)
+    job = load_job(job_path, out, allow_factory=allow_factory, state=state, inputs=inputs)
     scenes = discover_scenes(job)
     config = job.spec.predict_config()
     ref = _model_ref(job, config)
@@ -888,8 +889,8 @@ class StatusRow:
     message: str
 
 
-def read_status(job_path: str | Path, out: str | Path | None = None, state: str | Path | None = None
-                ) -> tuple[Job, list[StatusRow], RunRecord | None]:
+def read_status(job_path: str | Path, out: str | Path | None = None, state: str | Path | None = None,
+                inputs: InputsSpec | None = None) -> tuple[Job, list[StatusRow], RunRecord | None]:
     """What the manifest says of every scene the job now finds (plus recorded products) and of the last
     run, without running anything.
 
@@ -897,7 +898,7 @@ def read_status(job_path: str | Path, out: str | Path | None = None, state: str 
     re-hashes it and redoes the scene if the content differs);
     ``interrupted``: a run stopped during it; ``running``: a run holding the lock is on it now.
     """
-    job = load_job(job_path, out, allow_factory=True, state=state)  # reading the status runs no model
+    job = load_job(job_path, out, allow_factory=True, state=state, inputs=inputs)  # reading it runs no model
     scenes = discover_scenes(job)
     path = job.out_dir / MANIFEST_NAME
     locked = is_locked(job.out_dir)

@@ -202,9 +202,9 @@ def classify_dates(scenes: Sequence[str | Path], model: Model, out_dir: Path, da
 
     results = []
     for scene, date in zip(scenes, dates, strict=True):
-        path = Path(scene)
+        path = str(scene) if "://" in str(scene) else Path(scene)  # a URL stays one (Path folds its "//")
         if is_classes_path(path):
-            results.append(dated_classes(path, date))
+            results.append(dated_classes(Path(path), date))
             continue
         res = predict_scene(plan_scene(path, model, config), out_dir, client=client, progress=progress)
         results.append(DatedClasses(str(path), res.scene_id, date, res.classes_path, res.proba_path,

@@ -40,6 +40,7 @@ from pipeline.products import is_product_path
 from pipeline.vocab import ChangePairs
 
 __all__ = [
+    "InputsSpec",
     "Job",
     "JobSpec",
     "SceneInput",
@@ -47,6 +48,8 @@ __all__ = [
     "TimeRange",
     "load_job",
     "discover_scenes",
+    "discover_inputs",
+    "with_inputs",
     "date_from_name",
     "EXECUTION_FIELDS",
     "FACTORY_ENTRY_POINTS",
@@ -97,7 +100,7 @@ class InputsSpec(_Frozen):
     pattern: str = Field("*.tif", description="glob pattern inside `folder` (** for subfolders)")
     glob: str | None = Field(None, description="one glob pattern, e.g. archive/**/*.tif")
     files: list[str] | None = Field(None, description="explicit list of scene files or STAC item JSON files, or of "
-                                                    "their URLs (s3://, https://; not both kinds in one job)")
+                                                    "their URLs (s3://, https://), in any mix")
     stac: str | None = Field(None, description="STAC catalog.json, collection or item collection JSON: a path, or "
                                                "an http(s):// or s3:// URL")
     stac_search: StacSearchSpec | None = Field(None, description="a STAC API search: url, collections, bbox or aoi, "
@@ -308,8 +311,9 @@ def registered_factories() -> dict[str, str]:
 
 
 def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: bool = False,
-             state: str | Path | None = None) -> Job:
-    """Read and validate a job file; ``out`` overrides ``outputs.folder``. Raises ConfigError naming the
+             state: str | Path | None = None, inputs: InputsSpec | None = None) -> Job:
+    """Read and validate a job file; ``out`` overrides ``outputs.folder``, ``inputs`` the scene source of
+    ``inputs:`` (:func:`with_inputs`: ``scenewatch run JOB --stac ...``). Raises ConfigError naming the
     key and line of every problem.
 
     An ``s3://bucket/prefix`` output is built in a local state folder (``state``, else ``outputs.state``,
@@ -347,6 +351,8 @@ def load_job(path: str | Path, out: str | Path | None = None, *, allow_factory: 
     except ValidationError as err:
         raise ConfigError(f"{where}: " + "; ".join(_describe(e, root) for e in err.errors())) from err
     _check_model_options(spec.model, root, where)
+    if inputs is not None:
+        spec = with_inputs(spec, inputs)
     factory = spec.model.factory
     if factory is not None and not allow_factory and factory not in registered_factories().values():
         factory_line = _line_of(root, ("model", "factory"))
@@ -514,65 +520,106 @@ def date_from_name(name: str) -> TimeRange | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where inputs were given, for their relative paths and their error messages: a job file (keys
+    ``inputs.*``, paths relative to the job file's folder) or the command line (flags in backticks, which
+    :func:`workflows.cli.options.cli_message` shows as ``--stac-search``; paths relative to the working
+    folder)."""
+
+    base: Path
+    job: str | None = None  # the job file's name; None: the command line
+
+    def key(self, name: str) -> str:
+        return f"job {self.job}: inputs.{name}" if self.job is not None else f"`{name}`"
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+
 def discover_scenes(job: Job) -> list[SceneInput]:
     """The job's scenes after the date and bbox filters, ordered by date then id (the order of change
     pairs and timelines). Ids are safe and distinct (see :func:`pipeline.names.unique_names`)."""
-    spec = job.spec.inputs
+    return _discover(job.spec.inputs, _Origin(job.base, job.path.name))
+
+
+def discover_inputs(inputs: InputsSpec, base: str | Path | None = None) -> list[SceneInput]:
+    """The scenes of inputs given on the command line (``--stac``, ``--stac-search ...``), as
+    :func:`discover_scenes` finds a job's: relative paths from ``base`` (default: the working folder), and
+    errors naming the options in backticks (`` `stac_search` ``) rather than job keys."""
+    return _discover(inputs, _Origin(Path(base) if base is not None else Path.cwd()))
+
+
+def with_inputs(spec: JobSpec, inputs: InputsSpec) -> JobSpec:
+    """``spec`` whose scene source (folder, glob, files, stac, stac_search) is the one ``inputs`` gives
+    (``scenewatch run JOB --stac-search ...``); the job's other input settings (asset, filters,
+    resolution, remote options) stay."""
+    source = {k: getattr(inputs, k) for k in ("folder", "glob", "files", "stac", "stac_search")}
+    return spec.model_copy(update={"inputs": spec.inputs.model_copy(update=source)})
+
+
+def _discover(spec: InputsSpec, origin: _Origin) -> list[SceneInput]:
     if spec.stac_search is not None:
-        scenes = _search_scenes(job, spec.stac_search)
+        scenes = _search_scenes(spec, origin, spec.stac_search)
     else:
         if spec.stac is not None and re.match(r"(?i)(https?|s3)://", spec.stac):
-            scenes = _stac_url_scenes(job, spec.stac)
+            scenes = _stac_url_scenes(spec, origin, spec.stac)
+        elif spec.stac is not None:
+            scenes = _stac_scenes(spec, origin, origin.resolve(spec.stac))
         else:
-            scenes = _stac_scenes(job, job.resolve(spec.stac)) if spec.stac is not None else _file_scenes(job)
+            scenes = _file_scenes(spec, origin)
     kept = [s for s in scenes if _keep(s, spec)]
     return sorted(kept, key=lambda s: (s.when.start if s.when else dt.datetime.max.replace(tzinfo=_UTC),
                                        s.scene_id))
 
 
-def _file_scenes(job: Job) -> list[SceneInput]:
-    spec = job.spec.inputs
-    where = f"job {job.path.name}"
+def _file_scenes(spec: InputsSpec, origin: _Origin) -> list[SceneInput]:
     if spec.files is not None:
-        urls = [f for f in spec.files if "://" in f]  # remote scenes or STAC items, read by URL (workers too)
-        if urls and len(urls) < len(spec.files):
-            raise ConfigError(f"{where}: inputs.files mixes URLs and local paths; list one kind per job")
-        if urls:
-            return _url_scenes(urls)
-        paths = [job.resolve(f) for f in spec.files]
-        root = job.base
-    elif spec.folder is not None:
-        root = job.resolve(spec.folder)
+        return _listed_scenes(spec.files, origin)
+    if spec.folder is not None:
+        root = origin.resolve(spec.folder)
         if not root.is_dir():
-            raise ConfigError(f"{where}: inputs.folder {root} is not a folder; check the path")
+            raise ConfigError(f"{origin.key('folder')} {root} is not a folder; check the path")
         paths = sorted(Path(p) for p in globlib.glob(str(root / spec.pattern), recursive=True))
     else:
         assert spec.glob is not None
-        pattern = spec.glob if Path(spec.glob).is_absolute() else str(job.base / spec.glob)
+        pattern = spec.glob if Path(spec.glob).is_absolute() else str(origin.base / spec.glob)
         paths = sorted(Path(p) for p in globlib.glob(pattern, recursive=True))
-        root = job.base
-    paths = [p for p in paths if not p.is_dir()]
-    if spec.files is None:
-        # a job whose output folder is (or is inside) its input folder must not take its own products for new
-        # scenes on the next run
-        paths = [p for p in paths if not is_product_path(p)]
+        root = origin.base
+    # a job whose output folder is (or is inside) its input folder must not take its own products for new
+    # scenes on the next run
+    paths = [p for p in paths if not p.is_dir() and not is_product_path(p)]
     if not paths:
-        raise ConfigError(f"{where}: inputs match no files; check inputs in the job file")
+        raise ConfigError(f"{origin.key('folder' if spec.folder is not None else 'glob')}: the inputs match no files; "
+                          "check inputs in the job file")
     raw = [_relative_or_name(p, root) for p in paths]
     stems = [_strip_raster_ext(Path(r).name) for r in raw]
     ids = unique_names(stems, keys=[str(p.resolve()) for p in paths])
     return [SceneInput(i, str(p), date_from_name(p.name), None, r) for i, p, r in zip(ids, paths, raw, strict=True)]
 
 
-def _url_scenes(urls: Sequence[str]) -> list[SceneInput]:
-    """Scenes given by URL in ``inputs.files`` (``s3://bucket/item.json``, ``https://.../scene.tif``): ids from
-    the last part of the URL's path, without its extension."""
+def _listed_scenes(files: Sequence[str], origin: _Origin) -> list[SceneInput]:
+    """``inputs.files``: local paths (relative to the job file) and URLs (``s3://bucket/item.json``,
+    ``https://.../scene.tif``: read by URL, by workers too), in any mix. Ids are each name without its
+    extension (a URL's: the last part of its path), made distinct over both kinds."""
     from urllib.parse import urlparse
 
-    stems = [_strip_raster_ext(Path(urlparse(u).path).name) or u for u in urls]
-    ids = unique_names(stems, keys=list(urls))
-    return [SceneInput(i, u, date_from_name(Path(urlparse(u).path).name), None, u)
-            for i, u in zip(ids, urls, strict=True)]
+    found: list[tuple[str, str, str, str]] = []  # (file name, distinct key, path read, raw id)
+    for entry in files:
+        if "://" in entry:
+            found.append((Path(urlparse(entry).path).name, entry, entry, entry))
+            continue
+        path = origin.resolve(entry)
+        if path.is_dir():
+            continue
+        raw = _relative_or_name(path, origin.base)
+        found.append((Path(raw).name, str(path.resolve()), str(path), raw))
+    if not found:
+        raise ConfigError(f"{origin.key('files')}: the inputs match no files; check inputs in the job file")
+    ids = unique_names([_strip_raster_ext(f[0]) or f[1] for f in found], keys=[f[1] for f in found])
+    return [SceneInput(i, path, date_from_name(name), None, raw)
+            for i, (name, _, path, raw) in zip(ids, found, strict=True)]
 
 
 def _relative_or_name(path: Path, root: Path) -> str:
@@ -589,10 +636,10 @@ def _strip_raster_ext(name: str) -> str:
     return name
 
 
-def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
+def _stac_scenes(spec: InputsSpec, origin: _Origin, source: Path) -> list[SceneInput]:
     import pystac
 
-    where = f"job {job.path.name}: inputs.stac {source.name}"
+    where = f"{origin.key('stac')} {source.name if origin.job is not None else source}"
     try:
         data = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -611,15 +658,15 @@ def _stac_scenes(job: Job, source: Path) -> list[SceneInput]:
             base = None
     except pystac.STACError as err:
         raise ConfigError(f"{where}: not a STAC catalog or item collection ({err})") from err
-    return _scenes_from_items(job, items, base, where, collection=source if base is not None else None)
+    return _scenes_from_items(spec, items, base, where, collection=source if base is not None else None)
 
 
-def _stac_url_scenes(job: Job, url: str) -> list[SceneInput]:
+def _stac_url_scenes(spec: InputsSpec, origin: _Origin, url: str) -> list[SceneInput]:
     """A static catalog, collection or item collection published at an ``http(s)://`` or ``s3://`` URL: its
     items, with hrefs resolved against their own URLs, so that workers read them by URL too."""
     import pystac
 
-    where = f"job {job.path.name}: inputs.stac {url}"
+    where = f"{origin.key('stac')} {url}"
     io = _url_stac_io()
     try:
         data = io.read_json(url)
@@ -638,7 +685,7 @@ def _stac_url_scenes(job: Job, url: str) -> list[SceneInput]:
     except Exception as err:  # HTTP, S3 and parsing errors alike: one line naming the URL
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{where}: cannot be read as a STAC catalog or item collection ({first})") from err
-    return _scenes_from_items(job, items, None, where, collection=url if collection else None)
+    return _scenes_from_items(spec, items, None, where, collection=url if collection else None)
 
 
 def _url_stac_io() -> Any:
@@ -660,7 +707,7 @@ def _url_stac_io() -> Any:
     return UrlStacIO()
 
 
-def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where: str,
+def _scenes_from_items(spec: InputsSpec, items: Sequence[Any], base: Path | None, where: str,
                        collection: str | Path | None = None) -> list[SceneInput]:
     """One scene per STAC item (``base``: the folder relative asset hrefs of an item collection file start
     from; None: pystac resolves them from the item's own href). An item with one asset per band (several
@@ -668,11 +715,11 @@ def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where:
     href, or ``collection.json#item-id`` for an item of an item collection file."""
     found: list[tuple[str, str, TimeRange | None, tuple[float, float, float, float] | None]] = []
     for item in items:
-        item_href = _band_item_href(item, job.spec.inputs.asset, collection)
+        item_href = _band_item_href(item, spec.asset, collection)
         if item_href is not None:
             found.append((item.id, item_href, _item_time(item), tuple(item.bbox) if item.bbox else None))
             continue
-        asset = _pick_asset(item, job.spec.inputs.asset, where)
+        asset = _pick_asset(item, spec.asset, where)
         href = asset.get_absolute_href() if base is None else asset.href
         if href is None:
             raise ConfigError(f"{where}: item {item.id!r} asset has no href")
@@ -683,7 +730,7 @@ def _scenes_from_items(job: Job, items: Sequence[Any], base: Path | None, where:
     return [SceneInput(i, href, when, bbox, raw) for i, (raw, href, when, bbox) in zip(ids, found, strict=True)]
 
 
-def _search_scenes(job: Job, search: StacSearchSpec) -> list[SceneInput]:
+def _search_scenes(spec: InputsSpec, origin: _Origin, search: StacSearchSpec) -> list[SceneInput]:
     """The items a STAC API search returns (pystac-client pages through them), one scene each. The API is
     asked again on every run: a daily job sees the items published since, and the manifest's fingerprints
     (an item's asset hrefs) skip the ones already done.
@@ -694,10 +741,10 @@ def _search_scenes(job: Job, search: StacSearchSpec) -> list[SceneInput]:
     from pystac_client import Client, ConformanceClasses
     from pystac_client.exceptions import APIError
 
-    where = f"job {job.path.name}: inputs.stac_search {search.url}"
+    where = f"{origin.key('stac_search')} {search.url}"
     intersects = None
     if search.aoi is not None:
-        intersects = _aoi_geometry(job.resolve(search.aoi), where)
+        intersects = _aoi_geometry(origin.resolve(search.aoi), where)
     try:
         api = Client.open(search.url)
         server_side = bool(search.query) and api.conforms_to(ConformanceClasses.QUERY)
@@ -711,7 +758,7 @@ def _search_scenes(job: Job, search: StacSearchSpec) -> list[SceneInput]:
         raise ConfigError(f"{where}: search failed ({first}); check the URL and the search parameters") from err
     if not items:
         raise ConfigError(f"{where}: the search found no items; check collections, bbox/aoi, datetime and query")
-    return _scenes_from_items(job, items, None, where)
+    return _scenes_from_items(spec, items, None, where)
 
 
 _QUERY = re.compile(r"\s*([\w:.-]+)\s*(<=|>=|=|<|>)\s*(\S+)\s*")

@@ -37,10 +37,11 @@ Exit codes:
               help="Scenes computed at once on the cluster, so no worker idles while a scene's COGs and polygons "
                    "are finished [default: the job's dask.scenes_in_flight, else the cluster's worker threads, "
                    "at least 2]. 1: one scene at a time.")
+@options.stac_source_options("of the job's inputs (the job's asset, filters and remote settings still apply)")
 @options.quiet(help="No progress bar or per-scene lines; only the summary.")
 @report_errors
 def run(job_file: str, out: str | None, state: str | None, force: bool, allow_factory: bool,
-        scenes_in_flight: int | None, quiet: bool) -> None:
+        scenes_in_flight: int | None, quiet: bool, **source: Any) -> None:
     """Run JOB.yaml over its archive: resumable, one bad scene never stops the others.
 
     Scenes already done with unchanged inputs, model and parameters (and intact outputs) are skipped; a
@@ -56,6 +57,10 @@ def run(job_file: str, out: str | None, state: str | None, force: bool, allow_fa
       scenewatch run workflows/jobs/naip_vegetation.yaml --scenes-in-flight 2   # two scenes at once
       scenewatch run my_model_job.yaml --allow-factory   # the job names a Python model factory you trust
       scenewatch run nightly.yaml --out s3://my-bucket/nightly --state /var/lib/scenewatch/nightly
+      scenewatch run workflows/jobs/naip_vegetation.yaml --stac examples/data/naip_items.json --out out/naip-stac
+      scenewatch run nightly-s2.yaml --stac-search https://earth-search.aws.element84.com/v1 \
+          --collections sentinel-2-l2a --bbox -63.5,-10.5,-62.5,-9.5 --datetime 2024-06-01/.. \
+          --query 'eo:cloud_cover<20' --limit 50
     """
     from workflows.batch import ItemOutcome, run_job
 
@@ -77,7 +82,8 @@ def run(job_file: str, out: str | None, state: str | None, force: bool, allow_fa
 
     with captured_warnings() as warned:
         summary = run_job(job_file, out=out, force=force, progress=interactive, report=report,
-                          allow_factory=allow_factory, scenes_in_flight=scenes_in_flight, state=state)
+                          allow_factory=allow_factory, scenes_in_flight=scenes_in_flight, state=state,
+                          inputs=options.stac_source(**source))
     _print_summary(summary)
     built = safely(batch_sections, summary, warnings=warned)
     if built is not None:
@@ -138,8 +144,9 @@ def _table(header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> None:
 @options.out(help="Output folder, if the job was run with --out.", required=False)
 @options.state()
 @click.option("--failed", "only_failed", is_flag=True, help="List failed items only.")
+@options.stac_source_options("of the job's inputs, as the run was given them")
 @report_errors
-def status(job_file: str, out: str | None, state: str | None, only_failed: bool) -> None:
+def status(job_file: str, out: str | None, state: str | None, only_failed: bool, **source: Any) -> None:
     """Show what JOB.yaml has done, failed and still pending, from its run manifest (runs nothing).
 
     \b
@@ -160,7 +167,7 @@ def status(job_file: str, out: str | None, state: str | None, only_failed: bool)
     """
     from workflows.batch import read_status
 
-    job, rows, last = read_status(job_file, out=out, state=state)
+    job, rows, last = read_status(job_file, out=out, state=state, inputs=options.stac_source(**source))
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1

@@ -86,7 +86,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("scenes", nargs=-1, required=False, type=click.Path(dir_okay=False))
 @options.model()
 @options.out()
 @options.date_pattern
@@ -105,6 +105,7 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
 @options.polygons
 @click.option("--name", default=None,
               help=f"Prefix of the output files [default: {options.default_of(TimelineConfig, 'name')}].")
+@options.stac_source_options("of SCENES: every item found is a date")
 @options.classify_options
 @options.quiet()
 @report_errors
@@ -112,8 +113,15 @@ def change(before: str, after: str, model: str, out: str, grid: str, max_offset:
 def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | None, grid: str,
              max_offset: float | None, model_options: dict[str, Any], threshold: str | None, watch: str | None,
              confirm: int | None, min_area: float | None, sieve: int | None, polygons: bool | None, name: str | None,
-             quiet: bool, **predict_values: Any) -> None:
+             stac: str | None, stac_search: str | None, collections: str | None, bbox: str | None, aoi: str | None,
+             datetime: str | None, query: tuple[str, ...], limit: int | None, quiet: bool,
+             **predict_values: Any) -> None:
     """Follow a dated stack of SCENES of one place: areas per date, alerts and change events.
+
+    The stack may instead be the items of a STAC catalog (--stac) or of a STAC API search (--stac-search
+    with --collections, --bbox or --aoi, --datetime, --query, --limit), found as a job's inputs are: an item
+    with one asset per band is dated by its datetime; an item whose one asset holds every band is that
+    file, dated as a file is.
 
     Writes OUT/<name>.areas.csv and .parquet (area per class per date), OUT/<name>.alerts.tif (first detection
     day, confirming observations, confidence, last valid day; days since 1970-01-01), OUT/<name>.events.tif and
@@ -127,6 +135,10 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
       scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --model vegetation --bands naip --out naip/
       scenewatch timeline examples/data/m_4709963_se_14_1_*.tif --bands naip --threshold 0.2 --mask blue=255 \
           --watch 'vegetation->other' --sieve 16 --out naip-clean/
+      scenewatch timeline --stac examples/data/naip_items.json --model vegetation --bands naip --out naip-stac/
+      scenewatch timeline --stac-search https://earth-search.aws.element84.com/v1 --collections sentinel-2-l2a \
+          --bbox -63.1,-10.0,-63.0,-9.9 --datetime 2024-06-01/2024-09-30 --query 'eo:cloud_cover<10' \
+          --model bare --bands nir=nir08 --mask scl --resolution 20 --out rondonia/
     """
     from workflows.change import run_timeline
     from workflows.report import captured_warnings, safely, timeline_section
@@ -135,9 +147,11 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
     config = build(TimelineConfig, predict=_predict_config(predict_values), grid=grid, date_pattern=date_pattern,
                    watch=watch, confirm=confirm, min_area=min_area, sieve=sieve, polygons=polygons, name=name,
                    max_offset=max_offset)
+    stacked = _stack(scenes, options.stac_source(stac=stac, stac_search=stac_search, collections=collections,
+                                                 bbox=bbox, aoi=aoi, datetime=datetime, query=query, limit=limit))
     started = time.perf_counter()
     with captured_warnings() as warned:
-        result = run_timeline(list(scenes), _model_ref(model, model_options), out, config,
+        result = run_timeline(stacked, _model_ref(model, model_options), out, config,
                               progress=False if quiet else None)
     first, last = result.dates[0].date, result.dates[-1].date
     click.echo(f"{result.name}: {len(result.dates)} dates {first} .. {last} on a {result.grid.width} x "
@@ -148,6 +162,22 @@ def timeline(scenes: tuple[str, ...], model: str, out: str, date_pattern: str | 
     section = safely(timeline_section, result, out_dir=out, model_options=model_options,
                      config=config, model_name=model, seconds=time.perf_counter() - started, warnings=warned)
     _report(out, f"scenewatch timeline: {result.name}", section)
+
+
+def _stack(scenes: tuple[str, ...], source: Any) -> list[str]:
+    """The timeline's scenes: SCENES, or what a STAC source finds (read as a job reads its inputs)."""
+    from pipeline.errors import ConfigError
+
+    if source is None:
+        if not scenes:
+            raise click.UsageError("Missing argument 'SCENES...': give SCENES, or a STAC source (--stac CATALOG "
+                                   "or --stac-search URL)")
+        return list(scenes)
+    if scenes:
+        raise ConfigError("give SCENES or a STAC source (`stac`, `stac_search`), not both")
+    from workflows.job import discover_inputs
+
+    return [scene.path for scene in discover_inputs(source)]
 
 
 def _model_ref(model: str, model_options: dict[str, Any]) -> Any:

@@ -45,6 +45,7 @@ __all__ = [
     "mask_options", "max_pixels", "min_area", "model", "model_options", "model_options_of", "model_settings",
     "out", "parse_bands", "parse_model_options", "polygons", "predict_options", "quiet", "region", "report_errors",
     "scene_options", "sieve", "change_sieve", "stack", "threshold", "tile_size", "untrusted_options", "vector_options",
+    "stac_source", "stac_source_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -508,3 +509,83 @@ region = click.option("--region", default=None, metavar="ROW,COL,HEIGHT,WIDTH",
 label_attribute = click.option("--label-attribute", default=None,
                                help="Class attribute of vector labels (class names or numbers) "
                                     "[default: every polygon is class 1].")
+
+
+# ------------------------------------------------------------------------------------------- STAC sources
+
+_SEARCH_FLAGS = ("collections", "bbox", "aoi", "datetime", "query", "limit")
+
+
+def stac_source_options(instead: str) -> Decorator:
+    """``--stac CATALOG`` or ``--stac-search URL`` with its search flags: where a command's scenes come from,
+    ``instead`` of what (a sentence end: "of SCENES"). :func:`stac_source` builds them into the job
+    schema's :class:`~workflows.job.InputsSpec`, so a job's ``inputs.stac``/``inputs.stac_search`` and
+    these flags are one grammar, read by one loader (:func:`workflows.job.discover_inputs`)."""
+    return stack(
+        click.option("--stac", "stac", default=None, metavar="CATALOG",
+                     help="Scenes from a static STAC catalog, collection or item collection (one item = one "
+                          f"scene): a path, or an http(s):// or s3:// URL; instead {instead}."),
+        click.option("--stac-search", "stac_search", default=None, metavar="URL",
+                     help="Scenes from a STAC API search (one item = one scene), e.g. "
+                          f"https://earth-search.aws.element84.com/v1; instead {instead}. Narrowed by:"),
+        click.option("--collections", "collections", default=None, metavar="IDS",
+                     help="With --stac-search: collection ids, comma-separated, e.g. sentinel-2-l2a."),
+        click.option("--bbox", "bbox", default=None, metavar="W,S,E,N",
+                     help="With --stac-search: items intersecting this box in degrees (EPSG:4326), e.g. "
+                          "-63.5,-10.5,-62.5,-9.5."),
+        click.option("--aoi", "aoi", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="With --stac-search: items intersecting the geometry of this GeoJSON file; instead "
+                          "of --bbox."),
+        click.option("--datetime", "datetime", default=None, metavar="RANGE",
+                     help="With --stac-search: an RFC 3339 instant or range, e.g. 2024-06-01/2024-08-31 or "
+                          "2024-06-01/.. (open end)."),
+        click.option("--query", "query", multiple=True, metavar="FILTER",
+                     help="With --stac-search, repeatable: a property filter, e.g. 'eo:cloud_cover<20' (sent to "
+                          "the API where it has the Query extension, else applied to the items found)."),
+        click.option("--limit", "limit", type=int, default=None, metavar="N",
+                     help="With --stac-search: at most N items [default: every item found]."),
+    )
+
+
+def stac_source(stac: str | None = None, stac_search: str | None = None, collections: str | None = None,
+                bbox: str | None = None, aoi: str | None = None, datetime: str | None = None,
+                query: tuple[str, ...] = (), limit: int | None = None) -> Any:
+    """The scene source the flags of :func:`stac_source_options` give, as the job schema's ``InputsSpec``
+    (local paths made absolute from the working folder); None when no flag is given."""
+    from workflows.job import InputsSpec
+
+    given = {"collections": collections, "bbox": bbox, "aoi": aoi, "datetime": datetime, "query": query or None,
+             "limit": limit}
+    if stac is None and stac_search is None:
+        if stray := [k for k in _SEARCH_FLAGS if given[k] is not None]:
+            raise ConfigError(f"`{stray[0]}` narrows a STAC API search; give `stac_search` URL too")
+        return None
+    if stac is not None and stac_search is not None:
+        raise ConfigError("give `stac` (a catalog) or `stac_search` (an API), not both")
+    if stac is not None:
+        if stray := [k for k in _SEARCH_FLAGS if given[k] is not None]:
+            raise ConfigError(f"`{stray[0]}` narrows a STAC API search (`stac_search`), not a catalog (`stac`)")
+        local = "://" not in stac
+        return build(InputsSpec, stac=str(_absolute(stac)) if local else stac)
+    search: dict[str, Any] = {"url": stac_search, "datetime": datetime, "limit": limit,
+                              "query": list(query) if query else None,
+                              "aoi": str(_absolute(aoi)) if aoi is not None else None}
+    if collections is not None:
+        search["collections"] = [c.strip() for c in collections.split(",") if c.strip()]
+    if bbox is not None and aoi is not None:
+        raise ConfigError("give `bbox` or `aoi`, not both")
+    if bbox is not None:
+        try:
+            search["bbox"] = tuple(float(v) for v in bbox.split(","))
+        except ValueError:
+            search["bbox"] = ()
+        if len(search["bbox"]) != 4:
+            raise ConfigError(f"`bbox` {bbox!r}: give west,south,east,north in degrees, e.g. "
+                              "-63.5,-10.5,-62.5,-9.5")
+    return build(InputsSpec, stac_search={k: v for k, v in search.items() if v is not None})
+
+
+def _absolute(path: str) -> Any:
+    from pathlib import Path
+
+    return Path(path).expanduser().resolve()
