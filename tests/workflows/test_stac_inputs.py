@@ -219,3 +219,22 @@ def test_evaluate_scores_an_item_as_its_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["pixels"]["accuracy"] == 1.0 and report["pixels"]["mean_iou"] == 1.0, report["pixels"]
+
+
+def test_a_job_mixes_urls_and_local_files(s3, tmp_path: Path, make_geotiff) -> None:
+    """inputs.files takes local paths and URLs side by side; two files of one name get distinct ids."""
+    from tests.workflows.helpers import SHAPE
+
+    for folder in ("local", "up"):
+        (tmp_path / folder).mkdir()
+    local = make_geotiff("local/scene_20240601.tif", shape=SHAPE, seed=1)
+    s3.client.upload_file(str(make_geotiff("up/scene_20240601.tif", shape=SHAPE, seed=2)), s3.bucket,
+                          "scenes/scene_20240601.tif")
+    url = s3.url("scenes/scene_20240601.tif")
+    job_path = write_job(tmp_path, {"files": ["local/scene_20240601.tif", url]}, tmp_path / "out")
+    scenes = discover_scenes(load_job(job_path))
+    assert sorted(s.path for s in scenes) == sorted([str(local), url])
+    assert len({s.scene_id for s in scenes}) == 2 and all(s.when is not None for s in scenes)
+    result = CliRunner().invoke(main, ["run", str(job_path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in manifest_rows(tmp_path / "out")] == ["done", "done"]
