@@ -39,7 +39,7 @@ from pipeline.errors import OutputError
 
 __all__ = ["is_remote_out", "S3Url", "parse_s3_url", "s3_client", "upload_file", "object_matches", "UploadResult",
            "upload_tree", "staged_output", "abort_incomplete_uploads", "default_state_folder", "join_url",
-           "remote_reachable",
+           "remote_reachable", "list_names", "delete_object",
            "MULTIPART_THRESHOLD", "MAX_ATTEMPTS", "SHA256_METADATA"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -267,6 +267,34 @@ def _media_type(path: Path) -> str | None:
             ".html": "text/html", ".png": "image/png", ".csv": "text/csv", ".gpkg": "application/geopackage+sqlite3",
             ".parquet": "application/vnd.apache.parquet", ".fgb": "application/vnd.flatgeobuf",
             ".geojson": "application/geo+json"}.get(path.suffix.lower())
+
+
+def list_names(url: str, *, recursive: bool = False) -> list[str]:
+    """The names of the objects under ``url``'s prefix, relative to it, in name order: one level, as a
+    folder listing, or with ``recursive`` every object below it (``stac/x.json``). One request per 1000."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    target = parse_s3_url(url)
+    prefix = f"{target.prefix}/" if target.prefix else ""
+    names: list[str] = []
+    paging = {"Bucket": target.bucket, "Prefix": prefix, **({} if recursive else {"Delimiter": "/"})}
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(**paging):
+            names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+    except (ClientError, BotoCoreError) as err:
+        raise _error_line(err, f"listing of {url}") from err
+    return sorted(names)
+
+
+def delete_object(url: str) -> None:
+    """Delete the object at ``url`` (nothing if it is not there); an OutputError naming it otherwise."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    target = parse_s3_url(url)
+    try:
+        s3_client().delete_object(Bucket=target.bucket, Key=target.prefix)
+    except (ClientError, BotoCoreError) as err:
+        raise _error_line(err, f"deletion of {url}") from err
 
 
 def abort_incomplete_uploads(url: str) -> int:

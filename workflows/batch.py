@@ -64,7 +64,7 @@ from workflows.cluster import dask_client, default_scenes_in_flight, threads_per
 from workflows.job import EXECUTION_FIELDS, InputsSpec, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
-from workflows.remote import outputs_in_bucket, prepare_remote, upload_outputs, upload_run_files
+from workflows.remote import outputs_in_bucket, prepare_remote, products_present, upload_outputs, upload_run_files
 from workflows.scene import plan_scene, predict_scene
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
                             break
             summary = RunSummary(job.name, job.out_dir, run_id, tuple(outcomes), remote=job.remote)
             if job.spec.outputs.stac and not summary.stopped:  # on a full disk the catalog waits for the rerun
-                summary = dataclasses.replace(summary, catalog=_publish(job, manifest, scenes))
+                summary = dataclasses.replace(summary, catalog=_publish(job, manifest))
             upload_run_files(job)  # an s3:// output: the catalog and a manifest snapshot beside the products
             counts = {s: summary.count(s) for s in ("done", "skipped", "failed")}
             manifest.finish_run(run_id, summary.exit_code, counts)
@@ -805,11 +805,20 @@ def _remove_stale_temps(out_dir: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path:
+def _publish(job: Job, manifest: Manifest) -> Path:
+    """The catalog of the products in the output folder: one item per done scene whose recorded files are
+    all there (an ``s3://`` output's: in the state folder and in the bucket,
+    :func:`workflows.remote.products_present`), whether or not this run still found the scene (a search's
+    window moved on, a file left the archive: its products are the user's and stay, listed), then its
+    change pairs and timeline. Items of products no longer there are dropped
+    (:func:`workflows.catalog.publish_catalog`; from the bucket too, :func:`workflows.remote.upload_run_files`);
+    no product is ever deleted for it."""
     entries = []
-    for scene in scenes:
-        record = manifest.get(job.name, scene.scene_id)
-        if record is None or record.status != "done" or "bbox" not in record.properties:
+    present = products_present(job)
+    for record in manifest.items(job.name):
+        if record.kind != "scene" or record.status != "done" or "bbox" not in record.properties:
+            continue
+        if not record.outputs or not all(present(o.path) for o in record.outputs):
             continue
         assets = []
         extra: dict[str, str] = {}
@@ -823,7 +832,7 @@ def _publish(job: Job, manifest: Manifest, scenes: Sequence[SceneInput]) -> Path
         props = record.properties
         start = dt.datetime.fromisoformat(props["start"]) if "start" in props else None
         end = dt.datetime.fromisoformat(props["end"]) if "end" in props else None
-        entries.append(CatalogEntry(scene.scene_id, tuple(props["bbox"]), start, end, tuple(assets),
+        entries.append(CatalogEntry(record.item_id, tuple(props["bbox"]), start, end, tuple(assets),
                                     {"scenewatch:fingerprint": record.fingerprint, **extra}))
     entries += _product_entries(job, manifest, {e.item_id: e for e in entries})
     return publish_catalog(job.out_dir, job.name, job.name, entries)

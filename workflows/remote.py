@@ -6,7 +6,9 @@ manifest, the products built and checksummed there: ``--state``, ``outputs.state
 checksummed, and the item is recorded ``done`` in the manifest only after every upload returned, so a
 ``done`` row always means "complete in the bucket". At the end of the run the STAC catalog (relative
 hrefs, so it is valid in the bucket as it is) and a consistent snapshot of the manifest are uploaded
-beside the products; the CLI uploads report.html.
+beside the products; the CLI uploads report.html. An item JSON under ``stac/`` that the new catalog no
+longer lists is then deleted from the bucket (the catalog lists every done product whose files are both in
+the state folder and in the bucket, :func:`products_present`); products are never deleted.
 
 A rerun skips an item when its manifest row is done with the same fingerprint, its local copies still
 match, and every object is in the bucket with the recorded size and sha256; an upload whose object is
@@ -19,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pipeline import storage
 from workflows.job import Job
 from workflows.manifest import MANIFEST_NAME, ItemRecord
 
-__all__ = ["prepare_remote", "upload_outputs", "outputs_in_bucket", "upload_run_files"]
+__all__ = ["prepare_remote", "upload_outputs", "outputs_in_bucket", "products_present", "upload_run_files"]
 
 
 def prepare_remote(job: Job) -> None:
@@ -54,14 +56,30 @@ def outputs_in_bucket(job: Job, record: ItemRecord | None) -> bool:
     return all(storage.object_matches(storage.join_url(remote, o.path), o.size, o.sha256) for o in record.outputs)
 
 
+def products_present(job: Job) -> Callable[[str], bool]:
+    """Whether a product (its path relative to the output) is there: in the output folder, and for an
+    ``s3://`` output in the bucket too (one listing of the prefix, not a request per file)."""
+    out_dir = job.out_dir
+    if job.remote is None:
+        return lambda relative: (out_dir / relative).is_file()
+    keys = set(storage.list_names(job.remote, recursive=True))
+    return lambda relative: (out_dir / relative).is_file() and Path(relative).as_posix() in keys
+
+
 def upload_run_files(job: Job, names: Iterable[str] = ()) -> None:
     """The run's shared files: the STAC catalog (catalog.json, stac/*.json), ``names`` (report.html...) and
     a snapshot of the manifest (SQLite's online backup, so it is consistent while the run holds it)."""
     if job.remote is None:
         return
-    files = [job.out_dir / "catalog.json", *sorted((job.out_dir / "stac").glob("*.json")),
-             *(job.out_dir / n for n in names)]
+    items = sorted((job.out_dir / "stac").glob("*.json"))
+    files = [job.out_dir / "catalog.json", *items, *(job.out_dir / n for n in names)]
     upload_outputs(job, [f for f in files if f.is_file()])
+    # items the catalog no longer links (their products are gone): deleted once the new catalog is up, so
+    # that the bucket's stac/ holds what catalog.json lists, as the state folder's does
+    published = {f.name for f in items}
+    for stale in storage.list_names(storage.join_url(job.remote, "stac")):
+        if stale.endswith(".json") and stale not in published:
+            storage.delete_object(storage.join_url(job.remote, f"stac/{stale}"))
     manifest = job.out_dir / MANIFEST_NAME
     if manifest.is_file():
         with tempfile.TemporaryDirectory(prefix="scenewatch-manifest-") as tmp:

@@ -125,3 +125,46 @@ def test_change_and_timeline_of_a_job_go_to_s3(tmp_path: Path, make_geotiff, s3,
     assert {"change/s_20200601__s_20210601.change.tif", "change/s_20210601__s_20220601.change.tif",
             "timeline/timeline.areas.csv", "stac/change_s_20200601__s_20210601.json", "stac/timeline.json"} <= keys
     assert "0 done, 6 up to date" in _invoke("run", job, "--out", s3.url("series"), "--state", tmp_path / "state")
+
+
+def _catalog_ids(text: bytes | str) -> list[str]:
+    import json
+
+    return sorted(link["href"].removeprefix("./stac/").removesuffix(".json")
+                  for link in json.loads(text)["links"] if link["rel"] == "item")
+
+
+def test_the_catalog_lists_the_products_that_exist(tmp_path: Path, make_geotiff, s3, dask_client) -> None:
+    """A scene that leaves the inputs keeps its products and its item; once a product of it is deleted (by
+    the user), its item leaves catalog.json and stac/ in the bucket and the state folder alike, and no other
+    file of it is deleted."""
+    make_archive(tmp_path, make_geotiff, "archive", 2)
+    files = {"files": ["archive/scene_00.tif", "archive/scene_01.tif"]}
+    job = write_job(tmp_path, files, tmp_path / "unused", dask={"scheduler": dask_client.scheduler.address},
+                    products={"segmentation": {"proba": True}})
+    state, url = tmp_path / "state", s3.url("daily")
+    _invoke("run", job, "--out", url, "--state", state, "--quiet")
+    assert _catalog_ids(_body(s3, "daily/catalog.json")) == ["scene_00", "scene_01"]
+    # scene_01 leaves the inputs (a search window moved on): its products and item stay
+    write_job(tmp_path, {"files": ["archive/scene_00.tif"]}, tmp_path / "unused",
+              dask={"scheduler": dask_client.scheduler.address}, products={"segmentation": {"proba": True}})
+    _invoke("run", job, "--out", url, "--state", state, "--quiet")
+    assert _catalog_ids(_body(s3, "daily/catalog.json")) == ["scene_00", "scene_01"]
+    assert "stac/scene_01.json" in _objects(s3, "daily")
+    # the user deletes its classes COG from the bucket: the item goes, the rest of its products stay
+    s3.client.delete_object(Bucket=s3.bucket, Key="daily/scene_01.classes.tif")
+    _invoke("run", job, "--out", url, "--state", state, "--quiet")
+    objects = _objects(s3, "daily")
+    assert _catalog_ids(_body(s3, "daily/catalog.json")) == _catalog_ids((state / "catalog.json").read_text()) == [
+        "scene_00"]
+    assert "stac/scene_01.json" not in objects and not (state / "stac" / "scene_01.json").exists()
+    assert "scene_01.proba.tif" in objects and (state / "scene_01.classes.tif").is_file()
+    # a local output: the same rule on the folder
+    local = tmp_path / "local"
+    _invoke("run", job, "--out", local, "--quiet")
+    (local / "scene_00.classes.tif").unlink()
+    write_job(tmp_path, {"files": ["archive/scene_01.tif"]}, tmp_path / "unused",
+              dask={"scheduler": dask_client.scheduler.address}, products={"segmentation": {"proba": True}})
+    _invoke("run", job, "--out", local, "--quiet")
+    assert _catalog_ids((local / "catalog.json").read_text()) == ["scene_01"]
+    assert (local / "scene_00.proba.tif").is_file()
