@@ -14,6 +14,10 @@ Failure policy: a :class:`~pipeline.errors.ScenewatchError` (a bad file, wrong b
 that scene only: it is recorded with its stage, class and one-line message, and the run goes on. A Dask
 worker that dies mid-scene is first handled by Dask (lost tasks are recomputed on the other workers);
 when Dask gives up (``KilledWorker``) the scene is run again up to ``retries`` times, then recorded failed.
+Dask counts a death against every task the worker held, running or only waiting there, so with several
+scenes in flight the scenes beside a killing one get ``KilledWorker`` too: a scene that met it while
+sharing the cluster is run again alone (no other scene computes meanwhile; :class:`_ClusterShare`), and
+only deaths met alone use its ``retries``. A scene whose own tasks kill workers fails alone, with one line.
 Anything else is a bug: it is recorded against the scene and then propagates, stopping the run.
 With several scenes in flight the manifest is still written by this thread alone (the scene threads
 hand their stages and results back), and outcomes are reported in the scenes' order.
@@ -41,7 +45,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -176,6 +180,7 @@ class _Context:
     params: str
     force: bool
     fingerprints: dict[str, str] = field(default_factory=dict)
+    share: _ClusterShare = field(default_factory=lambda: _ClusterShare())
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -342,6 +347,60 @@ class _Stopped(BaseException):
     """The run is stopping (Ctrl-C, SIGTERM): a scene thread gives up at its next stage."""
 
 
+class _ClusterShare:
+    """Which scenes compute on the cluster together, so that a dead worker is charged to the right scene.
+
+    When a worker dies, Dask counts it against every task that worker held, the one it was running and
+    those only waiting there (``suspicious``, up to ``distributed.scheduler.allowed-failures``), and then
+    raises ``KilledWorker`` for each of them: with several scenes in flight the scenes beside the one whose
+    model kills workers fail as well, and nothing in the error tells them apart. So an attempt of a scene
+    holds the cluster either shared (the normal case: :meth:`attempt` with ``alone=False``) or alone (no
+    other scene's attempt runs meanwhile; those waiting to start wait), and :meth:`attempt` yields whether
+    another scene shared the cluster at any time during it. A ``KilledWorker`` met in company earns a
+    rerun alone that uses no ``retries``; one met alone is the scene's own. With one scene in flight every
+    attempt is alone, as before.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holders: dict[int, bool] = {}  # attempt -> whether another attempt ran beside it
+        self._alone_waiting = 0
+        self._alone_holding = False
+        self._ids = itertools.count()
+
+    @contextlib.contextmanager
+    def attempt(self, alone: bool, stopping: threading.Event) -> Iterator[Callable[[], bool]]:
+        """Hold the cluster for one attempt (waiting for its turn; :class:`_Stopped` once ``stopping`` is
+        set); yields ``company()``: whether another scene's attempt shared the cluster so far."""
+        me = next(self._ids)
+        with self._cond:
+            if alone:
+                self._alone_waiting += 1
+            try:
+                # an attempt alone waits for the cluster to empty; one in company waits while one alone
+                # holds it or waits for it (so that those never wait forever behind new scenes)
+                while (self._alone_holding or (self._holders if alone else self._alone_waiting)):
+                    if stopping.is_set():
+                        raise _Stopped
+                    self._cond.wait(0.5)
+            finally:
+                if alone:
+                    self._alone_waiting -= 1
+            company = bool(self._holders)
+            for other in self._holders:  # those already running have company from now on too
+                self._holders[other] = True
+            self._holders[me] = company
+            self._alone_holding = alone
+        try:
+            yield lambda: self._holders.get(me, False)
+        finally:
+            with self._cond:
+                self._holders.pop(me, None)
+                if alone:
+                    self._alone_holding = False
+                self._cond.notify_all()
+
+
 class _ScenePool:
     """The threads that compute scenes side by side on the run's one Dask client.
 
@@ -476,7 +535,9 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
     name = _product_name(job, scene)
     base = Path(name).name
     stage = "plan"
-    attempts = 0
+    attempts = 0  # runs of the scene in this run (the manifest's attempts)
+    charged = 0  # those that use `retries`: a worker's death met alone on the cluster, an outage
+    alone = False  # once a worker died under the scene, it runs alone: no other scene shares the blame
 
     def enter(next_stage: str) -> str:
         if stopping.is_set():
@@ -486,52 +547,73 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
 
     while True:
         attempts += 1
-        try:
-            stage = enter("plan")
-            folder = output_subfolder(job.out_dir, Path(name).parent)
-            dask = ctx.dask.get()
-            plan = plan_scene(scene.path, _with_threads(ctx, dask), ctx.config, scene_id=base,
-                              tags=_date_tags(scene))
-            stage = enter("predict")
-            result = predict_scene(plan, folder, client=dask, progress=False)
-            paths = [result.classes_path]
-            if job.spec.products.segmentation.proba:
-                paths.append(result.proba_path)
-            else:
-                result.proba_path.unlink(missing_ok=True)
-            if job.spec.products.vectors is not None:
-                stage = enter("vectors")
-                proba = result.proba_path if job.spec.products.segmentation.proba else None
-                paths += _vectorize(ctx, scene, result.classes_path, proba, folder)
-            stage = enter("checksum")
-            outputs = [_output_record(job.out_dir, p) for p in paths]
-            stage = enter("upload")
-            upload_outputs(job, paths)  # an s3:// output: recorded done only once every object is complete
-            properties = {**_when(scene), "bbox": _bbox_4326(result.classes_path), "source_id": scene.source_id}
-            seconds = time.perf_counter() - started
-            return functools.partial(_succeeded, ctx, scene.scene_id, outputs, seconds, properties, attempts)
-        except KilledWorker as err:
-            if attempts <= job.spec.retries and not stopping.is_set():
-                log.warning("%s: a Dask worker died during %s; running the scene again (%d/%d)", where, stage,
-                            attempts, job.spec.retries)
-                continue
-            message = (f"{where}: Dask workers died {attempts} time(s) during {stage} ({err}); check worker "
-                       f"memory (the scene is retried on the next run)")
-            return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, "KilledWorker", message, started,
-                                     attempts)
-        except ScenewatchError as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            if attempts <= job.spec.retries and not stopping.is_set() and _transient(scene, stage):
-                log.warning("%s: %s; the input answers again, running the scene again (%d/%d)", where, message,
-                            attempts, job.spec.retries)
-                clear_remote_cache()  # GDAL remembers what the outage answered ("not recognized", "no such file")
-                continue
-            return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, type(err).__name__, message,
-                                     started, attempts)
-        except Exception as err:  # a bug: recorded as one, and the other scenes still run
-            if stopping.is_set():
-                raise _Stopped from err  # the cluster closed under it: the run is stopping, not failing
-            return functools.partial(_unexpected, ctx, scene.scene_id, "scene", stage, where, err, started, attempts)
+        with ctx.share.attempt(alone, stopping) as company:
+            try:
+                stage = enter("plan")
+                folder = output_subfolder(job.out_dir, Path(name).parent)
+                dask = ctx.dask.get()
+                plan = plan_scene(scene.path, _with_threads(ctx, dask), ctx.config, scene_id=base,
+                                  tags=_date_tags(scene))
+                stage = enter("predict")
+                result = predict_scene(plan, folder, client=dask, progress=False)
+                paths = [result.classes_path]
+                if job.spec.products.segmentation.proba:
+                    paths.append(result.proba_path)
+                else:
+                    result.proba_path.unlink(missing_ok=True)
+                if job.spec.products.vectors is not None:
+                    stage = enter("vectors")
+                    proba = result.proba_path if job.spec.products.segmentation.proba else None
+                    paths += _vectorize(ctx, scene, result.classes_path, proba, folder)
+                stage = enter("checksum")
+                outputs = [_output_record(job.out_dir, p) for p in paths]
+                stage = enter("upload")
+                upload_outputs(job, paths)  # an s3:// output: recorded done only once every object is complete
+                properties = {**_when(scene), "bbox": _bbox_4326(result.classes_path), "source_id": scene.source_id}
+                seconds = time.perf_counter() - started
+                return functools.partial(_succeeded, ctx, scene.scene_id, outputs, seconds, properties, attempts)
+            except KilledWorker as err:
+                if stopping.is_set():
+                    raise _Stopped from err
+                if company():  # perhaps another scene's task killed the worker: run this one again, alone
+                    log.warning("%s: a Dask worker died during %s, with other scenes on the cluster; running "
+                                "the scene again alone", where, stage)
+                    alone = True
+                    continue
+                charged += 1
+                if charged <= job.spec.retries:
+                    log.warning("%s: a Dask worker died during %s; running the scene again (%d/%d)", where, stage,
+                                charged, job.spec.retries)
+                    alone = True
+                    continue
+                message = (f"{where}: Dask workers died running its tasks during {stage}, {charged} time(s) with no "
+                           f"other scene on the cluster (last task {_task_name(err)}); check the model and the "
+                           "workers' memory (the scene is retried on the next run)")
+                return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, "KilledWorker", message,
+                                         started, attempts)
+            except ScenewatchError as err:
+                message = str(err).splitlines()[0] if str(err) else type(err).__name__
+                if charged < job.spec.retries and not stopping.is_set() and _transient(scene, stage):
+                    charged += 1
+                    log.warning("%s: %s; the input answers again, running the scene again (%d/%d)", where, message,
+                                charged, job.spec.retries)
+                    clear_remote_cache()  # GDAL remembers what the outage answered ("not recognized", "no such file")
+                    continue
+                return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, type(err).__name__, message,
+                                         started, attempts)
+            except Exception as err:  # a bug: recorded as one, and the other scenes still run
+                if stopping.is_set():
+                    raise _Stopped from err  # the cluster closed under it: the run is stopping, not failing
+                return functools.partial(_unexpected, ctx, scene.scene_id, "scene", stage, where, err, started,
+                                         attempts)
+
+
+def _task_name(err: KilledWorker) -> str:
+    """The task a KilledWorker names, short: ``predict-scene_01.1a2b3c4d-0-4`` rather than its repr."""
+    try:
+        return str(err.task)
+    except (AttributeError, IndexError):  # an older distributed, or an error built by hand
+        return "unknown"
 
 
 def _succeeded(ctx: _Context, scene_id: str, outputs: list[OutputRecord], seconds: float,

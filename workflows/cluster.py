@@ -113,13 +113,31 @@ def threads_per_model(client: Client) -> int:
     return max(1, min(n // threads for n, threads in hosts.values())) if hosts else 1
 
 
-def default_scenes_in_flight(client: Client) -> int:
-    """Scenes a batch computes at once when the job does not say: the cluster's worker threads (every
-    task slot may hold a different scene's tiles), and at least 2, so that one scene's tail (its last
-    tiles, the COGs being finished, the polygons) overlaps the next scene's tiles even on one worker.
+SCENE_MEMORY_BYTES = 2**30
+"""Memory one scene in flight may take on the cluster, for :func:`default_scenes_in_flight`'s bound. A
+scene holds at most two tasks of tiles per worker and the tile results its pieces still need (about a
+column of tiles); measured (bench/batch_throughput.py, NDVI 4096² with polygons, 2 workers), each scene in
+flight added 0.2-0.3 GiB to the run's peak (see docs/benchmarks.md, issue 20)."""
 
-    Each scene bounds its own tiles in flight (two tasks per worker), so what the cluster holds grows
-    with this number: the workers' queues and, in this process, one column of cores per scene.
+
+def default_scenes_in_flight(client: Client) -> int:
+    """Scenes a batch computes at once when the job does not say: twice the cluster's worker threads (at
+    least 2), so that while one scene per task slot waits on its tail (its last tiles, the COGs being
+    assembled, the polygons' seams) another scene's tiles keep that slot busy; and at most one scene per
+    :data:`SCENE_MEMORY_BYTES` of the workers' memory (their ``memory_limit``, else their hosts' memory),
+    since every scene in flight adds its tiles in flight to what the workers hold.
     """
-    slots = sum(max(1, w.get("nthreads", 1)) for w in client.scheduler_info(n_workers=-1).get("workers", {}).values())
-    return max(2, slots)
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    slots = sum(max(1, w.get("nthreads", 1)) for w in workers.values())
+    memory = sum(w.get("memory_limit") or 0 for w in workers.values())
+    if not memory or any(not w.get("memory_limit") for w in workers.values()):
+        hosts = {address.split("://")[-1].rsplit(":", 1)[0]: total
+                 for address, total in client.run(_memory_total).items()}
+        memory = sum(hosts.values())
+    return max(1, min(max(2, 2 * slots), memory // SCENE_MEMORY_BYTES))
+
+
+def _memory_total() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)

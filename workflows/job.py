@@ -159,8 +159,8 @@ class DaskSpec(_Frozen):
     workers: int | None = Field(None, gt=0, description="local worker processes [default: one per core]")
     scheduler: str | None = Field(None, description="existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     scenes_in_flight: int | None = Field(None, gt=0, le=256, description=(
-        "scenes a batch computes at once on the one cluster [default: its worker threads, at least 2; "
-        "see docs/scheduling.md]"))
+        "scenes a batch computes at once on the one cluster [default: twice its worker threads, at most one "
+        "per GiB of the workers' memory; see docs/scheduling.md]"))
 
 
 class SegmentationSpec(_Frozen):

@@ -142,11 +142,12 @@ def test_stac_catalog_and_unsafe_stac_ids(tmp_path: Path, make_geotiff, dask_cli
 
 @pytest.mark.slow
 def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_path: Path, make_geotiff) -> None:
-    """A Dask worker process killed (SIGKILL) while it runs a scene's task: Dask is told to give up at
-    once (allowed-failures 0, so KilledWorker reaches the batch); with retries the batch runs that scene
-    again on the restarted worker, without it records the scene failed; the other scenes end done, and
-    every scene done equals the whole-array reference. One cluster serves both runs (its nanny restarts
-    the killed worker)."""
+    """A Dask worker process killed (SIGKILL) while it runs a scene's task, one scene in flight (so the
+    death is that scene's): Dask is told to give up at once (allowed-failures 0, so KilledWorker reaches
+    the batch); with retries the batch runs that scene again on the restarted worker, without it records
+    the scene failed; the other scenes end done, and every scene done equals the whole-array reference.
+    One cluster serves both runs (its nanny restarts the killed worker). Several scenes in flight: see
+    test_a_worker_death_among_scenes_in_flight_*."""
     from distributed import Client, LocalCluster
 
     archive = make_archive(tmp_path, make_geotiff, "archive", 3)
@@ -174,7 +175,8 @@ def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_
             killed: list[int] = []
             killer = threading.Thread(target=kill_worker_running, args=(client, "scene_01", killed))
             killer.start()
-            summary = run_job(job, client=client, allow_factory=True)  # the test trusts its own factory
+            summary = run_job(job, client=client, allow_factory=True,  # the test trusts its own factory
+                              scenes_in_flight=1)
             killer.join()
             assert killed, "the worker was never seen running scene_01"
             outcomes = {o.item_id: o for o in summary.outcomes}
@@ -190,6 +192,87 @@ def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_
                 np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
                                               _reference_classes(archive / f"scene_{i:02d}.tif"))
             assert [r["status"] for r in manifest_rows(out)] == ["done", expected, "done"]
+
+
+@pytest.mark.slow
+def test_a_worker_death_among_scenes_in_flight_fails_no_scene_beside_it(tmp_path: Path, make_geotiff) -> None:
+    """A worker killed once (SIGKILL) while it runs scene_01's task, with the default scenes in flight (all
+    three at once on 2 workers) and no retries: Dask gives up at once (allowed-failures 0) on every task
+    that worker held, scene_01's and any other scene's waiting there; none of them was alone on the
+    cluster, so each is run again alone without using its retries, and every scene ends done, equal to
+    the whole-array reference."""
+    from distributed import Client, LocalCluster
+
+    from workflows.cluster import default_scenes_in_flight
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 3)
+    model = {"factory": "tests.workflows.slow_model:slow_vegetation", "kwargs": {"delay": 0.6}}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit=0) as cluster, Client(cluster) as client:
+        assert default_scenes_in_flight(client) >= 3  # the run's default: every scene at once
+        out = tmp_path / "out"
+        job = write_job(tmp_path, {"folder": str(archive)}, out, model=model, retries=0)
+        killed: list[int] = []
+        killer = threading.Thread(target=_kill_worker_running, args=(client, "scene_01", killed))
+        killer.start()
+        summary = run_job(job, client=client, allow_factory=True)
+        killer.join()
+    assert killed, "the worker was never seen running scene_01"
+    outcomes = {o.item_id: o for o in summary.outcomes}
+    assert summary.exit_code == 0, [o.message for o in summary.outcomes]
+    assert outcomes["scene_01"].attempts == 2 and all(o.attempts in (1, 2) for o in outcomes.values())
+    for i in range(3):
+        np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
+                                      _reference_classes(archive / f"scene_{i:02d}.tif"))
+
+
+@pytest.mark.slow
+def test_a_worker_death_among_scenes_in_flight_fails_only_the_scene_whose_model_kills(
+        tmp_path: Path, make_geotiff) -> None:
+    """scene_01's model kills every worker its tiles reach (tests/workflows/killer_model.py), with the
+    default scenes in flight: the scenes beside it whose tasks died with those workers are run again alone
+    and end done, equal to the whole-array reference; scene_01 alone fails, with one line that names it
+    and says what to check. (allowed-failures 0 keeps the test short: Dask gives up at the first death.)"""
+    from distributed import Client, LocalCluster
+
+    archive = make_archive(tmp_path, make_geotiff, "archive", 4)
+    make_geotiff("archive/scene_01.tif", data=np.full((4, 200, 300), 13), dtype="uint16")  # kills its worker
+    out = tmp_path / "out"
+    job = write_job(tmp_path, {"folder": str(archive)}, out, retries=0,
+                    model={"factory": "tests.workflows.killer_model:killer_vegetation"})
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit=0) as cluster, Client(cluster) as client:
+        summary = run_job(job, client=client, allow_factory=True)
+    outcomes = {o.item_id: o for o in summary.outcomes}
+    assert {i: o.status for i, o in outcomes.items()} == {"scene_00": "done", "scene_01": "failed",
+                                                          "scene_02": "done", "scene_03": "done"}
+    assert summary.exit_code == 3
+    killer = outcomes["scene_01"]
+    assert killer.error_class == "KilledWorker" and killer.stage == "predict" and not killer.unexpected
+    assert killer.attempts == 2  # once beside the others, once alone (retries 0: no more)
+    line = f"{killer.kind} {killer.item_id}: failed at {killer.stage}: {killer.message}"  # as `run` prints it
+    assert "\n" not in line and line.count("scene_01") >= 2 and "no other scene on the cluster" in line, line
+    assert not (out / "scene_01.classes.tif").exists()
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(_classes(out / f"scene_{i:02d}.classes.tif"),
+                                      _reference_classes(archive / f"scene_{i:02d}.tif"))
+    assert [r["status"] for r in manifest_rows(out)] == ["done", "failed", "done", "done"]
+
+
+def _kill_worker_running(client, scene: str, killed: list[int]) -> None:
+    """SIGKILL the worker process that runs (or holds) a task of ``scene``, once, within a minute."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for addr, keys in client.processing().items():
+            if any(scene in str(k) for k in keys):
+                pid = client.run(os.getpid, workers=[addr])[addr]
+                time.sleep(0.2)  # inside the task's model call
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.02)
 
 
 def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:

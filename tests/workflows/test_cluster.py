@@ -43,14 +43,22 @@ def test_model_threads_share_the_cores_among_every_worker_thread():
             assert threads_per_model(client) == max(1, expected), (workers, threads)
 
 
-def test_scenes_in_flight_default_to_the_worker_threads_and_at_least_two():
-    """A batch's default scenes in flight: every task slot of the cluster, and two even on one worker."""
+def test_scenes_in_flight_default_to_twice_the_worker_threads_within_the_workers_memory():
+    """A batch's default scenes in flight: two per task slot of the cluster (two even on one worker of one
+    thread), and no more than one per SCENE_MEMORY_BYTES of the workers' memory limits (their hosts'
+    memory when they have none)."""
+    import psutil
     from distributed import Client, LocalCluster
 
-    from workflows.cluster import default_scenes_in_flight
+    from workflows.cluster import SCENE_MEMORY_BYTES, default_scenes_in_flight
 
-    for workers, threads, expected in ((1, 1, 2), (1, 3, 3), (2, 2, 4)):
+    gib = 2**30
+    for workers, threads, limit, expected in ((1, 1, 0, 2), (1, 3, 0, 6), (2, 2, 0, 8),
+                                              (2, 1, int(1.5 * SCENE_MEMORY_BYTES), 3),
+                                              (1, 2, SCENE_MEMORY_BYTES // 2, 1)):
         with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
-                          scheduler_port=0) as cluster, Client(cluster) as client:
+                          scheduler_port=0, memory_limit=limit) as cluster, Client(cluster) as client:
             client.wait_for_workers(workers)
-            assert default_scenes_in_flight(client) == expected, (workers, threads)
+            if not limit and psutil.virtual_memory().total < 8 * gib:
+                continue  # a host this small bounds the default by its memory instead (its workers are local)
+            assert default_scenes_in_flight(client) == expected, (workers, threads, limit)

@@ -35,8 +35,8 @@ Exit codes:
                    "entry points need no flag.")
 @click.option("--scenes-in-flight", "scenes_in_flight", type=click.IntRange(1, 256), default=None, metavar="N",
               help="Scenes computed at once on the cluster, so no worker idles while a scene's COGs and polygons "
-                   "are finished [default: the job's dask.scenes_in_flight, else the cluster's worker threads, "
-                   "at least 2]. 1: one scene at a time.")
+                   "are finished [default: the job's dask.scenes_in_flight, else twice the cluster's worker "
+                   "threads, at most one per GiB of the workers' memory]. 1: one scene at a time.")
 @options.stac_source_options("of the job's inputs (the job's asset, filters and remote settings still apply)")
 @options.quiet(help="No progress bar or per-scene lines; only the summary.")
 @report_errors
