@@ -39,7 +39,7 @@ from pipeline.errors import OutputError
 
 __all__ = ["is_remote_out", "S3Url", "parse_s3_url", "s3_client", "upload_file", "object_matches", "UploadResult",
            "upload_tree", "staged_output", "abort_incomplete_uploads", "default_state_folder", "join_url",
-           "remote_reachable", "list_names", "delete_object",
+           "remote_reachable", "remote_identity", "list_names", "delete_object",
            "MULTIPART_THRESHOLD", "MAX_ATTEMPTS", "SHA256_METADATA"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -210,6 +210,58 @@ def remote_reachable(url: str) -> bool:
             pass
         time.sleep(min(0.5 * 2**attempt, 10.0))
     return False
+
+
+def remote_identity(url: str, *, s3_endpoint: str | None = None, requester_pays: bool = False) -> str:
+    """What the store says of an input object's content, without reading it: ``etag=...;size=...`` (and
+    ``modified=...`` from HTTP servers), for a rerun to tell a reprocessed object under the same URL from
+    an unchanged one. ``s3://``: a HEAD (``s3_endpoint``: an S3-compatible store's URL; ``requester_pays``);
+    ``http(s)://``: the headers of its first byte. A store that does not answer is waited for as in
+    :func:`remote_reachable`; a missing object, a 403 or a store that stays down is a SceneOpenError (an
+    OSError) naming the URL."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipeline.errors import SceneOpenError
+
+    failure = "no answer"
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            if url.lower().startswith("s3://"):
+                target = parse_s3_url(url)
+                client = s3_client() if s3_endpoint is None else _client(
+                    s3_endpoint if "://" in s3_endpoint else f"https://{s3_endpoint}", "path")
+                head = client.head_object(Bucket=target.bucket, Key=target.prefix,
+                                          **({"RequestPayer": "requester"} if requester_pays else {}))
+                return f"etag={head.get('ETag', '')};size={head.get('ContentLength', '')}"
+            request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+            with urllib.request.urlopen(request, timeout=30) as response:  # the URL the user (or item) gave
+                headers = response.headers
+                size = (headers.get("Content-Range") or "").rpartition("/")[2] or headers.get("Content-Length", "")
+                return (f"etag={headers.get('ETag', '')};size={size};"
+                        f"modified={headers.get('Last-Modified', '')}")
+        except ClientError as err:  # the store answered: missing, forbidden
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            raise SceneOpenError(f"{url}: {_refusal(status, err.response.get('Error', {}).get('Code'))}") from err
+        except urllib.error.HTTPError as err:
+            if err.code < 500 and err.code != 429:
+                raise SceneOpenError(f"{url}: {_refusal(err.code, None)}") from err
+            failure = f"HTTP {err.code}"
+        except (BotoCoreError, OSError) as err:
+            failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+        time.sleep(min(0.5 * 2**attempt, 10.0))
+    raise SceneOpenError(f"{url}: the store does not answer ({failure})")
+
+
+def _refusal(status: int | None, code: str | None) -> str:
+    if status == 404:
+        return "does not exist (404)"
+    if status == 403:
+        return "access denied (403); check the AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID) and the bucket policy"
+    return f"refused ({code or status})"
 
 
 @dataclass(frozen=True, slots=True)

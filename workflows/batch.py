@@ -68,7 +68,14 @@ from workflows.cluster import dask_client, default_scenes_in_flight, threads_per
 from workflows.job import EXECUTION_FIELDS, InputsSpec, Job, SceneInput, VectorsSpec, discover_scenes, load_job
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
-from workflows.remote import outputs_in_bucket, prepare_remote, products_present, upload_outputs, upload_run_files
+from workflows.remote import (
+    input_identity,
+    outputs_in_bucket,
+    prepare_remote,
+    products_present,
+    upload_outputs,
+    upload_run_files,
+)
 from workflows.scene import plan_scene, predict_scene
 
 if TYPE_CHECKING:
@@ -271,10 +278,14 @@ def run_job(job_path: str | Path, out: str | Path | None = None, force: bool = F
 # ------------------------------------------------------------------------------------------- fingerprints
 
 
-def _input_sha256(manifest: Manifest, path: str) -> str:
-    """The file's sha256, from the manifest's cache when size, mtime and inode are unchanged."""
-    if "://" in path or path.startswith("/vsi"):
-        return "href:" + path  # remote assets: identified by href (immutable object URLs are the norm)
+def _input_sha256(manifest: Manifest, path: str, config: PredictConfig | None = None) -> str:
+    """The file's sha256, from the manifest's cache when size, mtime and inode are unchanged; for a remote
+    scene what identifies its content without reading it (a STAC item's JSON and its assets' ETags,
+    :func:`workflows.remote.input_identity`)."""
+    if path.startswith("/vsi"):
+        return "href:" + path
+    if "://" in path:
+        return input_identity(path, (config or PredictConfig()).source_options)
     path = split_fragment(path)[0]  # an item of an item collection file (x.json#id): that file
     resolved = str(Path(path).resolve())
     st = os.stat(resolved)
@@ -508,7 +519,7 @@ def _begin_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome | None:
     job, manifest = ctx.job, ctx.manifest
     where = f"scene {scene.scene_id}"
     try:
-        digest = _input_sha256(manifest, scene.path)
+        digest = _input_sha256(manifest, scene.path, ctx.config)
     except OSError as err:
         manifest.begin(job.name, scene.scene_id, "scene", scene.path, "", ctx.run_id, _when(scene))
         message = f"{where}: input {scene.path} cannot be read ({err.strerror or err}); check the archive"

@@ -14,6 +14,9 @@ A rerun skips an item when its manifest row is done with the same fingerprint, i
 match, and every object is in the bucket with the recorded size and sha256; an upload whose object is
 already there and identical is skipped. Losing the state folder costs a recompute, never a wrong object:
 the products are remade, found identical in the bucket and not uploaded again.
+
+Remote *inputs* are fingerprinted by :func:`input_identity` (a STAC item's JSON and its assets' ETags and
+sizes), not by their href alone: an item re-published or an asset reprocessed under the same URL is redone.
 """
 
 from __future__ import annotations
@@ -25,10 +28,50 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pipeline import storage
+from pipeline.inference.stac import SourceOptions
 from workflows.job import Job
 from workflows.manifest import MANIFEST_NAME, ItemRecord
 
-__all__ = ["prepare_remote", "upload_outputs", "outputs_in_bucket", "products_present", "upload_run_files"]
+__all__ = ["input_identity", "prepare_remote", "upload_outputs", "outputs_in_bucket", "products_present",
+           "upload_run_files"]
+
+
+def input_identity(path: str, options: SourceOptions) -> str:
+    """What a remote scene's fingerprint hashes in place of its bytes (which a daily rerun cannot afford to
+    read): for a STAC item (``is_stac_item``), its JSON (canonical: key order and spacing do not count) and
+    each image asset's href with the store's ETag and size (:func:`pipeline.storage.remote_identity`, one
+    HEAD per asset, 8 at a time); for a raster URL, its ETag and size. An item re-published with new hrefs
+    or new properties, or with an asset reprocessed under its old href, gets a new identity; an unchanged
+    one the same. What cannot be read (a missing asset, a 403, a store that stays down) is written into the
+    identity as such rather than raised: it cannot match a done scene's, so the scene is computed, and the
+    stage that reads it reports it precisely (naming the item and the asset) and retries an outage."""
+    import hashlib
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.inference.stac import image_hrefs, is_stac_item, load_item, split_fragment
+
+    def identity(url: str) -> str:
+        if "://" not in url:
+            return ""  # a local file named by a remote item: never read (see docs/security.md)
+        try:
+            return storage.remote_identity(url, s3_endpoint=options.s3_endpoint,
+                                           requester_pays=options.requester_pays)
+        except OSError as err:
+            return f"unreadable ({err})"
+
+    if not is_stac_item(path):
+        return f"remote:{path}\n{identity(path)}"
+    href, item_id = split_fragment(path)
+    try:
+        item = load_item(href, f"scene {path}", item_id, options)
+    except OSError as err:
+        return f"remote:{path}\nunreadable ({err})"
+    hrefs = image_hrefs(item, href)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assets = [f"{h} {i}" for h, i in zip(hrefs, pool.map(identity, hrefs), strict=True)]
+    canonical = json.dumps(item, sort_keys=True, separators=(",", ":"))
+    return "item:" + hashlib.sha256("\n".join([canonical, *assets]).encode("utf-8")).hexdigest()
 
 
 def prepare_remote(job: Job) -> None:

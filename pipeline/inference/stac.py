@@ -64,6 +64,7 @@ __all__ = [
     "is_stac_item",
     "split_fragment",
     "load_item",
+    "image_hrefs",
     "item_sources",
     "item_grid",
     "default_resampling",
@@ -226,6 +227,14 @@ def _absolute(href: str, item_href: str) -> str:
         # s3:// and other object-store URLs: urljoin does not resolve relative references for them
         return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), href))}"
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(item_href)), href))
+
+
+def image_hrefs(item: Mapping[str, Any], item_href: str) -> list[str]:
+    """The absolute hrefs of the item's image assets (those :func:`item_sources` reads bands from), in
+    asset order: what a rerun checks for a reprocessed asset."""
+    assets = item.get("assets") or {}
+    return [_absolute(str(asset["href"]), item_href) for key, asset in assets.items()
+            if isinstance(asset, Mapping) and asset.get("href") and _is_image(key, asset)]
 
 
 def _band_entries(asset: Mapping[str, Any]) -> list[dict[str, Any]]:
