@@ -234,6 +234,7 @@ def model_side(scene: str, bundle: str, tiles: int = 8) -> dict[str, float]:
     from pipeline.inference.read import read_window
     from pipeline.models.contract import ModelRef
     from pipeline.models.loader import load_model
+    from pipeline.models.warm import OpenVinoModel, softmax
     from workflows.backends import settle_backend
 
     torch.set_num_threads(1)
@@ -244,17 +245,23 @@ def model_side(scene: str, bundle: str, tiles: int = 8) -> dict[str, float]:
     full = [t for t in all_tiles if (t.read_window.height, t.read_window.width) == (TILE + 2 * HALO,) * 2]
     chosen = full[:: max(1, len(full) // tiles)][:tiles]
     spent = dict.fromkeys(("read", "prepare", "forward", "softmax_crop", "predict_tiles_rest"), 0.0)
-    backend = model._backend
+    warm = getattr(model, "_settled", None)  # an OpenVINO choice started without torch (pipeline.models.warm)
     for t in chosen:
         start = time.perf_counter()
         data, valid = read_window(meta, t.read_window, (1, 2, 3, 4))
         a = time.perf_counter()
         x = model.prepare(data[None])
         b = time.perf_counter()
-        with torch.no_grad():
-            logits = backend.forward(x) if backend.forward is not None else model.network(x)
-        c = time.perf_counter()
-        torch.softmax(logits.float(), dim=1)[..., : data.shape[1], : data.shape[2]].numpy()
+        if isinstance(warm, OpenVinoModel):
+            logits = warm.forward.infer(x)
+            c = time.perf_counter()
+            softmax(logits)[..., : data.shape[1], : data.shape[2]]
+        else:
+            backend = model._backend
+            with torch.no_grad():
+                logits = backend.forward(x) if backend.forward is not None else model.network(x)
+            c = time.perf_counter()
+            torch.softmax(logits.float(), dim=1)[..., : data.shape[1], : data.shape[2]].numpy()
         d = time.perf_counter()
         predict_tiles(model, [TileInput(t, data, valid)], grid, grid.halo // 2)
         e = time.perf_counter()

@@ -70,10 +70,13 @@ def settle(meta: SceneMeta, grid: TileGrid, indexes: tuple[int, ...], ref: Model
     tiles = [grid.tile(i // grid.cols, i % grid.cols) for i in range(len(grid))]
     whole = [t for t in tiles if (t.read_window.height, t.read_window.width) == full]
     samples: list[np.ndarray] = []
+    warm = getattr(model, "settle_from_cache", None)  # a cached choice checked on the first sample alone
     for tile in _spread(whole, 2 * SAMPLE_TILES)[:SCAN_TILES]:
         data, valid = read_window(meta, tile.read_window, indexes)
         if valid.mean() >= MIN_VALID_FRACTION:
             samples.append(data)
+            if len(samples) == 1 and warm is not None and warm(data[None]):
+                break
         if len(samples) == SAMPLE_TILES:
             break
     largest: np.ndarray | None = None  # a scene without a full-size tile (smaller than two tiles) is settled

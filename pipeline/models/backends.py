@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -43,9 +44,9 @@ from typing import Any
 
 from pipeline.atomic import atomic_path
 
-__all__ = ["AUTO_AGREEMENT_LIMIT", "CACHE_ENV", "Backend", "Choice", "Measurement", "TIMED_RUNS", "cache_dir",
-           "cache_key", "centre_crop", "choose", "cpu_identity", "measure", "native_bf16", "native_fp16", "offer",
-           "package_versions", "rebuild"]
+__all__ = ["AUTO_AGREEMENT_LIMIT", "CACHE_ENV", "REFERENCE_DRIFT", "TIMED_RUNS", "Backend", "Choice", "Measurement",
+           "OpenVinoStart", "cache_dir", "cache_key", "cached_openvino", "centre_crop", "choose", "compiled_dir",
+           "cpu_identity", "measure", "native_bf16", "native_fp16", "offer", "package_versions", "rebuild"]
 
 log = logging.getLogger("scenewatch")
 
@@ -171,6 +172,18 @@ def cache_dir() -> Path:
         return Path(given)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "scenewatch"
+
+
+def compiled_dir() -> str | None:
+    """Where OpenVINO keeps the graphs it compiled for this CPU (its ``CACHE_DIR``: a blob per graph, CPU
+    and setting, which it checks itself), under the backend cache folder; None where that cannot be written
+    (every process then compiles for itself)."""
+    folder = cache_dir() / "openvino-compiled"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
 
 
 @contextlib.contextmanager
@@ -352,12 +365,63 @@ def choose(model: Any, samples: Sequence[Any], *, identity: str | None, threads:
     return choice, next(b for b in backends if b.name == choice.backend)
 
 
+REFERENCE_DRIFT = 1e-4
+"""OpenVINO fp32 stands in for torch fp32 in a cached choice's check on a new scene (so that a worker needs
+no torch: :func:`cached_openvino`) only if it was measured within this of torch fp32 when the choice was
+made (it was 0.0000, under 5e-5, on every network measured: the same fp32 arithmetic in another order)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenVinoStart:
+    """A cached choice that runs on OpenVINO and can be checked on a new scene without torch: the choice,
+    the chosen graph's IR (None: the bundle's own int8 variant), and OpenVINO fp32's IR with the drift from
+    torch fp32 it was measured at, which stands in for torch fp32 in the check."""
+
+    choice: Choice
+    graph: Path | None
+    reference: Path
+    reference_drift: float
+
+
+def cached_openvino(identity: str | None, shape: Sequence[int], threads: int, *,
+                    variant: bool) -> OpenVinoStart | None:
+    """The cached choice for a model (``identity``: a bundle's digest of its weights, int8 variant and
+    normalisation), prepared tile ``shape`` ``(bands, rows, cols)`` and ``threads``, where it can start
+    without torch: the choice is an OpenVINO backend, its IR and OpenVINO fp32's are in the cache, and
+    OpenVINO fp32 was within :data:`REFERENCE_DRIFT` of torch fp32. None otherwise (the caller then loads
+    the torch network and :func:`choose` decides). ``variant``: the bundle has its own int8 variant (which
+    then is what openvino-int8 runs). Reads the cache only; the caller checks the choice on its scene."""
+    if identity is None or not importlib.util.find_spec("openvino"):
+        return None
+    key = cache_key(identity, shape, threads)
+    entry = _read_cache(cache_dir() / CACHE_FILE).get(_digest(key))
+    if not isinstance(entry, dict) or entry.get("key") != key or not str(entry.get("backend", "")).startswith(
+            "openvino-"):
+        return None
+    try:
+        choice = Choice(str(entry["backend"]), tuple(Measurement(**m) for m in entry["measurements"]),
+                        cached=True, notes=tuple(entry.get("notes", ())), key=key)
+    except (KeyError, TypeError, ValueError):
+        return None
+    fp32 = next((m for m in choice.measurements if m.name == "openvino-fp32"), None)
+    if fp32 is None or fp32.refused or fp32.drift is None or fp32.drift > REFERENCE_DRIFT:
+        return None
+    reference = artifact_dir("openvino", identity) / _IR
+    graph = None if choice.backend == "openvino-int8" and variant else artifact_dir(
+        "int8" if choice.backend == "openvino-int8" else "openvino", identity) / _IR
+    if not reference.exists() or (graph is not None and not graph.exists()):
+        return None
+    return OpenVinoStart(choice, graph, reference, fp32.drift)
+
+
 def centre_crop(x: Any, stride: int, size: int = 256) -> Any:
-    """A centre crop of ``size`` px (on the stride) of a prepared sample's first image."""
+    """A centre crop of ``size`` px (on the stride) of a prepared sample's first image (a torch tensor or
+    a numpy array)."""
     hp, wp = x.shape[-2:]
     r0 = max(0, (hp - size) // 2) // stride * stride
     c0 = max(0, (wp - size) // 2) // stride * stride
-    return x[:1, :, r0 : r0 + size, c0 : c0 + size].contiguous()
+    crop = x[:1, :, r0 : r0 + size, c0 : c0 + size]
+    return crop.contiguous() if hasattr(crop, "contiguous") else crop.copy()
 
 
 def _crop(x: Any, stride: int, size: int = 256) -> list[Any]:
@@ -427,7 +491,8 @@ def _openvino(model: Any, name: str, ir: Any) -> Backend:
 
     precision = name.rsplit("-", 1)[1]
     hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
-    return Backend(name, precision, channels_last=False, forward=OpenVinoForward(ir, hint=hint))
+    return Backend(name, precision, channels_last=False, forward=OpenVinoForward(ir, hint=hint,
+                                                                                 compiled_dir=compiled_dir()))
 
 
 def _stored_ir(kind: str, identity: str | None) -> Any:

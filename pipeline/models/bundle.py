@@ -22,6 +22,7 @@ override does not apply to an explicit argument).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.errors import ModelError
 from pipeline.models import int8
 from pipeline.models.contract import RUNTIME_OPTIONS, ModelInfo
-from pipeline.models.network import TorchSegmentationModel, default_device
+from pipeline.models.network import TorchSegmentationModel, default_device, visible_gpus
 from pipeline.vocab import Precision
 
 __all__ = [
@@ -388,6 +389,18 @@ def _read_weights(folder: Path, spec: BundleSpec) -> dict[str, Any]:
     from safetensors.torch import load as load_safetensors
 
     where = f"bundle {folder.name}"
+    data = _weights_bytes(folder, spec)
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise ModelError(f"{where}: weights {spec.weights} are not a valid safetensors file ({err}); only "
+                         f"safetensors weights are loaded") from err
+
+
+def _weights_bytes(folder: Path, spec: BundleSpec) -> bytes:
+    """The weights file's bytes, refused unless it is a .safetensors file inside the bundle with the sha256
+    ``model.json`` records (nothing parsed yet)."""
+    where = f"bundle {folder.name}"
     name = Path(spec.weights)
     if name.name != spec.weights or spec.weights in (".", ".."):
         raise ModelError(f"{where}: scenewatch:weights {spec.weights!r} must be a file name inside the bundle")
@@ -402,27 +415,48 @@ def _read_weights(folder: Path, spec: BundleSpec) -> dict[str, Any]:
     if digest != spec.sha256:
         raise ModelError(f"{where}: weights {spec.weights} have sha256 {digest[:12]}... but {SPEC_FILE} expects "
                          f"{spec.sha256[:12]}...; the file was changed or belongs to another bundle")
-    try:
-        return load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        raise ModelError(f"{where}: weights {spec.weights} are not a valid safetensors file ({err}); only "
-                         f"safetensors weights are loaded") from err
+    return data
 
 
 def load_bundle(path: str | os.PathLike[str], *, precision: Precision = "auto", compile: bool = False,
-                device: str | None = None, **options: Any) -> TorchSegmentationModel:
+                device: str | None = None, threads: int | None = None, **options: Any) -> Any:
     """The bundle at ``path`` as a ready model (checks: spec, sha256, safetensors, exact state dict).
 
     ``precision`` is a :data:`pipeline.vocab.Precision`; ``compile`` runs the network through ``torch.compile``
     (faster on long jobs; the first tile in each worker pays the compile time). int8 runs the bundle's
     calibrated int8 variant (``scenewatch models quantize``) on OpenVINO; ``auto`` picks it on a CPU when
     the bundle has one and OpenVINO is installed.
+
+    ``threads`` (the intra-op threads the model runs with, as a worker sets them) given with ``auto`` on a
+    CPU returns a :class:`pipeline.models.warm.AutoBundleModel`: it starts from the backend cache without
+    torch where the cached choice runs on OpenVINO, and loads the torch network (checked as here) otherwise.
     """
     folder = _bundle_dir(path)
     if options:
         raise ModelError(f"bundle {folder.name}: unknown model option(s) {', '.join(sorted(options))}; "
                          f"a bundle takes {', '.join(RUNTIME_OPTIONS)}")
     spec = read_spec(folder)
+    on_cpu = device.startswith("cpu") if device else visible_gpus() == 0  # asked without importing torch
+    if precision == "auto" and not compile and on_cpu and threads:
+        from pipeline.models.warm import AutoBundleModel
+
+        variant = spec.int8 is not None and int8.openvino_available()
+        return AutoBundleModel(spec.info, identity=_identity(spec, variant), threads=threads, mean=spec.mean,
+                               std=spec.std, build=lambda: _load_torch(folder, spec, precision, compile, "cpu"),
+                               check_weights=functools.partial(_weights_bytes, folder, spec),
+                               variant=functools.partial(int8.load_int8, folder, spec) if variant else None)
+    return _load_torch(folder, spec, precision, compile, device)
+
+
+def _identity(spec: BundleSpec, variant: bool) -> str:
+    """The backend cache's key for a bundle (pipeline.models.backends): these weights, this int8 variant
+    (when it is used), this normalisation."""
+    return int8.sha256_hex(json.dumps([spec.sha256, spec.int8.model_sha256 if variant and spec.int8 else None,
+                                       list(spec.mean or []), list(spec.std or [])]).encode())
+
+
+def _load_torch(folder: Path, spec: BundleSpec, precision: Precision, compile: bool,
+                device: str | None) -> TorchSegmentationModel:
     state = _read_weights(folder, spec)
     network = build_network(spec)
     _check_state_dict(network, state, f"bundle {folder.name}", f"{spec.arch}/{spec.encoder} with "
@@ -436,11 +470,9 @@ def load_bundle(path: str | os.PathLike[str], *, precision: Precision = "auto", 
                  "'scenewatch[int8]'); running it in torch", folder.name)
     if wants_int8 and not device.startswith("cuda"):
         variant = int8.load_int8(folder, spec)
-    # the backend cache's key (pipeline.models.backends): these weights, this variant, this normalisation
-    identity = int8.sha256_hex(json.dumps([spec.sha256, spec.int8.model_sha256 if variant and spec.int8 else None,
-                                           list(spec.mean or []), list(spec.std or [])]).encode())
     return TorchSegmentationModel(network, spec.info, mean=spec.mean, std=spec.std, precision=precision,
-                                  device=device, compile=compile, int8=variant, identity=identity,
+                                  device=device, compile=compile, int8=variant,
+                                  identity=_identity(spec, variant is not None),
                                   calibrate=precision == "auto" and variant is None)
 
 

@@ -79,7 +79,8 @@ def _build_model(ref: ModelRef) -> SegmentationModel:
     if path.exists():
         from pipeline.models import bundle  # imported here: torch and safetensors only load when a bundle is used
 
-        return bundle.load_bundle(path, **options)
+        # threads: a worker's bundle at auto on a CPU may start from the backend cache without torch
+        return bundle.load_bundle(path, threads=ref.threads, **options)
     known = ", ".join(sorted(BUILTIN_MODELS))
     raise ModelError(f"model {ref.source!r}: not a built-in model ({known}) and no bundle at that path")
 

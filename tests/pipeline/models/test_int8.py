@@ -261,3 +261,52 @@ def test_auto_calibrates_int8_on_the_first_tiles_of_a_bundle_without_a_variant(q
     out = again.predict(data)
     reference = load_bundle(path, precision="fp32").predict(data)
     assert float(np.abs(out - reference).mean()) <= 0.01
+
+
+_WORKER = """
+import json, sys
+import numpy as np
+from pipeline.models.bundle import load_bundle
+data = np.load(sys.argv[2])
+model = load_bundle(sys.argv[1], threads=int(sys.argv[3]))
+warm = model.settle_from_cache(data[:1])
+out = model.predict(data)
+np.save(sys.argv[4], out)
+print(json.dumps({"warm": warm, "torch": "torch" in sys.modules, "backend": model.backend}))
+"""
+
+
+@pytest.mark.slow
+def test_a_cached_openvino_choice_starts_a_worker_without_torch(quantized, naip_crops, tmp_path, monkeypatch):
+    """Once auto has chosen an OpenVINO backend for a bundle, a worker process (threads given, as the loader
+    gives them) starts from the cache without importing torch, checks the choice on its first sample
+    against the cached OpenVINO fp32 graph, and gives the probabilities the torch model gives with the same
+    choice (numpy's softmax against torch's: within 1e-6) and the same classes. A weights file changed
+    behind ``model.json``'s back is refused as the torch path refuses it."""
+    import subprocess
+    import sys
+
+    from pipeline.models import backends
+
+    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))  # inherited by the worker process below
+    data, mean, std = naip_crops
+    path = _save(tmp_path / "plain", load_bundle(quantized[0], precision="fp32").network, mean, std)
+    threads = torch.get_num_threads()
+    torch_model = load_bundle(path)  # no threads: the torch model, as before
+    torch_model.choose_backend(data, max_samples=6)
+    assert torch_model.backend.startswith("openvino-")
+    expected = torch_model.predict(data)
+    np.save(tmp_path / "data.npy", data)
+    run = [sys.executable, "-c", _WORKER, str(path), str(tmp_path / "data.npy"), str(threads),
+           str(tmp_path / "out.npy")]
+    done = subprocess.run(run, check=True, capture_output=True, text=True)
+    worker = json.loads(done.stdout.strip().splitlines()[-1])
+    assert worker == {"warm": True, "torch": False, "backend": torch_model.backend}
+    out = np.load(tmp_path / "out.npy")
+    assert out.shape == expected.shape and float(np.abs(out - expected).max()) <= 1e-6
+    assert (out.argmax(1) == expected.argmax(1)).all()
+
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    failed = subprocess.run(run, capture_output=True, text=True)
+    assert failed.returncode != 0 and "the file was changed or belongs to another bundle" in failed.stderr
