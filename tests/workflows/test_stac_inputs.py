@@ -274,3 +274,36 @@ def test_a_rerun_redoes_the_remote_items_that_changed_and_only_those(s3, tmp_pat
     s3.client.upload_file(str(make_geotiff("plain2.tif", shape=SHAPE, seed=2)), s3.bucket, "plain.tif")
     assert run() == {first: "done", second: "skipped", "plain": "done"}
     assert run() == {first: "skipped", second: "skipped", "plain": "skipped"}
+
+
+def test_train_takes_an_item_as_it_takes_its_file(tmp_path: Path, make_geotiff) -> None:
+    """train --scene ITEM.json: the same chips as from the item's file, so the same seeded weights."""
+    import datetime as dt
+
+    from rasterio.warp import transform_bounds
+
+    from pipeline.models.bundle import read_spec
+    from tests.conftest import textured
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((128, 128), dtype=np.uint8)
+    for _ in range(12):
+        r, c = (int(v) for v in rng.integers(8, 108, 2))
+        labels[r:r + 16, c:c + 16] = 1
+    image = 300 + 400 * textured((128, 128), seed=5) + 900.0 * labels + rng.normal(0, 40, (128, 128))
+    scene = make_geotiff("pan.tif", data=image[None], nodata=0)
+    label_path = make_geotiff("labels.tif", data=labels[None], dtype="uint8")
+    with rasterio.open(scene) as src:
+        bbox = list(transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+    item = pystac.Item("pan_20240601", None, bbox, dt.datetime(2024, 6, 1), {})
+    item.add_asset("pan", pystac.Asset("./pan.tif", media_type=pystac.MediaType.GEOTIFF, roles=["data"],
+                                       extra_fields={"eo:bands": [{"name": "pan"}]}))
+    (tmp_path / "pan_item.json").write_text(json.dumps(item.to_dict(include_self_link=False)))
+    common = ["--labels", str(label_path), "--classes", "background,square", "--epochs", "1", "--batch-size", "4",
+              "--chip-size", "64", "--chips-per-epoch", "8", "--block-size", "64", "--seed", "1"]
+    for scene_arg, bands, out in ((tmp_path / "pan_item.json", "pan", "from_item"), (scene, "pan=1", "from_file")):
+        result = CliRunner().invoke(main, ["train", "--scene", str(scene_arg), "--bands", bands, *common,
+                                           "--out", str(tmp_path / out)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    from_item, from_file = read_spec(tmp_path / "from_item"), read_spec(tmp_path / "from_file")
+    assert from_item.sha256 == from_file.sha256
