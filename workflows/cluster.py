@@ -1,4 +1,5 @@
-"""The Dask client: an embedded LocalCluster of worker processes, or an existing scheduler.
+"""The Dask client: a local cluster of worker processes (its scheduler in a process of its own), or an
+existing scheduler.
 
 The same job runs unchanged either way; only where the workers live differs. Workers run one task at a
 time (one thread) and give the model the rest of the cores (torch intra-op threads), because on a few
@@ -8,13 +9,24 @@ cores a model uses them better than two concurrent tasks would. A network that r
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, Nanny, SpecCluster
+from distributed.deploy.spec import ProcessInterface
 
 from pipeline.errors import ConfigError
 from pipeline.models.contract import ModelRef
@@ -48,12 +60,111 @@ def default_workers(model: str | os.PathLike[str] | ModelRef | None = None) -> i
     return cpu_count()
 
 
+# The scheduler's process: it must not outlive this one, however this one ends. On Linux the kernel kills
+# it (SIGKILL) when the thread that started it ends (PR_SET_PDEATHSIG = 1; that thread runs the cluster's
+# event loop, which outlives the cluster), and a parent that died before the call is caught by comparing
+# the parent's pid after it; everywhere, a thread ends it within a second of its parent's end. Then
+# `dask spec` runs Dask's own scheduler as `dask scheduler` would.
+_SCHEDULER_MAIN = """\
+import os, sys, threading, time
+parent = int(sys.argv[1])
+if sys.platform == "linux":
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+if os.getppid() != parent:
+    os._exit(1)
+def orphaned():
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+threading.Thread(target=orphaned, name="parent watch", daemon=True).start()
+from distributed.cli.dask_spec import main
+main(sys.argv[2:], prog_name="dask spec")
+"""
+
+
+def _inherited_config() -> str:
+    """This process's Dask configuration as ``DASK_INTERNAL_INHERIT_CONFIG`` carries it (what a Nanny hands
+    its worker): what was set in code here (``dask.config.set``) holds in the scheduler's process too. A
+    value JSON cannot carry (an object set in code) goes as null."""
+    text = json.dumps(dask.config.global_config, default=lambda _: None)
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+class _SchedulerProcess(ProcessInterface):
+    """Dask's scheduler (``distributed.Scheduler``, started by ``dask spec``) in a process of its own, as
+    the scheduler of a :class:`~distributed.SpecCluster`.
+
+    What ``distributed.deploy.subprocess.SubprocessScheduler`` (experimental) does, except that: its stderr
+    is this process's, not a pipe nobody reads (a long run blocked once the pipe filled), with its logs at
+    ``log_level``; it dies with this process however that ends, killed included (:data:`_SCHEDULER_MAIN`);
+    it runs in a session of its own, so a Ctrl-C in a terminal reaches this process only, which closes
+    the cluster in order; and it imports what this process imports (``sys.path`` as ``PYTHONPATH``), since
+    the scheduler unpickles the task graph.
+    """
+
+    def __init__(self, options: dict[str, Any], log_level: int, timeout: float = 60.0) -> None:
+        super().__init__()
+        self.options = options
+        self.log_level = log_level
+        self.timeout = timeout
+        self.process: asyncio.subprocess.Process | None = None
+        self._folder: str | None = None
+
+    async def start(self) -> None:
+        """Start the process and wait until the scheduler has written its address (its ``scheduler_file``)."""
+        self._folder = tempfile.mkdtemp(prefix="scenewatch-scheduler-")
+        file = Path(self._folder) / "scheduler.json"
+        spec = json.dumps({"cls": "distributed.Scheduler", "opts": {**self.options, "scheduler_file": str(file)}})
+        paths = [p for p in (*sys.path, os.environ.get("PYTHONPATH")) if p]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "DASK_INTERNAL_INHERIT_CONFIG": _inherited_config(),
+               "DASK_LOGGING__DISTRIBUTED": logging.getLevelName(self.log_level).lower()}
+        self.process = process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _SCHEDULER_MAIN, str(os.getpid()), "--spec", spec, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + self.timeout
+        while process.returncode is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, KeyError):  # not written yet, or half written
+                self.address = json.loads(file.read_text())["address"]
+                break
+            await asyncio.sleep(0.05)
+        else:
+            why = (f"exited with code {process.returncode} before it started (its error is above)"
+                   if process.returncode is not None else f"did not start within {self.timeout:g} s")
+            await self.close()
+            raise RuntimeError(f"the Dask scheduler's process {why}")
+        await super().start()
+
+    async def close(self) -> None:
+        """Wait for the process to end (the cluster has told the scheduler to close), killing it after 10 s
+        or at once if it has not started; then remove its folder."""
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            if self.address is None:
+                process.kill()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+                process.kill()
+                await process.wait()
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        await super().close()
+
+
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, client: Client | None = None,
                 model: str | os.PathLike[str] | ModelRef | None = None, threads: int = 1) -> Iterator[Client]:
-    """A connected client: ``client`` as given, one for ``scheduler``, or a new LocalCluster of ``workers``
-    processes (default: :func:`default_workers` for ``model``, the model the cluster is for) of ``threads``
-    threads each, closed on exit."""
+    """A connected client: ``client`` as given, one for ``scheduler``, or a new local cluster of
+    ``workers`` processes (default: :func:`default_workers` for ``model``, the model the cluster is for)
+    of ``threads`` threads each, closed on exit.
+
+    The local cluster is LocalCluster's (worker processes under nannies in this process) except that its
+    scheduler runs in a process of its own (:class:`_SchedulerProcess`), which ends with this one: Dask's
+    bookkeeping of every task (and its idle ticks) no longer costs this process, which is left with
+    scenewatch's own part and the client's side of each message (issue 20: with the scheduler here, a
+    4096² scene with polygons spent 5.4 % of its CPU in this process, most of it the scheduler's).
+    """
     if client is not None:
         yield client
         return
@@ -75,17 +186,27 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     # the tiles in flight either way. Users' own clusters: see docs/scheduling.md.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    # dashboard_address ":0": any free port, so a second run beside a first never warns about 8787.
     # Dask's own errors ("Compute Failed" with a worker traceback for a tile that cannot be read) only
     # with -v: the error itself reaches the user as one line from the client.
     quiet = logging.ERROR if log.isEnabledFor(logging.INFO) else logging.CRITICAL
-    # The scheduler runs in this process: its event-loop tick (every 20 ms, only to warn of a blocked loop)
-    # and system monitor (every 0.5 s, for the dashboard) cost it 28 ms of CPU a second while idle, against
-    # 6 ms at 1 s and 2 s; on a warm 4096² NDVI scene that was a third of what this process spent (issue 20).
-    quieter = {"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "2s"}
+    # Idle costs, per second of a run: every Dask server's event-loop tick (every 20 ms, only to warn of a
+    # blocked loop) and system monitor (every 0.5 s, for the dashboard) cost it 28 ms of CPU a second while
+    # idle, against 6 ms at 1 s and 2 s (the nannies here, the scheduler and the workers); the cluster's
+    # sync of its name to the scheduler (every second) and the client's refresh of the scheduler's identity
+    # (every 2 s) took this process from 1.5 to 3 ms a second (the scheduler in its own process, 2 nannies).
+    quieter = {"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "2s",
+               "distributed.client.scheduler-info-interval": "10s"}
+    # LocalCluster(processes=True)'s settings for its scheduler and nannies; dashboard_address ":0": any
+    # free port, so a second run beside a first never warns about 8787.
+    scheduler_options = {"host": "127.0.0.1", "port": 0, "protocol": "tcp://", "dashboard": True,
+                         "dashboard_address": ":0"}
+    nanny = {"cls": Nanny, "options": {"host": "127.0.0.1", "protocol": "tcp://", "nthreads": threads,
+                                       "dashboard": False, "dashboard_address": None, "silence_logs": quiet,
+                                       "memory_limit": 0}}
+    spec = {"cls": _SchedulerProcess, "options": {"options": scheduler_options, "log_level": quiet}}
     with (dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **quieter}),
-          LocalCluster(n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=":0",
-                       silence_logs=quiet, memory_limit=0) as cluster,
+          SpecCluster(scheduler=spec, workers=dict.fromkeys(range(n), nanny), worker=nanny, silence_logs=quiet,
+                      scheduler_sync_interval=30, name="scenewatch") as cluster,
           Client(cluster) as local):
         yield local
 
