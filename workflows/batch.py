@@ -608,7 +608,7 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
                     charged += 1
                     log.warning("%s: %s; the input answers again, running the scene again (%d/%d)", where, message,
                                 charged, job.spec.retries)
-                    clear_remote_cache()  # GDAL remembers what the outage answered ("not recognized", "no such file")
+                    _clear_remote_caches(ctx)
                     continue
                 return functools.partial(_failed, ctx, scene.scene_id, "scene", stage, type(err).__name__, message,
                                          started, attempts)
@@ -617,6 +617,17 @@ def _compute_scene(ctx: _Context, scene: SceneInput, set_stage: Callable[[str], 
                     raise _Stopped from err  # the cluster closed under it: the run is stopping, not failing
                 return functools.partial(_unexpected, ctx, scene.scene_id, "scene", stage, where, err, started,
                                          attempts)
+
+
+def _clear_remote_caches(ctx: _Context) -> None:
+    """Before a scene runs again after an outage: forget what GDAL remembers of it (a failed stat stays
+    cached as "not recognized" or "no such file"), here, where the scene is planned, and in every worker,
+    where its tiles are read. Best effort: a worker that cannot be reached now reads through its cache."""
+    clear_remote_cache()
+    try:
+        ctx.dask.get().run(clear_remote_cache)
+    except (OSError, TimeoutError, KilledWorker) as err:
+        log.debug("GDAL's remote cache not cleared in every worker: %s", err)
 
 
 def _task_name(err: KilledWorker) -> str:

@@ -38,12 +38,19 @@ def _upload_scenes(s3, make_geotiff, count: int) -> list[str]:
     return urls
 
 
-def test_server_restarted_mid_run_is_retried(tmp_path: Path, make_geotiff, s3) -> None:
-    urls = _upload_scenes(s3, make_geotiff, 3)
+@pytest.mark.parametrize(("workers", "in_flight", "count"), [(1, 1, 3), (2, None, 6)],
+                         ids=["one-at-a-time", "default-in-flight"])
+def test_server_restarted_mid_run_is_retried(tmp_path: Path, make_geotiff, s3, workers: int, in_flight: int | None,
+                                             count: int) -> None:
+    """The store stops after the first scene and starts again a second later: one scene at a time, the
+    next scene opens during the outage; with the default scenes in flight (4 on 2 workers, 6 scenes) the
+    outage also meets scenes in the middle of their reads and uploads. Every scene ends done."""
+    urls = _upload_scenes(s3, make_geotiff, count)
     _items(tmp_path, {f"scene{i}": u for i, u in enumerate(urls)})
     # three re-runs: the first one can meet the store while it is still coming back (HEAD answers, a read
     # right after it did not, in CI's order of tests)
-    job = write_job(tmp_path, {"stac": "items.json", "asset": "image"}, tmp_path / "unused", retries=3)
+    job = write_job(tmp_path, {"stac": "items.json", "asset": "image"}, tmp_path / "unused", retries=3,
+                    dask={"workers": workers})
     restarted = threading.Event()
 
     def outage(outcome, index: int, total: int) -> None:
@@ -57,11 +64,11 @@ def test_server_restarted_mid_run_is_retried(tmp_path: Path, make_geotiff, s3) -
 
             threading.Thread(target=back, daemon=True).start()
 
-    summary = run_job(job, out=s3.url("out"), state=tmp_path / "state", scenes_in_flight=1, report=outage)
+    summary = run_job(job, out=s3.url("out"), state=tmp_path / "state", scenes_in_flight=in_flight, report=outage)
     assert restarted.is_set()
     assert summary.exit_code == 0, [o.message for o in summary.outcomes]
     keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="out/")["Contents"]}
-    assert {f"out/scene{i}.classes.tif" for i in range(3)} <= keys
+    assert {f"out/scene{i}.classes.tif" for i in range(count)} <= keys
 
 
 def test_missing_object_and_403_fail_their_scene_only(tmp_path: Path, make_geotiff, s3) -> None:
