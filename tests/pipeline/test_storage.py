@@ -116,3 +116,26 @@ def test_upload_retries_while_the_store_restarts(s3, tmp_path: Path) -> None:
     finally:
         restart.join()
     assert s3.client.head_object(Bucket=s3.bucket, Key="later/a.tif")["ContentLength"] == 100
+
+
+def test_remote_identity_follows_the_content_and_names_a_missing_object(s3) -> None:
+    from pipeline.errors import SceneOpenError
+
+    s3.client.put_object(Bucket=s3.bucket, Key="in/a.tif", Body=b"first")
+    first = storage.remote_identity(s3.url("in/a.tif"))
+    assert first == storage.remote_identity(s3.url("in/a.tif")) and "size=5" in first
+    s3.client.put_object(Bucket=s3.bucket, Key="in/a.tif", Body=b"other")  # same size, other bytes
+    assert storage.remote_identity(s3.url("in/a.tif")) != first
+    with pytest.raises(SceneOpenError, match=r"in/none.tif: does not exist \(404\)"):
+        storage.remote_identity(s3.url("in/none.tif"))
+
+
+def test_list_names_and_delete_object(s3) -> None:
+    for key in ("p/stac/a.json", "p/stac/b.json", "p/stac/deeper/c.json", "p/x.tif"):
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"{}")
+    assert storage.list_names(s3.url("p/stac")) == ["a.json", "b.json"]
+    assert storage.list_names(s3.url("p"), recursive=True) == ["stac/a.json", "stac/b.json", "stac/deeper/c.json",
+                                                               "x.tif"]
+    storage.delete_object(s3.url("p/stac/a.json"))
+    storage.delete_object(s3.url("p/stac/none.json"))  # nothing there: nothing to do
+    assert storage.list_names(s3.url("p/stac")) == ["b.json"]
