@@ -82,7 +82,8 @@ class OpenVinoModel:
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         """A raw ``(N, bands, H, W)`` batch normalised and padded to the stride (reflect; replicate where a
         side is too short to reflect), as :meth:`TorchSegmentationModel.prepare` makes it."""
-        x = (np.asarray(batch, dtype=np.float32) - self._mean) * self._inv_std
+        x = np.subtract(batch, self._mean, dtype=np.float32)  # one new array, scaled in place (as torch's)
+        x *= self._inv_std
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
         if pad_h or pad_w:
