@@ -164,6 +164,7 @@ def status(job_file: str, out: str | None, state: str | None, only_failed: bool,
       scenewatch status workflows/jobs/naip_vegetation.yaml
       scenewatch status nightly.yaml --out /data/products/nightly --failed
       scenewatch status nightly.yaml --out s3://my-bucket/nightly --state /var/lib/scenewatch/nightly
+      scenewatch status workflows/jobs/naip_vegetation.yaml --stac examples/data/naip_items.json --out out/naip-stac
     """
     from workflows.batch import read_status
 
