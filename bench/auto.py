@@ -148,7 +148,8 @@ def main() -> None:
     os.environ["SCENEWATCH_CACHE_DIR"] = str(cache)  # inherited by every process below
     scene = str(make_scene(work / f"scene-{args.size}.tif", args.size))
     bundle = str(fitted_bundle(work / "unet-fitted", make_scene(work / "fit-1024.tif", 1024, seed=1)))
-    print(f"CPU: {cpu_identity()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU: {cpu_identity()}; {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     table = _in_process("measure_backends", scene, bundle, 1)
     print(f"auto measured in {table['seconds']:.0f} s (1 thread): {table['summary']}")
@@ -181,6 +182,7 @@ def main() -> None:
           "report)")
     print(f"naive fp32 script: {naive['seconds']:.1f} s = {mp / naive['seconds']:.2f} MP/s")
     print(f"end to end vs naive: {naive['seconds'] / e2e:.2f}x; end to end vs model alone: {mp / e2e / alone:.2f}")
+    print(f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
 
 
 def naive_run(scene: str, bundle: str, out: str) -> dict[str, Any]:

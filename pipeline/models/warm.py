@@ -26,6 +26,7 @@ and is measured again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -199,11 +200,12 @@ class AutoBundleModel:
             log.info("model %s: cached backend %s drifts %.4f from OpenVINO fp32 on this scene's first tile; "
                      "checking against torch", self.info.name, start.choice.backend, drift)
             return None
+        choice = dataclasses.replace(start.choice, notes=start.choice.notes + (
+            f"started without torch (this scene's check against OpenVINO fp32: drift {drift:.4f})",))
         model = OpenVinoModel(self.info, forward, mean=self._mean, std=self._std, stride=self._stride,
-                              choice=start.choice, identity=self._identity)
-        model.auto_drift = next((m.drift for m in start.choice.measurements if m.name == start.choice.backend), None)
-        log.info("model %s: precision auto runs %s (without torch: checked on this scene, drift %.4f from "
-                 "OpenVINO fp32)", self.info.name, start.choice.summary(), drift)
+                              choice=choice, identity=self._identity)
+        model.auto_drift = next((m.drift for m in choice.measurements if m.name == choice.backend), None)
+        log.info("model %s: precision auto runs %s", self.info.name, choice.summary())
         return model
 
 

@@ -272,7 +272,8 @@ model = load_bundle(sys.argv[1], threads=int(sys.argv[3]))
 warm = model.settle_from_cache(data[:1])
 out = model.predict(data)
 np.save(sys.argv[4], out)
-print(json.dumps({"warm": warm, "torch": "torch" in sys.modules, "backend": model.backend}))
+print(json.dumps({"warm": warm, "torch": "torch" in sys.modules, "backend": model.backend,
+                  "said": "started without torch" in model.choice.summary()}))
 """
 
 
@@ -301,7 +302,7 @@ def test_a_cached_openvino_choice_starts_a_worker_without_torch(quantized, naip_
            str(tmp_path / "out.npy")]
     done = subprocess.run(run, check=True, capture_output=True, text=True)
     worker = json.loads(done.stdout.strip().splitlines()[-1])
-    assert worker == {"warm": True, "torch": False, "backend": torch_model.backend}
+    assert worker == {"warm": True, "torch": False, "backend": torch_model.backend, "said": True}
     out = np.load(tmp_path / "out.npy")
     assert out.shape == expected.shape and float(np.abs(out - expected).max()) <= 1e-6
     assert (out.argmax(1) == expected.argmax(1)).all()
