@@ -38,7 +38,7 @@ __all__ = ["input_identity", "prepare_remote", "upload_outputs", "outputs_in_buc
 
 def input_identity(path: str, options: SourceOptions) -> str:
     """What a remote scene's fingerprint hashes in place of its bytes (which a daily rerun cannot afford to
-    read): for a STAC item (``is_stac_item``), its JSON (canonical: key order and spacing do not count) and
+    read): for a STAC item (``is_stac_item``), its JSON (canonical: key order, spacing and links do not count) and
     each image asset's href with the store's ETag and size (:func:`pipeline.storage.remote_identity`, one
     HEAD per asset, 8 at a time); for a raster URL, its ETag and size. An item re-published with new hrefs
     or new properties, or with an asset reprocessed under its old href, gets a new identity; an unchanged
@@ -70,7 +70,8 @@ def input_identity(path: str, options: SourceOptions) -> str:
     hrefs = image_hrefs(item, href)
     with ThreadPoolExecutor(max_workers=8) as pool:
         assets = [f"{h} {i}" for h, i in zip(hrefs, pool.map(identity, hrefs), strict=True)]
-    canonical = json.dumps(item, sort_keys=True, separators=(",", ":"))
+    # links left out: they say where the API is served from (a new host name), not what the pixels are
+    canonical = json.dumps({k: v for k, v in item.items() if k != "links"}, sort_keys=True, separators=(",", ":"))
     return "item:" + hashlib.sha256("\n".join([canonical, *assets]).encode("utf-8")).hexdigest()
 
 
