@@ -105,6 +105,8 @@ def test_run_and_status_with_a_search_instead_of_the_jobs_inputs(naip: list[Buil
         ("naip_20200831", "done", f"{url}/collections/naip/items/naip_20200831")]
     code, output = _invoke("status", str(job), *source)
     assert "1 done" in output
+    code, output = _invoke("run", str(job), *source)  # the item from the API again: unchanged, skipped
+    assert code == 0 and "0 done, 1 up to date" in output, output
     # the job's own inputs: an empty folder, as before
     code, output = _invoke("run", str(job), "--quiet")
     assert code == 2 and "inputs.folder: the inputs match no files" in output
