@@ -9,6 +9,8 @@ the workers are its descendant processes (nannies and workers of a LocalCluster)
 worker reports with ``os.getpid`` on this host. CPU time is user + system, all threads, from psutil.
 ``loop_seconds`` is the part of the client's that its Dask event loop thread ("IO loop": the in-process
 scheduler of a LocalCluster, the client's comms) spent; the rest is scenewatch's own work in the client.
+``scheduler_seconds`` is the part of the others' that the scheduler's process spent, where that is not
+this one (scenewatch's local cluster since issue 20, or ``dask scheduler`` on this host).
 """
 
 from __future__ import annotations
@@ -40,9 +42,20 @@ class CpuShare:
         self.client_seconds = 0.0
         self.worker_seconds = 0.0
         self.loop_seconds = 0.0
+        self.scheduler_seconds = 0.0
+        self._scheduler_pid: int | None = None
+
+    def _scheduler(self) -> int | None:
+        try:
+            pid = int(self._client.run_on_scheduler(os.getpid))
+        except Exception:  # noqa: BLE001 - a scheduler elsewhere (or gone): not counted apart
+            return None
+        return pid if pid != self._me.pid and psutil.pid_exists(pid) else None
 
     def _others(self) -> dict[int, psutil.Process]:
         procs = {p.pid: p for p in self._me.children(recursive=True)}
+        if self._scheduler_pid is not None and self._scheduler_pid not in procs:
+            procs[self._scheduler_pid] = psutil.Process(self._scheduler_pid)
         try:
             pids = self._client.run(os.getpid).values()
         except Exception:  # noqa: BLE001 - a client without workers yet: descendants only
@@ -60,6 +73,7 @@ class CpuShare:
             return {}
 
     def __enter__(self) -> CpuShare:
+        self._scheduler_pid = self._scheduler()
         self._start_loop = self._loop_threads()
         self._start_me = _cpu(self._me)
         self._start = {pid: (p, _cpu(p)) for pid, p in self._others().items()}
@@ -72,7 +86,10 @@ class CpuShare:
         total = 0.0
         for pid, process in now.items():
             before = self._start[pid][1] if pid in self._start else 0.0
-            total += max(0.0, _cpu(process) - before)
+            spent = max(0.0, _cpu(process) - before)
+            total += spent
+            if pid == self._scheduler_pid:
+                self.scheduler_seconds = spent
         self.worker_seconds = total
 
     @property
