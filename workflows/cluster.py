@@ -250,9 +250,12 @@ def threads_per_model(client: Client) -> int:
 
 SCENE_MEMORY_BYTES = 2**30
 """Memory one scene in flight may take on the cluster, for :func:`default_scenes_in_flight`'s bound. A
-scene holds at most two tasks of tiles per worker and the tile results its pieces still need (about a
-column of tiles); measured (bench/batch_throughput.py, NDVI 4096² with polygons, 2 workers), each scene in
-flight added 0.2-0.3 GiB to the run's peak (see docs/benchmarks.md, issue 20)."""
+scene holds at most two tasks of tiles per worker (``max_tiles_in_flight``) and the tile results its pieces
+still need (about a column of tiles): with the default 1024 px tiles, 4 per task, a few bands in and a few
+classes out as float32, a few hundred MB per worker at most. Measured (bench/batch_throughput.py, NDVI
+4096² with polygons, 2 workers restarted before each run): the run's peak (client and workers resident)
+was 1.66 GiB one scene at a time and 1.78 GiB with 4 in flight, so this bound is generous for NDVI and
+leaves room for networks' larger outputs; a job that knows better sets ``dask.scenes_in_flight``."""
 
 
 def default_scenes_in_flight(client: Client) -> int:
