@@ -1,6 +1,6 @@
 """The local cluster's processes: Dask's scheduler runs in a process of its own, sees the configuration set
 here, and no scheduler or worker process outlives the process that started them, whether it closes the
-cluster, is stopped (SIGTERM) or is killed (SIGKILL)."""
+cluster, is interrupted (SIGINT: the cluster is closed in order), stopped (SIGTERM) or killed (SIGKILL)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_the_scheduler_runs_in_a_process_of_its_own_with_this_process_s_config()
     assert _survivors([scheduler, worker]) == []
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_client_stopped_or_killed_leaves_no_scheduler_or_worker_behind(stop: signal.Signals) -> None:
     client = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE, text=True)
     try:
