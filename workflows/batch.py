@@ -69,6 +69,7 @@ from workflows.job import EXECUTION_FIELDS, InputsSpec, Job, SceneInput, Vectors
 from workflows.lock import JobLockedError, is_locked, job_lock
 from workflows.manifest import MANIFEST_NAME, ItemRecord, Manifest, OutputRecord, RunRecord, open_manifest
 from workflows.remote import (
+    UNREADABLE,
     input_identity,
     outputs_in_bucket,
     prepare_remote,
@@ -527,6 +528,14 @@ def _begin_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome | None:
     fingerprint = _fingerprint(digest, ctx.identity, ctx.params)
     ctx.fingerprints[scene.scene_id] = fingerprint
     previous = manifest.get(job.name, scene.scene_id)
+    if (digest.startswith(UNREADABLE) and not ctx.force and previous is not None
+            and _up_to_date(previous, previous.fingerprint, job.out_dir) and outputs_in_bucket(job, previous)):
+        # A store that does not answer today (or an asset gone upstream) does not undo a finished scene: its
+        # products stay as they are, listed in the catalog, and the next run checks the input again.
+        log.warning("%s: cannot check whether the input changed (%s); its earlier products are kept", where,
+                    digest.removeprefix(UNREADABLE))
+        return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
+                           previous.attempts)
     if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir) and outputs_in_bucket(job, previous):
         return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
                            previous.attempts if previous else 0)

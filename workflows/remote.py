@@ -32,8 +32,12 @@ from pipeline.inference.stac import SourceOptions
 from workflows.job import Job
 from workflows.manifest import MANIFEST_NAME, ItemRecord
 
-__all__ = ["input_identity", "prepare_remote", "upload_outputs", "outputs_in_bucket", "products_present",
+__all__ = ["UNREADABLE", "input_identity", "prepare_remote", "upload_outputs", "outputs_in_bucket", "products_present",
            "upload_run_files"]
+
+
+UNREADABLE = "unreadable:"
+"""The start of an :func:`input_identity` that could not be established (the rest says what failed)."""
 
 
 def input_identity(path: str, options: SourceOptions) -> str:
@@ -44,7 +48,8 @@ def input_identity(path: str, options: SourceOptions) -> str:
     or new properties, or with an asset reprocessed under its old href, gets a new identity; an unchanged
     one the same. What cannot be read (a missing asset, a 403, a store that stays down) is written into the
     identity as such rather than raised: it cannot match a done scene's, so the scene is computed, and the
-    stage that reads it reports it precisely (naming the item and the asset) and retries an outage."""
+    stage that reads it reports it precisely (naming the item and the asset) and retries an outage; such an
+    identity starts with :data:`UNREADABLE`, so a scene done before can keep its products instead."""
     import hashlib
     import json
     from concurrent.futures import ThreadPoolExecutor
@@ -61,15 +66,19 @@ def input_identity(path: str, options: SourceOptions) -> str:
             return f"unreadable ({err})"
 
     if not is_stac_item(path):
-        return f"remote:{path}\n{identity(path)}"
+        own = identity(path)
+        return f"{UNREADABLE}{path}: {own}" if own.startswith("unreadable") else f"remote:{path}\n{own}"
     href, item_id = split_fragment(path)
     try:
         item = load_item(href, f"scene {path}", item_id, options)
     except OSError as err:
-        return f"remote:{path}\nunreadable ({err})"
+        return f"{UNREADABLE}{path}: unreadable ({err})"
     hrefs = image_hrefs(item, href)
     with ThreadPoolExecutor(max_workers=8) as pool:
         assets = [f"{h} {i}" for h, i in zip(hrefs, pool.map(identity, hrefs), strict=True)]
+    missing = [a for a in assets if " unreadable (" in a]
+    if missing:
+        return f"{UNREADABLE}{path}: asset {missing[0]}"
     # links left out: they say where the API is served from (a new host name), not what the pixels are
     canonical = json.dumps({k: v for k, v in item.items() if k != "links"}, sort_keys=True, separators=(",", ":"))
     return "item:" + hashlib.sha256("\n".join([canonical, *assets]).encode("utf-8")).hexdigest()

@@ -12,6 +12,7 @@ compared exactly.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +243,8 @@ def test_a_job_mixes_urls_and_local_files(s3, tmp_path: Path, make_geotiff) -> N
     assert [r["status"] for r in manifest_rows(tmp_path / "out")] == ["done", "done"]
 
 
-def test_a_rerun_redoes_the_remote_items_that_changed_and_only_those(s3, tmp_path: Path, make_geotiff) -> None:
+def test_a_rerun_redoes_the_remote_items_that_changed_and_only_those(s3, tmp_path: Path, make_geotiff,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Remote scenes are fingerprinted by content, not by href: an asset reprocessed under its old URL (new
     ETag and size), an item re-published with a new asset href, and a raster URL overwritten are redone;
     the unchanged ones are skipped."""
@@ -276,6 +278,22 @@ def test_a_rerun_redoes_the_remote_items_that_changed_and_only_those(s3, tmp_pat
     s3.client.upload_file(str(make_geotiff("plain2.tif", shape=SHAPE, seed=2)), s3.bucket, "plain.tif")
     assert run() == {first: "done", second: "skipped", "plain": "done"}
     assert run() == {first: "skipped", second: "skipped", "plain": "skipped"}
+    # an asset gone upstream (or a store that does not answer today) does not undo a finished scene: it is
+    # kept, with its products, in the manifest and the catalog, and said so in one line
+    products = sorted(p.name for p in (tmp_path / "out").rglob(f"{second}.*.tif"))
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{second}/nir.tif")
+    ours = logging.getLogger("scenewatch")  # the CLI's own handler; it does not propagate to caplog's
+    ours.addHandler(caplog.handler)
+    try:
+        assert run() == {first: "skipped", second: "skipped", "plain": "skipped"}
+    finally:
+        ours.removeHandler(caplog.handler)
+    warned = [r.getMessage() for r in caplog.records if "cannot check whether the input changed" in r.getMessage()]
+    assert len(warned) == 1 and f"{second}/nir.tif" in warned[0] and warned[0].startswith(f"scene {second}"), warned
+    assert {r["item_id"]: r["status"] for r in manifest_rows(tmp_path / "out")}[second] == "done"
+    assert sorted(p.name for p in (tmp_path / "out").rglob(f"{second}.*.tif")) == products and products
+    catalog = pystac.Catalog.from_file(str(tmp_path / "out" / "catalog.json"))
+    assert any(second in item.id for item in catalog.get_items(recursive=True))
 
 
 def test_train_takes_an_item_as_it_takes_its_file(tmp_path: Path, make_geotiff) -> None:
