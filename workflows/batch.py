@@ -529,7 +529,7 @@ def _begin_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome | None:
     ctx.fingerprints[scene.scene_id] = fingerprint
     previous = manifest.get(job.name, scene.scene_id)
     if (digest.startswith(UNREADABLE) and not ctx.force and previous is not None
-            and _up_to_date(previous, previous.fingerprint, job.out_dir) and outputs_in_bucket(job, previous)):
+            and _up_to_date(previous, previous.fingerprint or "", job.out_dir) and outputs_in_bucket(job, previous)):
         # A store that does not answer today (or an asset gone upstream) does not undo a finished scene: its
         # products stay as they are, listed in the catalog, and the next run checks the input again.
         log.warning("%s: cannot check whether the input changed (%s); its earlier products are kept", where,
