@@ -36,7 +36,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,17 +325,32 @@ def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
 Bounds = tuple[float, float, float, float] | None
 
 
-def _interior_and_outline(result: tuple[pa.Table, CorePieces]) -> tuple[pa.Table, Bounds, BorderOutline]:
-    """What this process takes of a tile's result: its finished rows (and their bounds, so that it never
-    parses their geometry) and its border pieces' outline."""
-    interior, border = result
-    return interior, table_bounds(interior), outline(border)
+@crosses_processes
+def _rows_of_tiles(results: list[tuple[pa.Table, CorePieces]]) -> list[tuple[pa.Table, Bounds, BorderOutline]]:
+    """The Dask task that takes what this process needs of a batch of tiles' results, in one message: per
+    tile its finished rows (and their bounds, so that this process never parses their geometry) and its
+    border pieces' outline. The results themselves (the border pieces) stay on the workers."""
+    return [(interior, table_bounds(interior), outline(border)) for interior, border in results]
+
+
+def _pack_groups(groups: list[Group]) -> tuple[np.ndarray, np.ndarray]:
+    """Groups as two arrays (each member's tile index and local index, and each group's size): a task's
+    argument that Dask neither walks nor sizes item by item, as it does a list of lists of tuples."""
+    members = np.array([m for group in groups for m in group], dtype=np.int64).reshape(-1, 2)
+    return members, np.array([len(group) for group in groups], dtype=np.int64)
+
+
+def _unpack_groups(members: np.ndarray, sizes: np.ndarray) -> list[Group]:
+    return [[(int(i), int(local)) for i, local in part.tolist()]
+            for part in np.split(members, np.cumsum(sizes)[:-1])] if len(sizes) else []
 
 
 @crosses_processes
-def _merge_seams(spec: LayerSpec, groups: list[Group], tiles: dict[int, tuple[pa.Table, CorePieces]]
-                 ) -> tuple[pa.Table, Bounds]:
-    """The Dask task that unions finished groups into rows; the results of the tiles they span come to it."""
+def _merge_seams(spec: LayerSpec, members: np.ndarray, sizes: np.ndarray,
+                 tiles: dict[int, tuple[pa.Table, CorePieces]]) -> tuple[pa.Table, Bounds]:
+    """The Dask task that unions finished groups (:func:`_pack_groups`) into rows; the results of the tiles
+    they span come to it."""
+    groups = _unpack_groups(members, sizes)
     table = feature_table(merge_groups({i: result[1].pieces for i, result in tiles.items()}, groups), spec)
     return table, table_bounds(table)
 
@@ -353,11 +368,11 @@ class _Rows:
     def ready(self) -> bool:
         return self.merges is None or all(f.done() for f in self.merges)
 
-    def take(self) -> tuple[pa.Table, Bounds]:
+    def take(self, dask: Client) -> tuple[pa.Table, Bounds]:
         if self.merges is None:
             assert self.table is not None
             return self.table, self.bounds
-        parts = [f.result() for f in self.merges]
+        parts = dask.gather(self.merges)  # one message for the row's merges
         for f in self.merges:
             f.release()
         # one table, as one merge in this process made: the layer's batches (Parquet row groups) too
@@ -377,6 +392,13 @@ def _chunks(groups: list[Group], parts: int) -> list[list[Group]]:
     return [groups[i:j] for i, j in itertools.pairwise(bounds)]
 
 
+def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
+    """The grid's tiles in row-major order, ``size`` at a time (the last batch may be shorter)."""
+    tiles = iter(grid)
+    while batch := list(itertools.islice(tiles, size)):
+        yield batch
+
+
 def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progress: bool | None,
          where: str) -> None:
     """Submit tiles in row-major order, at most ``in_flight`` ahead, group their seams in that order and
@@ -384,79 +406,92 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
     the layer's row order, like its ids, does not depend on which worker finishes first, and is the order
     of a merge done in one process).
 
-    A tile's task result stays on its worker: this process fetches its interior rows and the outline of its
-    border pieces (a small task on it); once a row of tiles completes objects, their groups are unioned
-    by tasks that take the results of the tiles they span (:func:`_merge_seams`), one run of groups per
-    worker, whose rows are staged end to end as one table."""
+    Tiles go in batches of consecutive tiles (half of ``in_flight``, at most a row's worth), so that each batch
+    costs this process one submission, one small task (:func:`_rows_of_tiles`) and one message back,
+    whatever its tiles: a task's result stays on its worker, and this process fetches only the batch's
+    interior rows and the outlines of its border pieces. Once a row of tiles completes objects, their
+    groups are unioned by tasks that take the results of the tiles they span (:func:`_merge_seams`), one
+    run of groups per worker, submitted together and fetched together; their rows are staged end to end
+    as one table."""
     from tqdm import tqdm
 
-    tiles = iter(job.grid)
     run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
-    queue: deque[tuple[Tile, Future, Future]] = deque()
+    size = max(1, min(job.grid.cols, in_flight // 2))
+    batches = _batches(job.grid, size)
+    queue: deque[tuple[list[Tile], list[Future], Future]] = deque()
     seams = SeamGroups(job.grid)
     held: dict[int, Future] = {}  # tile index -> its task's result, while some of its border pieces are not merged
     outputs: deque[_Rows] = deque()  # rows to stage, in layer order
     queued = 0  # rows in `outputs` (objects of merge tasks counted before min_area drops any)
+    ahead = 0  # tiles submitted and not yet taken
     workers = max(1, worker_count(dask))
 
-    def submit_next() -> None:
-        tile = next(tiles, None)
-        if tile is not None:
-            key = f"{job.spec.scene_id}-{run}-{tile.row}-{tile.col}"
-            windows = _TileWindows.pack(*_read_windows(job, tile)) if job.inline else None
-            fut = dask.submit(_vectorize_tile, job, tile, windows, pure=False, key=f"vectorize-{key}")
-            light = dask.submit(_interior_and_outline, fut, pure=False, key=f"vectorize-rows-{key}")
-            queue.append((tile, fut, light))
+    def submit_batches() -> None:
+        nonlocal ahead
+        while not queue or ahead + size <= in_flight:
+            tiles = next(batches, None)
+            if tiles is None:
+                return
+            keys = [f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}" for tile in tiles]
+            windows = [_TileWindows.pack(*_read_windows(job, tile)) if job.inline else None for tile in tiles]
+            futures = dask.map(_vectorize_tile, [job] * len(tiles), tiles, windows, key=keys, pure=False)
+            rows = dask.submit(_rows_of_tiles, futures, pure=False, key=f"vectorize-rows-{keys[0][10:]}")
+            queue.append((tiles, futures, rows))
+            ahead += len(tiles)
 
     def stage_ready(wait: bool) -> None:
         nonlocal queued
         while outputs and (wait or len(outputs) > in_flight or outputs[0].ready()):
             rows = outputs.popleft()
             queued -= rows.count
-            stager.add(*rows.take())
+            stager.add(*rows.take(dask))
+
+    def merge(row: int, finished: list[Group]) -> list[Future]:
+        parts = [_pack_groups(part) for part in _chunks(finished, workers)]
+        spans = [{i: held[i] for i in np.unique(members[:, 0]).tolist()} for members, _ in parts]
+        keys = [f"vectorize-merge-{job.spec.scene_id}-{run}-{row}-{n}" for n in range(len(parts))]
+        return dask.map(_merge_seams, [job.spec] * len(parts), [m for m, _ in parts], [s for _, s in parts],
+                        spans, key=keys, pure=False)
 
     bar = tqdm(total=len(job.grid), desc=f"{job.spec.scene_id} polygons", unit="tile",
                disable=None if progress is None else not progress, leave=False)
     with bar:
         try:
-            for _ in range(in_flight):
-                submit_next()
+            submit_batches()
             while queue:
-                tile, fut, light = queue.popleft()
+                tiles, futures, light = queue.popleft()
                 try:
-                    interior, box, shape = light.result()
+                    results = light.result()
                 except PolygonLimitError as err:
                     raise PolygonLimitError(f"{where}: {err}") from err
                 light.release()
-                submit_next()
-                if len(shape):
-                    held[tile.row * job.grid.cols + tile.col] = fut
-                else:
-                    fut.release()
-                outputs.append(_Rows(interior.num_rows, interior, box))
-                queued += interior.num_rows
-                finished = seams.add(tile, shape)
-                if finished:
-                    merges = []
-                    for n, part in enumerate(_chunks(finished, workers)):
-                        spans = {i: held[i] for i in sorted({i for group in part for i, _ in group})}
-                        merges.append(dask.submit(_merge_seams, job.spec, part, spans, pure=False,
-                                                  key=f"vectorize-merge-{job.spec.scene_id}-{run}-{tile.row}-{n}"))
-                    outputs.append(_Rows(len(finished), merges=merges))
-                    queued += len(finished)
-                for released in seams.released:
-                    held.pop(released).release()  # the merge tasks keep what they need
-                if stager.count + queued + seams.held > job.max_polygons:
-                    raise PolygonLimitError(
-                        f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with `sieve` "
-                        f"(pixels), keep fewer `classes` or raise `max_polygons`"
-                    )
+                ahead -= len(tiles)
+                submit_batches()
+                for tile, fut, (interior, box, shape) in zip(tiles, futures, results, strict=True):
+                    if len(shape):
+                        held[tile.row * job.grid.cols + tile.col] = fut
+                    else:
+                        fut.release()
+                    outputs.append(_Rows(interior.num_rows, interior, box))
+                    queued += interior.num_rows
+                    finished = seams.add(tile, shape)
+                    if finished:
+                        outputs.append(_Rows(len(finished), merges=merge(tile.row, finished)))
+                        queued += len(finished)
+                    for released in seams.released:
+                        held.pop(released).release()  # the merge tasks keep what they need
+                    if stager.count + queued + seams.held > job.max_polygons:
+                        raise PolygonLimitError(
+                            f"{where}: more than {job.max_polygons:,} polygons; remove speckle first with `sieve` "
+                            f"(pixels), keep fewer `classes` or raise `max_polygons`"
+                        )
                 stage_ready(wait=False)
-                bar.update(1)
+                bar.update(len(tiles))
             stage_ready(wait=True)
         except BaseException:
-            for _, fut, light in queue:
-                fut.cancel()
+            for _, futures, light in queue:
+                for fut in futures:
+                    fut.cancel()
                 light.cancel()
             for rows in outputs:
                 for f in rows.merges or []:
