@@ -162,3 +162,41 @@ def test_a_cached_choice_that_drifts_on_this_scene_gives_way(naip, cache, caplog
         amplified.choose_backend(batch)
     assert amplified.choice.cached and amplified.backend == "torch-fp32"
     assert "cached backend torch-fp16 drifts" in caplog.text
+
+
+def test_a_worker_starts_without_torch_only_from_a_complete_openvino_choice(cache):
+    """:func:`backends.cached_openvino` offers the torch-free start only for a cached OpenVINO choice whose
+    IR files are in the cache and whose OpenVINO fp32 was measured within REFERENCE_DRIFT of torch fp32;
+    anything else (a torch choice, a missing graph, an OpenVINO fp32 that drifted, another key) is None,
+    and the worker then loads the torch network and decides as before."""
+    pytest.importorskip("openvino")
+    identity, shape, threads = "a" * 64, (4, 576, 576), 1
+
+    def cached(backend: str, fp32_drift: float) -> None:
+        key = backends.cache_key(identity, shape, threads)
+        measured = [backends.Measurement(backend, 5.0, 0.001, 0.999),
+                    backends.Measurement("openvino-fp32", 1.0, fp32_drift, 1.0)]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"version": backends.CACHE_VERSION, "entries": {backends._digest(key): {
+            "key": key, "backend": backend, "notes": [], "measurements": [m.as_json() for m in measured]}}}))
+
+    for kind in ("openvino", "int8"):
+        folder = backends.artifact_dir(kind, identity)
+        folder.mkdir(parents=True)
+        (folder / "model.xml").write_text("<net/>")
+    cached("openvino-int8", 0.00002)
+    start = backends.cached_openvino(identity, shape, threads, variant=False)
+    assert start is not None and start.choice.cached and start.choice.backend == "openvino-int8"
+    assert start.graph == backends.artifact_dir("int8", identity) / "model.xml"
+    assert start.reference == backends.artifact_dir("openvino", identity) / "model.xml"
+    with_variant = backends.cached_openvino(identity, shape, threads, variant=True)
+    assert with_variant is not None and with_variant.graph is None  # the bundle's own variant runs
+    assert backends.cached_openvino(identity, shape, threads + 1, variant=False) is None  # another key
+    assert backends.cached_openvino(identity, (4, 512, 512), threads, variant=False) is None
+    cached("openvino-int8", 0.001)  # OpenVINO fp32 too far from torch fp32 to stand in for it
+    assert backends.cached_openvino(identity, shape, threads, variant=False) is None
+    cached("torch-bf16", 0.00002)
+    assert backends.cached_openvino(identity, shape, threads, variant=False) is None
+    cached("openvino-int8", 0.00002)
+    (backends.artifact_dir("int8", identity) / "model.xml").unlink()
+    assert backends.cached_openvino(identity, shape, threads, variant=False) is None
