@@ -11,19 +11,22 @@ Data flow (module names in brackets)::
       -> per finished row of tiles, in a worker: those groups unioned beside their pieces
          [pipeline.vectors.merge.merge_groups] and turned into rows
       -> in this process: rows staged on disk [pipeline.vectors.export.LayerStager] -> each format written
-         [pipeline.vectors.export]
+         [pipeline.vectors.export], by a worker where the workers see the output folder, else here
 
 No process holds the class raster: each task reads its own window. At most ``max_tiles_in_flight`` tasks
 are ahead of the merge, which holds only the border pieces of about one row of tiles (in the workers; this
 process holds their outlines); finished rows go to a staging file on disk, so memory does not grow with the
 raster. What is left in this process per tile (an outline's union-find, staging the rows) is small next to
-the unions it used to do here (docs/benchmarks.md: the client's share of the CPU with polygons).
+the unions it used to do here (docs/benchmarks.md: the client's share of the CPU with polygons). Tiles
+go in batches, each one submission and one message back (:func:`_run`), so that what Dask costs this
+process per message is paid per batch rather than per tile.
 
 On a cluster whose workers do not see the raster's folder (machines with local disks only, found by the
 probe of :func:`workflows.scene.workers_share_disk`), this process reads each tile's windows as it submits
 the tile and sends them with the task (the classes, their mask and the probabilities as stored). Those
 windows live as long as their task: the tiles in flight, and the tiles of about one row whose seams are open
-(the scheduler keeps a finished task's arguments, to recompute it if its worker is lost).
+(the scheduler keeps a finished task's arguments, to recompute it if its worker is lost). The layers are
+then written here too, as the workers do not see the staging file.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distributed import Client, Future
+from distributed import Client, Future, wait
 
 from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
 from pipeline.config import VectorizeConfig
@@ -51,7 +54,7 @@ from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
 from pipeline.inference.read import SceneMeta, open_scene
 from pipeline.names import safe_name
 from pipeline.products import Tag, class_names_from_tags, name_of
-from pipeline.vectors.export import LayerSpec, LayerStager, export_layer, feature_table, table_bounds
+from pipeline.vectors.export import LayerSpec, LayerStager, StagedLayer, export_layer, feature_table, table_bounds
 from pipeline.vectors.measure import area_basis, pixel_size_m
 from pipeline.vectors.merge import BorderOutline, Group, SeamGroups, merge_groups, outline, split_border
 from pipeline.vectors.vectorize import (
@@ -283,31 +286,65 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
     grid = plan_tiles(meta.height, meta.width, cfg.tile_size, 0)
     job = _TileJob(str(classes_path), proba, grid, resolve_classes(cfg.classes, names, where), cfg.sieve,
                    cfg.max_polygons, spec)
-    paths: dict[str, Path] = {}
     with removed_if_left_empty(out_dir), dask_client(cfg.workers, cfg.scheduler, client) as dask, \
             LayerStager(output_folder(out_dir), spec) as stager:
         sweep_stale_temps(out_dir)
         in_flight = cfg.max_tiles_in_flight or 4 * worker_count(dask)
-        if not _workers_read(dask, classes_path, proba):
+        inputs = [classes_path.parent, *([Path(proba).parent] if proba is not None else [])]
+        seen = _workers_see(dask, [*inputs, out_dir])
+        if not all(seen[folder.resolve()] for folder in inputs):
             job = dataclasses.replace(job, inline=True)
             log.info("%s: the workers do not see %s; tiles travel with their tasks", sid, classes_path.parent)
         _run(dask, job, stager, in_flight, progress, where)
-        for fmt in cfg.formats:
-            paths[fmt] = export_layer(stager, out_dir / f"{sid}.{fmt}", fmt)
+        paths = _export(dask, stager.staged(), out_dir, cfg.formats, in_workers=seen[out_dir.resolve()])
         count = stager.count
     result = VectorResult(sid, paths, count, len(grid), time.perf_counter() - started, grid)
     log.info("vectorized %s: %d polygons from %d tiles in %.1f s", sid, count, len(grid), result.seconds)
     return result
 
 
-def _workers_read(dask: Client, classes_path: Path, proba_path: str | None) -> bool:
-    """Whether every worker sees the folders of the rasters as this process does; a folder this process
-    cannot write the probe into (read-only) counts as unseen, so the tiles travel with their tasks."""
-    folders = {classes_path.parent, *([Path(proba_path).parent] if proba_path is not None else [])}
+def _workers_see(dask: Client, folders: Sequence[Path]) -> dict[Path, bool]:
+    """Whether every worker sees each folder (resolved; each probed once) as this process does; a folder
+    this process cannot write the probe into (read-only) counts as unseen: the tiles travel with their
+    tasks, and the layers are written here."""
+    seen: dict[Path, bool] = {}
+    for folder in (f.resolve() for f in folders):
+        if folder not in seen:
+            try:
+                seen[folder] = workers_share_disk(dask, folder)
+            except OSError:
+                seen[folder] = False
+    return seen
+
+
+@crosses_processes
+def _export_layer(layer: StagedLayer, path: Path, fmt: str) -> Path:
+    """The Dask task that writes one format of a layer from its staging file (:func:`export_layer`)."""
+    return export_layer(layer, path, fmt)
+
+
+def _export(dask: Client, layer: StagedLayer, out_dir: Path, formats: Sequence[str], *,
+            in_workers: bool) -> dict[str, Path]:
+    """Each format of the staged layer written to ``<out_dir>/<scene_id>.<fmt>``: by the workers, one task
+    a format, where they see ``out_dir`` (and so the staging file beside it) as this process does, else
+    here. Either way each file is written beside its target and renamed into place
+    (:func:`pipeline.atomic.atomic_path`), and the bytes are the same."""
+    targets = {fmt: out_dir / f"{layer.spec.scene_id}.{fmt}" for fmt in formats}
+    if not in_workers:
+        return {fmt: export_layer(layer, path, fmt) for fmt, path in targets.items()}
+    layer = dataclasses.replace(layer, path=layer.path.resolve())  # a worker's working folder may differ
+    run = uuid.uuid4().hex[:8]
+    futures = dask.map(_export_layer, [layer] * len(targets), [p.resolve() for p in targets.values()],
+                       list(targets), key=[f"vectorize-export-{layer.spec.scene_id}-{run}-{fmt}" for fmt in targets],
+                       pure=False)
     try:
-        return all(workers_share_disk(dask, folder) for folder in folders)
-    except OSError:
-        return False
+        wait(futures)  # all of them done before the staging file can go, even when one failed
+        dask.gather(futures)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return targets
 
 
 def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:

@@ -17,6 +17,8 @@ any size is never held in memory; each format is then written from that file by 
 - ``geojson``: RFC 7946 GeoJSON, so reprojected to WGS 84 longitude/latitude (EPSG:4326).
 
 Every file is written to a temporary name and renamed into place (:func:`pipeline.atomic.atomic_path`).
+:meth:`LayerStager.staged` closes the staging file and returns a :class:`StagedLayer` value, so that the
+files can be written by any process that sees the staging file (``workflows.vectorize``: a Dask worker).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +55,7 @@ __all__ = [
     "FORMATS",
     "LayerSpec",
     "LayerStager",
+    "StagedLayer",
     "table_bounds",
     "feature_table",
     "layer_schema",
@@ -221,10 +225,35 @@ def table_bounds(table: pa.Table) -> tuple[float, float, float, float] | None:
             float(bounds[:, 3].max()))
 
 
+@dataclass(frozen=True, slots=True)
+class StagedLayer:
+    """A layer staged on disk, as a value: the staging file and what was counted while staging (the feature
+    count, the bounding box for the GeoParquet metadata, the classes present for the style). Picklable, so
+    that a Dask worker that sees the staging file can write the layer's files (:func:`export_layer`)."""
+
+    path: Path
+    spec: LayerSpec
+    count: int
+    bbox: tuple[float, float, float, float]
+    classes: frozenset[int]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return layer_schema(self.spec)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The staged rows, batch by batch, memory-mapped (nothing is loaded whole)."""
+        with pa.memory_map(str(self.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+
+
 class LayerStager:
     """Rows staged on disk as they are finished, in an Arrow IPC file beside the outputs, deleted on exit.
 
-    Keeps the running feature count and bounding box (for the GeoParquet metadata).
+    Keeps the running feature count and bounding box (for the GeoParquet metadata); :meth:`staged` closes
+    the file and says what it holds.
     """
 
     def __init__(self, folder: Path, spec: LayerSpec) -> None:
@@ -266,13 +295,15 @@ class LayerStager:
             finally:
                 self._sink.close()
 
+    def staged(self) -> StagedLayer:
+        """The rows staged so far, as a value (the file is closed: nothing more can be added)."""
+        self.close()
+        box = (float(self.bbox[0]), float(self.bbox[1]), float(self.bbox[2]), float(self.bbox[3]))
+        return StagedLayer(self.path, self.spec, self.count, box, frozenset(self.classes))
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The staged rows, batch by batch, memory-mapped (nothing is loaded whole)."""
-        self.close()
-        with pa.memory_map(str(self.path)) as source:
-            reader = pa.ipc.open_file(source)
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
+        return self.staged().batches()
 
     def __enter__(self) -> LayerStager:
         return self
@@ -290,9 +321,11 @@ class LayerStager:
                 self.path.unlink()
 
 
-def export_layer(stager: LayerStager, path: str | Path, fmt: str) -> Path:
-    """Write the staged layer to ``path`` in ``fmt`` (one of :data:`FORMATS`), atomically."""
+def export_layer(layer: LayerStager | StagedLayer, path: str | Path, fmt: str) -> Path:
+    """Write the staged layer to ``path`` in ``fmt`` (one of :data:`FORMATS`), atomically. From a
+    :class:`StagedLayer`, any process that sees its staging file and ``path`` writes the same bytes."""
     path = Path(path)
+    stager = layer.staged() if isinstance(layer, LayerStager) else layer
     writer = {"gpkg": _write_gpkg, "parquet": _write_parquet, "fgb": _write_fgb, "geojson": _write_geojson}[fmt]
     try:
         with atomic_path(path) as tmp:
@@ -322,12 +355,12 @@ def _feature_count(path: Path, fmt: str, layer: str) -> int:
                                  force_feature_count=True)["features"])
 
 
-def _stream(stager: LayerStager, batches: Iterator[pa.RecordBatch] | None = None) -> pa.RecordBatchReader:
+def _stream(stager: StagedLayer, batches: Iterator[pa.RecordBatch] | None = None) -> pa.RecordBatchReader:
     batches = stager.batches() if batches is None else batches
     return pa.RecordBatchReader.from_batches(stager.schema, batches)
 
 
-def _write_ogr(stager: LayerStager, tmp: Path, driver: str, crs: str, stream: pa.RecordBatchReader,
+def _write_ogr(stager: StagedLayer, tmp: Path, driver: str, crs: str, stream: pa.RecordBatchReader,
                layer_options: Mapping[str, str] | None = None) -> None:
     import pyogrio
 
@@ -340,13 +373,13 @@ def _write_ogr(stager: LayerStager, tmp: Path, driver: str, crs: str, stream: pa
 _PINNED_DATE = threading.Lock()
 
 
-def _write_gpkg(stager: LayerStager, tmp: Path) -> None:
+def _write_gpkg(stager: StagedLayer, tmp: Path) -> None:
     with _PINNED_DATE, _gdal_config({"OGR_CURRENT_DATE": OGR_CURRENT_DATE}):
         _write_ogr(stager, tmp, "GPKG", stager.spec.crs_wkt, _stream(stager), {"SPATIAL_INDEX": "YES"})
     _write_layer_styles(tmp, stager.spec.scene_id, layer_categories(stager.spec, stager.classes))
 
 
-def layer_categories(spec: LayerSpec, present: set[int] | None = None) -> list[Category]:
+def layer_categories(spec: LayerSpec, present: AbstractSet[int] | None = None) -> list[Category]:
     """The style's categories: the classes ``present`` in the layer (all named classes when none are), in
     class value order, each with its colour."""
     colours = spec.colours()
@@ -391,11 +424,11 @@ def _write_layer_styles(gpkg: Path, layer: str, categories: list[Category]) -> N
         db.close()
 
 
-def _write_fgb(stager: LayerStager, tmp: Path) -> None:
+def _write_fgb(stager: StagedLayer, tmp: Path) -> None:
     _write_ogr(stager, tmp, "FlatGeobuf", stager.spec.crs_wkt, _stream(stager), {"SPATIAL_INDEX": "YES"})
 
 
-def _write_geojson(stager: LayerStager, tmp: Path) -> None:
+def _write_geojson(stager: StagedLayer, tmp: Path) -> None:
     transformer = Transformer.from_crs(CRS.from_wkt(stager.spec.crs_wkt), "EPSG:4326", always_xy=True)
 
     def lonlat(xy: np.ndarray) -> np.ndarray:
@@ -410,7 +443,7 @@ def _write_geojson(stager: LayerStager, tmp: Path) -> None:
     _write_ogr(stager, tmp, "GeoJSON", "EPSG:4326", _stream(stager, reprojected()), {"RFC7946": "YES"})
 
 
-def geoparquet_metadata(crs_wkt: str, bbox: list[float] | None) -> dict[str, Any]:
+def geoparquet_metadata(crs_wkt: str, bbox: Sequence[float] | None) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata for a WKB Polygon column ``geometry`` with a ``bbox`` covering."""
     column: dict[str, Any] = {
         "encoding": "WKB",
@@ -428,7 +461,7 @@ _BBOX_TYPE = pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax",
                         ("ymax", pa.float64())])
 
 
-def _write_parquet(stager: LayerStager, tmp: Path) -> None:
+def _write_parquet(stager: StagedLayer, tmp: Path) -> None:
     geo = geoparquet_metadata(stager.spec.crs_wkt, stager.bbox if stager.count else None)
     plain = pa.schema([f.remove_metadata() if f.name == "geometry" else f for f in stager.schema])
     schema = plain.append(pa.field("bbox", _BBOX_TYPE)).with_metadata({b"geo": json.dumps(geo).encode()})

@@ -150,6 +150,35 @@ def test_seams_are_unioned_in_the_workers(scene, tmp_path: Path, dask_client) ->
     assert result.features == len(ref)
 
 
+def test_layers_are_written_by_a_worker_where_the_workers_see_the_folder(
+        scene, tmp_path: Path, dask_client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers that see the output folder write each format from the staging file (a task each); workers
+    that do not leave it to the client: the same bytes, and nothing but the layers left in the folder."""
+    from distributed import get_task_stream
+
+    import workflows.vectorize as vectorize_module
+
+    classes_path, proba_path, _, _ = scene
+    config = VectorizeConfig(tile_size=50, formats=("gpkg", "parquet"))
+
+    def run(out: Path) -> tuple[dict[str, Path], set[str]]:
+        with get_task_stream(dask_client) as stream:
+            result = vectorize_scene(classes_path, out, config, proba_path=proba_path, client=dask_client,
+                                     progress=False)
+        exports = {str(t["key"]).rsplit("-", 1)[-1] for t in stream.data
+                   if str(t["key"]).startswith("vectorize-export-")}
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in result.paths.values())
+        return result.paths, exports
+
+    shared, exports = run(tmp_path / "shared")
+    assert exports == {"gpkg", "parquet"}
+    monkeypatch.setattr(vectorize_module, "workers_share_disk", lambda dask, folder: False)
+    here, exports = run(tmp_path / "here")
+    assert not exports
+    for fmt in ("gpkg", "parquet"):
+        assert shared[fmt].read_bytes() == here[fmt].read_bytes(), fmt
+
+
 def test_noisy_raster_hits_the_polygon_limit(tmp_path: Path, dask_client) -> None:
     noisy = (np.random.default_rng(0).random((256, 256)) < 0.5).astype(np.uint8)
     path = write_raster(tmp_path / "noisy.tif", noisy)
