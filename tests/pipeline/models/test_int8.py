@@ -266,7 +266,10 @@ def test_auto_calibrates_int8_on_the_first_tiles_of_a_bundle_without_a_variant(q
 _WORKER = """
 import json, sys
 import numpy as np
+import pipeline.models.warm
 from pipeline.models.bundle import load_bundle
+if len(sys.argv) > 5:  # a scene on which the cached graph fails the check
+    pipeline.models.warm.AUTO_DRIFT_LIMIT = float(sys.argv[5])
 data = np.load(sys.argv[2])
 model = load_bundle(sys.argv[1], threads=int(sys.argv[3]))
 warm = model.settle_from_cache(data[:1])
@@ -282,8 +285,9 @@ def test_a_cached_openvino_choice_starts_a_worker_without_torch(quantized, naip_
     """Once auto has chosen an OpenVINO backend for a bundle, a worker process (threads given, as the loader
     gives them) starts from the cache without importing torch, checks the choice on its first sample
     against the cached OpenVINO fp32 graph, and gives the probabilities the torch model gives with the same
-    choice (numpy's softmax against torch's: within 1e-6) and the same classes. A weights file changed
-    behind ``model.json``'s back is refused as the torch path refuses it."""
+    choice (numpy's softmax against torch's: within 1e-6) and the same classes. One whose check fails
+    there loads torch and decides as before; a weights file changed behind ``model.json``'s back is
+    refused as the torch path refuses it."""
     import subprocess
     import sys
 
@@ -306,6 +310,12 @@ def test_a_cached_openvino_choice_starts_a_worker_without_torch(quantized, naip_
     out = np.load(tmp_path / "out.npy")
     assert out.shape == expected.shape and float(np.abs(out - expected).max()) <= 1e-6
     assert (out.argmax(1) == expected.argmax(1)).all()
+
+    # failing the torch-free check (a limit of 0 there), the worker loads torch and decides as before
+    done = subprocess.run([*run, "0"], check=True, capture_output=True, text=True)
+    worker = json.loads(done.stdout.strip().splitlines()[-1])
+    assert worker == {"warm": False, "torch": True, "backend": torch_model.backend, "said": False}
+    assert float(np.abs(np.load(tmp_path / "out.npy") - expected).max()) == 0.0
 
     weights = path / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
