@@ -8,6 +8,14 @@ pairs into groups, and each group's pieces are unioned (their vertices are integ
 union is exact and one object spanning ``k`` tiles, holes and all, becomes exactly one polygon). Pieces
 that only meet at a corner are never paired, as in the whole-raster reference.
 
+The union (:func:`union_pieces`) exploits that every edge is axis-parallel on the pixel grid: once each
+piece's edges are split at the other pieces' vertices lying on them (only seam lines have any), the pieces
+form a valid coverage whose shared edges match exactly, and GEOS's coverage union (which only drops edges
+met twice) replaces the general overlay, whose cost grew faster than the object (one background object
+spanning a 4096² scene: 10.8 s of 11.4 s of unions). The result's vertices on straight runs are dropped
+and its rings put in the polygonizer's order, so a merged object is the polygon GDAL makes on the whole
+raster, whatever the tiling.
+
 Memory: only polygons that touch an internal border are held, and only until their group can no longer
 grow. Cores arrive in row-major order; when a row of cores is complete, every group with no piece on that
 row's bottom border is finished and handed back, so what is held is about one row of cores' border pieces,
@@ -32,7 +40,7 @@ from pipeline.vectors.vectorize import BOTTOM, CorePieces, Pieces
 from tiles.grid import Tile, TileGrid
 
 __all__ = ["SeamMerger", "SeamGroups", "BorderOutline", "Group", "outline", "split_border", "merge_group",
-           "merge_groups"]
+           "merge_groups", "union_pieces"]
 
 Group = list[tuple[int, int]]
 """The pieces of one object: (row-major tile index, index into that tile's border pieces), in merge order."""
@@ -55,9 +63,7 @@ def merge_group(parts: list[Pieces]) -> Pieces:
     """One polygon from pieces known to form one object: the union of their geometry and pooled stats."""
     group = Pieces.concat(parts)
     first = np.lexsort((group.key_col, group.key_row))[0]
-    geometry = group.geometry[0] if len(group) == 1 else shapely.union_all(group.geometry)
-    if not isinstance(geometry, shapely.Polygon):
-        raise AssertionError(f"pieces of one object unioned into a {geometry.geom_type}")
+    geometry = group.geometry[0] if len(group) == 1 else union_pieces(group.geometry)
     with np.errstate(invalid="ignore"):
         top = np.nan if np.all(np.isnan(group.proba_max)) else np.nanmax(group.proba_max)
     return Pieces(
@@ -65,6 +71,153 @@ def merge_group(parts: list[Pieces]) -> Pieces:
         np.array([group.proba_sum.sum()]), np.array([group.proba_count.sum()]), np.array([top]),
         group.key_row[first : first + 1], group.key_col[first : first + 1], np.zeros(1, dtype=np.uint8),
     )
+
+
+def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
+    """The union of polygons known to form one object, each with integer, axis-parallel edges (pixel corners),
+    none overlapping another: one polygon equal to ``shapely.union_all(geometry)``, holes and all.
+
+    A hole whose bounding box meets no other piece's is a hole of the union as it is: it is set aside (most
+    of a large object's vertices are in such holes). The rest is unioned: each edge is first split at every
+    vertex of the pieces lying inside it (an edge on a seam line at the neighbour's vertices there), so that
+    edges two pieces share are the same segments and :func:`shapely.coverage_union_all` applies. The result
+    and the holes set aside are then put in the whole-raster polygonizer's form (:func:`_canonical`): no
+    vertex inside a straight run, the shell clockwise and each hole anticlockwise (as shapely reckons them:
+    GDAL's orientation), each ring starting at its top-left vertex, holes in the order of those vertices.
+    """
+    _, xy, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(geometry)
+    starts = ring_offsets[:-1]
+    low = np.stack([np.minimum.reduceat(xy[:, k], starts) for k in (0, 1)], axis=1)
+    high = np.stack([np.maximum.reduceat(xy[:, k], starts) for k in (0, 1)], axis=1)
+    shell = polygon_offsets[:-1]
+    piece = np.repeat(np.arange(len(geometry)), np.diff(polygon_offsets))
+    hole = np.ones(len(starts), dtype=bool)
+    hole[shell] = False
+    aside = np.zeros(len(starts), dtype=bool)
+    for chunk in np.array_split(np.flatnonzero(hole), max(1, int(hole.sum()) // 4096)):
+        meets: np.ndarray = np.all((low[chunk, None] <= high[None, shell]) & (high[chunk, None] >= low[None, shell]),
+                                   axis=2)
+        meets[np.arange(len(chunk)), piece[chunk]] = False  # its own piece
+        aside[chunk] = ~meets.any(axis=1)
+    kept = ~aside
+    union_xy, union_rings = _take_rings(xy, ring_offsets, kept)
+    union_polygons = np.concatenate([[0], np.cumsum(np.bincount(piece[kept], minlength=len(geometry)))])
+    union_xy, union_rings = _split_edges(union_xy, union_rings)
+    pieces = shapely.from_ragged_array(shapely.GeometryType.POLYGON, union_xy, (union_rings, union_polygons))
+    union = shapely.coverage_union_all(pieces)
+    # a coverage union trusts its input: check what it cannot (overlaps or unmatched edges change the area)
+    if not isinstance(union, shapely.Polygon):
+        raise AssertionError(f"pieces of one object unioned into a {union.geom_type}")
+    if shapely.area(union) != shapely.area(pieces).sum():
+        raise AssertionError(f"pieces of one object unioned into {shapely.area(union)} px, not "
+                             f"{shapely.area(pieces).sum()}")
+    _, out_xy, (out_rings, _) = shapely.to_ragged_array([union])
+    holes_xy, holes_rings = _take_rings(xy, ring_offsets, aside)
+    return _canonical(np.concatenate([out_xy, holes_xy]),
+                      np.concatenate([out_rings, out_rings[-1] + holes_rings[1:]]))
+
+
+def _take_rings(xy: np.ndarray, ring_offsets: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rings picked by the boolean ``which``: their coordinates and offsets."""
+    sizes = np.diff(ring_offsets)
+    return xy[np.repeat(which, sizes)], np.concatenate([[0], np.cumsum(sizes[which])])
+
+
+def _split_edges(xy: np.ndarray, ring_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closed rings (``xy`` cut at ``ring_offsets``, axis-parallel edges) with each edge split at every
+    vertex of any ring lying strictly inside it, inserted in the edge's direction."""
+    n = len(xy)
+    origin = np.rint(xy).astype(np.int64).min(axis=0)
+    cell = np.rint(xy).astype(np.int64) - origin
+    last = np.zeros(n, dtype=bool)
+    last[ring_offsets[1:] - 1] = True  # a ring's closing vertex starts no edge
+    start = np.flatnonzero(~last)
+    a, b = cell[start], cell[start + 1]
+    vertical = a[:, 0] == b[:, 0]
+    counts = np.zeros(len(start), dtype=np.int64)
+    lo = np.zeros(len(start), dtype=np.int64)
+    found: list[np.ndarray] = []
+    base = 0
+    for along, across, edges in ((1, 0, vertical), (0, 1, ~vertical)):
+        # vertices keyed by (line, position along it): those inside an edge are one contiguous sorted run
+        span = int(cell[:, along].max()) + 1
+        keys = np.sort(cell[:, across] * span + cell[:, along])
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+        line = a[edges, across] * span
+        first = np.searchsorted(keys, line + np.minimum(a[edges, along], b[edges, along]), side="right")
+        stop = np.searchsorted(keys, line + np.maximum(a[edges, along], b[edges, along]), side="left")
+        lo[edges] = first + base
+        counts[edges] = stop - first
+        point = np.empty((len(keys), 2), dtype=np.int64)
+        point[:, across], point[:, along] = np.divmod(keys, span)
+        found.append(point)
+        base += len(keys)
+    total = int(counts.sum())
+    if total == 0:
+        return xy, ring_offsets
+    points = np.concatenate(found)
+    # the inserted points, edge by edge, each edge's in its own direction
+    edge = np.repeat(np.arange(len(start)), counts)
+    step = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    forward = np.where(vertical, b[:, 1] > a[:, 1], b[:, 0] > a[:, 0])[edge]
+    inserted = points[np.where(forward, lo[edge] + step, lo[edge] + counts[edge] - 1 - step)]
+    # every original vertex moves down by the points inserted before it
+    before = np.zeros(n, dtype=np.int64)
+    before[start + 1] = counts
+    shift = np.cumsum(before)
+    moved = np.arange(n) + shift
+    out = np.empty((n + total, 2))
+    out[moved] = xy
+    taken = np.ones(n + total, dtype=bool)
+    taken[moved] = False
+    out[taken] = inserted + origin
+    return out, ring_offsets + np.concatenate([[0], shift[ring_offsets[1:] - 1]])
+
+
+def _canonical(xy: np.ndarray, ring_offsets: np.ndarray) -> shapely.Polygon:
+    """One polygon from closed rings (``xy`` cut at ``ring_offsets``, the shell first; axis-parallel edges, no
+    spikes), without vertices inside straight runs, its shell clockwise and holes anticlockwise (shapely's
+    ``is_ccw``), each ring from its top-left vertex (least y, then x in pixel coordinates), holes in the
+    order of those: the form GDAL's polygonizer writes."""
+    rings = len(ring_offsets) - 1
+    ring = np.repeat(np.arange(rings), np.diff(ring_offsets))
+    open_ = np.ones(len(xy), dtype=bool)
+    open_[ring_offsets[1:] - 1] = False  # the closing vertex repeats the first
+    xy, ring = xy[open_], ring[open_]
+    size = np.diff(ring_offsets) - 1
+    first = np.concatenate([[0], np.cumsum(size)[:-1]])
+    local = np.arange(len(xy)) - first[ring]
+    prev = xy[first[ring] + (local - 1) % size[ring]]
+    after = xy[first[ring] + (local + 1) % size[ring]]
+    inside_run = (((prev[:, 0] == xy[:, 0]) & (after[:, 0] == xy[:, 0])) |
+                  ((prev[:, 1] == xy[:, 1]) & (after[:, 1] == xy[:, 1]))) & \
+        (((prev - xy) * (after - xy)).sum(axis=1) < 0)
+    xy, ring = xy[~inside_run], ring[~inside_run]
+    size = np.bincount(ring, minlength=rings)
+    first = np.concatenate([[0], np.cumsum(size)[:-1]])
+    local = np.arange(len(xy)) - first[ring]
+    # twice each ring's signed area (shoelace): GDAL's shells are negative (shapely's is_ccw False), holes positive
+    after_xy = xy[first[ring] + (local + 1) % size[ring]]
+    area = np.bincount(ring, weights=xy[:, 0] * after_xy[:, 1] - after_xy[:, 0] * xy[:, 1], minlength=rings)
+    flip = (area > 0) != np.r_[False, np.ones(rings - 1, dtype=bool)]
+    # each ring's least (y, x) vertex, in two passes (cheaper than a sort); only two of its edges can end there
+    top = np.minimum.reduceat(xy[:, 1], first)
+    left = np.minimum.reduceat(np.where(xy[:, 1] == top[ring], xy[:, 0], np.inf), first)
+    is_top_left = (xy[:, 1] == top[ring]) & (xy[:, 0] == left[ring])
+    top_left = np.empty(rings, dtype=np.int64)
+    top_left[ring[is_top_left]] = np.flatnonzero(is_top_left)
+    ring_order = np.r_[0, 1 + np.lexsort((xy[top_left[1:], 0], xy[top_left[1:], 1]))]
+    # each ring rotated to start at its top-left vertex, walked backwards where its orientation is flipped
+    shift = (local - (top_left - first)[ring]) % size[ring]
+    position = np.where(flip[ring], (size[ring] - shift) % size[ring], shift)
+    new_first = np.concatenate([[0], np.cumsum(size[ring_order] + 1)[:-1]])
+    rank = np.empty(rings, dtype=np.int64)
+    rank[ring_order] = np.arange(rings)
+    out = np.empty((len(xy) + rings, 2))
+    out[new_first[rank[ring]] + position] = xy
+    out[new_first + size[ring_order]] = out[new_first]  # close each ring
+    offsets = np.concatenate([new_first, [len(out)]])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, rings])))[0]
 
 
 def merge_groups(pieces: Mapping[int, Pieces], groups: Sequence[Group]) -> Pieces:
