@@ -73,6 +73,11 @@ def merge_group(parts: list[Pieces]) -> Pieces:
     )
 
 
+# Below this many vertices in all, the overlay union costs less than the steps of the coverage union (both
+# about 4 ms at 1,000-3,000 on a 4096² U-Net class map's groups; 0.2 ms against 1.2 ms at 100-300).
+_OVERLAY_BELOW = 2000
+
+
 def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     """The union of polygons known to form one object, each with integer, axis-parallel edges (pixel corners),
     none overlapping another: one polygon equal to ``shapely.union_all(geometry)``, holes and all.
@@ -84,7 +89,15 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     and the holes set aside are then put in the whole-raster polygonizer's form (:func:`_canonical`): no
     vertex inside a straight run, the shell clockwise and each hole anticlockwise (as shapely reckons them:
     GDAL's orientation), each ring starting at its top-left vertex, holes in the order of those vertices.
+    Small groups (fewer than ``_OVERLAY_BELOW`` vertices) take shapely's overlay union instead, put in the
+    same form.
     """
+    if shapely.get_num_coordinates(geometry).sum() < _OVERLAY_BELOW:
+        overlay = shapely.union_all(geometry)
+        if not isinstance(overlay, shapely.Polygon):
+            raise AssertionError(f"pieces of one object unioned into a {overlay.geom_type}")
+        _, xy, (ring_offsets, _) = shapely.to_ragged_array([overlay])
+        return _canonical(xy, ring_offsets)
     _, xy, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(geometry)
     starts = ring_offsets[:-1]
     low = np.stack([np.minimum.reduceat(xy[:, k], starts) for k in (0, 1)], axis=1)

@@ -8,7 +8,7 @@ import pytest
 import rasterio
 import shapely
 
-from pipeline.vectors.merge import SeamGroups, outline, split_border, union_pieces
+from pipeline.vectors.merge import _OVERLAY_BELOW, SeamGroups, outline, split_border, union_pieces
 from pipeline.vectors.vectorize import polygonize_core
 from tests.conftest import shared
 from tests.pipeline.vectors.test_vectorize import BURN_SCAR, blobs
@@ -31,22 +31,23 @@ def seam_groups(classes: np.ndarray, valid: np.ndarray, tile_size: int) -> list[
     return groups
 
 
-def assert_unions_match(classes: np.ndarray, valid: np.ndarray, tile_size: int) -> int:
+def assert_unions_match(classes: np.ndarray, valid: np.ndarray, tile_size: int) -> tuple[int, int]:
     """Every group of several pieces: ours equals shapely's overlay union (valid, same holes, the same
     polygon once straight runs lose their inner vertices) and is GDAL's whole-raster polygon byte for byte.
-    Returns the most pieces one group had."""
+    Returns the most pieces and the most vertices one group had."""
     reference = {shapely.to_wkb(g) for g in whole_raster_polygons(classes, valid)[0]}
-    most = 0
+    most, vertices = 0, 0
     for pieces in seam_groups(classes, valid, tile_size):
         if len(pieces) == 1:
             continue
         most = max(most, len(pieces))
+        vertices = max(vertices, int(shapely.get_num_coordinates(pieces).sum()))
         ours, overlay = union_pieces(pieces), shapely.union_all(pieces)
         assert shapely.is_valid(ours) and shapely.equals(ours, overlay)
         assert len(ours.interiors) == len(overlay.interiors)
         assert shapely.normalize(ours).equals_exact(shapely.normalize(shapely.simplify(overlay, 0)), tolerance=0)
         assert shapely.to_wkb(ours) in reference
-    return most
+    return most, vertices
 
 
 def test_two_pieces_whose_seam_vertices_differ() -> None:
@@ -67,11 +68,12 @@ def test_large_object_with_holes_over_many_tiles() -> None:
     classes[blobs(classes.shape, 3, seed=7) == 2] = 2
     valid = np.ones(classes.shape, dtype=bool)
     for tile_size in (16, 37, 64):
-        assert assert_unions_match(classes, valid, tile_size) >= (230 // tile_size) * (260 // tile_size)
+        most, vertices = assert_unions_match(classes, valid, tile_size)
+        assert most >= (230 // tile_size) * (260 // tile_size) and vertices > _OVERLAY_BELOW  # the coverage path
 
 
 @pytest.mark.parametrize("tile_size", [50, 128])
 def test_real_mask_with_missing_values(tile_size: int) -> None:
     with rasterio.open(shared(BURN_SCAR)) as src:
         mask = src.read(1)
-    assert assert_unions_match(mask, mask != -1, tile_size) > 1
+    assert assert_unions_match(mask, mask != -1, tile_size)[0] > 1
