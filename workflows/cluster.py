@@ -254,7 +254,7 @@ scene holds at most two tasks of tiles per worker (``max_tiles_in_flight``) and 
 still need (about a column of tiles): with the default 1024 px tiles, 4 per task, a few bands in and a few
 classes out as float32, a few hundred MB per worker at most. Measured (bench/batch_throughput.py, NDVI
 4096² with polygons, 2 workers restarted before each run): the run's peak (client and workers resident)
-was 1.66 GiB one scene at a time and 1.78 GiB with 4 in flight, so this bound is generous for NDVI and
+was 1.6 GiB one scene at a time and 1.8 GiB with 4 in flight, so this bound is generous for NDVI and
 leaves room for networks' larger outputs; a job that knows better sets ``dask.scenes_in_flight``."""
 
 
