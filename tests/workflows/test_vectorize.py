@@ -150,6 +150,7 @@ def test_seams_are_unioned_in_the_workers(scene, tmp_path: Path, dask_client) ->
     assert result.features == len(ref)
 
 
+@pytest.mark.slow
 def test_layers_are_written_by_a_worker_where_the_workers_see_the_folder(
         scene, tmp_path: Path, dask_client, monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers that see the output folder write each format from the staging file (a task each); workers
