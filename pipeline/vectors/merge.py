@@ -193,25 +193,23 @@ def _canonical(xy: np.ndarray, ring_offsets: np.ndarray) -> shapely.Polygon:
     ``is_ccw``), each ring from its top-left vertex (least y, then x in pixel coordinates), holes in the
     order of those: the form GDAL's polygonizer writes."""
     rings = len(ring_offsets) - 1
-    ring = np.repeat(np.arange(rings), np.diff(ring_offsets))
+    size = np.diff(ring_offsets) - 1  # the closing vertex repeats the first
     open_ = np.ones(len(xy), dtype=bool)
-    open_[ring_offsets[1:] - 1] = False  # the closing vertex repeats the first
-    xy, ring = xy[open_], ring[open_]
-    size = np.diff(ring_offsets) - 1
-    first = np.concatenate([[0], np.cumsum(size)[:-1]])
-    local = np.arange(len(xy)) - first[ring]
-    prev = xy[first[ring] + (local - 1) % size[ring]]
-    after = xy[first[ring] + (local + 1) % size[ring]]
+    open_[ring_offsets[1:] - 1] = False
+    xy = xy[open_]
+    ring = np.repeat(np.arange(rings), size)
+    first = ring_offsets[:-1] - np.arange(rings)
+    prev, after = _neighbours(xy, first, size)
     inside_run = (((prev[:, 0] == xy[:, 0]) & (after[:, 0] == xy[:, 0])) |
                   ((prev[:, 1] == xy[:, 1]) & (after[:, 1] == xy[:, 1]))) & \
         (((prev - xy) * (after - xy)).sum(axis=1) < 0)
-    xy, ring = xy[~inside_run], ring[~inside_run]
-    size = np.bincount(ring, minlength=rings)
-    first = np.concatenate([[0], np.cumsum(size)[:-1]])
-    local = np.arange(len(xy)) - first[ring]
+    if inside_run.any():
+        xy, ring = xy[~inside_run], ring[~inside_run]
+        size = np.bincount(ring, minlength=rings)
+        first = np.concatenate([[0], np.cumsum(size)[:-1]])
     # twice each ring's signed area (shoelace): GDAL's shells are negative (shapely's is_ccw False), holes positive
-    after_xy = xy[first[ring] + (local + 1) % size[ring]]
-    area = np.bincount(ring, weights=xy[:, 0] * after_xy[:, 1] - after_xy[:, 0] * xy[:, 1], minlength=rings)
+    after = _neighbours(xy, first, size)[1]
+    area = np.bincount(ring, weights=xy[:, 0] * after[:, 1] - after[:, 0] * xy[:, 1], minlength=rings)
     flip = (area > 0) != np.r_[False, np.ones(rings - 1, dtype=bool)]
     # each ring's least (y, x) vertex, in two passes (cheaper than a sort); only two of its edges can end there
     top = np.minimum.reduceat(xy[:, 1], first)
@@ -221,16 +219,37 @@ def _canonical(xy: np.ndarray, ring_offsets: np.ndarray) -> shapely.Polygon:
     top_left[ring[is_top_left]] = np.flatnonzero(is_top_left)
     ring_order = np.r_[0, 1 + np.lexsort((xy[top_left[1:], 0], xy[top_left[1:], 1]))]
     # each ring rotated to start at its top-left vertex, walked backwards where its orientation is flipped
-    shift = (local - (top_left - first)[ring]) % size[ring]
-    position = np.where(flip[ring], (size[ring] - shift) % size[ring], shift)
-    new_first = np.concatenate([[0], np.cumsum(size[ring_order] + 1)[:-1]])
-    rank = np.empty(rings, dtype=np.int64)
-    rank[ring_order] = np.arange(rings)
+    # (only rings not already in that form are moved vertex by vertex)
+    new_first = np.empty(rings, dtype=np.int64)
+    new_first[ring_order] = np.concatenate([[0], np.cumsum(size[ring_order] + 1)[:-1]])
     out = np.empty((len(xy) + rings, 2))
-    out[new_first[rank[ring]] + position] = xy
-    out[new_first + size[ring_order]] = out[new_first]  # close each ring
-    offsets = np.concatenate([new_first, [len(out)]])
+    target = np.repeat(new_first - first, size) + np.arange(len(xy))  # each ring copied as it is
+    moved = (top_left != first) | flip
+    if moved.any():
+        which = moved[ring]
+        local = np.arange(len(xy))[which] - first[ring[which]]
+        k, n = (top_left - first)[ring[which]], size[ring[which]]
+        shift = local - k
+        shift[shift < 0] += n[shift < 0]
+        backwards = flip[ring[which]] & (shift > 0)
+        shift[backwards] = n[backwards] - shift[backwards]
+        target[which] = new_first[ring[which]] + shift
+    out[target] = xy
+    out[new_first + size] = out[new_first]  # close each ring
+    offsets = np.concatenate([new_first[ring_order], [len(out)]])
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, rings])))[0]
+
+
+def _neighbours(xy: np.ndarray, first: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each vertex's previous and next vertex along its ring (open rings, ``xy`` cut at ``first``)."""
+    last = first + size - 1
+    prev = np.empty_like(xy)
+    prev[1:] = xy[:-1]
+    prev[first] = xy[last]
+    after = np.empty_like(xy)
+    after[:-1] = xy[1:]
+    after[last] = xy[first]
+    return prev, after
 
 
 def merge_groups(pieces: Mapping[int, Pieces], groups: Sequence[Group]) -> Pieces:

@@ -33,7 +33,8 @@ def seam_groups(classes: np.ndarray, valid: np.ndarray, tile_size: int) -> list[
 
 def assert_unions_match(classes: np.ndarray, valid: np.ndarray, tile_size: int) -> tuple[int, int]:
     """Every group of several pieces: ours equals shapely's overlay union (valid, same holes, the same
-    polygon once straight runs lose their inner vertices) and is GDAL's whole-raster polygon byte for byte.
+    polygon once straight runs lose their inner vertices) and is GDAL's whole-raster polygon byte for byte,
+    whatever ring starts and orientation the pieces have.
     Returns the most pieces and the most vertices one group had."""
     reference = {shapely.to_wkb(g) for g in whole_raster_polygons(classes, valid)[0]}
     most, vertices = 0, 0
@@ -47,6 +48,8 @@ def assert_unions_match(classes: np.ndarray, valid: np.ndarray, tile_size: int) 
         assert len(ours.interiors) == len(overlay.interiors)
         assert shapely.normalize(ours).equals_exact(shapely.normalize(shapely.simplify(overlay, 0)), tolerance=0)
         assert shapely.to_wkb(ours) in reference
+        # the form depends on neither the pieces' ring starts nor their orientation
+        assert union_pieces(shapely.reverse(shapely.normalize(pieces))).equals_exact(ours, tolerance=0)
     return most, vertices
 
 
