@@ -54,7 +54,16 @@ from pipeline.errors import ConfigError, InvalidSceneError, crosses_processes
 from pipeline.inference.read import SceneMeta, open_scene
 from pipeline.names import safe_name
 from pipeline.products import Tag, class_names_from_tags, name_of
-from pipeline.vectors.export import LayerSpec, LayerStager, StagedLayer, export_layer, feature_table, table_bounds
+from pipeline.vectors.export import (
+    LayerSpec,
+    LayerStager,
+    StagedLayer,
+    StagedPart,
+    export_layer,
+    feature_table,
+    stage_part,
+    table_bounds,
+)
 from pipeline.vectors.measure import area_basis, pixel_size_m
 from pipeline.vectors.merge import BorderOutline, Group, SeamGroups, merge_groups, outline, split_border
 from pipeline.vectors.vectorize import (
@@ -295,7 +304,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
         if not all(seen[folder.resolve()] for folder in inputs):
             job = dataclasses.replace(job, inline=True)
             log.info("%s: the workers do not see %s; tiles travel with their tasks", sid, classes_path.parent)
-        _run(dask, job, stager, in_flight, progress, where)
+        _run(dask, job, stager, in_flight, progress, where, in_parts=seen[out_dir.resolve()])
         paths = _export(dask, stager.staged(), out_dir, cfg.formats, in_workers=seen[out_dir.resolve()])
         count = stager.count
     result = VectorResult(sid, paths, count, len(grid), time.perf_counter() - started, grid)
@@ -332,7 +341,7 @@ def _export(dask: Client, layer: StagedLayer, out_dir: Path, formats: Sequence[s
     targets = {fmt: out_dir / f"{layer.spec.scene_id}.{fmt}" for fmt in formats}
     if not in_workers:
         return {fmt: export_layer(layer, path, fmt) for fmt, path in targets.items()}
-    layer = dataclasses.replace(layer, path=layer.path.resolve())  # a worker's working folder may differ
+    layer = layer.resolved()  # a worker's working folder may differ
     run = uuid.uuid4().hex[:8]
     futures = dask.map(_export_layer, [layer] * len(targets), [p.resolve() for p in targets.values()],
                        list(targets), key=[f"vectorize-export-{layer.spec.scene_id}-{run}-{fmt}" for fmt in targets],
@@ -370,6 +379,22 @@ def _rows_of_tiles(results: list[tuple[pa.Table, CorePieces]]) -> list[tuple[pa.
     return [(interior, table_bounds(interior), outline(border)) for interior, border in results]
 
 
+@crosses_processes
+def _stage_tiles(results: list[tuple[pa.Table, CorePieces]], spec: LayerSpec,
+                 path: Path) -> tuple[StagedPart, list[BorderOutline]]:
+    """:func:`_rows_of_tiles` for workers that see the staging folder: the batch's finished rows staged in
+    the part file ``path`` by this task, and only what was staged (counts, bounds, classes) and the
+    outlines go back."""
+    return stage_part([interior for interior, _ in results], path, spec), [outline(b) for _, b in results]
+
+
+@crosses_processes
+def _stage_merges(spec: LayerSpec, path: Path, *parts: tuple[pa.Table, Bounds]) -> StagedPart:
+    """The row's merged objects (its :func:`_merge_seams` results, in order) staged end to end as one
+    batch in the part file ``path``, as :meth:`_Rows.stage` stages them in this process."""
+    return stage_part([pa.concat_tables([t for t, _ in parts])], path, spec)
+
+
 def _pack_groups(groups: list[Group]) -> tuple[np.ndarray, np.ndarray]:
     """Groups as two arrays (each member's tile index and local index, and each group's size): a task's
     argument that Dask neither walks nor sizes item by item, as it does a list of lists of tuples."""
@@ -394,30 +419,43 @@ def _merge_seams(spec: LayerSpec, members: np.ndarray, sizes: np.ndarray,
 
 @dataclass(slots=True)
 class _Rows:
-    """Rows waiting to be staged, in layer order: a tile's interior rows (``table``, ``bounds``), or a row of
-    tiles' merge tasks (``merges``) and the objects they make (``count``)."""
+    """Rows waiting to be staged, in layer order: a tile's interior rows (``table``, ``bounds``; or where a
+    worker staged them, ``part``: the part file, the batch and the classes), or a row of tiles' merge tasks
+    (``merges``; or the one task that staged their rows in the part file ``merged_into``) and the objects
+    they make (``count``)."""
 
     count: int
     table: pa.Table | None = None
     bounds: Bounds = None
     merges: list[Future] | None = None
+    part: tuple[Path, int, frozenset[int]] | None = None
+    merged_into: Path | None = None
 
     def ready(self) -> bool:
         return self.merges is None or all(f.done() for f in self.merges)
 
-    def take(self, dask: Client) -> tuple[pa.Table, Bounds]:
+    def stage(self, dask: Client, stager: LayerStager) -> None:
+        if self.part is not None:
+            path, index, classes = self.part
+            stager.add_part(path, index, self.count, self.bounds, classes)
+            return
         if self.merges is None:
             assert self.table is not None
-            return self.table, self.bounds
+            stager.add(self.table, self.bounds)
+            return
         parts = dask.gather(self.merges)  # one message for the row's merges
         for f in self.merges:
             f.release()
+        if self.merged_into is not None:
+            (staged,) = parts
+            stager.add_part(self.merged_into, 0, staged.counts[0], staged.bounds[0], staged.classes[0])
+            return
         # one table, as one merge in this process made: the layer's batches (Parquet row groups) too
         table = pa.concat_tables([t for t, _ in parts]).combine_chunks()
         boxes = [b for _, b in parts if b is not None]
         box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                max(b[3] for b in boxes)) if boxes else None
-        return table, box
+        stager.add(table, box)
 
 
 def _chunks(groups: list[Group], parts: int) -> list[list[Group]]:
@@ -437,7 +475,7 @@ def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
 
 
 def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progress: bool | None,
-         where: str) -> None:
+         where: str, *, in_parts: bool = False) -> None:
     """Submit tiles in row-major order, at most ``in_flight`` ahead, group their seams in that order and
     stage the rows in that order too: each tile's interior rows, then the objects its row completes (so
     the layer's row order, like its ids, does not depend on which worker finishes first, and is the order
@@ -449,13 +487,18 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
     interior rows and the outlines of its border pieces. Once a row of tiles completes objects, their
     groups are unioned by tasks that take the results of the tiles they span (:func:`_merge_seams`), one
     run of groups per worker, submitted together and fetched together; their rows are staged end to end
-    as one table."""
+    as one table.
+
+    ``in_parts`` (the workers see the staging folder): the rows never come to this process; a batch's task
+    stages its interior rows in a part file (:func:`_stage_tiles`), a row's merges are staged by one more
+    task (:func:`_stage_merges`), and this process keeps only their order, counts, bounds and classes
+    (:meth:`LayerStager.add_part`): the same batches in the same order as staging them here."""
     from tqdm import tqdm
 
     run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
     size = max(1, min(job.grid.cols, in_flight // 2))
     batches = _batches(job.grid, size)
-    queue: deque[tuple[list[Tile], list[Future], Future]] = deque()
+    queue: deque[tuple[list[Tile], list[Future], Future, Path | None]] = deque()
     seams = SeamGroups(job.grid)
     held: dict[int, Future] = {}  # tile index -> its task's result, while some of its border pieces are not merged
     outputs: deque[_Rows] = deque()  # rows to stage, in layer order
@@ -472,8 +515,13 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             keys = [f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}" for tile in tiles]
             windows = [_TileWindows.pack(*_read_windows(job, tile)) if job.inline else None for tile in tiles]
             futures = dask.map(_vectorize_tile, [job] * len(tiles), tiles, windows, key=keys, pure=False)
-            rows = dask.submit(_rows_of_tiles, futures, pure=False, key=f"vectorize-rows-{keys[0][10:]}")
-            queue.append((tiles, futures, rows))
+            part = stager.part_path().resolve() if in_parts else None
+            if part is None:
+                rows = dask.submit(_rows_of_tiles, futures, pure=False, key=f"vectorize-rows-{keys[0][10:]}")
+            else:
+                rows = dask.submit(_stage_tiles, futures, job.spec, part, pure=False,
+                                   key=f"vectorize-rows-{keys[0][10:]}")
+            queue.append((tiles, futures, rows, part))
             ahead += len(tiles)
 
     def stage_ready(wait: bool) -> None:
@@ -481,14 +529,20 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
         while outputs and (wait or len(outputs) > in_flight or outputs[0].ready()):
             rows = outputs.popleft()
             queued -= rows.count
-            stager.add(*rows.take(dask))
+            rows.stage(dask, stager)
 
-    def merge(row: int, finished: list[Group]) -> list[Future]:
+    def merge(row: int, finished: list[Group]) -> _Rows:
         parts = [_pack_groups(part) for part in _chunks(finished, workers)]
         spans = [{i: held[i] for i in np.unique(members[:, 0]).tolist()} for members, _ in parts]
         keys = [f"vectorize-merge-{job.spec.scene_id}-{run}-{row}-{n}" for n in range(len(parts))]
-        return dask.map(_merge_seams, [job.spec] * len(parts), [m for m, _ in parts], [s for _, s in parts],
-                        spans, key=keys, pure=False)
+        merges = dask.map(_merge_seams, [job.spec] * len(parts), [m for m, _ in parts], [s for _, s in parts],
+                          spans, key=keys, pure=False)
+        if not in_parts:
+            return _Rows(len(finished), merges=merges)
+        path = stager.part_path().resolve()
+        staged = dask.submit(_stage_merges, job.spec, path, *merges, pure=False,
+                             key=f"vectorize-staged-{job.spec.scene_id}-{run}-{row}")
+        return _Rows(len(finished), merges=[staged], merged_into=path)
 
     bar = tqdm(total=len(job.grid), desc=f"{job.spec.scene_id} polygons", unit="tile",
                disable=None if progress is None else not progress, leave=False)
@@ -496,7 +550,7 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
         try:
             submit_batches()
             while queue:
-                tiles, futures, light = queue.popleft()
+                tiles, futures, light, part = queue.popleft()
                 try:
                     results = light.result()
                 except PolygonLimitError as err:
@@ -504,16 +558,16 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
                 light.release()
                 ahead -= len(tiles)
                 submit_batches()
-                for tile, fut, (interior, box, shape) in zip(tiles, futures, results, strict=True):
+                for tile, fut, rows, shape in zip(tiles, futures, *_tile_rows(results, part), strict=True):
                     if len(shape):
                         held[tile.row * job.grid.cols + tile.col] = fut
                     else:
                         fut.release()
-                    outputs.append(_Rows(interior.num_rows, interior, box))
-                    queued += interior.num_rows
+                    outputs.append(rows)
+                    queued += rows.count
                     finished = seams.add(tile, shape)
                     if finished:
-                        outputs.append(_Rows(len(finished), merges=merge(tile.row, finished)))
+                        outputs.append(merge(tile.row, finished))
                         queued += len(finished)
                     for released in seams.released:
                         held.pop(released).release()  # the merge tasks keep what they need
@@ -526,7 +580,7 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
                 bar.update(len(tiles))
             stage_ready(wait=True)
         except BaseException:
-            for _, futures, light in queue:
+            for _, futures, light, _ in queue:
                 for fut in futures:
                     fut.cancel()
                 light.cancel()
@@ -536,3 +590,16 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             for fut in held.values():
                 fut.cancel()
             raise
+
+
+def _tile_rows(results: Any, part: Path | None) -> tuple[list[_Rows], list[BorderOutline]]:
+    """Per tile of a batch, its interior rows to stage and its border pieces' outline, from what the
+    batch's task returned: :func:`_rows_of_tiles`, or :func:`_stage_tiles` into ``part``."""
+    if part is None:
+        return [_Rows(t.num_rows, t, box) for t, box, _ in results], [shape for _, _, shape in results]
+    staged, shapes = results
+    batch = itertools.accumulate((1 if n else 0 for n in staged.counts), initial=-1)  # a batch per non-empty table
+    next(batch)
+    rows = [_Rows(n, bounds=box, part=(part, i, classes))
+            for n, box, classes, i in zip(staged.counts, staged.bounds, staged.classes, batch, strict=True)]
+    return rows, shapes

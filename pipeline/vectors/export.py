@@ -26,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +57,8 @@ __all__ = [
     "LayerSpec",
     "LayerStager",
     "StagedLayer",
+    "StagedPart",
+    "stage_part",
     "table_bounds",
     "feature_table",
     "layer_schema",
@@ -236,24 +239,70 @@ class StagedLayer:
     count: int
     bbox: tuple[float, float, float, float]
     classes: frozenset[int]
+    parts: tuple[tuple[Path, int], ...] = ()  # rows staged by workers: (part file, batch), in layer order
 
     @property
     def schema(self) -> pa.Schema:
         return layer_schema(self.spec)
 
+    def resolved(self) -> StagedLayer:
+        """The same layer with absolute paths (a worker's working folder may differ)."""
+        return replace(self, path=self.path.resolve(), parts=tuple((p.resolve(), i) for p, i in self.parts))
+
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """The staged rows, batch by batch, memory-mapped (nothing is loaded whole)."""
-        with pa.memory_map(str(self.path)) as source:
-            reader = pa.ipc.open_file(source)
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
+        """The staged rows, batch by batch, memory-mapped (nothing is loaded whole): the staging file's, or
+        where workers staged them (:meth:`LayerStager.add_part`), each part's batch in layer order."""
+        if not self.parts:
+            with pa.memory_map(str(self.path)) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
+            return
+        for path, entries in itertools.groupby(self.parts, key=lambda part: part[0]):
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_file(source)
+                for _, i in entries:
+                    yield reader.get_batch(i)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedPart:
+    """What a worker says of the tables it staged in a part file (:func:`stage_part`), per table: its row
+    count (0: no batch written for it), its :func:`table_bounds` and the classes present."""
+
+    counts: tuple[int, ...]
+    bounds: tuple[tuple[float, float, float, float] | None, ...]
+    classes: tuple[frozenset[int], ...]
+
+
+def stage_part(tables: Sequence[pa.Table], path: Path, spec: LayerSpec) -> StagedPart:
+    """Stage ``tables`` in one Arrow IPC file at ``path`` (atomically), one batch per non-empty table, as
+    :meth:`LayerStager.add` stages them: for the process that makes the rows (a Dask worker), so that the
+    rows never travel to the process that keeps the layer's order (:meth:`LayerStager.add_part`)."""
+    tables = [t.combine_chunks() for t in tables]
+    if any(t.num_rows for t in tables):
+        try:
+            with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+                    pa.ipc.new_file(sink, layer_schema(spec)) as writer:
+                for table in tables:
+                    if table.num_rows:
+                        writer.write_table(table)
+        except OSError as err:
+            if is_disk_full(err):
+                raise DiskFullError(f"layer {spec.scene_id}: no space left in {path.parent} for the polygons "
+                                    "being staged; free some space and run again") from err
+            raise
+    return StagedPart(tuple(t.num_rows for t in tables), tuple(table_bounds(t) for t in tables),
+                      tuple(frozenset(np.unique(t.column("class_id").to_numpy()).tolist()) for t in tables))
 
 
 class LayerStager:
     """Rows staged on disk as they are finished, in an Arrow IPC file beside the outputs, deleted on exit.
 
     Keeps the running feature count and bounding box (for the GeoParquet metadata); :meth:`staged` closes
-    the file and says what it holds.
+    the file and says what it holds. Where the workers that make the rows see this folder, they stage them
+    in part files instead (:meth:`part_path`, :func:`stage_part`), and this keeps only their order and
+    counts (:meth:`add_part`): the same batches in the same order, so the same files are written from them.
     """
 
     def __init__(self, folder: Path, spec: LayerSpec) -> None:
@@ -266,6 +315,30 @@ class LayerStager:
         self.classes: set[int] = set()  # class values present (the style's categories)
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer: pa.ipc.RecordBatchFileWriter | None = pa.ipc.new_file(self._sink, self.schema)
+        self._part_files: list[Path] = []  # named for workers to stage into, deleted on exit like the file
+        self._parts: list[tuple[Path, int]] = []  # rows staged by workers, in layer order
+
+    def part_path(self) -> Path:
+        """A new part file's name beside the staging file (temporary, of this process: deleted on exit, and
+        swept by a later run if this one is killed), for a worker to stage rows into (:func:`stage_part`)."""
+        path = self.path.with_name(f"{self.path.stem}.part{len(self._part_files)}{self.path.suffix}")
+        self._part_files.append(path)
+        return path
+
+    def add_part(self, path: Path, index: int, count: int, bounds: Sequence[float] | None,
+                 classes: AbstractSet[int]) -> None:
+        """Stage the ``count`` rows of batch ``index`` of the part file at ``path`` (from :meth:`part_path`,
+        written by :func:`stage_part`), next in layer order, from what the worker said of them. A layer is
+        staged either here (:meth:`add`) or in parts, not both."""
+        if count == 0:
+            return
+        assert self._parts or not self.count, "rows staged here already"
+        self._parts.append((path, index))
+        self.count += count
+        self.classes.update(classes)
+        if bounds is not None:
+            self.bbox = [min(self.bbox[0], bounds[0]), min(self.bbox[1], bounds[1]), max(self.bbox[2], bounds[2]),
+                         max(self.bbox[3], bounds[3])]
 
     def add(self, table: pa.Table, bounds: Sequence[float] | None = None) -> None:
         """Stage rows; ``bounds`` (their :func:`table_bounds`, computed where the rows were made) spares
@@ -273,6 +346,7 @@ class LayerStager:
         if table.num_rows == 0:
             return
         assert self._writer is not None, "stager is closed"
+        assert not self._parts, "rows staged in parts already"
         try:
             self._writer.write_table(table)
         except OSError as err:
@@ -299,7 +373,7 @@ class LayerStager:
         """The rows staged so far, as a value (the file is closed: nothing more can be added)."""
         self.close()
         box = (float(self.bbox[0]), float(self.bbox[1]), float(self.bbox[2]), float(self.bbox[3]))
-        return StagedLayer(self.path, self.spec, self.count, box, frozenset(self.classes))
+        return StagedLayer(self.path, self.spec, self.count, box, frozenset(self.classes), tuple(self._parts))
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The staged rows, batch by batch, memory-mapped (nothing is loaded whole)."""
@@ -317,8 +391,9 @@ class LayerStager:
                 raise
             # the error already on its way (a full disk, say) is the one to report
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            for path in [self.path, *self._part_files]:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
 
 def export_layer(layer: LayerStager | StagedLayer, path: str | Path, fmt: str) -> Path:

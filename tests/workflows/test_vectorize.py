@@ -153,30 +153,33 @@ def test_seams_are_unioned_in_the_workers(scene, tmp_path: Path, dask_client) ->
 @pytest.mark.slow
 def test_layers_are_written_by_a_worker_where_the_workers_see_the_folder(
         scene, tmp_path: Path, dask_client, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers that see the output folder write each format from the staging file (a task each); workers
-    that do not leave it to the client: the same bytes, and nothing but the layers left in the folder."""
+    """Workers that see the output folder stage the rows in part files themselves (the merged ones by a
+    task a row) and write each format from them (a task each); workers that do not leave both to the
+    client: the same bytes, and nothing but the layers left in the folder."""
     from distributed import get_task_stream
 
     import workflows.vectorize as vectorize_module
 
     classes_path, proba_path, _, _ = scene
-    config = VectorizeConfig(tile_size=50, formats=("gpkg", "parquet"))
+    config = VectorizeConfig(tile_size=50, formats=("gpkg", "parquet", "fgb"), min_area=2000.0,
+                             max_tiles_in_flight=3)
 
-    def run(out: Path) -> tuple[dict[str, Path], set[str]]:
+    def run(out: Path) -> tuple[dict[str, Path], set[str], int]:
         with get_task_stream(dask_client) as stream:
             result = vectorize_scene(classes_path, out, config, proba_path=proba_path, client=dask_client,
                                      progress=False)
-        exports = {str(t["key"]).rsplit("-", 1)[-1] for t in stream.data
-                   if str(t["key"]).startswith("vectorize-export-")}
+        keys = [str(t["key"]) for t in stream.data]
+        exports = {key.rsplit("-", 1)[-1] for key in keys if key.startswith("vectorize-export-")}
+        staged = sum(key.startswith("vectorize-staged-") for key in keys)
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in result.paths.values())
-        return result.paths, exports
+        return result.paths, exports, staged
 
-    shared, exports = run(tmp_path / "shared")
-    assert exports == {"gpkg", "parquet"}
+    shared, exports, staged = run(tmp_path / "shared")
+    assert exports == {"gpkg", "parquet", "fgb"} and staged > 0
     monkeypatch.setattr(vectorize_module, "workers_share_disk", lambda dask, folder: False)
-    here, exports = run(tmp_path / "here")
-    assert not exports
-    for fmt in ("gpkg", "parquet"):
+    here, exports, staged = run(tmp_path / "here")
+    assert not exports and staged == 0
+    for fmt in ("gpkg", "parquet", "fgb"):
         assert shared[fmt].read_bytes() == here[fmt].read_bytes(), fmt
 
 

@@ -18,7 +18,15 @@ from pyproj import CRS, Transformer
 
 from pipeline.config import VectorizeConfig
 from pipeline.errors import ConfigError
-from pipeline.vectors.export import FORMATS, OGR_CURRENT_DATE, LayerSpec, LayerStager, export_layer, feature_table
+from pipeline.vectors.export import (
+    FORMATS,
+    OGR_CURRENT_DATE,
+    LayerSpec,
+    LayerStager,
+    export_layer,
+    feature_table,
+    stage_part,
+)
 from pipeline.vectors.measure import area_basis
 from tests.pipeline.vectors.test_vectorize import blobs, vectorize_tiled
 
@@ -33,7 +41,8 @@ EXPECTED_TYPES = {
 }
 
 
-def make_layer(folder: Path, formats: tuple[str, ...] = tuple(FORMATS)) -> tuple[dict[str, Path], object]:
+def make_layer(folder: Path, formats: tuple[str, ...] = tuple(FORMATS), *,
+               in_parts: bool = False) -> tuple[dict[str, Path], object]:
     classes = blobs((120, 140), 3, seed=11)
     proba = np.random.default_rng(1).random(classes.shape)
     pieces, _ = vectorize_tiled(classes, np.ones(classes.shape, dtype=bool), 32, proba=proba)
@@ -46,8 +55,19 @@ def make_layer(folder: Path, formats: tuple[str, ...] = tuple(FORMATS)) -> tuple
     table = feature_table(pieces, spec)
     paths = {}
     with LayerStager(folder, spec) as stager:
-        stager.add(table.slice(0, 40))  # staged in several batches, as the workflow does
-        stager.add(table.slice(40))
+        if in_parts:  # as workers stage them: part files, batches interleaved, empty tables between
+            first, second = stager.part_path(), stager.part_path()
+            a = stage_part([table.slice(0, 25), table.slice(0, 0), table.slice(60)], first, spec)
+            b = stage_part([table.slice(25, 15), table.slice(40, 20)], second, spec)
+            assert a.counts == (25, 0, table.num_rows - 60) and b.counts == (15, 20)
+            for path, index, part, at in [(first, 0, a, 0), (first, 0, a, 1), (second, 0, b, 0),
+                                          (second, 1, b, 1), (first, 1, a, 2)]:
+                stager.add_part(path, index, part.counts[at], part.bounds[at], part.classes[at])
+        else:
+            stager.add(table.slice(0, 25))  # staged in several batches, as the workflow does
+            stager.add(table.slice(25, 15))
+            stager.add(table.slice(40, 20))
+            stager.add(table.slice(60))
         for fmt in formats:
             paths[fmt] = export_layer(stager, folder / f"layer.{fmt}", fmt)
     return paths, table
@@ -131,6 +151,16 @@ def test_same_layer_gives_same_bytes(tmp_path: Path) -> None:
         assert first[fmt].read_bytes() == second[fmt].read_bytes(), fmt
     leftovers = [p.name for p in (tmp_path / "a").iterdir() if p.name not in {f"layer.{e}" for e in FORMATS}]
     assert leftovers == []  # no staging or temporary files left behind
+
+
+def test_rows_staged_in_parts_give_the_same_bytes(tmp_path: Path) -> None:
+    """Rows staged by workers in part files, in the order the stager was told, write the same files as the
+    same rows staged by the stager itself; the part files go with the staging file."""
+    here, _ = make_layer(tmp_path / "here")
+    parts, _ = make_layer(tmp_path / "parts", in_parts=True)
+    for fmt in FORMATS:
+        assert here[fmt].read_bytes() == parts[fmt].read_bytes(), fmt
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == sorted(f"layer.{e}" for e in FORMATS)
 
 
 def test_attribute_names_and_types_are_checked() -> None:
