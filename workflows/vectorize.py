@@ -10,8 +10,10 @@ Data flow (module names in brackets)::
          from each tile's outline (classes and edge strips; the pieces themselves stay on the workers)
       -> per finished row of tiles, in a worker: those groups unioned beside their pieces
          [pipeline.vectors.merge.merge_groups] and turned into rows
-      -> in this process: rows staged on disk [pipeline.vectors.export.LayerStager] -> each format written
-         [pipeline.vectors.export], by a worker where the workers see the output folder, else here
+      -> rows staged on disk [pipeline.vectors.export.LayerStager]: by the workers in part files where they
+         see the output folder (this process keeps only their order and counts), else here
+      -> each format written [pipeline.vectors.export], by a worker where the workers see the output folder,
+         else here
 
 No process holds the class raster: each task reads its own window. At most ``max_tiles_in_flight`` tasks
 are ahead of the merge, which holds only the border pieces of about one row of tiles (in the workers; this
