@@ -153,18 +153,6 @@ def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_
     archive = make_archive(tmp_path, make_geotiff, "archive", 3)
     model = {"factory": "tests.workflows.slow_model:slow_vegetation", "kwargs": {"delay": 0.6}}
 
-    def kill_worker_running(client: Client, scene: str, killed: list[int]) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for addr, keys in client.processing().items():
-                if any(scene in str(k) for k in keys):
-                    pid = client.run(os.getpid, workers=[addr])[addr]
-                    time.sleep(0.2)  # inside the task's model call
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
-            time.sleep(0.02)
-
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit=0) as cluster, Client(cluster) as client:
@@ -173,7 +161,7 @@ def test_killed_worker_scene_is_retried_or_recorded_and_the_others_complete(tmp_
             job = write_job(tmp_path, {"folder": str(archive)}, out, model=model, retries=retries,
                             name=f"retries-{retries}")
             killed: list[int] = []
-            killer = threading.Thread(target=kill_worker_running, args=(client, "scene_01", killed))
+            killer = threading.Thread(target=_kill_worker_running, args=(client, "scene_01", killed))
             killer.start()
             summary = run_job(job, client=client, allow_factory=True,  # the test trusts its own factory
                               scenes_in_flight=1)
