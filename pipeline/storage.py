@@ -170,54 +170,27 @@ def object_matches(url: str, size: int, sha256: str) -> bool:
 
 
 def remote_reachable(url: str) -> bool:
-    """Whether an input URL answers now (``s3://``: a HEAD through boto3, whose standard retries wait out
-    a store that is restarting; ``http(s)://``: its first byte, tried the same number of times with backoff).
-    False for a missing object, a 403 or a store that stays down: a read that failed on a reachable object
-    was a transient fault worth trying again; one that failed on an unreachable one was not."""
-    import time
-    import urllib.error
-    import urllib.request
-
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if url.lower().startswith("s3://"):
-        target = parse_s3_url(url)
-        # botocore's standard retries use full jitter, so its 8 tries can all fall within a second of a
-        # refused connection: the store's answer is waited for here too, with the same backoff as HTTP.
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                s3_client().head_object(Bucket=target.bucket, Key=target.prefix)
-            except ClientError:
-                return False  # the store answered: missing, forbidden
-            except BotoCoreError:
-                time.sleep(min(0.5 * 2**attempt, 10.0))  # no answer (refused, reset, timed out): wait
-                continue
-            return True
+    """Whether an input URL answers now: :func:`remote_identity` (a HEAD for ``s3://``, the first byte for
+    ``http(s)://``, a store that does not answer waited for with backoff) gets its answer. False for a
+    missing object, a 403 or a store that stays down: a read that failed on a reachable object was a
+    transient fault worth trying again; one that failed on an unreachable one was not."""
+    if not url.lower().startswith(("s3://", "http://", "https://")):
         return False
-    if not url.lower().startswith(("http://", "https://")):
+    try:
+        remote_identity(url)
+    except OSError:  # SceneOpenError: missing, forbidden, or no answer after every try
         return False
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            # the first byte (not HEAD, which some STAC APIs refuse with 405), whatever the file's size
-            with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-0"}),
-                                        timeout=30) as response:
-                response.read(1)
-                return True
-        except urllib.error.HTTPError as err:
-            if err.code < 500 and err.code != 429:
-                return False
-        except OSError:
-            pass
-        time.sleep(min(0.5 * 2**attempt, 10.0))
-    return False
+    return True
 
 
 def remote_identity(url: str, *, s3_endpoint: str | None = None, requester_pays: bool = False) -> str:
     """What the store says of an input object's content, without reading it: ``etag=...;size=...`` (and
     ``modified=...`` from HTTP servers), for a rerun to tell a reprocessed object under the same URL from
     an unchanged one. ``s3://``: a HEAD (``s3_endpoint``: an S3-compatible store's URL; ``requester_pays``);
-    ``http(s)://``: the headers of its first byte. A store that does not answer is waited for as in
-    :func:`remote_reachable`; a missing object, a 403 or a store that stays down is a SceneOpenError (an
+    ``http(s)://``: the headers of its first byte (not HEAD, which some STAC APIs refuse with 405). A store
+    that does not answer (refused, reset, timed out, 429/5xx) is waited for with backoff, here too for
+    ``s3://``: botocore's standard retries use full jitter, so its tries can all fall within a second of a
+    refused connection. A missing object, a 403 or a store that stays down is a SceneOpenError (an
     OSError) naming the URL."""
     import time
     import urllib.error
