@@ -528,15 +528,16 @@ def _begin_scene(ctx: _Context, scene: SceneInput) -> ItemOutcome | None:
     fingerprint = _fingerprint(digest, ctx.identity, ctx.params)
     ctx.fingerprints[scene.scene_id] = fingerprint
     previous = manifest.get(job.name, scene.scene_id)
-    if (digest.startswith(UNREADABLE) and not ctx.force and previous is not None
-            and _up_to_date(previous, previous.fingerprint or "", job.out_dir) and outputs_in_bucket(job, previous)):
-        # A store that does not answer today (or an asset gone upstream) does not undo a finished scene: its
-        # products stay as they are, listed in the catalog, and the next run checks the input again.
-        log.warning("%s: cannot check whether the input changed (%s); its earlier products are kept", where,
-                    digest.removeprefix(UNREADABLE))
-        return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
-                           previous.attempts)
-    if not ctx.force and _up_to_date(previous, fingerprint, job.out_dir) and outputs_in_bucket(job, previous):
+    # A store that does not answer today (or an asset gone upstream) does not undo a finished scene: its
+    # products stay as they are, listed in the catalog, and the next run checks the input again.
+    unchecked = digest.startswith(UNREADABLE) and previous is not None
+    wanted = fingerprint
+    if unchecked and previous is not None:
+        wanted = previous.fingerprint or ""
+    if not ctx.force and _up_to_date(previous, wanted, job.out_dir) and outputs_in_bucket(job, previous):
+        if unchecked:
+            log.warning("%s: cannot check whether the input changed (%s); its earlier products are kept", where,
+                        digest.removeprefix(UNREADABLE))
         return ItemOutcome(scene.scene_id, "scene", "skipped", "done", time.perf_counter() - started,
                            previous.attempts if previous else 0)
     manifest.begin(job.name, scene.scene_id, "scene", scene.path, fingerprint, ctx.run_id, _when(scene))

@@ -59,26 +59,18 @@ def input_identity(path: str, options: SourceOptions) -> str:
     def identity(url: str) -> str:
         if "://" not in url:
             return ""  # a local file named by a remote item: never read (see docs/security.md)
-        try:
-            return storage.remote_identity(url, s3_endpoint=options.s3_endpoint,
-                                           requester_pays=options.requester_pays)
-        except OSError as err:
-            return f"unreadable ({err})"
+        return storage.remote_identity(url, s3_endpoint=options.s3_endpoint, requester_pays=options.requester_pays)
 
-    if not is_stac_item(path):
-        own = identity(path)
-        return f"{UNREADABLE}{path}: {own}" if own.startswith("unreadable") else f"remote:{path}\n{own}"
-    href, item_id = split_fragment(path)
     try:
+        if not is_stac_item(path):
+            return f"remote:{path}\n{identity(path)}"
+        href, item_id = split_fragment(path)
         item = load_item(href, f"scene {path}", item_id, options)
-    except OSError as err:
-        return f"{UNREADABLE}{path}: unreadable ({err})"
-    hrefs = image_hrefs(item, href)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        assets = [f"{h} {i}" for h, i in zip(hrefs, pool.map(identity, hrefs), strict=True)]
-    missing = [a for a in assets if " unreadable (" in a]
-    if missing:
-        return f"{UNREADABLE}{path}: asset {missing[0]}"
+        hrefs = image_hrefs(item, href)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assets = [f"{h} {i}" for h, i in zip(hrefs, pool.map(identity, hrefs), strict=True)]
+    except OSError as err:  # the item or an asset: missing, forbidden, or a store that stays down
+        return f"{UNREADABLE}{path}: {err}"
     # links left out: they say where the API is served from (a new host name), not what the pixels are
     canonical = json.dumps({k: v for k, v in item.items() if k != "links"}, sort_keys=True, separators=(",", ":"))
     return "item:" + hashlib.sha256("\n".join([canonical, *assets]).encode("utf-8")).hexdigest()
