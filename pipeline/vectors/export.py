@@ -30,7 +30,7 @@ import itertools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -275,23 +275,29 @@ class StagedPart:
     classes: tuple[frozenset[int], ...]
 
 
+@contextlib.contextmanager
+def _staging_space(spec: LayerSpec, folder: Path) -> Iterator[None]:
+    """A full disk while rows are staged in ``folder`` is a DiskFullError naming the layer and the folder."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(f"layer {spec.scene_id}: no space left in {folder} for the polygons being staged; "
+                                "free some space and run again") from err
+        raise
+
+
 def stage_part(tables: Sequence[pa.Table], path: Path, spec: LayerSpec) -> StagedPart:
     """Stage ``tables`` in one Arrow IPC file at ``path`` (atomically), one batch per non-empty table, as
     :meth:`LayerStager.add` stages them: for the process that makes the rows (a Dask worker), so that the
     rows never travel to the process that keeps the layer's order (:meth:`LayerStager.add_part`)."""
     tables = [t.combine_chunks() for t in tables]
     if any(t.num_rows for t in tables):
-        try:
-            with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
-                    pa.ipc.new_file(sink, layer_schema(spec)) as writer:
-                for table in tables:
-                    if table.num_rows:
-                        writer.write_table(table)
-        except OSError as err:
-            if is_disk_full(err):
-                raise DiskFullError(f"layer {spec.scene_id}: no space left in {path.parent} for the polygons "
-                                    "being staged; free some space and run again") from err
-            raise
+        with _staging_space(spec, path.parent), atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_file(sink, layer_schema(spec)) as writer:
+            for table in tables:
+                if table.num_rows:
+                    writer.write_table(table)
     return StagedPart(tuple(t.num_rows for t in tables), tuple(table_bounds(t) for t in tables),
                       tuple(frozenset(np.unique(t.column("class_id").to_numpy()).tolist()) for t in tables))
 
@@ -334,11 +340,7 @@ class LayerStager:
             return
         assert self._parts or not self.count, "rows staged here already"
         self._parts.append((path, index))
-        self.count += count
-        self.classes.update(classes)
-        if bounds is not None:
-            self.bbox = [min(self.bbox[0], bounds[0]), min(self.bbox[1], bounds[1]), max(self.bbox[2], bounds[2]),
-                         max(self.bbox[3], bounds[3])]
+        self._counted(count, classes, bounds)
 
     def add(self, table: pa.Table, bounds: Sequence[float] | None = None) -> None:
         """Stage rows; ``bounds`` (their :func:`table_bounds`, computed where the rows were made) spares
@@ -347,19 +349,18 @@ class LayerStager:
             return
         assert self._writer is not None, "stager is closed"
         assert not self._parts, "rows staged in parts already"
-        try:
+        with _staging_space(self.spec, self.path.parent):
             self._writer.write_table(table)
-        except OSError as err:
-            if is_disk_full(err):
-                raise DiskFullError(f"layer {self.spec.scene_id}: no space left in {self.path.parent} for the "
-                                    "polygons being staged; free some space and run again") from err
-            raise
-        self.count += table.num_rows
-        self.classes.update(np.unique(table.column("class_id").to_numpy()).tolist())
-        box = table_bounds(table) if bounds is None else bounds
-        if box is not None:
-            self.bbox = [min(self.bbox[0], box[0]), min(self.bbox[1], box[1]), max(self.bbox[2], box[2]),
-                         max(self.bbox[3], box[3])]
+        self._counted(table.num_rows, np.unique(table.column("class_id").to_numpy()).tolist(),
+                      table_bounds(table) if bounds is None else bounds)
+
+    def _counted(self, count: int, classes: Iterable[int], bounds: Sequence[float] | None) -> None:
+        """Staged rows counted: the feature count, the classes present and the bounding box."""
+        self.count += count
+        self.classes.update(classes)
+        if bounds is not None:
+            self.bbox = [min(self.bbox[0], bounds[0]), min(self.bbox[1], bounds[1]), max(self.bbox[2], bounds[2]),
+                         max(self.bbox[3], bounds[3])]
 
     def close(self) -> None:
         if self._writer is not None:
