@@ -93,10 +93,7 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     same form.
     """
     if shapely.get_num_coordinates(geometry).sum() < _OVERLAY_BELOW:
-        overlay = shapely.union_all(geometry)
-        if not isinstance(overlay, shapely.Polygon):
-            raise AssertionError(f"pieces of one object unioned into a {overlay.geom_type}")
-        _, xy, (ring_offsets, _) = shapely.to_ragged_array([overlay])
+        _, xy, (ring_offsets, _) = shapely.to_ragged_array([_one_polygon(shapely.union_all(geometry))])
         return _canonical(xy, ring_offsets)
     _, xy, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(geometry)
     starts = ring_offsets[:-1]
@@ -117,10 +114,8 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     union_polygons = np.concatenate([[0], np.cumsum(np.bincount(piece[kept], minlength=len(geometry)))])
     union_xy, union_rings = _split_edges(union_xy, union_rings)
     pieces = shapely.from_ragged_array(shapely.GeometryType.POLYGON, union_xy, (union_rings, union_polygons))
-    union = shapely.coverage_union_all(pieces)
+    union = _one_polygon(shapely.coverage_union_all(pieces))
     # a coverage union trusts its input: check what it cannot (overlaps or unmatched edges change the area)
-    if not isinstance(union, shapely.Polygon):
-        raise AssertionError(f"pieces of one object unioned into a {union.geom_type}")
     if shapely.area(union) != shapely.area(pieces).sum():
         raise AssertionError(f"pieces of one object unioned into {shapely.area(union)} px, not "
                              f"{shapely.area(pieces).sum()}")
@@ -128,6 +123,12 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     holes_xy, holes_rings = _take_rings(xy, ring_offsets, aside)
     return _canonical(np.concatenate([out_xy, holes_xy]),
                       np.concatenate([out_rings, out_rings[-1] + holes_rings[1:]]))
+
+
+def _one_polygon(union: shapely.Geometry) -> shapely.Polygon:
+    if not isinstance(union, shapely.Polygon):
+        raise AssertionError(f"pieces of one object unioned into a {union.geom_type}")
+    return union
 
 
 def _take_rings(xy: np.ndarray, ring_offsets: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
