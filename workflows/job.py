@@ -274,8 +274,7 @@ class Job:
 
     def resolve(self, relative: str) -> Path:
         """A path from the job file, relative to the job file's folder."""
-        p = Path(relative).expanduser()
-        return p if p.is_absolute() else (self.base / p)
+        return _under(self.base, relative)
 
     def resolved_json(self) -> str:
         """The job as run (defaults filled, output folder resolved), for the manifest's provenance."""
@@ -534,8 +533,13 @@ class _Origin:
         return f"job {self.job}: inputs.{name}" if self.job is not None else f"`{name}`"
 
     def resolve(self, relative: str) -> Path:
-        p = Path(relative).expanduser()
-        return p if p.is_absolute() else (self.base / p)
+        return _under(self.base, relative)
+
+
+def _under(base: Path, relative: str) -> Path:
+    """``relative`` (``~`` expanded) from the folder ``base``; an absolute path as it is."""
+    p = Path(relative).expanduser()
+    return p if p.is_absolute() else base / p
 
 
 def discover_scenes(job: Job) -> list[SceneInput]:
