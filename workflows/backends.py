@@ -10,12 +10,13 @@ settles on its first batch of tiles instead (its choice is logged there, not tag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
 
 import numpy as np
-from distributed import Client
+from distributed import Client, Future, wait
 
 from pipeline.errors import crosses_processes
 from pipeline.inference.read import SceneMeta, read_window
@@ -46,6 +47,32 @@ def _spread(tiles: Sequence[Tile], count: int) -> list[Tile]:
         return list(tiles)
     picked = [tiles[(2 * i + 1) * len(tiles) // (2 * count)] for i in range(count)]
     return picked + [t for t in tiles if t not in picked]
+
+
+# How often a settle task still pending checks that its worker is still in the cluster (seconds).
+GONE_POLL_S = 1.0
+
+
+def _gather_settled(dask: Client, futures: dict[str, Future]) -> list[tuple[str, str]]:
+    """The results of the settle tasks pinned to each worker (``address -> future``), leaving out a worker
+    that left the cluster before running its task: a task pinned to an address no worker has any more
+    waits forever (a worker killed, by the OOM killer or a scene beside this one, and restarted by its
+    nanny comes back at another address). A worker that joins later settles on its first batch of tiles.
+    A task's own error (``KilledWorker`` included) still raises here."""
+    waiting = list(futures.items())
+    while True:
+        with contextlib.suppress(TimeoutError):
+            wait([f for _, f in waiting], timeout=GONE_POLL_S)
+        waiting = [(address, f) for address, f in waiting if not f.done()]
+        if not waiting:
+            break
+        live = dask.scheduler_info(n_workers=-1).get("workers", {})
+        for address, future in waiting:
+            if address not in live:
+                log.debug("worker %s left before settling the model's backend; left out", address)
+                future.cancel()
+        waiting = [(address, f) for address, f in waiting if address in live]
+    return [f.result() for f in futures.values() if not f.cancelled()]
 
 
 @crosses_processes
@@ -104,9 +131,9 @@ def backend_tags(dask: Client, meta: SceneMeta, grid: TileGrid, indexes: tuple[i
         return {}
     workers: Sequence[str] = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
     token = uuid.uuid4().hex[:8]
-    futures = [dask.submit(settle, meta, grid, indexes, ref, key=f"backend-{token}-{i}", pure=False,
-                           workers=[w], allow_other_workers=False) for i, w in enumerate(workers)]
-    settled = dask.gather(futures)
+    futures = {w: dask.submit(settle, meta, grid, indexes, ref, key=f"backend-{token}-{i}", pure=False,
+                              workers=[w], allow_other_workers=False) for i, w in enumerate(workers)}
+    settled = _gather_settled(dask, futures)
     for line in sorted({why for _, why in settled if why}):  # the workers' own log lines stay in the workers
         log.info("model %s: precision auto runs %s", ref.source if not ref.factory else ref.factory, line)
     names = sorted({name for name, _ in settled if name})

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 
 __all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS",
-           "default_scenes_in_flight"]
+           "default_scenes_in_flight", "run_on_workers"]
 
 log = logging.getLogger("scenewatch")
 
@@ -229,6 +229,21 @@ def worker_count(client: Client) -> int:
     return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
 
 
+def run_on_workers(client: Client, function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """``client.run(function, *args)`` on every worker that answers: a worker that dies or leaves under the
+    call (the scheduler still listed it; Dask's ``CommClosedError``, an ``OSError``) is left out of the
+    result instead of failing the caller, as it would fail a scene beside another whose model killed that
+    worker. An error raised by ``function`` itself still propagates."""
+    results = client.run(function, *args, on_error="return")
+    for address, value in list(results.items()):
+        if isinstance(value, OSError):
+            log.debug("worker %s did not answer (%s); left out", address, value)
+            del results[address]
+        elif isinstance(value, BaseException):
+            raise value
+    return results
+
+
 def threads_per_model(client: Client) -> int:
     """Intra-op threads for a model so that, on every host, the models that can run at once (each worker's
     threads, summed over the host's workers) times these threads = the cores.
@@ -237,7 +252,7 @@ def threads_per_model(client: Client) -> int:
     wins. Counting workers alone gave a worker of 4 threads on 4 cores 4 threads per model: 16 threads
     contending for 4 cores.
     """
-    cores = client.run(cpu_count)
+    cores = run_on_workers(client, cpu_count)
     slots = {address: w.get("nthreads", 1)
              for address, w in client.scheduler_info(n_workers=-1).get("workers", {}).items()}
     hosts: dict[str, tuple[int, int]] = {}  # host: (cores, threads of its workers)
@@ -270,7 +285,7 @@ def default_scenes_in_flight(client: Client) -> int:
     memory = sum(w.get("memory_limit") or 0 for w in workers.values())
     if not memory or any(not w.get("memory_limit") for w in workers.values()):
         hosts = {address.split("://")[-1].rsplit(":", 1)[0]: total
-                 for address, total in client.run(_memory_total).items()}
+                 for address, total in run_on_workers(client, _memory_total).items()}
         memory = sum(hosts.values())
     return max(1, min(max(2, 2 * slots), memory // SCENE_MEMORY_BYTES))
 

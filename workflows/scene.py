@@ -72,7 +72,7 @@ from pipeline.products import (
 from tiles.blend import BlendMethod
 from tiles.grid import PixelWindow, Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.backends import backend_tags
-from workflows.cluster import dask_client, threads_per_model
+from workflows.cluster import dask_client, run_on_workers, threads_per_model
 from workflows.threshold import resolve_auto_threshold
 
 __all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene"]
@@ -353,7 +353,7 @@ def workers_share_disk(dask: Client, folder: Path) -> bool:
     probe = temp_path_for(folder / "workers-probe")
     probe.write_bytes(b"")
     try:
-        seen = dask.run(os.path.isfile, str(probe))
+        seen = run_on_workers(dask, os.path.isfile, str(probe))  # a worker dying meanwhile: left out
     finally:
         probe.unlink(missing_ok=True)
     return bool(seen) and all(seen.values())

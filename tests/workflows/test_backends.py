@@ -82,3 +82,19 @@ def test_a_scene_smaller_than_a_tile_is_settled_on_it_and_tagged(make_geotiff, t
                            client=dask_client, progress=False)
     with rasterio.open(result.classes_path) as classes:
         assert classes.tags()[Tag.BACKEND].startswith(("torch-", "openvino-"))
+
+
+def test_a_worker_gone_before_its_settle_task_is_left_out(dask_client):
+    """A settle task pinned to a worker that left (killed, and back at another address) would wait forever;
+    it is left out, and the workers there answer. The pinned address here is one no worker ever had."""
+    import os
+
+    from workflows.backends import _gather_settled
+
+    live = sorted(dask_client.scheduler_info(n_workers=-1)["workers"])[0]
+    gone = "tcp://127.0.0.1:9"
+    futures = {w: dask_client.submit(lambda: ("torch-fp32", str(os.getpid())), workers=[w], allow_other_workers=False,
+                                     pure=False) for w in (live, gone)}
+    settled = _gather_settled(dask_client, futures)
+    assert settled == [("torch-fp32", str(dask_client.run(os.getpid, workers=[live])[live]))]
+    assert futures[gone].cancelled()
