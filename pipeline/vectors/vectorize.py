@@ -16,8 +16,10 @@ labels in one pass.
 
 from __future__ import annotations
 
+import gc
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
+from rasterio.enums import MaskFlags
 from rasterio.errors import NodataShadowWarning, RasterioIOError
 from rasterio.windows import Window
 from scipy import ndimage
@@ -48,6 +51,8 @@ __all__ = [
     "decode_proba",
     "read_proba_window",
     "own_class_proba",
+    "OwnProba",
+    "own_class_stored",
     "TOP",
     "BOTTOM",
     "LEFT",
@@ -118,6 +123,29 @@ class CorePieces:
     right: np.ndarray
 
 
+@dataclass(frozen=True, slots=True)
+class OwnProba:
+    """The probability of each pixel's own class, ``(rows, cols)``, as :func:`polygonize_core` takes it.
+
+    With ``levels``, ``values`` are the stored unsigned integers and ``levels[v]`` is the probability stored
+    as ``v`` (float64 of the float32 :func:`decode_proba` makes); without, ``values`` are the probabilities.
+    ``known``: where a pixel has one (its class has a band, which is not nodata there; finite).
+    """
+
+    values: np.ndarray
+    known: np.ndarray
+    levels: np.ndarray | None = None
+
+    @staticmethod
+    def of(proba: np.ndarray) -> OwnProba:
+        """From probabilities, NaN where unknown."""
+        return OwnProba(proba, np.isfinite(proba))
+
+    def decoded(self) -> np.ndarray:
+        """The probabilities as float64 (where ``known``; anything elsewhere)."""
+        return self.values.astype(np.float64) if self.levels is None else np.take(self.levels, self.values)
+
+
 def keep_mask(classes: np.ndarray, valid: np.ndarray, keep: Sequence[int] | None) -> np.ndarray:
     """Pixels to polygonize: valid, and of a kept class (all classes when ``keep`` is None)."""
     if keep is None:
@@ -140,10 +168,11 @@ def sieve_classes(classes: np.ndarray, valid: np.ndarray, size: int) -> np.ndarr
 
 
 def polygonize_core(classes: np.ndarray, keep: np.ndarray, core: PixelWindow, scene: PixelWindow, *,
-                    proba: np.ndarray | None = None, max_polygons: int | None = None) -> CorePieces:
+                    proba: np.ndarray | OwnProba | None = None, max_polygons: int | None = None) -> CorePieces:
     """Polygonize the ``(rows, cols)`` ``classes`` of ``core`` where ``keep`` is true.
 
-    ``proba`` is the probability of each pixel's own class, ``(rows, cols)`` float, NaN where unknown.
+    ``proba`` is the probability of each pixel's own class: ``(rows, cols)`` float, NaN where unknown, or
+    as stored (:func:`own_class_stored`; the same statistics, from the stored levels).
     ``scene`` is the whole raster's window: edges of the core that are raster edges are not tile borders.
     Raises :class:`PolygonLimitError` as soon as the core yields more than ``max_polygons`` polygons.
 
@@ -152,7 +181,6 @@ def polygonize_core(classes: np.ndarray, keep: np.ndarray, core: PixelWindow, sc
     the groups are numbered first (:func:`label_groups`) so that each pixel's polygon is known for the
     statistics; both give the same polygons.
     """
-    proba_sum: np.ndarray  # float64 (numpy's stubs type a weighted bincount as integers)
     if proba is None:
         geometry, cls = _polygonize_classes(classes, keep, core, max_polygons)
         n = len(cls)
@@ -162,15 +190,9 @@ def polygonize_core(classes: np.ndarray, keep: np.ndarray, core: PixelWindow, sc
         labels, cls = label_groups(classes, keep)
         n = len(cls)
         _check_limit(n, max_polygons, core)
-        geometry = _polygonize_labels(labels, core, n)
-        flat = labels.ravel()
-        p = proba.ravel().astype(np.float64, copy=False)
-        has = np.isfinite(p) & (flat > 0)
-        proba_sum = np.bincount(flat[has], weights=p[has], minlength=n + 1)[1:]
-        proba_count = np.bincount(flat[has], minlength=n + 1)[1:].astype(np.int64)
-        top = np.full(n + 1, -np.inf)
-        np.maximum.at(top, flat[has], p[has])
-        proba_max = np.where(proba_count > 0, top[1:], np.nan)
+        geometry = _polygonize_labels(labels, core, n, every_pixel=bool(keep.all()))
+        own = proba if isinstance(proba, OwnProba) else OwnProba.of(proba)
+        proba_sum, proba_count, proba_max = _group_stats(labels, n, own)
         strips = {"top": labels[0, :] - 1, "bottom": labels[-1, :] - 1, "left": labels[:, 0] - 1,
                   "right": labels[:, -1] - 1}
     # vertices are integer pixel corners: the area in pixel units is the exact pixel count
@@ -197,6 +219,56 @@ def _check_limit(n: int, max_polygons: int | None, core: PixelWindow) -> None:
         )
 
 
+# Up to this many entries, a group's statistics come from one histogram of (group, stored level) pairs.
+_MAX_HISTOGRAM = 1 << 21
+
+
+def _group_stats(labels: np.ndarray, n: int, own: OwnProba) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group 1..n of ``labels``: the sum (float64), count and maximum (NaN: none) of its pixels' known
+    probabilities.
+
+    The sums are those of the pixels' float64 probabilities added one by one in raster order (a weighted
+    bincount): pixels without a probability are counted in group 0, which is dropped, rather than masked
+    out, so each group adds the same values in the same order. Stored levels (uint8 ``p * 254``) whose sums
+    are exact in any order (:func:`_exact_sums`) skip the per-pixel floats: one histogram of (group, level)
+    gives the counts, the sums (count x level, summed: the same exact value) and the maxima.
+    """
+    flat = (labels if own.known.all() else np.where(own.known, labels, 0)).ravel()
+    levels = own.levels
+    if levels is not None and (n + 1) * levels.size <= _MAX_HISTOGRAM and _exact_sums(levels, flat.size):
+        key = flat * np.int32(levels.size)  # below _MAX_HISTOGRAM: int32 holds it
+        key += own.values.ravel()
+        hist = np.bincount(key, minlength=(n + 1) * levels.size).reshape(n + 1, levels.size)[1:]
+        count = hist.sum(axis=1)
+        total = hist @ levels
+        top = np.where(hist > 0, levels, -np.inf).max(axis=1, initial=-np.inf)
+    else:
+        p = own.decoded().ravel()
+        count = np.bincount(flat, minlength=n + 1)[1:]
+        total = np.bincount(flat, weights=p, minlength=n + 1)[1:]
+        highest = np.full(n + 1, -np.inf)
+        with np.errstate(invalid="ignore"):  # unknown (NaN) probabilities reach group 0 only
+            np.maximum.at(highest, flat, p)
+        top = highest[1:]
+    return total.astype(np.float64, copy=False), count.astype(np.int64), np.where(count > 0, top, np.nan)
+
+
+def _exact_sums(levels: np.ndarray, pixels: int) -> bool:
+    """Whether every sum of up to ``pixels`` of ``levels`` is exact in float64, whatever the order: all
+    levels are finite, not negative and whole multiples of one power of two ``q``, and ``pixels`` times the
+    largest is below ``2**53 * q`` (uint8 ``p * 254`` levels: ``q = 2**-29``, so tiles up to about 16 million
+    pixels)."""
+    if not (np.isfinite(levels).all() and (levels >= 0).all()):
+        return False
+    positive = levels[levels > 0]
+    if positive.size == 0:
+        return True
+    mantissa, exponent = np.frexp(positive)
+    whole = (mantissa * 2.0**53).astype(np.int64)  # exact: a float64 mantissa has 53 bits
+    lowest = np.log2((whole & -whole).astype(np.float64)) + exponent - 53  # each level's lowest set bit
+    return bool(pixels * positive.max() < 2.0 ** (53 + lowest.min()))
+
+
 def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Number the 4-connected groups of equal kept pixels 1..n (0 elsewhere); also the class of each group.
 
@@ -206,13 +278,15 @@ def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.
     cls_of: list[np.ndarray] = []
     offset = 0
     mask = np.empty(classes.shape, dtype=bool)
+    group = np.empty(classes.shape, dtype=np.int32)
+    every = bool(keep.all())
     for value in _present(classes, keep):
         np.equal(classes, value, out=mask)
-        mask &= keep
-        group, count = ndimage.label(mask, structure=_FOUR)
-        if offset:
-            np.add(group, offset, out=group, where=mask)  # groups of earlier classes keep 1..offset
-        labels += group  # classes are disjoint: each pixel is written by one class only
+        if not every:
+            mask &= keep
+        count = int(ndimage.label(mask, structure=_FOUR, output=group))
+        # classes are disjoint: each pixel is written by one class only; earlier classes' groups keep 1..offset
+        np.add(group, offset, out=labels, where=mask)
         cls_of.append(np.full(count, value, dtype=np.int64))
         offset += count
     return labels, (np.concatenate(cls_of) if cls_of else np.empty(0, dtype=np.int64))
@@ -221,11 +295,29 @@ def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
+# Up to this many values between the least and the greatest kept class, each is looked for in turn.
+_FEW_VALUES = 16
+
+
 def _present(classes: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The class values among kept pixels, ascending."""
+    every = bool(keep.all())
+    if classes.size and classes.dtype.kind in "iu" and (every or keep.any()):
+        # a class map has a few values: the least and the greatest kept, and a look for each one between
+        bounds = np.iinfo(classes.dtype)
+        lo = int(classes.min() if every else np.min(classes, initial=bounds.max, where=keep))
+        hi = int(classes.max() if every else np.max(classes, initial=bounds.min, where=keep))
+        if hi - lo < _FEW_VALUES:
+            between = [v for v in range(lo + 1, hi) if _is_kept(classes == v, keep, every)]
+            return np.array([lo, *between, hi] if hi > lo else [lo], dtype=np.int64)
+    kept = classes.ravel() if every else classes[keep]
     if classes.dtype.kind == "u" and classes.dtype.itemsize <= 2:
-        return np.flatnonzero(np.bincount(classes.ravel(), weights=keep.ravel(), minlength=1))
-    return np.unique(classes[keep])
+        return np.flatnonzero(np.bincount(kept, minlength=1))
+    return np.unique(kept)
+
+
+def _is_kept(pixels: np.ndarray, keep: np.ndarray, every: bool) -> bool:
+    return bool(pixels.any() if every else (pixels & keep).any())
 
 
 def _polygonize_classes(classes: np.ndarray, keep: np.ndarray, core: PixelWindow,
@@ -234,27 +326,45 @@ def _polygonize_classes(classes: np.ndarray, keep: np.ndarray, core: PixelWindow
     work = classes if classes.dtype.name in _SHAPES_DTYPES else classes.astype(np.int32)
     to_scene = Affine.translation(core.col_off, core.row_off)
     shapes = []
-    for item in rasterio.features.shapes(work, mask=keep, connectivity=4, transform=to_scene):
-        shapes.append(item)
-        if max_polygons is not None and len(shapes) > max_polygons:
-            _check_limit(len(shapes), max_polygons, core)
-    values = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64)
-    return _build_polygons(shapes), values
+    with _gc_paused():
+        for item in rasterio.features.shapes(work, mask=keep, connectivity=4, transform=to_scene):
+            shapes.append(item)
+            if max_polygons is not None and len(shapes) > max_polygons:
+                _check_limit(len(shapes), max_polygons, core)
+        values = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64)
+        return _build_polygons(shapes), values
 
 
-def _polygonize_labels(labels: np.ndarray, core: PixelWindow, n: int) -> np.ndarray:
-    """Polygon i (0-based) of group i + 1, in scene pixel coordinates."""
+def _polygonize_labels(labels: np.ndarray, core: PixelWindow, n: int, *, every_pixel: bool = False) -> np.ndarray:
+    """Polygon i (0-based) of group i + 1, in scene pixel coordinates. ``every_pixel``: every label is
+    above 0 (all pixels kept), so GDAL needs no mask: the same polygons, without the mask's pass."""
     geometry = np.empty(n, dtype=object)
     if n == 0:
         return geometry
     # Pixel coordinates of the whole scene: a core's polygons line up with its neighbours' exactly.
     to_scene = Affine.translation(core.col_off, core.row_off)
-    shapes = list(rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=to_scene))
-    order = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64) - 1
-    if len(order) != n or len(np.unique(order)) != n:
-        raise AssertionError(f"polygonizer returned {len(order)} polygons for {n} pixel groups")
-    geometry[order] = _build_polygons(shapes)
+    mask = None if every_pixel else labels > 0
+    with _gc_paused():
+        shapes = list(rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=to_scene))
+        order = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64) - 1
+        if len(order) != n or len(np.unique(order)) != n:
+            raise AssertionError(f"polygonizer returned {len(order)} polygons for {n} pixel groups")
+        geometry[order] = _build_polygons(shapes)
     return geometry
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while GDAL's polygons become tuples and then shapely objects:
+    tens of thousands of vertex tuples (none in a cycle, freed by their reference counts) would otherwise set
+    off collections that walk every object of the process (a Dask worker's included)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _build_polygons(shapes: list[tuple[dict, float]]) -> np.ndarray:
@@ -321,7 +431,7 @@ def read_class_window(path: str, window: PixelWindow) -> tuple[np.ndarray, np.nd
     try:
         with open_raster(path, "classes") as src:  # any class raster is untrusted input, as a scene is
             classes = src.read(1, window=rio_window)
-            valid = src.read_masks(1, window=rio_window) > 0
+            valid = ~_nodata_of(src, 1, classes, rio_window)
     except RasterioIOError as err:
         raise SceneReadError(
             f"classes {Path(path).name}: pixels at rows {window.row_off}-{window.row_end}, columns "
@@ -349,7 +459,8 @@ def read_stored_proba(path: str, window: PixelWindow) -> StoredProba:
         with open_raster(path, "probabilities") as src, warnings.catch_warnings():
             # a 4-band uint8 raster (a timeline's events) has its 4th band taken for alpha: nodata decides
             warnings.simplefilter("ignore", NodataShadowWarning)
-            data = src.read(window=rio_window, masked=True)
+            data = src.read(window=rio_window)
+            nodata = np.stack([_nodata_of(src, b, data[b - 1], rio_window) for b in src.indexes])
             scales = np.asarray(src.scales, dtype=np.float32)[:, None, None]
             offsets = np.asarray(src.offsets, dtype=np.float32)[:, None, None]
     except RasterioIOError as err:
@@ -357,7 +468,22 @@ def read_stored_proba(path: str, window: PixelWindow) -> StoredProba:
             f"probabilities {Path(path).name}: pixels at rows {window.row_off}-{window.row_end} cannot be read; "
             f"the file looks truncated or corrupt"
         ) from err
-    return StoredProba(data.data, np.ma.getmaskarray(data), scales, offsets)
+    return StoredProba(data, nodata, scales, offsets)
+
+
+def _nodata_of(src: rasterio.DatasetReader, band: int, data: np.ndarray, window: Window) -> np.ndarray:
+    """Where band ``band``'s pixels ``data`` (read over ``window``) are masked: GDAL's mask, which for an
+    integer band whose only mask is its whole-number nodata value is that value (compared here rather than
+    read again through GDAL's mask band)."""
+    flags = src.mask_flag_enums[band - 1]
+    nodata = src.nodatavals[band - 1]
+    if flags == [MaskFlags.all_valid]:
+        return np.zeros(data.shape, dtype=bool)
+    if flags == [MaskFlags.nodata] and data.dtype.kind in "iu" and nodata is not None and float(nodata).is_integer():
+        bounds = np.iinfo(data.dtype)
+        if bounds.min <= nodata <= bounds.max:
+            return data == data.dtype.type(int(nodata))
+    return src.read_masks(band, window=window) == 0
 
 
 def decode_proba(stored: StoredProba) -> np.ndarray:
@@ -379,3 +505,43 @@ def own_class_proba(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
     inside = (classes >= 0) & (classes < k)
     picked = np.take_along_axis(proba, np.where(inside, classes, 0).astype(np.intp)[None], axis=0)[0]
     return np.where(inside, picked, np.nan)
+
+
+def own_class_stored(stored: StoredProba, classes: np.ndarray) -> OwnProba:
+    """:func:`own_class_proba` of :func:`decode_proba` of ``stored``, without decoding every band: each
+    pixel's own band is picked from the stored values and nodata first, then only that one is decoded. Unsigned
+    8- and 16-bit bands that share one scale and offset (uint8 ``p * 254``) stay as stored, with the probability
+    of each level (:class:`OwnProba`)."""
+    k = stored.data.shape[0]
+    inside = (classes < k) if classes.dtype.kind == "u" else (classes >= 0) & (classes < k)
+    values, nodata = _pick((stored.data, stored.nodata), classes, inside)
+    known = inside & ~nodata
+    scales, offsets = stored.scales.ravel(), stored.offsets.ravel()
+    dtype = stored.data.dtype
+    if dtype.kind == "u" and dtype.itemsize <= 2 and (scales == scales[0]).all() and (offsets == offsets[0]).all():
+        levels32 = np.arange(1 << (8 * dtype.itemsize), dtype=np.float32) * scales[0] + offsets[0]
+        if not np.isfinite(levels32).all():
+            known &= np.isfinite(levels32)[values]
+        return OwnProba(values, known, levels32.astype(np.float64))
+    band = np.where(inside, classes, 0).astype(np.intp)
+    proba = np.where(known, values.astype(np.float32), np.float32(np.nan)) * scales[band] + offsets[band]
+    return OwnProba.of(np.where(inside, proba, np.nan))
+
+
+# Up to this many bands, each pixel's own band is picked by a masked copy per band (no index array).
+_PICK_BY_BAND = 8
+
+
+def _pick(stacks: tuple[np.ndarray, ...], classes: np.ndarray, inside: np.ndarray) -> list[np.ndarray]:
+    """Of each ``(bands, rows, cols)`` stack, band ``classes[r, c]`` at each pixel (band 0 where not
+    ``inside``)."""
+    k = stacks[0].shape[0]
+    if k > _PICK_BY_BAND:
+        index = np.where(inside, classes, 0).astype(np.intp)[None]
+        return [np.take_along_axis(stack, index, axis=0)[0] for stack in stacks]
+    out = [stack[0].copy() for stack in stacks]
+    for band in range(1, k):
+        where = classes == band
+        for picked, stack in zip(out, stacks, strict=True):
+            np.copyto(picked, stack[band], where=where)
+    return out

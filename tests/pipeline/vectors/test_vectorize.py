@@ -8,11 +8,17 @@ import rasterio
 import shapely
 
 from pipeline.vectors.merge import SeamMerger, split_border
+from pipeline.vectors import vectorize
 from pipeline.vectors.vectorize import (
+    CorePieces,
     Pieces,
     PolygonLimitError,
+    StoredProba,
+    decode_proba,
     keep_mask,
+    label_groups,
     own_class_proba,
+    own_class_stored,
     polygonize_core,
     sieve_classes,
 )
@@ -165,6 +171,57 @@ def test_pixel_statistics_match_direct_computation() -> None:
         rows, cols = np.nonzero(inside)
         first = np.lexsort((cols, rows))[0]
         assert (ours.key_row[i], ours.key_col[i]) == (rows[first], cols[first])
+
+
+def assert_identical(ours: CorePieces, ref: CorePieces) -> None:
+    """Byte for byte: geometry WKB, every attribute array (dtype included) and the edge strips."""
+    assert list(shapely.to_wkb(ours.pieces.geometry)) == list(shapely.to_wkb(ref.pieces.geometry))
+    for field in Pieces.__slots__[1:]:
+        a, b = getattr(ours.pieces, field), getattr(ref.pieces, field)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), field
+    for edge in ("top", "bottom", "left", "right"):
+        assert np.array_equal(getattr(ours, edge), getattr(ref, edge)), edge
+
+
+@pytest.mark.parametrize("storage", ["uint8", "uint8-few-levels-path", "uint8-band-scales", "float32"])
+@pytest.mark.parametrize("keep", [None, (0, 1, 3)], ids=["all-kept", "some-kept"])
+def test_statistics_from_stored_bands_equal_those_of_decoded_probabilities(
+        storage: str, keep: tuple[int, ...] | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pixel's own band picked as stored (:func:`own_class_stored`: levels of uint8 ``p * 254``, or
+    only that band decoded) gives the polygons and statistics of all bands decoded to float, bit for bit;
+    and the sums are the masked, raster-order float64 sums the statistics were defined by."""
+    rng = np.random.default_rng(11)
+    classes = blobs((96, 130), 4, seed=7)  # class 3 has no band: no probability
+    valid = rng.random(classes.shape) > 0.01
+    if storage == "float32":
+        data = rng.random((3, *classes.shape)).astype(np.float32)
+        nodata = rng.random(data.shape) < 0.05
+        data[nodata] = np.nan
+        scales, offsets = np.ones((3, 1, 1), np.float32), np.zeros((3, 1, 1), np.float32)
+    else:
+        data = rng.integers(0, 255, (3, *classes.shape)).astype(np.uint8)
+        nodata = rng.random(data.shape) < 0.05
+        data[nodata] = 255
+        scales = np.full((3, 1, 1), 1 / 254, np.float32)
+        offsets = np.zeros((3, 1, 1), np.float32)
+        if storage == "uint8-band-scales":
+            scales[1] = 1 / 200
+    if storage == "uint8-few-levels-path":
+        monkeypatch.setattr(vectorize, "_MAX_HISTOGRAM", 0)  # the per-pixel path with the levels
+    stored = StoredProba(data, nodata, scales, offsets)
+    keep_px = keep_mask(classes, valid, keep)
+    grid = TileGrid(classes.shape[0], classes.shape[1], 200, 0)
+    core = grid.tile(0, 0).core_window
+    decoded = own_class_proba(decode_proba(stored), classes)
+    ref = polygonize_core(classes, keep_px, core, grid.bounds, proba=decoded)
+    ours = polygonize_core(classes, keep_px, core, grid.bounds, proba=own_class_stored(stored, classes))
+    assert_identical(ours, ref)
+    assert np.isnan(ref.pieces.proba_max[ref.pieces.cls == 3]).all()
+    labels, _ = label_groups(classes, keep_px)
+    flat, p = labels.ravel(), decoded.ravel().astype(np.float64)
+    has = np.isfinite(p) & (flat > 0)
+    sums = np.bincount(flat[has], weights=p[has], minlength=len(ref.pieces) + 1)[1:]
+    assert sums.tobytes() == ours.pieces.proba_sum.tobytes()
 
 
 def test_noisy_tile_hits_the_polygon_limit_before_building_geometry() -> None:
