@@ -72,9 +72,8 @@ from pipeline.vectors.vectorize import (
     CorePieces,
     PolygonLimitError,
     StoredProba,
-    decode_proba,
     keep_mask,
-    own_class_proba,
+    own_class_stored,
     polygonize_core,
     read_class_window,
     read_stored_proba,
@@ -174,7 +173,7 @@ def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = No
     keep = keep_mask(classes, valid, job.keep)
     proba = None
     if stored is not None:
-        proba = own_class_proba(decode_proba(stored), classes)
+        proba = own_class_stored(stored, classes)
     pieces = polygonize_core(classes, keep, core, job.grid.bounds, proba=proba, max_polygons=job.max_polygons)
     interior, border = split_border(pieces)
     return feature_table(interior, job.spec), border
