@@ -18,6 +18,7 @@ weight is always above zero (at least 1/4), so every valid pixel is covered.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -49,10 +50,13 @@ def blend_window(tile: Tile, grid: TileGrid, overlap: int) -> PixelWindow:
     return tile.core_window.expand(overlap, grid.bounds)
 
 
-def _axis_weights(start: int, stop: int, core_start: int, core_stop: int, lo_open: bool, hi_open: bool,
+def _axis_weights(length: int, core_start: int, core_stop: int, lo_open: bool, hi_open: bool,
                   overlap: int, method: BlendMethod) -> np.ndarray:
-    centres = np.arange(start, stop, dtype=np.float64) + 0.5
-    w = np.ones(stop - start, dtype=np.float32)
+    """Weights along one axis of a window ``length`` pixels long whose core spans ``core_start`` to
+    ``core_stop``, both relative to the window's first pixel (integer offsets: the same float64 distances
+    as in scene coordinates)."""
+    centres = np.arange(length, dtype=np.float64) + 0.5
+    w = np.ones(length, dtype=np.float32)
     if lo_open:
         w *= ramp(centres - core_start, overlap, method)
     if hi_open:
@@ -60,8 +64,18 @@ def _axis_weights(start: int, stop: int, core_start: int, core_stop: int, lo_ope
     return w
 
 
+@functools.lru_cache(maxsize=32)
+def _weights(rows: tuple[int, int, int, bool, bool], cols: tuple[int, int, int, bool, bool], overlap: int,
+             method: BlendMethod) -> np.ndarray:
+    out = np.outer(_axis_weights(*rows, overlap, method), _axis_weights(*cols, overlap, method))
+    out.flags.writeable = False  # shared by every tile of the same shape and borders
+    return out
+
+
 def blend_weights(tile: Tile, grid: TileGrid, overlap: int, method: BlendMethod = "cosine") -> np.ndarray:
-    """The weight of ``tile``'s prediction over its :func:`blend_window`, float32 of that window's shape.
+    """The weight of ``tile``'s prediction over its :func:`blend_window`, float32 of that window's shape,
+    read-only: the tiles of a grid have a handful of shapes and borders (inside, along each edge, at each
+    corner), and each gets one array, made once per process.
 
     Borders on the scene edge get no ramp (nothing lies beyond them).
     """
@@ -69,8 +83,8 @@ def blend_weights(tile: Tile, grid: TileGrid, overlap: int, method: BlendMethod 
         overlap = 0
     window = blend_window(tile, grid, overlap)
     core = tile.core_window
-    rows = _axis_weights(window.row_off, window.row_end, core.row_off, core.row_end,
-                         core.row_off > 0, core.row_end < grid.height, overlap, method)
-    cols = _axis_weights(window.col_off, window.col_end, core.col_off, core.col_end,
-                         core.col_off > 0, core.col_end < grid.width, overlap, method)
-    return np.outer(rows, cols)
+    rows = (window.height, core.row_off - window.row_off, core.row_end - window.row_off, core.row_off > 0,
+            core.row_end < grid.height)
+    cols = (window.width, core.col_off - window.col_off, core.col_end - window.col_off, core.col_off > 0,
+            core.col_end < grid.width)
+    return _weights(rows, cols, overlap, method)

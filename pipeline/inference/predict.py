@@ -97,7 +97,9 @@ def _contribution(item: TileInput, probs: np.ndarray, grid: TileGrid, overlap: i
     window = blend_window(tile, grid, effective)
     rows, cols = window.relative_to(tile.read_window)
     probs, valid = probs[:, rows, cols], item.valid[rows, cols]
-    weight = blend_weights(tile, grid, effective, method) * valid
+    weight = blend_weights(tile, grid, effective, method)  # read-only, shared by tiles of the same shape
+    if not valid.all():
+        weight = weight * valid
     interior = split_core(tile, grid, effective)
     classes = proba = None
     if interior is not None:
