@@ -281,8 +281,8 @@ def _stitch_piece(specs: Mapping[str, CogSpec], window: PixelWindow, grid: TileG
     """The Dask task of a full-resolution piece: blend the cores that reach ``window`` from the contributions
     of the tiles around them (:class:`Stitcher`), then compress and halve it (:func:`_write_piece`)."""
     proba_spec = specs["proba"]
-    stitcher = Stitcher(grid, overlap, num_classes, proba_spec.dtype)
     cores = {t.index for t in grid.tiles_touching(window)}
+    stitcher = Stitcher(grid, overlap, num_classes, proba_spec.dtype, cores)
     needed = {n.index for t in grid.tiles_touching(window) for n in stitcher.covered_cores(t)}
     classes = np.full((1, window.height, window.width), CLASS_NODATA, dtype=np.uint8)
     proba = np.full((num_classes, window.height, window.width), proba_spec.nodata, dtype=proba_spec.dtype)
@@ -295,8 +295,6 @@ def _stitch_piece(specs: Mapping[str, CogSpec], window: PixelWindow, grid: TileG
             skipped += contribution is None and tile.index in cores and window.intersection(
                 PixelWindow(tile.core_window.row_off, tile.core_window.col_off, 1, 1)) is not None
             for done in stitcher.add(tile, contribution):
-                if done.tile.index not in cores:
-                    continue
                 part = done.tile.core_window.intersection(window)
                 assert part is not None
                 src_r, src_c = part.relative_to(done.tile.core_window)

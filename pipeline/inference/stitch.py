@@ -188,17 +188,26 @@ class Stitcher:
     task (``workflows.scene``), the tiles around one piece.
     """
 
-    def __init__(self, grid: TileGrid, overlap: int, num_classes: int, proba_dtype: str) -> None:
+    def __init__(self, grid: TileGrid, overlap: int, num_classes: int, proba_dtype: str,
+                 cores: Iterable[tuple[int, int]] | None = None) -> None:
         self.grid = grid
         self.overlap = overlap
         self.num_classes = num_classes
         self.proba_dtype = proba_dtype
+        # only these cores (``Tile.index``) are followed and finished; None: every core. A piece task
+        # finishes its own cores only: the tiles it adds reach as many cores again above and below it
+        self._only = None if cores is None else frozenset(cores)
         self._pending: dict[tuple[int, int], _PendingCore] = {}
+        self._covered: dict[tuple[int, int], list[Tile]] = {}
 
     def covered_cores(self, tile: Tile) -> list[Tile]:
         """The cores that ``tile``'s blend window reaches (itself and, with overlap, its neighbours)."""
-        window = blend_window(tile, self.grid, self.overlap)
-        return [n for n in self.grid.neighbours(tile) if window.intersection(n.core_window) is not None]
+        covered = self._covered.get(tile.index)
+        if covered is None:
+            window = blend_window(tile, self.grid, self.overlap)
+            covered = [n for n in self.grid.neighbours(tile) if window.intersection(n.core_window) is not None]
+            self._covered[tile.index] = covered
+        return covered
 
     def _expected(self, core: Tile) -> int:
         """How many tiles reach ``core``: as many as the cores ``core``'s own blend window reaches (a blend
@@ -209,12 +218,14 @@ class Stitcher:
         """Add ``tile``'s contribution (None for a tile with no valid pixel); return the cores it completes."""
         done = []
         for core in self.covered_cores(tile):
+            if self._only is not None and core.index not in self._only:
+                continue
             pending = self._pending.get(core.index)
             if pending is None:
                 pending = self._pending[core.index] = _PendingCore(self._expected(core), [])
             if contribution is not None:
                 pending.parts.extend(p for p in contribution.parts if p.window.intersection(core.core_window))
-                if core == tile:
+                if core.index == tile.index:
                     pending.own = contribution
             pending.remaining -= 1
             if pending.remaining == 0:
