@@ -181,6 +181,16 @@ def test_stripes_are_at_least_a_task_wide():
     assert _stripe_tiles(8) == 8  # a batch wider than a stripe is one stripe
     assert _stripe_tiles(TILES_PER_TASK) == TILES_PER_TASK  # a task is one row of a stripe
 
+    from tiles.grid import plan_tiles
+
+    # wider where the columns split into whole groups of equal stripes, one per lane, up to MAX_STRIPE_PX
+    assert _stripe_tiles(4, plan_tiles(8192, 8192, 512, 32), 2) == 8
+    assert _stripe_tiles(4, plan_tiles(16384, 16384, 512, 32), 2) == 8
+    assert _stripe_tiles(4, plan_tiles(4096, 4096, 512, 32), 2) == 4  # 2 stripes of 4 already
+    assert _stripe_tiles(4, plan_tiles(12288, 12288, 512, 32), 2) == 4  # 3 stripes of 8 would leave a lane idle
+    assert _stripe_tiles(4, plan_tiles(16384, 16384, 1024, 32), 2) == 4  # 4096 px already
+    assert _stripe_tiles(4, plan_tiles(8192, 8192, 512, 32), 1) == 4
+
 
 @pytest.mark.slow
 def test_a_run_whose_cog_cannot_be_written_leaves_no_part_file(make_geotiff, tmp_path, dask_client):
