@@ -16,10 +16,8 @@ labels in one pass.
 
 from __future__ import annotations
 
-import gc
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -278,15 +276,19 @@ def label_groups(classes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.
     cls_of: list[np.ndarray] = []
     offset = 0
     mask = np.empty(classes.shape, dtype=bool)
-    group = np.empty(classes.shape, dtype=np.int32)
+    group: np.ndarray | None = None
     every = bool(keep.all())
     for value in _present(classes, keep):
         np.equal(classes, value, out=mask)
         if not every:
             mask &= keep
-        count = int(ndimage.label(mask, structure=_FOUR, output=group))
-        # classes are disjoint: each pixel is written by one class only; earlier classes' groups keep 1..offset
-        np.add(group, offset, out=labels, where=mask)
+        if not offset:  # the first class's groups are labels 1..count as they are: labelled in place
+            count = int(ndimage.label(mask, structure=_FOUR, output=labels))
+        else:
+            group = np.empty(classes.shape, dtype=np.int32) if group is None else group
+            count = int(ndimage.label(mask, structure=_FOUR, output=group))
+            # classes are disjoint: each pixel is written by one class only; earlier groups keep 1..offset
+            np.add(group, offset, out=labels, where=mask)
         cls_of.append(np.full(count, value, dtype=np.int64))
         offset += count
     return labels, (np.concatenate(cls_of) if cls_of else np.empty(0, dtype=np.int64))
@@ -326,13 +328,12 @@ def _polygonize_classes(classes: np.ndarray, keep: np.ndarray, core: PixelWindow
     work = classes if classes.dtype.name in _SHAPES_DTYPES else classes.astype(np.int32)
     to_scene = Affine.translation(core.col_off, core.row_off)
     shapes = []
-    with _gc_paused():
-        for item in rasterio.features.shapes(work, mask=keep, connectivity=4, transform=to_scene):
-            shapes.append(item)
-            if max_polygons is not None and len(shapes) > max_polygons:
-                _check_limit(len(shapes), max_polygons, core)
-        values = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64)
-        return _build_polygons(shapes), values
+    for item in rasterio.features.shapes(work, mask=keep, connectivity=4, transform=to_scene):
+        shapes.append(item)
+        if max_polygons is not None and len(shapes) > max_polygons:
+            _check_limit(len(shapes), max_polygons, core)
+    values = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64)
+    return _build_polygons(shapes), values
 
 
 def _polygonize_labels(labels: np.ndarray, core: PixelWindow, n: int, *, every_pixel: bool = False) -> np.ndarray:
@@ -344,27 +345,12 @@ def _polygonize_labels(labels: np.ndarray, core: PixelWindow, n: int, *, every_p
     # Pixel coordinates of the whole scene: a core's polygons line up with its neighbours' exactly.
     to_scene = Affine.translation(core.col_off, core.row_off)
     mask = None if every_pixel else labels > 0
-    with _gc_paused():
-        shapes = list(rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=to_scene))
-        order = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64) - 1
-        if len(order) != n or len(np.unique(order)) != n:
-            raise AssertionError(f"polygonizer returned {len(order)} polygons for {n} pixel groups")
-        geometry[order] = _build_polygons(shapes)
+    shapes = list(rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=to_scene))
+    order = np.fromiter((v for _, v in shapes), np.float64, len(shapes)).astype(np.int64) - 1
+    if len(order) != n or len(np.unique(order)) != n:
+        raise AssertionError(f"polygonizer returned {len(order)} polygons for {n} pixel groups")
+    geometry[order] = _build_polygons(shapes)
     return geometry
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while GDAL's polygons become tuples and then shapely objects:
-    tens of thousands of vertex tuples (none in a cycle, freed by their reference counts) would otherwise set
-    off collections that walk every object of the process (a Dask worker's included)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _build_polygons(shapes: list[tuple[dict, float]]) -> np.ndarray:
