@@ -34,6 +34,7 @@ import pyarrow as pa
 import shapely
 
 from pipeline.inference.read import open_scene
+from pipeline.products import class_names_from_tags
 from pipeline.vectors import merge as merge_now
 from pipeline.vectors import vectorize as vectorize_now
 from pipeline.vectors.export import LayerSpec, feature_table
@@ -117,7 +118,7 @@ def main() -> None:
     tiles = list(grid)[: args.tiles or None]
     spec = LayerSpec(scene_id="bench", crs_wkt=meta.crs.to_wkt(), transform=meta.transform,
                      basis=area_basis(meta.crs, meta.transform, meta.height, meta.width),
-                     class_names={0: "background", 1: "foreground"})
+                     class_names=dict(enumerate(class_names_from_tags(meta.tags))))
     with tempfile.TemporaryDirectory() as folder:
         before = load_before(args.before, Path(folder))
         now = (vectorize_now, merge_now)
