@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
 import shapely
 
-from pipeline.vectors.merge import SeamMerger, split_border
 from pipeline.vectors import vectorize
+from pipeline.vectors.merge import SeamMerger, split_border
 from pipeline.vectors.vectorize import (
     CorePieces,
     Pieces,
@@ -20,11 +23,13 @@ from pipeline.vectors.vectorize import (
     own_class_proba,
     own_class_stored,
     polygonize_core,
+    read_class_window,
+    read_stored_proba,
     sieve_classes,
 )
 from tests.conftest import shared, textured
 from tests.vector_reference import assert_same_polygons, whole_raster_polygons
-from tiles.grid import TileGrid
+from tiles.grid import PixelWindow, TileGrid
 
 RONDONIA = "labeled/deforestation_rondonia_s2_20LLQ/SENTINEL-2_MSI_20LLQ_2020-06-04_2021-08-26_probs_v0.tif"
 BURN_SCAR = "labeled/burn_scar_hls/subsetted_512x512_HLS.S30.T10TGS.2018285.v1.4.mask.tif"
@@ -222,6 +227,32 @@ def test_statistics_from_stored_bands_equal_those_of_decoded_probabilities(
     has = np.isfinite(p) & (flat > 0)
     sums = np.bincount(flat[has], weights=p[has], minlength=len(ref.pieces) + 1)[1:]
     assert sums.tobytes() == ours.pieces.proba_sum.tobytes()
+
+
+@pytest.mark.parametrize(("dtype", "nodata", "internal_mask"), [
+    ("uint8", 255, False), ("uint8", None, False), ("uint16", 0, False), ("int16", -300, False),
+    ("uint8", 3.5, False), ("float32", float("nan"), False), ("uint8", None, True),
+])
+def test_class_and_probability_windows_are_masked_as_gdal_masks_them(
+        make_geotiff: Callable[..., Path], dtype: str, nodata: float | None, internal_mask: bool) -> None:
+    """Nodata compared in numpy where it is a band's only mask, GDAL's mask band otherwise: the same pixels
+    as rasterio's masked read."""
+    data = np.random.default_rng(2).integers(0, 6, (2, 40, 50)).astype(dtype)
+    if nodata is not None:
+        data[:, 5:9, 7:30] = nodata
+    path = make_geotiff("p.tif", data=data, dtype=dtype, nodata=nodata)
+    if internal_mask:
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
+            dst.write_mask(np.where(data[0] == 1, 0, 255).astype(np.uint8))
+    window = PixelWindow(3, 2, 30, 41)
+    with rasterio.open(path) as src:
+        masked = src.read(window=rasterio.windows.Window(2, 3, 41, 30), masked=True)
+    _, valid = read_class_window(str(path), window)
+    stored = read_stored_proba(str(path), window)
+    assert np.array_equal(stored.nodata, np.ma.getmaskarray(masked))
+    assert np.array_equal(valid, ~np.ma.getmaskarray(masked)[0])
+    assert np.array_equal(stored.data, masked.data, equal_nan=dtype == "float32")
+    assert stored.nodata.any() == (nodata is not None or internal_mask)
 
 
 def test_noisy_tile_hits_the_polygon_limit_before_building_geometry() -> None:
