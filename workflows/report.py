@@ -248,7 +248,7 @@ def batch_sections(summary: Any, *, warnings: Sequence[str] = (),
     """A batch's overview (job, counts, the run's warnings) and one section per item of the run, with its status;
     a scene with a class raster in the output folder gets its quicklook and area per class. The products are
     found by name anywhere under the output folder, so the report follows whatever layout the batch writes."""
-    from pipeline.inference.summary import colorize_classes, encode_png, read_class_areas, read_classes_preview
+    from pipeline.inference.summary import encode_classes_png, read_class_areas, read_classes_preview
     from pipeline.names import safe_name
     from pipeline.products import PRODUCTS, name_of
 
@@ -273,7 +273,7 @@ def batch_sections(summary: Any, *, warnings: Sequence[str] = (),
                 colors = _colors_of(classes)
                 facts.append(("model", _model_of(classes)))
                 pictures.append(Picture("classes (checkered: no data)",
-                                        encode_png(colorize_classes(read_classes_preview(classes, 800), colors))))
+                                        encode_classes_png(read_classes_preview(classes, 800), colors)))
                 tables.append(class_area_table(areas, colors))
                 facts.append(("no data share", format_share(areas.nodata_pixels, areas.total_pixels)))
             except Exception as err:  # noqa: BLE001 - one unreadable scene leaves its section without a table

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.colours import rgba as hex_to_rgba
-from pipeline.inference.summary import colorize_classes, count_class_areas, encode_png
+from pipeline.inference.summary import colorize_classes, count_class_areas, encode_classes_png, encode_png
 from pipeline.report import Picture, Section, Table, anchor_of, render_report, render_section
 
 PNG = encode_png(np.zeros((2, 3, 4), dtype=np.uint8))
@@ -75,3 +77,7 @@ def test_colorize_makes_nodata_transparent() -> None:
     assert tuple(rgba[0, 0]) == hex_to_rgba("#d9cfb4")
     assert tuple(rgba[0, 1]) == (0x1a, 0x96, 0x41, 255)
     assert rgba[1, 0, 3] == 0
+    # the report's palette PNG decodes to the same RGBA pixels
+    with Image.open(io.BytesIO(encode_classes_png(classes, ("#d9cfb4", "#1a9641")))) as png:
+        assert png.mode == "P"
+        np.testing.assert_array_equal(np.asarray(png.convert("RGBA")), rgba)
