@@ -21,7 +21,9 @@ process holds their outlines); finished rows go to a staging file on disk, so me
 raster. What is left in this process per tile (an outline's union-find, staging the rows) is small next to
 the unions it used to do here (docs/benchmarks.md: the client's share of the CPU with polygons). Tiles
 go in batches, each one submission and one message back (:func:`_run`), so that what Dask costs this
-process per message is paid per batch rather than per tile.
+process per message is paid per batch rather than per tile. Every task is sent packed
+(:mod:`workflows.packed`): the scheduler, which unpickles the graphs it is sent, keeps their functions and
+arguments as bytes and so never imports this module and its dependencies (about 0.6 s of CPU in a fresh one).
 
 On a cluster whose workers do not see the raster's folder (machines with local disks only, found by the
 probe of :func:`workflows.scene.workers_share_disk`), this process reads each tile's windows as it submits
@@ -81,6 +83,7 @@ from pipeline.vectors.vectorize import (
 )
 from tiles.grid import PixelWindow, Tile, TileGrid, plan_tiles
 from workflows.cluster import dask_client, worker_count
+from workflows.packed import packed, run_packed
 from workflows.scene import workers_share_disk
 
 __all__ = ["VectorResult", "vectorize_scene", "class_names_of", "resolve_classes"]
@@ -344,9 +347,8 @@ def _export(dask: Client, layer: StagedLayer, out_dir: Path, formats: Sequence[s
         return {fmt: export_layer(layer, path, fmt) for fmt, path in targets.items()}
     layer = layer.resolved()  # a worker's working folder may differ
     run = uuid.uuid4().hex[:8]
-    futures = dask.map(_export_layer, [layer] * len(targets), [p.resolve() for p in targets.values()],
-                       list(targets), key=[f"vectorize-export-{layer.spec.scene_id}-{run}-{fmt}" for fmt in targets],
-                       pure=False)
+    futures = dask.map(run_packed, [packed(_export_layer, layer, path.resolve(), fmt) for fmt, path in targets.items()],
+                       key=[f"vectorize-export-{layer.spec.scene_id}-{run}-{fmt}" for fmt in targets], pure=False)
     try:
         wait(futures)  # all of them done before the staging file can go, even when one failed
         dask.gather(futures)
@@ -390,7 +392,7 @@ def _stage_tiles(results: list[tuple[pa.Table, CorePieces]], spec: LayerSpec,
 
 
 @crosses_processes
-def _stage_merges(spec: LayerSpec, path: Path, *parts: tuple[pa.Table, Bounds]) -> StagedPart:
+def _stage_merges(parts: list[tuple[pa.Table, Bounds]], spec: LayerSpec, path: Path) -> StagedPart:
     """The row's merged objects (its :func:`_merge_seams` results, in order) staged end to end as one
     batch in the part file ``path``, as :meth:`_Rows.stage` stages them in this process."""
     return stage_part([pa.concat_tables([t for t, _ in parts])], path, spec)
@@ -409,8 +411,8 @@ def _unpack_groups(members: np.ndarray, sizes: np.ndarray) -> list[Group]:
 
 
 @crosses_processes
-def _merge_seams(spec: LayerSpec, members: np.ndarray, sizes: np.ndarray,
-                 tiles: dict[int, tuple[pa.Table, CorePieces]]) -> tuple[pa.Table, Bounds]:
+def _merge_seams(tiles: dict[int, tuple[pa.Table, CorePieces]], spec: LayerSpec, members: np.ndarray,
+                 sizes: np.ndarray) -> tuple[pa.Table, Bounds]:
     """The Dask task that unions finished groups (:func:`_pack_groups`) into rows; the results of the tiles
     they span come to it."""
     groups = _unpack_groups(members, sizes)
@@ -514,13 +516,15 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             if tiles is None:
                 return
             keys = [f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}" for tile in tiles]
-            windows = [_TileWindows.pack(*_read_windows(job, tile)) if job.inline else None for tile in tiles]
-            futures = dask.map(_vectorize_tile, [job] * len(tiles), tiles, windows, key=keys, pure=False)
+            tasks = [packed(_vectorize_tile, job, tile, _TileWindows.pack(*_read_windows(job, tile)) if job.inline
+                            else None) for tile in tiles]
+            futures = dask.map(run_packed, tasks, key=keys, pure=False)
             part = stager.part_path().resolve() if in_parts else None
             if part is None:
-                rows = dask.submit(_rows_of_tiles, futures, pure=False, key=f"vectorize-rows-{keys[0][10:]}")
+                rows = dask.submit(run_packed, packed(_rows_of_tiles), futures, pure=False,
+                                   key=f"vectorize-rows-{keys[0][10:]}")
             else:
-                rows = dask.submit(_stage_tiles, futures, job.spec, part, pure=False,
+                rows = dask.submit(run_packed, packed(_stage_tiles, job.spec, part), futures, pure=False,
                                    key=f"vectorize-rows-{keys[0][10:]}")
             queue.append((tiles, futures, rows, part))
             ahead += len(tiles)
@@ -536,12 +540,12 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
         parts = [_pack_groups(part) for part in _chunks(finished, workers)]
         spans = [{i: held[i] for i in np.unique(members[:, 0]).tolist()} for members, _ in parts]
         keys = [f"vectorize-merge-{job.spec.scene_id}-{run}-{row}-{n}" for n in range(len(parts))]
-        merges = dask.map(_merge_seams, [job.spec] * len(parts), [m for m, _ in parts], [s for _, s in parts],
-                          spans, key=keys, pure=False)
+        merges = dask.map(run_packed, [packed(_merge_seams, job.spec, m, s) for m, s in parts], spans, key=keys,
+                          pure=False)
         if not in_parts:
             return _Rows(len(finished), merges=merges)
         path = stager.part_path().resolve()
-        staged = dask.submit(_stage_merges, job.spec, path, *merges, pure=False,
+        staged = dask.submit(run_packed, packed(_stage_merges, job.spec, path), merges, pure=False,
                              key=f"vectorize-staged-{job.spec.scene_id}-{run}-{row}")
         return _Rows(len(finished), merges=[staged], merged_into=path)
 
