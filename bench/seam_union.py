@@ -3,7 +3,9 @@
 1. Per group: the class raster is polygonized tile by tile and grouped into objects as the pipeline does
    (:class:`pipeline.vectors.merge.SeamGroups`); every group of several pieces is unioned both ways
    (``shapely.union_all``, what the merge ran before, and :func:`pipeline.vectors.merge.union_pieces`), timed
-   in CPU seconds, and checked: equal (``shapely.equals``), valid, the same holes.
+   in CPU seconds, and checked: equal (``shapely.equals``), valid, the same holes. With ``--before``, the
+   ``union_pieces`` of that commit's ``merge.py`` too, in the same loop, checked byte for byte (WKB) against
+   this checkout's.
 2. The vectorize stage end to end: ``scenewatch vectorize CLASSES`` (defaults: 1024 px tiles, a GeoPackage,
    the probability raster beside it) on this checkout's last commit and on the same tree with
    ``pipeline/vectors/merge.py`` as of ``--before``, alternated, wall seconds; the two layers' features are
@@ -25,6 +27,7 @@ import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import rasterio
@@ -35,12 +38,23 @@ from pipeline.vectors.vectorize import polygonize_core
 from tiles.grid import TileGrid
 
 
-def time_groups(path: str, tile_size: int) -> None:
+def merge_module_of(commit: str) -> ModuleType:
+    """``pipeline/vectors/merge.py`` as of ``commit``, loaded beside this checkout's."""
+    source = subprocess.run(["git", "show", f"{commit}:pipeline/vectors/merge.py"], check=True,
+                            capture_output=True, text=True).stdout
+    module = ModuleType(f"merge_{commit}")
+    exec(compile(source, f"{commit}:pipeline/vectors/merge.py", "exec"), module.__dict__)
+    return module
+
+
+def time_groups(path: str, tile_size: int, before: str | None = None) -> None:
     with rasterio.open(path) as src:
         classes = src.read(1)
         valid = src.read_masks(1) > 0
     grid = TileGrid(classes.shape[0], classes.shape[1], tile_size, 0)
     seams, held, rows = SeamGroups(grid), {}, []
+    old = merge_module_of(before) if before else None
+    earlier: list[float] = []
     for tile in grid:
         r, c = tile.core_window.relative_to(grid.bounds)
         _, border = split_border(polygonize_core(classes[r, c], valid[r, c], tile.core_window, grid.bounds))
@@ -55,6 +69,11 @@ def time_groups(path: str, tile_size: int) -> None:
             middle = time.process_time()
             ours = union_pieces(pieces)
             done = time.process_time()
+            if old is not None:
+                theirs = old.union_pieces(pieces)
+                earlier.append(time.process_time() - done)
+                if shapely.to_wkb(theirs) != shapely.to_wkb(ours):
+                    raise SystemExit(f"group of {len(pieces)} pieces: union_pieces of {before} differs")
             if not (shapely.is_valid(ours) and shapely.equals(ours, overlay)
                     and len(ours.interiors) == len(overlay.interiors)):
                 raise SystemExit(f"group of {len(pieces)} pieces: the unions differ")
@@ -71,6 +90,11 @@ def time_groups(path: str, tile_size: int) -> None:
     print(f"  the other {rest.sum()} groups: union_all {table[rest, 3].sum():.2f} s, union_pieces "
           f"{table[rest, 4].sum():.2f} s; all groups {table[:, 3].sum():.2f} -> {table[:, 4].sum():.2f} s "
           f"({table[:, 3].sum() / table[:, 4].sum():.1f}x)")
+    if earlier:
+        was = np.array(earlier)
+        print(f"  union_pieces of {before} (byte-identical, all groups): largest group {was[k]:.2f} -> "
+              f"{table[k, 4]:.2f} s ({was[k] / table[k, 4]:.1f}x); the others {was[rest].sum():.2f} -> "
+              f"{table[rest, 4].sum():.2f} s; all {was.sum():.2f} -> {table[:, 4].sum():.2f} s")
 
 
 def export_tree(commit: str, dest: Path, merge_from: str | None = None) -> None:
@@ -118,7 +142,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     print("load average at start:", " ".join(f"{x:.1f}" for x in os.getloadavg()))
-    time_groups(args.classes, args.tile_size)
+    time_groups(args.classes, args.tile_size, args.before)
     if args.before:
         with tempfile.TemporaryDirectory() as work:
             time_vectorize(args.classes, args.before, args.rounds, Path(work))
