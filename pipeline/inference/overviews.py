@@ -45,6 +45,13 @@ def _quarters(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return a[:, 0::2, 0::2], a[:, 0::2, 1::2], a[:, 1::2, 0::2], a[:, 1::2, 1::2]
 
 
+def _contiguous_quarters(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_quarters` of an even-sized ``a`` copied into one contiguous array in one pass."""
+    bands, rows, cols = a.shape
+    q = np.ascontiguousarray(a.reshape(bands, rows // 2, 2, cols // 2, 2).transpose(2, 4, 0, 1, 3))
+    return q[0, 0], q[0, 1], q[1, 0], q[1, 1]
+
+
 def reduce2(a: np.ndarray, resampling: str, nodata: float | None) -> np.ndarray:
     """Halve ``(bands, rows, cols)`` in both directions (odd sizes round up, like GDAL's overview sizes).
 
@@ -101,22 +108,28 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _mode(a: np.ndarray, invalid: np.ndarray | None, nodata: float | None) -> np.ndarray:
     # Of the four pixels a b / c d, a value held by two or more wins, the earliest in reading order on a
     # tie (a pair a=b beats a pair c=d); four different values give the first valid one.
-    a0, a1, a2, a3 = _quarters(a)
     if invalid is None:
-        # i, j unused: the same signature as the masked variant below
-        def same(x: np.ndarray, y: np.ndarray, i: int, j: int) -> np.ndarray:
-            return x == y
+        # the quarters copied out once (one pass), then every comparison on contiguous memory and the
+        # winners written in place: half the time of the strided form below on a piece of classes
+        b0, b1, b2, b3 = _contiguous_quarters(a)
+        out = np.where(b2 == b3, b2, b0)
+        pair = b1 == b2
+        pair |= b1 == b3
+        np.copyto(out, b1, where=pair)
+        pair = np.equal(b0, b1, out=pair)
+        pair |= b0 == b2
+        pair |= b0 == b3
+        np.copyto(out, b0, where=pair)
+        return out
+    a0, a1, a2, a3 = _quarters(a)
+    ok = [~m for m in _quarters(invalid)]
 
-        out = np.where(a2 == a3, a2, a0)
-    else:
-        ok = [~m for m in _quarters(invalid)]
+    def same(x: np.ndarray, y: np.ndarray, i: int, j: int) -> np.ndarray:
+        return (x == y) & ok[i] & ok[j]
 
-        def same(x: np.ndarray, y: np.ndarray, i: int, j: int) -> np.ndarray:
-            return (x == y) & ok[i] & ok[j]
-
-        out = np.full_like(a0, nodata)
-        for i, part in ((3, a3), (2, a2), (1, a1), (0, a0)):
-            np.copyto(out, part, where=ok[i])
-        out = np.where(same(a2, a3, 2, 3), a2, out)
+    out = np.full_like(a0, nodata)
+    for i, part in ((3, a3), (2, a2), (1, a1), (0, a0)):
+        np.copyto(out, part, where=ok[i])
+    out = np.where(same(a2, a3, 2, 3), a2, out)
     out = np.where(same(a1, a2, 1, 2) | same(a1, a3, 1, 3), a1, out)
     return np.where(same(a0, a1, 0, 1) | same(a0, a2, 0, 2) | same(a0, a3, 0, 3), a0, out)
