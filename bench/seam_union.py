@@ -143,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     print("load average at start:", " ".join(f"{x:.1f}" for x in os.getloadavg()))
     time_groups(args.classes, args.tile_size, args.before)
-    if args.before:
+    if args.before and args.rounds:  # --rounds 0: the per-group part only
         with tempfile.TemporaryDirectory() as work:
             time_vectorize(args.classes, args.before, args.rounds, Path(work))
     print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load average at end:",
