@@ -129,8 +129,8 @@ def _class_lut(colors: Sequence[str], nodata: int) -> np.ndarray:
 def encode_classes_png(classes: np.ndarray, colors: Sequence[str], nodata: int = CLASS_NODATA) -> bytes:
     """``(H, W)`` class values as a palette PNG that decodes to :func:`colorize_classes`'s RGBA pixels (a
     palette of the class colours, nodata transparent), for pictures inlined in a report: an 800 px scene in
-    0.02 s of CPU and 58 kB, against 0.21 s and 73 kB for ``encode_png`` of the RGBA (level 9, tried filters).
-    The quicklook file keeps ``encode_png``'s bytes."""
+    0.02 s of CPU and 58 kB, against 0.21 s and 73 kB for ``encode_png`` of the RGBA (level 9, tried filters);
+    the 1024 px quicklook of an 8192² scene 0.06 s against 0.64 s."""
     from PIL import Image
 
     lut = _class_lut(colors, nodata)
@@ -161,9 +161,10 @@ def read_classes_preview(path: str | os.PathLike[str], max_size: int = 1024) -> 
 
 def write_classes_quicklook(path: str | os.PathLike[str], classes_path: str | os.PathLike[str],
                             colors: Sequence[str], max_size: int = 1024) -> bytes:
-    """``<scene>.quicklook.png``: the classes in ``colors``, nodata transparent, written atomically; returns
-    the PNG bytes (the report inlines them)."""
-    png = encode_png(colorize_classes(read_classes_preview(classes_path, max_size), colors))
+    """``<scene>.quicklook.png``: the classes in ``colors``, nodata transparent, written atomically as a palette
+    PNG (:func:`encode_classes_png`: the RGBA pixels of :func:`colorize_classes`); returns the PNG bytes (the
+    report inlines them)."""
+    png = encode_classes_png(read_classes_preview(classes_path, max_size), colors)
     with atomic_path(path) as tmp:
         tmp.write_bytes(png)
     return png
