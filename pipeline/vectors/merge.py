@@ -245,7 +245,8 @@ def _split_edges(xy: np.ndarray, ring_offsets: np.ndarray) -> tuple[np.ndarray, 
     lo = np.zeros(len(start), dtype=np.int64)
     found: list[np.ndarray] = []
     base = 0
-    for along, across, edges in ((1, 0, vertical), (0, 1, ~vertical)):
+    long = np.abs(b - a).sum(axis=1) > 1  # nothing lies strictly inside a unit edge (3 in 4 of them)
+    for along, across, edges in ((1, 0, vertical & long), (0, 1, ~vertical & long)):
         # vertices keyed by (line, position along it): those inside an edge are one contiguous sorted run
         span = int(cell[:, along].max()) + 1
         keys = np.sort(cell[:, across] * span + cell[:, along])
