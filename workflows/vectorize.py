@@ -161,9 +161,12 @@ def _read_windows(job: _TileJob, tile: Tile) -> tuple[np.ndarray, np.ndarray, St
 
 
 @crosses_processes
-def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = None) -> tuple[pa.Table, CorePieces]:
+def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = None,
+                    part: Path | None = None) -> tuple[pa.Table | StagedPart, CorePieces]:
     """The Dask task: read one core (with a sieve halo), polygonize it, finish the interior polygons.
-    ``windows``: what this process read for it, when the worker cannot read the rasters."""
+    ``windows``: what this process read for it, when the worker cannot read the rasters. ``part``: where
+    the workers see the staging folder, the finished rows are staged in this part file and what was staged
+    is returned in their place (:func:`pipeline.vectors.export.stage_part`)."""
     core = tile.core_window
     read = _class_read_window(job, tile)
     classes, valid, stored = _read_windows(job, tile) if windows is None else windows.unpack()
@@ -179,7 +182,10 @@ def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = No
         proba = own_class_stored(stored, classes)
     pieces = polygonize_core(classes, keep, core, job.grid.bounds, proba=proba, max_polygons=job.max_polygons)
     interior, border = split_border(pieces)
-    return feature_table(interior, job.spec), border
+    table = feature_table(interior, job.spec)
+    if part is not None:  # kept on the worker until its border pieces are merged: what was staged, not the rows
+        return stage_part([table], part, job.spec), border
+    return table, border
 
 
 def class_names_of(meta: SceneMeta) -> dict[int, str]:
@@ -383,12 +389,11 @@ def _rows_of_tiles(results: list[tuple[pa.Table, CorePieces]]) -> list[tuple[pa.
 
 
 @crosses_processes
-def _stage_tiles(results: list[tuple[pa.Table, CorePieces]], spec: LayerSpec,
-                 path: Path) -> tuple[StagedPart, list[BorderOutline]]:
-    """:func:`_rows_of_tiles` for workers that see the staging folder: the batch's finished rows staged in
-    the part file ``path`` by this task, and only what was staged (counts, bounds, classes) and the
-    outlines go back."""
-    return stage_part([interior for interior, _ in results], path, spec), [outline(b) for _, b in results]
+def _staged_tiles(results: list[tuple[StagedPart, CorePieces]]) -> list[tuple[StagedPart, BorderOutline]]:
+    """:func:`_rows_of_tiles` for workers that see the staging folder, where each tile task staged its
+    finished rows in a part file of its own: per tile what was staged (count, bounds, classes) and the
+    outline of its border pieces."""
+    return [(staged, outline(border)) for staged, border in results]
 
 
 @crosses_processes
@@ -411,7 +416,7 @@ def _unpack_groups(members: np.ndarray, sizes: np.ndarray) -> list[Group]:
 
 
 @crosses_processes
-def _merge_seams(tiles: dict[int, tuple[pa.Table, CorePieces]], spec: LayerSpec, members: np.ndarray,
+def _merge_seams(tiles: dict[int, tuple[pa.Table | StagedPart, CorePieces]], spec: LayerSpec, members: np.ndarray,
                  sizes: np.ndarray) -> tuple[pa.Table, Bounds]:
     """The Dask task that unions finished groups (:func:`_pack_groups`) into rows; the results of the tiles
     they span come to it."""
@@ -492,16 +497,18 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
     run of groups per worker, submitted together and fetched together; their rows are staged end to end
     as one table.
 
-    ``in_parts`` (the workers see the staging folder): the rows never come to this process; a batch's task
-    stages its interior rows in a part file (:func:`_stage_tiles`), a row's merges are staged by one more
-    task (:func:`_stage_merges`), and this process keeps only their order, counts, bounds and classes
+    ``in_parts`` (the workers see the staging folder): the rows never come to this process; each tile task
+    stages its interior rows in a part file of its own (:func:`_vectorize_tile`; its batch's task returns
+    what was staged, :func:`_staged_tiles`), so that neither those rows nor the tile's result (held until its
+    border pieces are merged, and fetched by the merge tasks) carry them; a row's merges are staged by one
+    more task (:func:`_stage_merges`), and this process keeps only their order, counts, bounds and classes
     (:meth:`LayerStager.add_part`): the same batches in the same order as staging them here."""
     from tqdm import tqdm
 
     run = uuid.uuid4().hex[:8]  # keys unique per run: a failed earlier run's keys may still be on the scheduler
     size = max(1, min(job.grid.cols, in_flight // 2))
     batches = _batches(job.grid, size)
-    queue: deque[tuple[list[Tile], list[Future], Future, Path | None]] = deque()
+    queue: deque[tuple[list[Tile], list[Future], Future, list[Path] | None]] = deque()
     seams = SeamGroups(job.grid)
     held: dict[int, Future] = {}  # tile index -> its task's result, while some of its border pieces are not merged
     outputs: deque[_Rows] = deque()  # rows to stage, in layer order
@@ -516,17 +523,13 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             if tiles is None:
                 return
             keys = [f"vectorize-{job.spec.scene_id}-{run}-{tile.row}-{tile.col}" for tile in tiles]
+            parts = [stager.part_path().resolve() for _ in tiles] if in_parts else None
             tasks = [packed(_vectorize_tile, job, tile, _TileWindows.pack(*_read_windows(job, tile)) if job.inline
-                            else None) for tile in tiles]
+                            else None, parts[n] if parts else None) for n, tile in enumerate(tiles)]
             futures = dask.map(run_packed, tasks, key=keys, pure=False)
-            part = stager.part_path().resolve() if in_parts else None
-            if part is None:
-                rows = dask.submit(run_packed, packed(_rows_of_tiles), futures, pure=False,
-                                   key=f"vectorize-rows-{keys[0][10:]}")
-            else:
-                rows = dask.submit(run_packed, packed(_stage_tiles, job.spec, part), futures, pure=False,
-                                   key=f"vectorize-rows-{keys[0][10:]}")
-            queue.append((tiles, futures, rows, part))
+            rows = dask.submit(run_packed, packed(_staged_tiles if parts else _rows_of_tiles), futures, pure=False,
+                               key=f"vectorize-rows-{keys[0][10:]}")
+            queue.append((tiles, futures, rows, parts))
             ahead += len(tiles)
 
     def stage_ready(wait: bool) -> None:
@@ -597,14 +600,12 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
             raise
 
 
-def _tile_rows(results: Any, part: Path | None) -> tuple[list[_Rows], list[BorderOutline]]:
+def _tile_rows(results: Any, parts: list[Path] | None) -> tuple[list[_Rows], list[BorderOutline]]:
     """Per tile of a batch, its interior rows to stage and its border pieces' outline, from what the
-    batch's task returned: :func:`_rows_of_tiles`, or :func:`_stage_tiles` into ``part``."""
-    if part is None:
+    batch's task returned: :func:`_rows_of_tiles`, or :func:`_staged_tiles` (each tile's rows in its own
+    part file of ``parts``, one batch, none when it had no rows)."""
+    if parts is None:
         return [_Rows(t.num_rows, t, box) for t, box, _ in results], [shape for _, _, shape in results]
-    staged, shapes = results
-    batch = itertools.accumulate((1 if n else 0 for n in staged.counts), initial=-1)  # a batch per non-empty table
-    next(batch)
-    rows = [_Rows(n, bounds=box, part=(part, i, classes))
-            for n, box, classes, i in zip(staged.counts, staged.bounds, staged.classes, batch, strict=True)]
-    return rows, shapes
+    rows = [_Rows(staged.counts[0], bounds=staged.bounds[0], part=(path, 0, staged.classes[0]))
+            for (staged, _), path in zip(results, parts, strict=True)]
+    return rows, [shape for _, shape in results]
