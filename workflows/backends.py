@@ -24,6 +24,7 @@ from pipeline.models.contract import BUILTIN_MODELS, ModelRef
 from pipeline.models.loader import load_model
 from pipeline.products import Tag
 from tiles.grid import Tile, TileGrid
+from workflows.packed import packed, run_packed
 
 __all__ = ["SAMPLE_TILES", "backend_tags", "settle", "settle_backend"]
 
@@ -131,8 +132,9 @@ def backend_tags(dask: Client, meta: SceneMeta, grid: TileGrid, indexes: tuple[i
         return {}
     workers: Sequence[str] = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
     token = uuid.uuid4().hex[:8]
-    futures = {w: dask.submit(settle, meta, grid, indexes, ref, key=f"backend-{token}-{i}", pure=False,
-                              workers=[w], allow_other_workers=False) for i, w in enumerate(workers)}
+    task = packed(settle, meta, grid, indexes, ref)  # bytes to the scheduler (workflows.packed)
+    futures = {w: dask.submit(run_packed, task, key=f"backend-{token}-{i}", pure=False, workers=[w],
+                              allow_other_workers=False) for i, w in enumerate(workers)}
     settled = _gather_settled(dask, futures)
     for line in sorted({why for _, why in settled if why}):  # the workers' own log lines stay in the workers
         log.info("model %s: precision auto runs %s", ref.source if not ref.factory else ref.factory, line)

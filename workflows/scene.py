@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -73,6 +74,7 @@ from tiles.blend import BlendMethod
 from tiles.grid import PixelWindow, Tile, TileGrid, aligned_tile_size, plan_tiles
 from workflows.backends import backend_tags
 from workflows.cluster import dask_client, run_on_workers, threads_per_model
+from workflows.packed import packed, run_packed
 from workflows.threshold import resolve_auto_threshold
 
 __all__ = ["SceneResult", "ScenePlan", "plan_scene", "predict_scene"]
@@ -478,7 +480,8 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     Predict tasks go out as before (stripes, lanes, at most ``max_tiles_in_flight`` tiles ahead); each piece
     task (:func:`_stitch_piece`, then :func:`_reduce_piece` up the overview levels) is submitted as soon as
     the tasks it reads are, and Dask runs it where its inputs are once they are done; the two
-    :func:`_assemble` tasks end the graph. This process holds futures only: no pixel comes here."""
+    :func:`_assemble` tasks end the graph. This process holds futures only: no pixel comes here. Every task
+    goes packed (:mod:`workflows.packed`), so the scheduler imports none of the modules the tasks need."""
     from tqdm import tqdm
 
     overlap = 0 if plan.blend == "none" else plan.overlap
@@ -510,26 +513,28 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     def submit_piece(job: _PieceJob) -> None:
         where = f"{token}-{job.level}-{job.window.row_off}-{job.window.col_off}"
         if job.level == 0:
-            fut = dask.submit(_stitch_piece, specs, job.window, plan.grid, overlap, plan.info.num_classes,
-                              [batches[b][1] for b in job.inputs], [predicts[b] for b in job.inputs], part_dir,
-                              token, key=f"piece-{where}", pure=False)
+            stitch = functools.partial(_stitch_piece, specs, job.window, plan.grid, overlap, plan.info.num_classes,
+                                       [batches[b][1] for b in job.inputs])
+            fut = dask.submit(run_packed, packed(stitch, part_dir, token), [predicts[b] for b in job.inputs],
+                              key=f"piece-{where}", pure=False)
             for b in job.inputs:
                 readers[b].remove(job)
                 if not readers[b]:
                     del predicts[b]  # Dask keeps the result while a piece task still needs it
         else:
-            fut = dask.submit(_reduce_piece, specs, job.level, job.window, list(job.children), part_dir, token,
-                              key=f"piece-{where}", pure=False)
+            reduce = functools.partial(_reduce_piece, specs, job.level, job.window)
+            fut = dask.submit(run_packed, packed(reduce, part_dir, token), list(job.children), key=f"piece-{where}",
+                              pure=False)
             job.children.clear()
         if job.level + 1 == len(levels):  # the top: one piece, then the two COGs
             for name, spec in specs.items():
                 path = (classes_path if name == "classes" else proba_path)(out_dir, plan.scene_id)
                 if shared:
-                    final = dask.submit(_assemble, spec, name, fut, path, key=f"assemble-{token}-{name}", pure=False)
+                    task = packed(functools.partial(_assemble, spec, name), path)
                 else:
-                    final = dask.submit(_assemble_bytes, spec, name, fut, key=f"assemble-{token}-{name}",
-                                        pure=False)
+                    task = packed(functools.partial(_assemble_bytes, spec, name))
                     inline.append(path)
+                final = dask.submit(run_packed, task, fut, key=f"assemble-{token}-{name}", pure=False)
                 finals.append(final)
                 pending.add(final)
             return
@@ -545,9 +550,9 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
         if submitted == len(batches):
             return False
         lane, tiles = batches[submitted]
-        fut = dask.submit(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap,
-                          plan.blend, config.proba_dtype, stripe_px, config.batch_size, plan.mask, pure=False,
-                          key=f"predict-{token}-{tiles[0].row}-{tiles[0].col}",
+        task = packed(_predict_batch, plan.meta, tiles, plan.band_indexes, ref, plan.grid, plan.overlap, plan.blend,
+                      config.proba_dtype, stripe_px, config.batch_size, plan.mask)
+        fut = dask.submit(run_packed, task, pure=False, key=f"predict-{token}-{tiles[0].row}-{tiles[0].col}",
                           **({"workers": [workers[lane]], "allow_other_workers": True} if workers else {}))
         predicts[submitted] = fut
         tiles_of[fut.key] = len(tiles)
