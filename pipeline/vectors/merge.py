@@ -104,19 +104,212 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     hole = np.ones(len(starts), dtype=bool)
     hole[shell] = False
     aside = np.zeros(len(starts), dtype=bool)
+    others: dict[int, np.ndarray] = {}  # ring -> the pieces whose boxes it meets (where it may touch them)
     for chunk in np.array_split(np.flatnonzero(hole), max(1, int(hole.sum()) // 4096)):
         meets: np.ndarray = np.all((low[chunk, None] <= high[None, shell]) & (high[chunk, None] >= low[None, shell]),
                                    axis=2)
         meets[np.arange(len(chunk)), piece[chunk]] = False  # its own piece
         aside[chunk] = ~meets.any(axis=1)
-    kept = ~aside
-    union_xy, union_rings = _take_rings(xy, ring_offsets, kept)
-    union_polygons = np.concatenate([[0], np.cumsum(np.bincount(piece[kept], minlength=len(geometry)))])
-    union_xy, union_rings = _split_edges(union_xy, union_rings)
-    out_xy, out_rings = _cover_union(union_xy, union_rings, union_polygons)
+        for i in np.flatnonzero(~aside[chunk]).tolist():
+            others[int(chunk[i])] = np.flatnonzero(meets[i])
+    # pieces in one core (parts of one object joined through other tiles) may touch at a vertex inside their boxes
+    overlap = np.all((low[shell, None] < high[None, shell]) & (high[shell, None] > low[None, shell]), axis=2)
+    np.fill_diagonal(overlap, False)
+    for k in np.flatnonzero(overlap.any(axis=1)).tolist():
+        others[int(shell[k])] = np.flatnonzero(overlap[k])
+    ccw = shapely.is_ccw(shapely.get_rings(geometry))
+    shell_xy, union_xy, union_rings, through = _chain_union(geometry, xy, ring_offsets, polygon_offsets, aside,
+                                                             others, ccw)
+    aside[through] = True
+    # the holes that meet nothing are the pieces' own, in the polygonizer's form already where each starts at its
+    # top-left vertex and turns anticlockwise (shapely's is_ccw); any other is put in that form with the union's
+    sizes = np.diff(ring_offsets)
     holes_xy, holes_rings = _take_rings(xy, ring_offsets, aside)
-    return _canonical(np.concatenate([out_xy, holes_xy]),
-                      np.concatenate([out_rings, out_rings[-1] + holes_rings[1:]]))
+    firsts = holes_rings[:-1]
+    top = low[aside, 1]
+    left = np.minimum.reduceat(np.where(holes_xy[:, 1] == np.repeat(top, sizes[aside]), holes_xy[:, 0], np.inf),
+                               firsts)
+    in_form = ccw[aside] & (holes_xy[firsts, 1] == top) & (holes_xy[firsts, 0] == left)
+    if not in_form.all():
+        redo_xy, redo_rings = _take_rings(holes_xy, holes_rings, ~in_form)
+        union_xy = np.concatenate([union_xy, redo_xy])
+        union_rings = np.concatenate([union_rings, union_rings[-1] + redo_rings[1:]])
+        holes_xy, holes_rings = _take_rings(holes_xy, holes_rings, in_form)
+    if len(union_rings) > 1:
+        union_xy, union_rings = _canonical_rings(union_xy, union_rings, shell=False)
+        holes_xy = np.concatenate([union_xy, holes_xy])
+        holes_rings = np.concatenate([union_rings, union_rings[-1] + holes_rings[1:]])
+    # the holes in the order of their top-left (first) vertices, after the shell
+    firsts, sizes = holes_rings[:-1], np.diff(holes_rings)
+    order = np.lexsort((holes_xy[firsts, 0], holes_xy[firsts, 1]))
+    out = np.concatenate([shell_xy, holes_xy[_spell(firsts[order], sizes[order])]])
+    offsets = np.concatenate([[0], len(shell_xy) + np.concatenate([[0], np.cumsum(sizes[order])])])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, len(offsets) - 1])))[0]
+
+def _chain_union(geometry: np.ndarray, xy: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.ndarray,
+                 aside: np.ndarray, others: dict[int, np.ndarray],
+                 ccw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """The rings of the union of the pieces' shells (their holes left out), the shell first: what
+    :func:`_split_edges` then :func:`_cover_union` make of them, with work that grows with the seams, not the
+    vertices.
+
+    Each piece lies inside its own rectangle (its tile core) whose inside no other piece meets, so the only edges
+    two pieces can share lie on the sides of their bounding boxes (the seams). Each shell, turned clockwise and
+    started at a vertex on its box, is cut at its vertices on the box: a segment between two of them along the
+    box is a seam edge; every other run between two of them is one opaque chain (its ends, the directions of its
+    first and last segments, its range of vertices). The seam edges are split at the cut vertices inside them
+    and those met twice dropped, as in :func:`_cover_union`; what is left is linked into rings by the same rule
+    (where two leave a vertex, the one turning left from the direction the last segment came in by), and each
+    ring is spelled out from the chains' vertex ranges."""
+    bounds = shapely.bounds(geometry)
+    piece = np.repeat(np.arange(len(geometry)), np.diff(polygon_offsets))
+    shell = np.zeros(len(ring_offsets) - 1, dtype=bool)
+    shell[polygon_offsets[:-1]] = True
+    rings: list[np.ndarray] = []
+    cuts: list[np.ndarray] = []
+    along: list[np.ndarray] = []
+    through: list[int] = []
+    offset = 0
+    for r in np.flatnonzero(~aside).tolist():
+        ring = xy[ring_offsets[r] : ring_offsets[r + 1]]
+        if ccw[r] == shell[r]:  # the inside on the right: shells clockwise, holes anticlockwise
+            ring = ring[::-1]
+        x0, y0, x1, y1 = bounds[piece[r]]
+        boxes = bounds[others.get(r, np.empty(0, dtype=np.int64))]
+        flags = _on_boxes(ring, x0, y0, x1, y1, shell[r], boxes)
+        cut = flags[0] | flags[1] | flags[2]
+        first = int(np.argmax(cut))
+        if not cut[first]:
+            through.append(r)  # meets nothing: a ring of the union as it is
+            continue
+        if first:  # start at a cut (a closed ring read from any vertex is closed too)
+            ring = np.concatenate([ring[first:-1], ring[: first + 1]])
+            flags = _on_boxes(ring, x0, y0, x1, y1, shell[r], boxes)
+        on_x, on_y, inside = flags
+        cut = np.flatnonzero(on_x | on_y | inside)
+        a, b = cut[:-1], cut[1:]
+        # one segment along a side of the box: a seam edge, which a neighbour may share
+        along.append((b - a == 1) & ((on_x[a] & on_x[b] & (ring[a, 0] == ring[b, 0]))
+                                     | (on_y[a] & on_y[b] & (ring[a, 1] == ring[b, 1]))))
+        rings.append(ring)
+        cuts.append(cut + offset)
+        offset += len(ring)
+    coords = np.concatenate(rings)
+    head = np.concatenate([c[:-1] for c in cuts])
+    tail = np.concatenate([c[1:] for c in cuts])
+    seam = np.concatenate(along)
+    # the seam edges split at every cut vertex inside them: each as a two-vertex ring, the other cuts as lone points
+    lone = np.setdiff1d(np.concatenate(cuts), np.concatenate([head[seam], tail[seam]]))
+    pairs = np.stack([head[seam], tail[seam]], axis=1).ravel()
+    n_seam = int(seam.sum())
+    split_xy, split_rings = _split_edges(coords[np.concatenate([pairs, lone])],
+                                         np.concatenate([np.arange(0, 2 * n_seam + 1, 2), 2 * n_seam + 1
+                                                         + np.arange(len(lone))]))
+    split_rings = split_rings[: n_seam + 1]
+    opens = np.ones(split_rings[-1], dtype=bool)
+    opens[split_rings[1:] - 1] = False
+    unit = np.flatnonzero(opens)  # each split seam edge: split_xy[unit] -> split_xy[unit + 1]
+    chain = ~seam
+    c_head, c_tail = head[chain], tail[chain]
+    # one array of vertices to spell rings from: the chains' coordinates, then the split seam edges' first vertices
+    source = np.concatenate([coords, split_xy[unit]])
+    cell_s = np.rint(split_xy[: split_rings[-1]]).astype(np.int64)
+    ends_at = np.unique(np.concatenate([c_head, c_head + 1, c_tail - 1, c_tail]))
+    cell_c = np.zeros((len(coords), 2), dtype=np.int64)  # only the chains' ends and their neighbours are read
+    cell_c[ends_at] = np.rint(coords[ends_at])
+    origin = np.minimum(cell_c[ends_at].min(axis=0), cell_s.min(axis=0))
+    cell_c[ends_at] -= origin
+    cell_s -= origin
+    span = int(max(cell_c[ends_at, 0].max(), cell_s[:, 0].max())) + 1
+    s_head, s_tail = cell_s[unit, 1] * span + cell_s[unit, 0], cell_s[unit + 1, 1] * span + cell_s[unit + 1, 0]
+    undirected = np.minimum(s_head, s_tail) * 2 + (cell_s[unit, 0] == cell_s[unit + 1, 0])
+    order = np.argsort(undirected, kind="stable")
+    met = np.flatnonzero(undirected[order[1:]] == undirected[order[:-1]])
+    one, two = order[met], order[met + 1]
+    if len(met) and (np.any(np.diff(met) == 1) or np.any(s_head[one] != s_tail[two])):
+        raise AssertionError("pieces of one object overlap: an edge is met twice the same way")
+    kept = np.ones(len(unit), dtype=bool)
+    kept[one] = kept[two] = False
+    kept_units = np.flatnonzero(kept)
+    # items: chains, then the seam edges left; their ends, the directions they leave and arrive by, their vertices
+    key_c = cell_c[:, 1] * span + cell_c[:, 0]
+    item_head = np.concatenate([key_c[c_head], s_head[kept]])
+    item_tail = np.concatenate([key_c[c_tail], s_tail[kept]])
+    unit_way = cell_s[unit[kept] + 1] - cell_s[unit[kept]]
+    leave = np.concatenate([cell_c[c_head + 1] - cell_c[c_head], unit_way])
+    arrive = np.concatenate([cell_c[c_tail] - cell_c[c_tail - 1], unit_way])
+    item_start = np.concatenate([c_head, len(coords) + kept_units])
+    item_size = np.concatenate([c_tail - c_head, np.ones(len(kept_units), dtype=np.int64)])
+    by_head = np.argsort(item_head, kind="stable")
+    low = np.searchsorted(item_head[by_head], item_tail, side="left")
+    count = np.searchsorted(item_head[by_head], item_tail, side="right") - low
+    if np.any((count < 1) | (count > 2)):
+        raise AssertionError("pieces of one object do not form a coverage: an edge of the union leads nowhere")
+    succ = by_head[low]
+    twice = np.flatnonzero(count == 2)
+    if len(twice):
+        inward, out = arrive[twice], leave[succ[twice]]
+        right = inward[:, 0] * out[:, 1] - inward[:, 1] * out[:, 0] < 0
+        succ[twice[right]] = by_head[low[twice[right]] + 1]
+    nxt = succ.tolist()
+    seen = bytearray(len(nxt))
+    walk: list[int] = []
+    ends: list[int] = []
+    for i in range(len(nxt)):
+        while not seen[i]:
+            seen[i] = 1
+            walk.append(i)
+            i = nxt[i]
+        if not ends or ends[-1] != len(walk):
+            ends.append(len(walk))
+    items = np.array(walk, dtype=np.int64)
+    ring_items = np.diff(np.concatenate([[0], ends]))
+    item_first = np.concatenate([[0], np.cumsum(ring_items)[:-1]])
+    # a vertex where two items join in a straight line is inside a straight run: the second item starts after it
+    before = np.empty_like(items)
+    before[1:] = items[:-1]
+    before[item_first] = items[item_first + ring_items - 1]
+    inward, out = arrive[before], leave[items]
+    straight = ((inward[:, 0] * out[:, 1] == inward[:, 1] * out[:, 0]) & ((inward * out).sum(axis=1) > 0))
+    starts = item_start[items] + straight
+    sizes = item_size[items] - straight
+    # the shell: the ring through the least (y, x) vertex of all, started there (the polygonizer's start)
+    at = int(np.flatnonzero(items == np.argmin(item_head))[0])
+    shell_ring = int(np.searchsorted(item_first, at, side="right")) - 1
+    first, count = int(item_first[shell_ring]), int(ring_items[shell_ring])
+    picked = first + (np.arange(count) + at - first) % count
+    shell_xy = source[_spell(starts[picked], sizes[picked])]
+    shell_xy = np.concatenate([shell_xy, shell_xy[:1]])
+    # the union's other rings (holes where pieces meet), closed, not yet in the polygonizer's form
+    holes = np.ones(len(items), dtype=bool)
+    holes[first : first + count] = False
+    hole_ring_sizes = np.delete(np.add.reduceat(sizes, item_first), shell_ring)
+    if not len(hole_ring_sizes):
+        return shell_xy, np.empty((0, 2)), np.zeros(1, dtype=np.int64), through
+    index = _spell(starts[holes], sizes[holes])
+    ring_first = np.concatenate([[0], np.cumsum(hole_ring_sizes)[:-1]])
+    index = np.insert(index, ring_first + hole_ring_sizes, index[ring_first])
+    return shell_xy, source[index], np.concatenate([[0], np.cumsum(hole_ring_sizes + 1)]), through
+
+
+def _spell(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The indices of consecutive ranges (``sizes[i]`` from ``starts[i]``), end to end."""
+    return np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+
+
+def _on_boxes(ring: np.ndarray, x0: float, y0: float, x1: float, y1: float, shell: bool,
+              boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which vertices of a ring lie on a vertical side of its piece's box, on a horizontal side (a shell's
+    only), and inside or on any of ``boxes`` (other pieces' boxes that its own overlaps)."""
+    x, y = ring[:, 0], ring[:, 1]
+    if shell:
+        on_x, on_y = (x == x0) | (x == x1), (y == y0) | (y == y1)
+    else:
+        on_x = on_y = np.zeros(len(ring), dtype=bool)
+    inside = np.zeros(len(ring), dtype=bool)
+    for bx0, by0, bx1, by1 in boxes.tolist():
+        inside |= (x >= bx0) & (x <= bx1) & (y >= by0) & (y <= by1)
+    return on_x, on_y, inside
 
 
 def _cover_union(xy: np.ndarray, ring_offsets: np.ndarray,
@@ -283,10 +476,17 @@ def _split_edges(xy: np.ndarray, ring_offsets: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _canonical(xy: np.ndarray, ring_offsets: np.ndarray) -> shapely.Polygon:
+    """One polygon from closed rings (``xy`` cut at ``ring_offsets``, the shell first) in the form of
+    :func:`_canonical_rings`."""
+    out, offsets = _canonical_rings(xy, ring_offsets)
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, len(offsets) - 1])))[0]
+
+
+def _canonical_rings(xy: np.ndarray, ring_offsets: np.ndarray, shell: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One polygon from closed rings (``xy`` cut at ``ring_offsets``, the shell first; axis-parallel edges, no
     spikes), without vertices inside straight runs, its shell clockwise and holes anticlockwise (shapely's
     ``is_ccw``), each ring from its top-left vertex (least y, then x in pixel coordinates), holes in the
-    order of those: the form GDAL's polygonizer writes."""
+    order of those: the form GDAL's polygonizer writes. With ``shell`` False, every ring is a hole."""
     rings = len(ring_offsets) - 1
     size = np.diff(ring_offsets) - 1  # the closing vertex repeats the first
     open_ = np.ones(len(xy), dtype=bool)
@@ -305,14 +505,15 @@ def _canonical(xy: np.ndarray, ring_offsets: np.ndarray) -> shapely.Polygon:
     # twice each ring's signed area (shoelace): GDAL's shells are negative (shapely's is_ccw False), holes positive
     after = _neighbours(xy, first, size)[1]
     area = np.bincount(ring, weights=xy[:, 0] * after[:, 1] - after[:, 0] * xy[:, 1], minlength=rings)
-    flip = (area > 0) != np.r_[False, np.ones(rings - 1, dtype=bool)]
+    flip = (area > 0) != np.r_[not shell, np.ones(rings - 1, dtype=bool)]
     # each ring's least (y, x) vertex, in two passes (cheaper than a sort); only two of its edges can end there
     top = np.minimum.reduceat(xy[:, 1], first)
     left = np.minimum.reduceat(np.where(xy[:, 1] == top[ring], xy[:, 0], np.inf), first)
     is_top_left = (xy[:, 1] == top[ring]) & (xy[:, 0] == left[ring])
     top_left = np.empty(rings, dtype=np.int64)
     top_left[ring[is_top_left]] = np.flatnonzero(is_top_left)
-    ring_order = np.r_[0, 1 + np.lexsort((xy[top_left[1:], 0], xy[top_left[1:], 1]))]
+    ring_order = (np.r_[0, 1 + np.lexsort((xy[top_left[1:], 0], xy[top_left[1:], 1]))] if shell
+                  else np.lexsort((xy[top_left, 0], xy[top_left, 1])))
     # each ring rotated to start at its top-left vertex, walked backwards where its orientation is flipped
     # (only rings not already in that form are moved vertex by vertex)
     new_first = np.empty(rings, dtype=np.int64)
@@ -331,8 +532,7 @@ def _canonical(xy: np.ndarray, ring_offsets: np.ndarray) -> shapely.Polygon:
         target[which] = new_first[ring[which]] + shift
     out[target] = xy
     out[new_first + size] = out[new_first]  # close each ring
-    offsets = np.concatenate([new_first[ring_order], [len(out)]])
-    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, rings])))[0]
+    return out, np.concatenate([new_first[ring_order], [len(out)]])
 
 
 def _neighbours(xy: np.ndarray, first: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
