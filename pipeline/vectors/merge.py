@@ -8,13 +8,16 @@ pairs into groups, and each group's pieces are unioned (their vertices are integ
 union is exact and one object spanning ``k`` tiles, holes and all, becomes exactly one polygon). Pieces
 that only meet at a corner are never paired, as in the whole-raster reference.
 
-The union (:func:`union_pieces`) exploits that every edge is axis-parallel on the pixel grid: once each
-piece's edges are split at the other pieces' vertices lying on them (only seam lines have any), the pieces
-form a valid coverage whose shared edges match exactly, and a coverage union (edges met twice dropped, the
-rest linked into rings, in numpy: :func:`_cover_union`) replaces the general overlay, whose cost grew faster
-than the object (one background object spanning a 4096² scene: 10.8 s of 11.4 s of unions). The result's
-vertices on straight runs are dropped and its rings put in the polygonizer's order, so a merged object is
-the polygon GDAL makes on the whole raster, whatever the tiling.
+The union (:func:`union_pieces`) exploits that every edge is axis-parallel on the pixel grid and that two
+pieces can share edges only on seams (tile borders), which are sides of their bounding boxes: each piece's rings
+are cut at their vertices on those sides (and where another piece's box overlaps, in case two parts of the
+object in one tile touch diagonally), the runs between cuts pass through as opaque chains, and only the seam
+edges are split at the other pieces' vertices there and cancelled where met twice (a coverage union), then
+everything left is linked into rings, in numpy (:func:`_chain_union`). This replaces the general overlay,
+whose cost grew faster than the object (one background object spanning a 4096² scene: 10.8 s of 11.4 s of
+unions), and its cost grows with the seams rather than the vertices. The result's vertices on straight runs
+are dropped and its rings put in the polygonizer's order, so a merged object is the polygon GDAL makes on the
+whole raster, whatever the tiling.
 
 Memory: only polygons that touch an internal border are held, and only until their group can no longer
 grow. Cores arrive in row-major order; when a row of cores is complete, every group with no piece on that
@@ -83,12 +86,13 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     none overlapping another: one polygon equal to ``shapely.union_all(geometry)``, holes and all.
 
     A hole whose bounding box meets no other piece's is a hole of the union as it is: it is set aside (most
-    of a large object's vertices are in such holes). The rest is unioned: each edge is first split at every
-    vertex of the pieces lying inside it (an edge on a seam line at the neighbour's vertices there), so that
-    edges two pieces share are the same segments and a coverage union applies (:func:`_cover_union`). The result
-    and the holes set aside are then put in the whole-raster polygonizer's form (:func:`_canonical`): no
-    vertex inside a straight run, the shell clockwise and each hole anticlockwise (as shapely reckons them:
-    GDAL's orientation), each ring starting at its top-left vertex, holes in the order of those vertices.
+    of a large object's vertices are in such holes). The rest is unioned by :func:`_chain_union`: the edges
+    two pieces share are met twice and dropped, the rest linked into rings. The union and the holes set aside
+    are then in the whole-raster polygonizer's form (:func:`_canonical_rings`): no vertex inside a straight
+    run, the shell clockwise and each hole anticlockwise (as shapely reckons them: GDAL's orientation), each
+    ring starting at its top-left vertex, holes in the order of those vertices. The pieces are the
+    polygonizer's (no vertex inside a straight run but on a seam); their holes set aside are taken as they
+    are when already in that form.
     Small groups (fewer than ``_OVERLAY_BELOW`` vertices) take shapely's overlay union instead, put in the
     same form.
     """
@@ -106,8 +110,8 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     aside = np.zeros(len(starts), dtype=bool)
     others: dict[int, np.ndarray] = {}  # ring -> the pieces whose boxes it meets (where it may touch them)
     for chunk in np.array_split(np.flatnonzero(hole), max(1, int(hole.sum()) // 4096)):
-        meets: np.ndarray = np.all((low[chunk, None] <= high[None, shell]) & (high[chunk, None] >= low[None, shell]),
-                                   axis=2)
+        meets = ((low[chunk, None, 0] <= high[None, shell, 0]) & (high[chunk, None, 0] >= low[None, shell, 0])
+                 & (low[chunk, None, 1] <= high[None, shell, 1]) & (high[chunk, None, 1] >= low[None, shell, 1]))
         meets[np.arange(len(chunk)), piece[chunk]] = False  # its own piece
         aside[chunk] = ~meets.any(axis=1)
         for i in np.flatnonzero(~aside[chunk]).tolist():
@@ -136,7 +140,8 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
         union_rings = np.concatenate([union_rings, union_rings[-1] + redo_rings[1:]])
         holes_xy, holes_rings = _take_rings(holes_xy, holes_rings, in_form)
     if len(union_rings) > 1:
-        union_xy, union_rings = _canonical_rings(union_xy, union_rings, shell=False)
+        union_xy, union_rings = (_canonical_rings(union_xy, union_rings, shell=False) if not in_form.all()
+                                 else _from_top_left(union_xy, union_rings))
         holes_xy = np.concatenate([union_xy, holes_xy])
         holes_rings = np.concatenate([union_rings, union_rings[-1] + holes_rings[1:]])
     # the holes in the order of their top-left (first) vertices, after the shell
@@ -149,18 +154,24 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
 def _chain_union(geometry: np.ndarray, xy: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.ndarray,
                  aside: np.ndarray, others: dict[int, np.ndarray],
                  ccw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """The rings of the union of the pieces' shells (their holes left out), the shell first: what
-    :func:`_split_edges` then :func:`_cover_union` make of them, with work that grows with the seams, not the
-    vertices.
+    """The union of the pieces' shells and the holes not ``aside``, with work that grows with the seams, not
+    the vertices.
 
-    Each piece lies inside its own rectangle (its tile core) whose inside no other piece meets, so the only edges
-    two pieces can share lie on the sides of their bounding boxes (the seams). Each shell, turned clockwise and
-    started at a vertex on its box, is cut at its vertices on the box: a segment between two of them along the
-    box is a seam edge; every other run between two of them is one opaque chain (its ends, the directions of its
-    first and last segments, its range of vertices). The seam edges are split at the cut vertices inside them
-    and those met twice dropped, as in :func:`_cover_union`; what is left is linked into rings by the same rule
-    (where two leave a vertex, the one turning left from the direction the last segment came in by), and each
-    ring is spelled out from the chains' vertex ranges."""
+    Each piece lies inside its tile's core, so two pieces share edges only on the sides of their bounding boxes
+    (the seams), and meet elsewhere only inside each other's boxes (parts of one object in one tile, joined
+    through others, touching diagonally). Each ring, the inside on its right and started at a cut, is cut at
+    its vertices on its box's sides (a shell's) or inside the box of a piece ``others`` names (the pieces whose
+    boxes it meets): a segment between two cuts along a side of the box is a seam edge; every other run
+    between two cuts is one opaque chain (its ends, the directions of its first and last segments, its range
+    of vertices). The seam edges are split at the cuts inside them (:func:`_split_edges`) and those met twice
+    (once each way) dropped; what is left is linked into rings: where two leave a vertex (pixels touching only
+    diagonally there), the one turning left from the direction the last segment came in by, so that each ring
+    bounds one part of the outside (what GEOS's overlay gives, and GDAL's polygonizer). Each ring is spelled
+    out from the chains' vertex ranges.
+
+    Returns the union's shell in the polygonizer's form (from its top-left vertex, no vertex inside a
+    straight run), its other rings (closed, not yet in that form), and the rings that meet nothing.
+    """
     bounds = shapely.bounds(geometry)
     piece = np.repeat(np.arange(len(geometry)), np.diff(polygon_offsets))
     shell = np.zeros(len(ring_offsets) - 1, dtype=bool)
@@ -214,13 +225,12 @@ def _chain_union(geometry: np.ndarray, xy: np.ndarray, ring_offsets: np.ndarray,
     # one array of vertices to spell rings from: the chains' coordinates, then the split seam edges' first vertices
     source = np.concatenate([coords, split_xy[unit]])
     cell_s = np.rint(split_xy[: split_rings[-1]]).astype(np.int64)
-    ends_at = np.unique(np.concatenate([c_head, c_head + 1, c_tail - 1, c_tail]))
-    cell_c = np.zeros((len(coords), 2), dtype=np.int64)  # only the chains' ends and their neighbours are read
-    cell_c[ends_at] = np.rint(coords[ends_at])
-    origin = np.minimum(cell_c[ends_at].min(axis=0), cell_s.min(axis=0))
-    cell_c[ends_at] -= origin
-    cell_s -= origin
-    span = int(max(cell_c[ends_at, 0].max(), cell_s[:, 0].max())) + 1
+    # only the chains' ends and their neighbours are read
+    c_first, c_second, c_before, c_last = (np.rint(coords[i]).astype(np.int64)
+                                           for i in (c_head, c_head + 1, c_tail - 1, c_tail))
+    origin = np.minimum(np.minimum(c_first.min(axis=0), c_last.min(axis=0)), cell_s.min(axis=0))
+    c_first, c_last, cell_s = c_first - origin, c_last - origin, cell_s - origin
+    span = int(max(c_first[:, 0].max(), c_last[:, 0].max(), cell_s[:, 0].max())) + 1
     s_head, s_tail = cell_s[unit, 1] * span + cell_s[unit, 0], cell_s[unit + 1, 1] * span + cell_s[unit + 1, 0]
     undirected = np.minimum(s_head, s_tail) * 2 + (cell_s[unit, 0] == cell_s[unit + 1, 0])
     order = np.argsort(undirected, kind="stable")
@@ -232,12 +242,11 @@ def _chain_union(geometry: np.ndarray, xy: np.ndarray, ring_offsets: np.ndarray,
     kept[one] = kept[two] = False
     kept_units = np.flatnonzero(kept)
     # items: chains, then the seam edges left; their ends, the directions they leave and arrive by, their vertices
-    key_c = cell_c[:, 1] * span + cell_c[:, 0]
-    item_head = np.concatenate([key_c[c_head], s_head[kept]])
-    item_tail = np.concatenate([key_c[c_tail], s_tail[kept]])
+    item_head = np.concatenate([c_first[:, 1] * span + c_first[:, 0], s_head[kept]])
+    item_tail = np.concatenate([c_last[:, 1] * span + c_last[:, 0], s_tail[kept]])
     unit_way = cell_s[unit[kept] + 1] - cell_s[unit[kept]]
-    leave = np.concatenate([cell_c[c_head + 1] - cell_c[c_head], unit_way])
-    arrive = np.concatenate([cell_c[c_tail] - cell_c[c_tail - 1], unit_way])
+    leave = np.concatenate([c_second - origin - c_first, unit_way])
+    arrive = np.concatenate([c_last - (c_before - origin), unit_way])
     item_start = np.concatenate([c_head, len(coords) + kept_units])
     item_size = np.concatenate([c_tail - c_head, np.ones(len(kept_units), dtype=np.int64)])
     by_head = np.argsort(item_head, kind="stable")
@@ -310,105 +319,6 @@ def _on_boxes(ring: np.ndarray, x0: float, y0: float, x1: float, y1: float, shel
     for bx0, by0, bx1, by1 in boxes.tolist():
         inside |= (x >= bx0) & (x <= bx1) & (y >= by0) & (y <= by1)
     return on_x, on_y, inside
-
-
-def _cover_union(xy: np.ndarray, ring_offsets: np.ndarray,
-                 polygon_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rings of the union of polygons (closed rings ``xy`` cut at ``ring_offsets``, grouped into polygons at
-    ``polygon_offsets``, shell first) that form a coverage with matching edges (:func:`_split_edges` made them
-    so) and one polygon in all: the shell first, then the holes (not yet in GDAL's form).
-
-    Every ring is first oriented with the polygon's inside on its right (shells clockwise, holes anticlockwise,
-    as shapely reckons them). An edge two pieces share is then met twice, once each way: both go. What is left
-    is the union's boundary, linked edge to edge into rings; where two rings meet at a vertex (pixels touching
-    only diagonally there), each edge goes on to the one that keeps the same outside quadrant on its left, so
-    that each ring bounds one part of the outside: the union's shell, or one of its holes (what GEOS's overlay
-    gives, and GDAL's polygonizer). It does in numpy what :func:`shapely.coverage_union_all` did here, whose
-    noding of every segment cost 2.5 of the 3.8 s CPU of a 2.4 M-vertex background object.
-    """
-    rings = len(ring_offsets) - 1
-    size = np.diff(ring_offsets)
-    ring = np.repeat(np.arange(rings), size)
-    last = ring_offsets[1:] - 1
-    opens = np.ones(len(xy), dtype=bool)
-    opens[last] = False  # a ring's closing vertex starts no edge
-    start = np.flatnonzero(opens)
-    twice_area = np.bincount(ring[start], weights=xy[start, 0] * xy[start + 1, 1] - xy[start + 1, 0] * xy[start, 1],
-                             minlength=rings)
-    shell = np.zeros(rings, dtype=bool)
-    shell[polygon_offsets[:-1]] = True
-    flip = (twice_area > 0) == shell
-    if flip.any():  # reversed in place: a closed ring read backwards is closed too
-        which = flip[ring]
-        index = np.arange(len(xy))
-        index[which] = (ring_offsets[:-1] + ring_offsets[1:] - 1)[ring[which]] - index[which]
-        xy = xy[index]
-    cell = np.rint(xy).astype(np.int64)
-    cell -= cell.min(axis=0)
-    span = int(cell[:, 0].max()) + 1
-    key = cell[:, 1] * span + cell[:, 0]
-    head, tail = key[start], key[start + 1]
-    # after _split_edges, two edges from one vertex along one axis are the same segment
-    undirected = np.minimum(head, tail) * 2 + (cell[start, 0] == cell[start + 1, 0])
-    order = np.argsort(undirected, kind="stable")
-    met = np.flatnonzero(undirected[order[1:]] == undirected[order[:-1]])
-    first, second = order[met], order[met + 1]
-    if len(met) and (np.any(np.diff(met) == 1) or np.any(head[first] != tail[second])):
-        raise AssertionError("pieces of one object overlap: an edge is met twice the same way")
-    kept = np.ones(len(start), dtype=bool)
-    kept[first] = kept[second] = False
-    start, head, tail = start[kept], head[kept], tail[kept]
-    # each edge's successor: the edge leaving its end (of two there, the one turning left)
-    by_head = np.argsort(head, kind="stable")
-    low = np.searchsorted(head[by_head], tail, side="left")
-    count = np.searchsorted(head[by_head], tail, side="right") - low
-    if np.any((count < 1) | (count > 2)):
-        raise AssertionError("pieces of one object do not form a coverage: an edge of the union leads nowhere")
-    succ = by_head[low]
-    two = np.flatnonzero(count == 2)
-    if len(two):
-        way = cell[start + 1] - cell[start]
-        inward, out = way[two], way[succ[two]]
-        right = inward[:, 0] * out[:, 1] - inward[:, 1] * out[:, 0] < 0
-        succ[two[right]] = by_head[low[two[right]] + 1]
-    # runs of edges that follow each other as they are stored, then the runs linked into rings
-    n = len(start)
-    breaks = np.flatnonzero(succ[:-1] != np.arange(1, n)) + 1
-    run_first = np.concatenate([[0], breaks])
-    run_last = np.concatenate([breaks - 1, [n - 1]])
-    run_of = np.full(n, -1, dtype=np.int64)
-    run_of[run_first] = np.arange(len(run_first))
-    run_next = run_of[succ[run_last]].tolist()
-    seen = bytearray(len(run_first))
-    walk: list[int] = []
-    ends: list[int] = []
-    for r in range(len(run_first)):
-        while not seen[r]:
-            seen[r] = 1
-            walk.append(r)
-            r = run_next[r]
-        if not ends or ends[-1] != len(walk):
-            ends.append(len(walk))
-    runs = np.array(walk, dtype=np.int64)
-    lengths = run_last[runs] - run_first[runs] + 1
-    edges = np.repeat(run_first[runs] - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-    ring_edges = np.diff(np.concatenate([[0], np.cumsum(lengths)[np.array(ends) - 1]]))
-    # closed rings: each ring's edges' first vertices, then its first vertex again
-    ring_of_edge = np.repeat(np.arange(len(ring_edges)), ring_edges)
-    out_first = np.concatenate([[0], np.cumsum(ring_edges + 1)[:-1]])
-    out = np.empty((len(edges) + len(ring_edges), 2))
-    out[np.arange(len(edges)) + ring_of_edge] = xy[start[edges]]
-    out[out_first + ring_edges] = out[out_first]
-    offsets = np.concatenate([out_first, [len(out)]])
-    area = np.bincount(ring_of_edge, weights=(xy[start[edges], 0] * xy[start[edges] + 1, 1]
-                                              - xy[start[edges] + 1, 0] * xy[start[edges], 1]))
-    shells = np.flatnonzero(area < 0)
-    if len(shells) != 1:
-        raise AssertionError(f"pieces of one object unioned into {len(shells)} polygons")
-    order_rings = np.r_[shells, np.flatnonzero(area >= 0)]
-    sizes = np.diff(offsets)[order_rings]
-    picked = np.repeat(offsets[order_rings] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + np.arange(len(out))
-    return out[picked], np.concatenate([[0], np.cumsum(sizes)])
 
 
 def _one_polygon(union: shapely.Geometry) -> shapely.Polygon:
@@ -533,6 +443,27 @@ def _canonical_rings(xy: np.ndarray, ring_offsets: np.ndarray, shell: bool = Tru
     out[target] = xy
     out[new_first + size] = out[new_first]  # close each ring
     return out, np.concatenate([new_first[ring_order], [len(out)]])
+
+
+def _from_top_left(xy: np.ndarray, ring_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closed rings already turning the polygonizer's way, with no vertex inside a straight run, each started
+    at its top-left vertex (least y, then x) instead: what :func:`_canonical_rings` makes of them (holes)."""
+    rings = len(ring_offsets) - 1
+    size = np.diff(ring_offsets) - 1  # the closing vertex repeats the first
+    first = ring_offsets[:-1]
+    top = np.minimum.reduceat(xy[:, 1], first)
+    is_top = xy[:, 1] == np.repeat(top, size + 1)
+    left = np.minimum.reduceat(np.where(is_top, xy[:, 0], np.inf), first)
+    is_top_left = is_top & (xy[:, 0] == np.repeat(left, size + 1))
+    is_top_left[ring_offsets[1:] - 1] = False
+    top_left = np.flatnonzero(is_top_left)
+    if len(top_left) != rings:
+        raise AssertionError("a ring passes its top-left vertex twice")
+    step = np.arange(int(size.sum())) - np.repeat(first - np.arange(rings), size)  # place in the ring
+    n = np.repeat(size, size)
+    index = np.repeat(first, size) + (step + np.repeat(top_left - first, size)) % n
+    index = np.insert(index, np.cumsum(size), index[np.concatenate([[0], np.cumsum(size)[:-1]])])
+    return xy[index], np.concatenate([[0], np.cumsum(size + 1)])
 
 
 def _neighbours(xy: np.ndarray, first: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
