@@ -80,3 +80,21 @@ def test_real_mask_with_missing_values(tile_size: int) -> None:
     with rasterio.open(shared(BURN_SCAR)) as src:
         mask = src.read(1)
     assert assert_unions_match(mask, mask != -1, tile_size)[0] > 1
+
+
+def test_parts_of_one_object_touching_diagonally_inside_one_tile() -> None:
+    """Two parts of one object in one tile, apart there but for one pixel corner, joined through other tiles
+    around a hole that crosses seams; speckle holes in a bar across seams (diagonal touches on seams)."""
+    classes = np.zeros((96, 160), dtype=np.uint8)
+    classes[4:12, 4:12] = 1  # P, with a stem down across the seam at row 32
+    classes[4:50, 4:6] = 1
+    classes[12:20, 12:121] = 1  # Q: its corner meets P's at (12, 12), then it runs across three seams
+    classes[16:24, 8:12] = 1  # and reaches under P and above that corner: it lies inside Q's box
+    classes[8:12, 24:32] = 1
+    classes[12:92, 110:121] = 1  # a riser, and a bar back to P's stem: a hole between them
+    classes[44:92, 4:121] = 1
+    rng = np.random.default_rng(5)
+    speckle = rng.random((44, 113)) < 0.12
+    classes[46:90, 6:119][speckle] = 0
+    most, vertices = assert_unions_match(classes, np.ones(classes.shape, dtype=bool), 32)
+    assert most > 2 and vertices > _OVERLAY_BELOW  # the chain path
