@@ -142,12 +142,17 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     if len(union_rings) > 1:
         union_xy, union_rings = (_canonical_rings(union_xy, union_rings, shell=False) if not in_form.all()
                                  else _from_top_left(union_xy, union_rings))
-        holes_xy = np.concatenate([union_xy, holes_xy])
-        holes_rings = np.concatenate([union_rings, union_rings[-1] + holes_rings[1:]])
-    # the holes in the order of their top-left (first) vertices, after the shell
-    firsts, sizes = holes_rings[:-1], np.diff(holes_rings)
-    order = np.lexsort((holes_xy[firsts, 0], holes_xy[firsts, 1]))
-    out = np.concatenate([shell_xy, holes_xy[_spell(firsts[order], sizes[order])]])
+    # the holes in the order of their top-left (first) vertices, after the shell: copied ring by ring
+    sources = [union_xy, holes_xy]
+    firsts = [union_rings[:-1], holes_rings[:-1]]
+    sizes = np.concatenate([np.diff(union_rings), np.diff(holes_rings)])
+    corner = np.concatenate([source[first] for source, first in zip(sources, firsts, strict=True)])
+    which = np.repeat([0, 1], [len(first) for first in firsts])
+    order = np.lexsort((corner[:, 0], corner[:, 1])).tolist()
+    starts = np.concatenate(firsts)[order].tolist()
+    ends = (np.concatenate(firsts) + sizes)[order].tolist()
+    out = np.concatenate([shell_xy] + [sources[w][s:e] for w, s, e in zip(which[order].tolist(), starts, ends,
+                                                                          strict=True)])
     offsets = np.concatenate([[0], len(shell_xy) + np.concatenate([[0], np.cumsum(sizes[order])])])
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, len(offsets) - 1])))[0]
 
