@@ -144,13 +144,13 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
                                  else _from_top_left(union_xy, union_rings))
     # the holes in the order of their top-left (first) vertices, after the shell: copied ring by ring
     sources = [union_xy, holes_xy]
-    firsts = [union_rings[:-1], holes_rings[:-1]]
+    ring_firsts = [union_rings[:-1], holes_rings[:-1]]
     sizes = np.concatenate([np.diff(union_rings), np.diff(holes_rings)])
-    corner = np.concatenate([source[first] for source, first in zip(sources, firsts, strict=True)])
-    which = np.repeat([0, 1], [len(first) for first in firsts])
+    corner = np.concatenate([source[first] for source, first in zip(sources, ring_firsts, strict=True)])
+    which = np.repeat([0, 1], [len(first) for first in ring_firsts])
     order = np.lexsort((corner[:, 0], corner[:, 1])).tolist()
-    starts = np.concatenate(firsts)[order].tolist()
-    ends = (np.concatenate(firsts) + sizes)[order].tolist()
+    starts = np.concatenate(ring_firsts)[order].tolist()
+    ends = (np.concatenate(ring_firsts) + sizes)[order].tolist()
     out = np.concatenate([shell_xy] + [sources[w][s:e] for w, s, e in zip(which[order].tolist(), starts, ends,
                                                                           strict=True)])
     offsets = np.concatenate([[0], len(shell_xy) + np.concatenate([[0], np.cumsum(sizes[order])])])
@@ -290,13 +290,13 @@ def _chain_union(geometry: np.ndarray, xy: np.ndarray, ring_offsets: np.ndarray,
     # the shell: the ring through the least (y, x) vertex of all, started there (the polygonizer's start)
     at = int(np.flatnonzero(items == np.argmin(item_head))[0])
     shell_ring = int(np.searchsorted(item_first, at, side="right")) - 1
-    first, count = int(item_first[shell_ring]), int(ring_items[shell_ring])
-    picked = first + (np.arange(count) + at - first) % count
+    shell_first, shell_count = int(item_first[shell_ring]), int(ring_items[shell_ring])
+    picked = shell_first + (np.arange(shell_count) + at - shell_first) % shell_count
     shell_xy = source[_spell(starts[picked], sizes[picked])]
     shell_xy = np.concatenate([shell_xy, shell_xy[:1]])
     # the union's other rings (holes where pieces meet), closed, not yet in the polygonizer's form
     holes = np.ones(len(items), dtype=bool)
-    holes[first : first + count] = False
+    holes[shell_first : shell_first + shell_count] = False
     hole_ring_sizes = np.delete(np.add.reduceat(sizes, item_first), shell_ring)
     if not len(hole_ring_sizes):
         return shell_xy, np.empty((0, 2)), np.zeros(1, dtype=np.int64), through
