@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,14 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], thr
     plan = plan_scene(scene, ref, config)  # a bad scene, model or band map is refused before any cluster starts
     started = time.perf_counter()
     # one cluster for both passes; the log's warnings go into the report
-    with captured_warnings() as warned, dask_client(config.workers, config.scheduler, model=plan.model) as client:
+    with captured_warnings() as warned, dask_client(config.workers, config.scheduler, model=plan.model) as client, \
+            ThreadPoolExecutor(1, thread_name_prefix="scenewatch-summary") as beside:
         result = predict_scene(plan, out, client=client, progress=False if quiet else None)
         click.echo(f"{result.scene_id}: {result.tiles_planned} tiles ({result.tiles_skipped} without data) "
                    f"in {result.seconds:.1f} s -> {result.classes_path}, {result.proba_path}")
+        # the area per class and the quicklook need only the class COG, finished now: read here while the
+        # polygon pass runs in the workers (this process only waits on it), then printed and written after it
+        prepared = beside.submit(_prepare_summary, result)
         polygons = None
         if layers is not None:
             # A second pass over the written COGs, in Dask workers, rather than predict_scene's on_core hook:
@@ -79,24 +84,35 @@ def predict(scene: str, model: str, out: str, model_options: dict[str, Any], thr
             # `scenewatch vectorize` gives on the same files.
             polygons = write_layers(result.classes_path, out, layers, proba_path=result.proba_path, quiet=quiet,
                                     client=client)
-    _summarize(result, out, model_options, config, polygons, started, warned)
+    _summarize(result, out, model_options, config, polygons, started, warned, prepared)
+
+
+def _prepare_summary(result: Any) -> tuple[Any, bytes | Exception]:
+    """In a thread beside the polygon pass: the area per class (its error raised, from the future) and the
+    quicklook's PNG bytes or the error that made them (:func:`_summarize` warns of either)."""
+    from pipeline.inference.summary import encode_classes_png, read_class_areas, read_classes_preview
+
+    areas = read_class_areas(result.classes_path, result.model.class_names)
+    try:
+        return areas, encode_classes_png(read_classes_preview(result.classes_path), class_colors(result.model))
+    except Exception as err:  # noqa: BLE001 - see _summarize
+        return areas, err
 
 
 def _summarize(result: Any, out: str, model_options: dict[str, Any], config: Any, polygons: Any, started: float,
-               warned: list[str]) -> None:
-    """The area per class (printed), the quicklook PNG and report.html. The products are written by now: a
-    failure here is a warning, never a failed run."""
-    from pipeline.inference.summary import read_class_areas
+               warned: list[str], prepared: Future[tuple[Any, bytes | Exception]]) -> None:
+    """The area per class (printed), the quicklook PNG and report.html, from what :func:`_prepare_summary`
+    ``prepared``. The products are written by now: a failure here is a warning, never a failed run."""
     from pipeline.products import product_path
     from workflows.report import predict_section, safely, write_run_report
 
     try:
-        areas = read_class_areas(result.classes_path, result.model.class_names)
+        areas, made = prepared.result()
     except Exception as err:  # noqa: BLE001 - see the docstring
         log.warning("area per class not counted: %s: %s", type(err).__name__, err)
         return
     quicklook = product_path(out, result.scene_id, "quicklook")
-    png = _quicklook(quicklook, result)
+    png = _quicklook(quicklook, made)
     print_class_areas(areas)
     if png is not None:
         click.echo(f"-> {quicklook}")
@@ -108,12 +124,17 @@ def _summarize(result: Any, out: str, model_options: dict[str, Any], config: Any
             click.echo(f"-> {written}")
 
 
-def _quicklook(path: Path, result: Any) -> bytes | None:
-    """The classes quicklook PNG, or None with a warning: a picture never fails a finished run."""
-    from pipeline.inference.summary import write_classes_quicklook
+def _quicklook(path: Path, png: bytes | Exception) -> bytes | None:
+    """The classes quicklook PNG written atomically, or None with a warning (``png`` the error its encoding
+    raised): a picture never fails a finished run."""
+    from pipeline.atomic import atomic_path
 
     try:
-        return write_classes_quicklook(path, result.classes_path, class_colors(result.model))
+        if isinstance(png, Exception):
+            raise png
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(png)
+        return png
     except Exception as err:  # noqa: BLE001 - see the docstring
         log.warning("quicklook %s not written: %s: %s", path, type(err).__name__, err)
         return None
