@@ -19,7 +19,6 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from pipeline.atomic import atomic_path
 from pipeline.change.align import GridSpec, pixel_area_rows
 from pipeline.change.compare import class_areas
 from pipeline.colours import colour_table
@@ -27,7 +26,7 @@ from pipeline.products import CLASS_NODATA, class_names_from_tags
 from tiles.grid import PixelWindow
 
 __all__ = ["ClassAreas", "count_class_areas", "read_class_areas", "colorize_classes", "encode_png",
-           "encode_classes_png", "read_classes_preview", "write_classes_quicklook"]
+           "encode_classes_png", "read_classes_preview"]
 
 _ROWS_PER_READ = 512
 
@@ -157,14 +156,3 @@ def read_classes_preview(path: str | os.PathLike[str], max_size: int = 1024) -> 
         shape = (src.height, src.width) if scale <= 1 else (max(1, round(src.height / scale)),
                                                             max(1, round(src.width / scale)))
         return src.read(1, out_shape=shape, resampling=Resampling.nearest)
-
-
-def write_classes_quicklook(path: str | os.PathLike[str], classes_path: str | os.PathLike[str],
-                            colors: Sequence[str], max_size: int = 1024) -> bytes:
-    """``<scene>.quicklook.png``: the classes in ``colors``, nodata transparent, written atomically as a palette
-    PNG (:func:`encode_classes_png`: the RGBA pixels of :func:`colorize_classes`); returns the PNG bytes (the
-    report inlines them)."""
-    png = encode_classes_png(read_classes_preview(classes_path, max_size), colors)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png)
-    return png
