@@ -156,6 +156,7 @@ def union_pieces(geometry: np.ndarray) -> shapely.Polygon:
     offsets = np.concatenate([[0], len(shell_xy) + np.concatenate([[0], np.cumsum(sizes[order])])])
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (offsets, np.array([0, len(offsets) - 1])))[0]
 
+
 def _chain_union(geometry: np.ndarray, xy: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.ndarray,
                  aside: np.ndarray, others: dict[int, np.ndarray],
                  ccw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
