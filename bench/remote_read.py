@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.scenes import make_scene
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.stac_read import _free_port
 
 
 def _read_all(path: str, tile: int, halo: int) -> int:
