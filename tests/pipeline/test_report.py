@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from pipeline.colours import rgba as hex_to_rgba
-from pipeline.inference.summary import colorize_classes, count_class_areas, encode_classes_png, encode_png
+from pipeline.inference.summary import colorize_classes, count_class_areas, encode_classes_png
 from pipeline.report import Picture, Section, Table, anchor_of, render_report, render_section
 
-PNG = encode_png(np.zeros((2, 3, 4), dtype=np.uint8))
+PNG = encode_classes_png(np.zeros((2, 3), dtype=np.uint8), ("#d9cfb4",))
 
 
 def section(title: str = "scene", **values: object) -> Section:
