@@ -55,7 +55,7 @@ def _sibling_proba(classes: Path) -> Path | None:
 @click.option("--proba", "proba_path", type=click.Path(dir_okay=False), default=None,
               help="Probability raster for the confidence columns [default: <scene>.proba.tif beside CLASSES, if any].")
 @options.vector_options
-@options.tile_size(default="1024")
+@options.tile_size(default="2048")
 @options.scene_options
 @options.cluster_options
 @click.option("--scene-id", default=None, help="Scene id of the layer [default: from the raster's tags or name].")
