@@ -59,12 +59,13 @@ from pipeline.inference.read import SceneMeta, open_scene
 from pipeline.names import safe_name
 from pipeline.products import Tag, class_names_from_tags, name_of
 from pipeline.vectors.export import (
+    Bounds,
     LayerSpec,
     LayerStager,
     StagedLayer,
     StagedPart,
     export_layer,
-    feature_table,
+    feature_rows,
     stage_part,
     table_bounds,
 )
@@ -182,9 +183,9 @@ def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = No
         proba = own_class_stored(stored, classes)
     pieces = polygonize_core(classes, keep, core, job.grid.bounds, proba=proba, max_polygons=job.max_polygons)
     interior, border = split_border(pieces)
-    table = feature_table(interior, job.spec)
+    table, bounds = feature_rows(interior, job.spec)
     if part is not None:  # kept on the worker until its border pieces are merged: what was staged, not the rows
-        return stage_part([table], part, job.spec), border
+        return stage_part([table], part, job.spec, [bounds]), border
     return table, border
 
 
@@ -377,9 +378,6 @@ def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
     return str(proba_path)
 
 
-Bounds = tuple[float, float, float, float] | None
-
-
 @crosses_processes
 def _rows_of_tiles(results: list[tuple[pa.Table, CorePieces]]) -> list[tuple[pa.Table, Bounds, BorderOutline]]:
     """The Dask task that takes what this process needs of a batch of tiles' results, in one message: per
@@ -400,7 +398,14 @@ def _staged_tiles(results: list[tuple[StagedPart, CorePieces]]) -> list[tuple[St
 def _stage_merges(parts: list[tuple[pa.Table, Bounds]], spec: LayerSpec, path: Path) -> StagedPart:
     """The row's merged objects (its :func:`_merge_seams` results, in order) staged end to end as one
     batch in the part file ``path``, as :meth:`_Rows.stage` stages them in this process."""
-    return stage_part([pa.concat_tables([t for t, _ in parts])], path, spec)
+    return stage_part([pa.concat_tables([t for t, _ in parts])], path, spec, [_union_bounds([b for _, b in parts])])
+
+
+def _union_bounds(boxes: Sequence[Bounds]) -> Bounds:
+    """The bounds of tables put end to end, from theirs (None for a table without rows)."""
+    known = [b for b in boxes if b is not None]
+    return (min(b[0] for b in known), min(b[1] for b in known), max(b[2] for b in known),
+            max(b[3] for b in known)) if known else None
 
 
 def _pack_groups(groups: list[Group]) -> tuple[np.ndarray, np.ndarray]:
@@ -421,8 +426,7 @@ def _merge_seams(tiles: dict[int, tuple[pa.Table | StagedPart, CorePieces]], spe
     """The Dask task that unions finished groups (:func:`_pack_groups`) into rows; the results of the tiles
     they span come to it."""
     groups = _unpack_groups(members, sizes)
-    table = feature_table(merge_groups({i: result[1].pieces for i, result in tiles.items()}, groups), spec)
-    return table, table_bounds(table)
+    return feature_rows(merge_groups({i: result[1].pieces for i, result in tiles.items()}, groups), spec)
 
 
 @dataclass(slots=True)
@@ -460,10 +464,7 @@ class _Rows:
             return
         # one table, as one merge in this process made: the layer's batches (Parquet row groups) too
         table = pa.concat_tables([t for t, _ in parts]).combine_chunks()
-        boxes = [b for _, b in parts if b is not None]
-        box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-               max(b[3] for b in boxes)) if boxes else None
-        stager.add(table, box)
+        stager.add(table, _union_bounds([b for _, b in parts]))
 
 
 def _chunks(groups: list[Group], parts: int) -> list[list[Group]]:
