@@ -469,9 +469,16 @@ class _Rows:
 
 def _chunks(groups: list[Group], parts: int) -> list[list[Group]]:
     """``groups`` cut into at most ``parts`` consecutive runs of about as many pieces each (merged apart
-    and put end to end, they keep their order)."""
-    sizes = np.cumsum([len(g) for g in groups])
-    cuts = np.searchsorted(sizes, sizes[-1] * np.arange(1, parts) / parts, side="right")
+    and put end to end, they keep their order). Each cut is the boundary between groups nearest to its
+    share of the pieces, so that a group larger than a share (a row's background object, which can be
+    most of its pieces and most of its vertices) is cut off from the groups beside it rather than merged
+    with all of them in one task."""
+    if parts < 2 or len(groups) < 2:
+        return [groups] if groups else []
+    before = np.concatenate([[0], np.cumsum([len(g) for g in groups])])  # pieces before each boundary
+    targets = before[-1] * np.arange(1, parts) / parts
+    after = np.clip(np.searchsorted(before, targets), 1, len(groups))  # the first boundary at or past each target
+    cuts = np.where(targets - before[after - 1] < before[after] - targets, after - 1, after)
     bounds = [0, *sorted({int(c) for c in cuts if 0 < c < len(groups)}), len(groups)]
     return [groups[i:j] for i, j in itertools.pairwise(bounds)]
 

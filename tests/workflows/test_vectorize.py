@@ -271,3 +271,25 @@ def test_raster_without_crs_needs_assume_crs(tmp_path: Path, dask_client) -> Non
     result = vectorize_scene(path, tmp_path / "out", given, client=dask_client)
     assert list(result.paths) == ["fgb"] and result.tiles == 9  # the value given wins, the rest is the config's
     assert CRS.from_user_input(pyogrio.read_info(result.paths["fgb"])["crs"]) == CRS.from_epsg(32633)
+
+
+def test_merge_chunks_cut_a_large_group_off_from_the_rest() -> None:
+    """A row's groups go to the workers in consecutive runs of about as many pieces each; a group larger than
+    a run's share (the last row's background object) is cut off alone rather than left with all the others."""
+    from workflows.vectorize import _chunks
+
+    def groups(*sizes: int) -> list[list[tuple[int, int]]]:
+        return [[(n, k) for k in range(size)] for n, size in enumerate(sizes)]
+
+    def pieces(chunks: list[list[list[tuple[int, int]]]]) -> list[int]:
+        return [sum(len(g) for g in chunk) for chunk in chunks]
+
+    background = groups(501, *[2] * 150, *[1] * 76)
+    chunks = _chunks(background, 2)
+    assert pieces(chunks) == [501, 376] and [g for c in chunks for g in c] == background
+    assert pieces(_chunks(groups(1, 1, 1, 100), 2)) == [3, 100]
+    assert pieces(_chunks(groups(1, 1, 1, 1), 2)) == [2, 2]
+    assert pieces(_chunks(groups(2, 1, 2, 1, 2), 3)) == [3, 2, 3]
+    assert pieces(_chunks(groups(5), 2)) == [5]
+    assert pieces(_chunks(groups(3, 3), 4)) == [3, 3]
+    assert pieces(_chunks(groups(4, 4), 1)) == [8]
