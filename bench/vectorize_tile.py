@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
+from pipeline.config import VectorizeConfig
 from pipeline.inference.read import open_scene
 from pipeline.products import class_names_from_tags
 from pipeline.vectors import merge as merge_now
@@ -106,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("classes", help="a class raster with its .proba.tif beside it")
     parser.add_argument("--before", default="8e5d367", help="the commit whose tile code is the baseline")
-    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--tile-size", type=int, default=VectorizeConfig().tile_size, help="default: the polygon pass's")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the tiles")
     parser.add_argument("--tiles", type=int, default=0, help="only the first N tiles (0: all)")
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -261,6 +262,28 @@ def test_noisy_tile_hits_the_polygon_limit_before_building_geometry() -> None:
     with pytest.raises(PolygonLimitError, match="`sieve`"):
         polygonize_core(noisy, np.ones_like(noisy, dtype=bool), grid.tile(0, 0).core_window, grid.bounds,
                         max_polygons=1000)
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+@pytest.mark.parametrize("proba", [False, True])
+def test_garbage_collector_is_left_as_it_was(collecting: bool, proba: bool) -> None:
+    """Polygonizing pauses Python's cyclic collector while GDAL's rings are built; it is back as it was after,
+    after a polygon limit too."""
+    noisy = (np.random.default_rng(0).random((200, 200)) < 0.5).astype(np.uint8)
+    grid = TileGrid(200, 200, 200, 0)
+    core, keep = grid.tile(0, 0).core_window, np.ones_like(noisy, dtype=bool)
+    own = np.full(noisy.shape, 0.5) if proba else None
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert len(polygonize_core(noisy, keep, core, grid.bounds, proba=own).pieces) > 1000
+        assert gc.isenabled() == collecting
+        if not proba:  # the limit is counted as GDAL's polygons come, inside the pause
+            with pytest.raises(PolygonLimitError):
+                polygonize_core(noisy, keep, core, grid.bounds, max_polygons=1000)
+            assert gc.isenabled() == collecting
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_sieve_removes_groups_below_the_threshold() -> None:
