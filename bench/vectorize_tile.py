@@ -107,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("classes", help="a class raster with its .proba.tif beside it")
     parser.add_argument("--before", default="8e5d367", help="the commit whose tile code is the baseline")
-    parser.add_argument("--tile-size", type=int, default=VectorizeConfig().tile_size, help="default: the polygon pass's")
+    parser.add_argument("--tile-size", type=int, default=VectorizeConfig().tile_size, help="default: the polygon pass'")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the tiles")
     parser.add_argument("--tiles", type=int, default=0, help="only the first N tiles (0: all)")
     args = parser.parse_args()
