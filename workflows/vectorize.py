@@ -42,7 +42,7 @@ import logging
 import re
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,6 +483,26 @@ def _chunks(groups: list[Group], parts: int) -> list[list[Group]]:
     return [groups[i:j] for i, j in itertools.pairwise(bounds)]
 
 
+def _spread(dask: Client, spans: list[dict[int, Future]], pieces: list[int]) -> list[list[str] | None]:
+    """A worker for each of the merges of the last row of tiles, once no tile is left to run: each a different
+    one, so that a merge of the row's background object (which can take most of its pieces, and most of its
+    time) runs beside the others rather than after them on one worker, as Dask may place them by where their
+    tiles' results lie. The merges with more pieces choose first, each the free worker that holds the most of
+    its tiles' results; a merge left without one is placed by Dask (None). The places are preferences
+    (``allow_other_workers``): a worker that leaves does not hold a merge up."""
+    holders = dask.who_has([future for span in spans for future in span.values()])
+    free = sorted(dask.scheduler_info(n_workers=-1).get("workers", {}))
+    places: list[list[str] | None] = [None] * len(spans)
+    for k in sorted(range(len(spans)), key=lambda k: -pieces[k]):
+        if not free:
+            break
+        held = Counter(w for future in spans[k].values() for w in holders.get(future.key, ()))
+        best = max(free, key=lambda w: held[w])  # the first of the most holding (sorted): the same every run
+        free.remove(best)
+        places[k] = [best]
+    return places
+
+
 def _batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
     """The grid's tiles in row-major order, ``size`` at a time (the last batch may be shorter)."""
     tiles = iter(grid)
@@ -551,8 +571,14 @@ def _run(dask: Client, job: _TileJob, stager: LayerStager, in_flight: int, progr
         parts = [_pack_groups(part) for part in _chunks(finished, workers)]
         spans = [{i: held[i] for i in np.unique(members[:, 0]).tolist()} for members, _ in parts]
         keys = [f"vectorize-merge-{job.spec.scene_id}-{run}-{row}-{n}" for n in range(len(parts))]
-        merges = dask.map(run_packed, [packed(_merge_seams, job.spec, m, s) for m, s in parts], spans, key=keys,
-                          pure=False)
+        tasks = [packed(_merge_seams, job.spec, m, s) for m, s in parts]
+        if row < job.grid.rows - 1 or len(parts) < 2:
+            merges = dask.map(run_packed, tasks, spans, key=keys, pure=False)
+        else:  # nothing else left to run: each merge on a worker of its own (the largest where most of its tiles are)
+            places = _spread(dask, spans, [int(sizes.sum()) for _, sizes in parts])
+            merges = [dask.submit(run_packed, task, span, key=key, pure=False, workers=place,
+                                  allow_other_workers=True) for task, span, key, place in zip(tasks, spans, keys,
+                                                                                                places, strict=True)]
         if not in_parts:
             return _Rows(len(finished), merges=merges)
         path = stager.part_path().resolve()

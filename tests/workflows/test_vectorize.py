@@ -293,3 +293,22 @@ def test_merge_chunks_cut_a_large_group_off_from_the_rest() -> None:
     assert pieces(_chunks(groups(5), 2)) == [5]
     assert pieces(_chunks(groups(3, 3), 4)) == [3, 3]
     assert pieces(_chunks(groups(4, 4), 1)) == [8]
+
+
+def test_last_row_merges_are_spread_over_the_workers() -> None:
+    """The last row's merges each get a worker of their own, the one with more pieces first and where most of
+    its tiles' results are; merges beyond the workers are left to Dask."""
+    from types import SimpleNamespace
+
+    from workflows.vectorize import _spread
+
+    def future(key: str) -> SimpleNamespace:
+        return SimpleNamespace(key=key)
+
+    held = {"t0": ["tcp://b"], "t1": ["tcp://b"], "t2": ["tcp://a"], "t3": ["tcp://a", "tcp://b"]}
+    client = SimpleNamespace(who_has=lambda futures: {f.key: held[f.key] for f in futures},
+                             scheduler_info=lambda n_workers: {"workers": {"tcp://a": {}, "tcp://b": {}}})
+    small = {2: future("t2")}
+    large = {0: future("t0"), 1: future("t1"), 2: future("t2"), 3: future("t3")}
+    assert _spread(client, [small, large], [3, 40]) == [["tcp://a"], ["tcp://b"]]
+    assert _spread(client, [large, small, small], [40, 3, 2]) == [["tcp://b"], ["tcp://a"], None]
