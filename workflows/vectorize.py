@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import shapely
 from distributed import Client, Future, wait
 
 from pipeline.atomic import output_folder, removed_if_left_empty, sweep_stale_temps
@@ -148,6 +149,29 @@ def _unpack_bits(bits: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=count).astype(bool).reshape(shape)
 
 
+@dataclass(frozen=True, slots=True)
+class _Border:
+    """A tile's border pieces as its task returns them: kept on its worker until merged, and sent to the merge
+    tasks of other workers with their polygons as flat coordinate arrays (:func:`shapely.to_ragged_array`),
+    which Dask sends as buffers, rather than one pickled WKB string per polygon (the background object's
+    pieces of half an 8192² scene, 1.2 M vertices: about 0.12 s to pickle and unpickle, against 0.03 s)."""
+
+    core: CorePieces
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        geometry = self.core.pieces.geometry
+        if not len(geometry) or not np.all(shapely.get_type_id(geometry) == shapely.GeometryType.POLYGON):
+            return _Border, (self.core,)
+        _, xy, offsets = shapely.to_ragged_array(geometry)
+        pieces = dataclasses.replace(self.core.pieces, geometry=np.empty(0, dtype=object))
+        return _border_from_ragged, (dataclasses.replace(self.core, pieces=pieces), xy, offsets)
+
+
+def _border_from_ragged(core: CorePieces, xy: np.ndarray, offsets: tuple[np.ndarray, ...]) -> _Border:
+    geometry = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
+    return _Border(dataclasses.replace(core, pieces=dataclasses.replace(core.pieces, geometry=geometry)))
+
+
 def _class_read_window(job: _TileJob, tile: Tile) -> PixelWindow:
     """The window a tile's classes are read over: its core, plus the sieve's halo."""
     core = tile.core_window
@@ -163,7 +187,7 @@ def _read_windows(job: _TileJob, tile: Tile) -> tuple[np.ndarray, np.ndarray, St
 
 @crosses_processes
 def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = None,
-                    part: Path | None = None) -> tuple[pa.Table | StagedPart, CorePieces]:
+                    part: Path | None = None) -> tuple[pa.Table | StagedPart, _Border]:
     """The Dask task: read one core (with a sieve halo), polygonize it, finish the interior polygons.
     ``windows``: what this process read for it, when the worker cannot read the rasters. ``part``: where
     the workers see the staging folder, the finished rows are staged in this part file and what was staged
@@ -185,8 +209,8 @@ def _vectorize_tile(job: _TileJob, tile: Tile, windows: _TileWindows | None = No
     interior, border = split_border(pieces)
     table, bounds = feature_rows(interior, job.spec)
     if part is not None:  # kept on the worker until its border pieces are merged: what was staged, not the rows
-        return stage_part([table], part, job.spec, [bounds]), border
-    return table, border
+        return stage_part([table], part, job.spec, [bounds]), _Border(border)
+    return table, _Border(border)
 
 
 def class_names_of(meta: SceneMeta) -> dict[int, str]:
@@ -379,19 +403,19 @@ def _check_proba(proba_path: str | Path | None, meta: SceneMeta) -> str | None:
 
 
 @crosses_processes
-def _rows_of_tiles(results: list[tuple[pa.Table, CorePieces]]) -> list[tuple[pa.Table, Bounds, BorderOutline]]:
+def _rows_of_tiles(results: list[tuple[pa.Table, _Border]]) -> list[tuple[pa.Table, Bounds, BorderOutline]]:
     """The Dask task that takes what this process needs of a batch of tiles' results, in one message: per
     tile its finished rows (and their bounds, so that this process never parses their geometry) and its
     border pieces' outline. The results themselves (the border pieces) stay on the workers."""
-    return [(interior, table_bounds(interior), outline(border)) for interior, border in results]
+    return [(interior, table_bounds(interior), outline(border.core)) for interior, border in results]
 
 
 @crosses_processes
-def _staged_tiles(results: list[tuple[StagedPart, CorePieces]]) -> list[tuple[StagedPart, BorderOutline]]:
+def _staged_tiles(results: list[tuple[StagedPart, _Border]]) -> list[tuple[StagedPart, BorderOutline]]:
     """:func:`_rows_of_tiles` for workers that see the staging folder, where each tile task staged its
     finished rows in a part file of its own: per tile what was staged (count, bounds, classes) and the
     outline of its border pieces."""
-    return [(staged, outline(border)) for staged, border in results]
+    return [(staged, outline(border.core)) for staged, border in results]
 
 
 @crosses_processes
@@ -421,12 +445,12 @@ def _unpack_groups(members: np.ndarray, sizes: np.ndarray) -> list[Group]:
 
 
 @crosses_processes
-def _merge_seams(tiles: dict[int, tuple[pa.Table | StagedPart, CorePieces]], spec: LayerSpec, members: np.ndarray,
+def _merge_seams(tiles: dict[int, tuple[pa.Table | StagedPart, _Border]], spec: LayerSpec, members: np.ndarray,
                  sizes: np.ndarray) -> tuple[pa.Table, Bounds]:
     """The Dask task that unions finished groups (:func:`_pack_groups`) into rows; the results of the tiles
     they span come to it."""
     groups = _unpack_groups(members, sizes)
-    return feature_rows(merge_groups({i: result[1].pieces for i, result in tiles.items()}, groups), spec)
+    return feature_rows(merge_groups({i: result[1].core.pieces for i, result in tiles.items()}, groups), spec)
 
 
 @dataclass(slots=True)

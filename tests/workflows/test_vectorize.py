@@ -312,3 +312,27 @@ def test_last_row_merges_are_spread_over_the_workers() -> None:
     large = {0: future("t0"), 1: future("t1"), 2: future("t2"), 3: future("t3")}
     assert _spread(client, [small, large], [3, 40]) == [["tcp://a"], ["tcp://b"]]
     assert _spread(client, [large, small, small], [40, 3, 2]) == [["tcp://b"], ["tcp://a"], None]
+
+
+def test_border_pieces_travel_as_flat_coordinates_and_come_back_the_same() -> None:
+    import pickle
+
+    from pipeline.vectors.merge import split_border
+    from pipeline.vectors.vectorize import CorePieces, polygonize_core
+    from tiles.grid import PixelWindow
+    from workflows.vectorize import _Border
+
+    classes = blobs((64, 64), 3, seed=4)
+    core = PixelWindow(0, 0, 64, 64)
+    _, border = split_border(polygonize_core(classes, np.ones(classes.shape, dtype=bool), core,
+                                             PixelWindow(0, 0, 128, 128)))
+    assert len(border.pieces)
+    for sent in (border, CorePieces(core, border.pieces.take(np.zeros(0, dtype=np.int64)), border.top,
+                                    border.bottom, border.left, border.right)):
+        back = pickle.loads(pickle.dumps(_Border(sent), protocol=5)).core
+        assert shapely.to_wkb(back.pieces.geometry).tolist() == shapely.to_wkb(sent.pieces.geometry).tolist()
+        for name in ("cls", "pixels", "proba_sum", "proba_count", "proba_max", "key_row", "key_col", "touches"):
+            np.testing.assert_array_equal(getattr(back.pieces, name), getattr(sent.pieces, name))
+        for name in ("top", "bottom", "left", "right"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(sent, name))
+        assert back.core == sent.core
