@@ -152,6 +152,33 @@ def test_the_scene_header_is_opened_once_per_run(make_geotiff, tmp_path, dask_cl
     assert result.classes_path.exists() and result.tiles_planned == len(plan.grid)
 
 
+def _preloaded(module: str) -> bool:
+    """Whether this process holds ``module``, once its preload thread (if any) is done."""
+    import sys
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "scenewatch-preload":
+            thread.join()
+    return module in sys.modules
+
+
+@pytest.mark.slow
+def test_preload_imports_the_next_pass_modules_in_every_worker_and_here(make_geotiff, tmp_path, dask_client):
+    import sys
+
+    probe = "tests.workflows.preload_probe"
+    assert probe not in sys.modules and not any(dask_client.run(_preloaded, probe).values())
+    plan = plan_scene(make_geotiff(shape=(4, 96, 128)), "vegetation", PredictConfig(bands="naip", tile_size=64))
+    predict_scene(plan, tmp_path / "out", client=dask_client, progress=False, preload=(probe, "no.such.module"))
+    # each worker's preload task runs before a task of lower priority pinned to the same worker
+    workers = sorted(dask_client.scheduler_info(n_workers=-1)["workers"])
+    seen = dask_client.gather([dask_client.submit(_preloaded, probe, workers=[w], priority=-2, pure=False)
+                               for w in workers])
+    assert seen == [True] * len(workers)
+    assert _preloaded(probe)  # a module that cannot be imported is left for the next pass to report
+
+
 def test_batches_cover_every_tile_once_in_stripes():
     from tiles.grid import plan_tiles
     from workflows.scene import STRIPE_TILES, _batches
