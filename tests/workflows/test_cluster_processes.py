@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dask
 import psutil
 import pytest
+from distributed import fire_and_forget
 
 from workflows.cluster import dask_client
 
@@ -75,3 +77,22 @@ def test_a_client_stopped_or_killed_leaves_no_scheduler_or_worker_behind(stop: s
     finally:
         client.kill()
         client.wait()
+
+
+def _write_later(path: str, started: str, seconds: float) -> None:
+    Path(started).touch()
+    time.sleep(seconds)
+    Path(path).write_text("done")
+
+
+def test_a_worker_still_running_a_task_finishes_it_before_its_process_ends(tmp_path: Path) -> None:
+    """An idle worker's process is killed when the block ends without an error (nothing left to lose);
+    one still running a task (its future released) is closed as before: the task finishes first."""
+    done, started = tmp_path / "done", tmp_path / "started"
+    with dask_client(1) as client:
+        fire_and_forget(client.submit(_write_later, str(done), str(started), 1.0, pure=False))
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+    assert done.read_text() == "done"
