@@ -49,10 +49,13 @@ def _leave(done: SystemExit) -> NoReturn:
     costs a process that ran a command 0.25-0.3 s of CPU at its end (more after ``predict``, with Dask,
     GDAL and OpenVINO loaded), when every file is already written and closed: the ``atexit`` functions run
     (logging's flush among them), then the standard streams are flushed and the process exits with the
-    code ``sys.exit`` gives. Where a thread other than daemons is still running, the ordinary exit waits
-    for it instead."""
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    code ``sys.exit`` gives. First, as the interpreter's own exit does, every thread that is not a daemon
+    is joined (``threading._shutdown``: idle pool threads, Dask's offload thread among them, are told to
+    end; one still working is waited for); a Python without it exits the ordinary way."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:  # pragma: no cover - CPython has it
         raise done
+    shutdown()
     code = done.code
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
