@@ -504,8 +504,16 @@ def _feature_count(path: Path, fmt: str, layer: str) -> int:
         return int(pq.ParquetFile(path).metadata.num_rows)
     import pyogrio
 
-    return int(pyogrio.read_info(path, layer=layer if fmt == "gpkg" else None,
-                                 force_feature_count=True)["features"])
+    if fmt != "geojson":
+        return int(pyogrio.read_info(path, layer=layer if fmt == "gpkg" else None,
+                                     force_feature_count=True)["features"])
+    # GDAL's GeoJSON reader refuses an object over 200 MB of text unless told otherwise (the background object of
+    # an 8192² scene, 2.4 M vertices, is more); this only counts the features just written
+    with _GEOJSON_LIMIT, _gdal_config({"OGR_GEOJSON_MAX_OBJ_SIZE": "0"}):
+        return int(pyogrio.read_info(path, force_feature_count=True)["features"])
+
+
+_GEOJSON_LIMIT = threading.Lock()  # GDAL's config options are process-wide (see _PINNED_DATE)
 
 
 def _stream(stager: StagedLayer, batches: Iterator[pa.RecordBatch] | None = None) -> pa.RecordBatchReader:
