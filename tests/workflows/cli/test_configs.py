@@ -79,7 +79,7 @@ def test_predict_plans_once_and_predicts_that_plan(calls, tmp_path: Path) -> Non
     assert config == PredictConfig(bands="red=1,green=2,blue=3,nir=4", tile_size=256, precision="fp32", workers=2)
     assert dict(ref.options) == {"threshold": 0.25}
     assert plan.config is config and plan.scene == str(NAIP_2020) and out == str(tmp_path)
-    assert options == {"client": "client", "progress": False}
+    assert options == {"client": "client", "progress": False, "preload": ("workflows.vectorize", "pandas")}
     assert layers == VectorizeConfig(formats=("gpkg", "parquet"), min_area=5000.0, classes=("vegetation",))
     assert vector_options["client"] == "client" and vector_options["proba_path"] == tmp_path / "s.proba.tif"
 
