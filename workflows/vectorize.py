@@ -286,7 +286,7 @@ def vectorize_scene(classes_path: str | Path, out_dir: str | Path, config: Vecto
     """Turn a class raster into polygon layers ``<out_dir>/<scene_id>.<ext>``, one per ``config.formats``.
 
     ``config`` (a :class:`VectorizeConfig`; default: exact pixel-edge polygons of every class as a GeoPackage,
-    1024 px tiles) says what is kept and how (``min_area`` in m², ``sieve`` in pixels, ``simplify`` in metres,
+    2048 px tiles) says what is kept and how (``min_area`` in m², ``sieve`` in pixels, ``simplify`` in metres,
     ``classes`` by name, from the raster's SCENEWATCH_CLASSES tag, or value).
     ``proba_path``: the matching probability raster (band ``c`` = class ``c``) for the confidence columns;
     without it they are null. ``attributes``: constant columns added to every feature (e.g. both dates of a
