@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,8 +32,8 @@ from pipeline.errors import ConfigError
 from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 
-__all__ = ["dask_client", "ClientStarting", "worker_count", "cpu_count", "default_workers", "threads_per_model",
-           "GPU_WORKERS", "default_scenes_in_flight", "run_on_workers"]
+__all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS",
+           "default_scenes_in_flight", "run_on_workers"]
 
 log = logging.getLogger("scenewatch")
 
@@ -256,59 +255,6 @@ def _close_abruptly(cluster: SpecCluster, client: Client) -> None:
 def _runs_nothing(dask_worker: Any) -> bool:
     """In a worker: whether no task runs there."""
     return not dask_worker.state.executing and not dask_worker.state.long_running
-
-
-class ClientStarting:
-    """:func:`dask_client` entered in a thread of its own from :meth:`__enter__` on, so that a local cluster's
-    processes start (and import) while this one goes on with something else (``scenewatch predict`` plans
-    its scene meanwhile); :meth:`client` waits for it. The thread holds the client until :meth:`__exit__`,
-    then leaves the context there, where it entered it (the client is the current one in that thread's
-    context, as Dask sets it), and is joined: an error in the block (a scene refused) still closes the
-    cluster in order and leaves nothing behind. An error from starting it is raised by :meth:`client`
-    (and by :meth:`__exit__` where nothing asked for the client); one from closing it by :meth:`__exit__`.
-
-    ``arguments`` are :func:`dask_client`'s, which takes care of ``scheduler`` (a connection, nothing to
-    start) and ``client`` (nothing at all) as it does without a thread.
-    """
-
-    def __init__(self, **arguments: Any) -> None:
-        self.arguments = arguments
-        self._ready = threading.Event()
-        self._release = threading.Event()
-        self._client: Client | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._hold, name="scenewatch-cluster", daemon=True)
-
-    def _hold(self) -> None:
-        try:
-            with dask_client(**self.arguments) as client:
-                self._client = client
-                self._ready.set()
-                self._release.wait()
-        except BaseException as err:  # noqa: BLE001 - raised in the thread that asks for the client
-            self._error = err
-        finally:
-            self._ready.set()
-
-    def client(self) -> Client:
-        """The connected client, once the cluster has started; its error if it could not."""
-        self._ready.wait()
-        if self._client is None or self._error is not None:
-            error, self._error = self._error, None
-            raise error if error is not None else RuntimeError("the Dask cluster was closed")
-        return self._client
-
-    def __enter__(self) -> ClientStarting:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._release.set()
-        self._thread.join()
-        self._client = None
-        error, self._error = self._error, None
-        if error is not None and exc[0] is None:
-            raise error
 
 
 def worker_count(client: Client) -> int:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from distributed import fire_and_forget
 
-from workflows.cluster import ClientStarting, dask_client
+from workflows.cluster import dask_client
 
 pytestmark = pytest.mark.slow
 
@@ -96,14 +96,3 @@ def test_a_worker_still_running_a_task_finishes_it_before_its_process_ends(tmp_p
             time.sleep(0.05)
         assert started.exists()
     assert done.read_text() == "done"
-
-
-def test_a_cluster_started_in_a_thread_serves_the_block_and_closes_even_after_an_error() -> None:
-    with ClientStarting(workers=1) as starting:
-        client = starting.client()
-        pids = [client.run_on_scheduler(os.getpid), *client.run(os.getpid).values()]
-        assert client.submit(sum, [1, 2]).result() == 3
-    assert _survivors(pids) == []
-    with pytest.raises(ValueError, match="refused"), ClientStarting(workers=1) as starting:
-        raise ValueError("refused")  # a scene refused while the cluster starts: it is closed all the same
-    assert starting.arguments == {"workers": 1}
