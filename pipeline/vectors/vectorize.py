@@ -357,19 +357,16 @@ def _gdal_polygons(image: np.ndarray, mask: np.ndarray | None, core: PixelWindow
     every 700 new objects and walked them: 6 % of a polygon tile task's CPU in a worker (16 of 275 ms). It
     is paused while they are made and used (:func:`_collection_paused`), and they are freed, by reference
     counting as ever, before it resumes (so that its next collection does not walk them all at once)."""
-    with _collection_paused():
-        return _gdal_polygons_built(image, mask, core, max_polygons)
-
-
-def _gdal_polygons_built(image: np.ndarray, mask: np.ndarray | None, core: PixelWindow,
-                         max_polygons: int | None) -> tuple[np.ndarray, np.ndarray]:
     to_scene = Affine.translation(core.col_off, core.row_off)
-    shapes = []
-    for item in rasterio.features.shapes(image, mask=mask, connectivity=4, transform=to_scene):
-        shapes.append(item)
-        if max_polygons is not None and len(shapes) > max_polygons:
-            _check_limit(len(shapes), max_polygons, core)
-    return _build_polygons(shapes), np.fromiter((v for _, v in shapes), np.float64, len(shapes))
+    with _collection_paused():
+        shapes = []
+        for item in rasterio.features.shapes(image, mask=mask, connectivity=4, transform=to_scene):
+            shapes.append(item)
+            if max_polygons is not None and len(shapes) > max_polygons:
+                _check_limit(len(shapes), max_polygons, core)
+        built = _build_polygons(shapes), np.fromiter((v for _, v in shapes), np.float64, len(shapes))
+        del shapes  # freed while the collector is still paused
+    return built
 
 
 @contextlib.contextmanager
