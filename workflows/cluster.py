@@ -33,7 +33,7 @@ from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 
 __all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS",
-           "default_scenes_in_flight", "run_on_workers"]
+           "default_scenes_in_flight", "run_on_workers", "huge_pages_given_back"]
 
 log = logging.getLogger("scenewatch")
 
@@ -58,6 +58,44 @@ def default_workers(model: str | os.PathLike[str] | ModelRef | None = None) -> i
     if model is not None and runs_on_gpu(model):
         return min(cpu_count(), GPU_WORKERS)
     return cpu_count()
+
+
+_VIRTIO_BALLOON = "0x0005"  # the virtio device id of a memory balloon
+_BALLOON_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: the guest reports free blocks, which the host takes back
+
+
+def huge_pages_given_back(sys_root: Path = Path("/sys")) -> bool:
+    """Whether the huge pages numpy asks for (``madvise``, for every array of 4 MB or more) cost this machine
+    more than they give: a virtual machine whose memory balloon reports free blocks of a huge page's order
+    (free page reporting, as Firecracker and cloud-hypervisor VMs run), where the host takes every reported
+    block back, so that a fresh huge page is backed again by the host 4 KiB at a time, with transparent huge
+    pages given only where asked (``madvise``).
+
+    Measured on such a VM (Firecracker, 2 cores, kernel 6.18, page_reporting_order 9): fresh arrays held
+    in one process cost 8-13 ms of system time per MB with numpy's huge pages and 0.4 without (past the
+    100-200 MB of huge blocks freed recently and not yet reported, which come at 0.17); ``scenewatch
+    predict`` of an 8192² scene spent 4.4-5.8 s of system time, 2.4-2.6 without. Anywhere else (no balloon
+    or no reporting, huge pages ``always`` or ``never``, a reporting order above a huge page's): False."""
+    mm = sys_root / "kernel/mm/transparent_hugepage"
+    try:
+        if "[madvise]" not in (mm / "enabled").read_text():
+            return False
+        huge_order = (int((mm / "hpage_pmd_size").read_text()) // os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
+    except (OSError, ValueError):
+        return False
+    try:
+        if int((sys_root / "module/page_reporting/parameters/page_reporting_order").read_text()) > huge_order:
+            return False
+    except (OSError, ValueError):
+        pass  # a kernel without the parameter reports blocks of pageblock order, a huge page's
+    for device in (sys_root / "bus/virtio/devices").glob("*"):
+        try:
+            if (device / "device").read_text().strip() == _VIRTIO_BALLOON and \
+                    (device / "features").read_text().strip()[_BALLOON_REPORTING:_BALLOON_REPORTING + 1] == "1":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 # The scheduler's process: it must not outlive this one, however this one ends. On Linux the kernel kills
@@ -208,6 +246,10 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     # the tiles in flight either way. Users' own clusters: see docs/scheduling.md.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
+    # On a VM whose host takes back free huge blocks (huge_pages_given_back), numpy's huge pages cost each
+    # worker a fault per 4 KiB from the host: numpy is told at import not to ask for them, unless the user said.
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and huge_pages_given_back():
+        environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
     # Dask's own errors ("Compute Failed" with a worker traceback for a tile that cannot be read) only
     # with -v: the error itself reaches the user as one line from the client.
     quiet = logging.ERROR if log.isEnabledFor(logging.INFO) else logging.CRITICAL

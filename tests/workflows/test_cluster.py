@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 from pipeline.models.network import _visible, visible_gpus
@@ -62,3 +64,66 @@ def test_scenes_in_flight_default_to_twice_the_worker_threads_within_the_workers
             if not limit and psutil.virtual_memory().total < 8 * gib:
                 continue  # a host this small bounds the default by its memory instead (its workers are local)
             assert default_scenes_in_flight(client) == expected, (workers, threads, limit)
+
+
+def _sysfs(root, *, thp="always [madvise] never", order="9", balloon_features="0110010100000000", device="0x0005"):
+    """A /sys tree with what huge_pages_given_back reads (a 2 MB huge page over 4 KiB pages, x86's)."""
+    mm = root / "kernel/mm/transparent_hugepage"
+    mm.mkdir(parents=True)
+    (mm / "enabled").write_text(thp + "\n")
+    (mm / "hpage_pmd_size").write_text("2097152\n")
+    if order is not None:
+        params = root / "module/page_reporting/parameters"
+        params.mkdir(parents=True)
+        (params / "page_reporting_order").write_text(order + "\n")
+    for name, (dev, features) in {"virtio0": (device, balloon_features),
+                                  "virtio1": ("0x0002", "0010001001100100000")}.items():  # a block device
+        folder = root / "bus/virtio/devices" / name
+        folder.mkdir(parents=True)
+        (folder / "device").write_text(dev + "\n")
+        (folder / "features").write_text(features + "\n")
+    return root
+
+
+def test_huge_pages_are_given_back_only_where_a_balloon_reports_free_huge_blocks_and_numpy_asks_for_them(tmp_path):
+    import os
+
+    from workflows.cluster import huge_pages_given_back
+
+    if os.sysconf("SC_PAGE_SIZE") != 4096:
+        pytest.skip("the trees below describe 2 MB huge pages over 4 KiB pages")
+    assert huge_pages_given_back(_sysfs(tmp_path / "firecracker"))
+    assert huge_pages_given_back(_sysfs(tmp_path / "no-order-parameter", order=None))  # pageblock order: 9
+    assert not huge_pages_given_back(_sysfs(tmp_path / "no-reporting", balloon_features="0110000000000000"))
+    assert not huge_pages_given_back(_sysfs(tmp_path / "no-balloon", device="0x0004"))
+    assert not huge_pages_given_back(_sysfs(tmp_path / "larger-blocks", order="10"))  # huge pages stay backed
+    assert not huge_pages_given_back(_sysfs(tmp_path / "always", thp="[always] madvise never"))  # numpy's ask moot
+    assert not huge_pages_given_back(_sysfs(tmp_path / "never", thp="always madvise [never]"))
+    assert not huge_pages_given_back(tmp_path / "no-sysfs")
+
+
+def _numpy_huge_pages() -> tuple[str | None, bool]:
+    import os
+
+    from numpy._core.multiarray import _get_madvise_hugepage
+
+    return os.environ.get("NUMPY_MADVISE_HUGEPAGE"), bool(_get_madvise_hugepage())
+
+
+def test_local_workers_ask_numpy_for_huge_pages_only_where_the_host_keeps_them(monkeypatch):
+    """Whatever this machine is, the workers' numpy follows huge_pages_given_back; a user's own
+    NUMPY_MADVISE_HUGEPAGE wins."""
+    from workflows.cluster import dask_client, huge_pages_given_back
+
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "")  # so that the nanny's setting of it is undone too
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+    with dask_client(1) as client:
+        (seen,) = client.run(_numpy_huge_pages).values()
+    if huge_pages_given_back():
+        assert seen == ("0", False)
+    else:
+        assert seen[0] is None
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
+    with dask_client(1) as client:
+        (seen,) = client.run(_numpy_huge_pages).values()
+    assert seen == ("1", True)
