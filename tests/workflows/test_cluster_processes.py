@@ -51,15 +51,19 @@ def _survivors(pids: list[int], wait: float = 30.0) -> list[int]:
 
 
 def test_the_scheduler_runs_in_a_process_of_its_own_with_this_process_s_config() -> None:
+    from workflows.cluster import _MALLOC
+
+    before = {k: os.environ.get(k) for k in _MALLOC}
     with dask.config.set({"distributed.scheduler.allowed-failures": 7}), dask_client(1) as client:
         scheduler = client.run_on_scheduler(os.getpid)
         assert scheduler != os.getpid()
         assert client.run_on_scheduler(dask.config.get, "distributed.scheduler.allowed-failures") == 7
         assert client.run_on_scheduler(dask.config.get, "distributed.admin.tick.interval") == "1s"
         (env,) = client.run(lambda: dict(os.environ)).values()
-        # the nannies still start the workers without Dask's malloc setting (a LocalCluster of Dask's
-        # defaults earlier in this process leaves it in os.environ, which every worker inherits)
-        assert env.get("MALLOC_TRIM_THRESHOLD_") == os.environ.get("MALLOC_TRIM_THRESHOLD_")
+        # the nannies start the workers with scenewatch's malloc settings, not Dask's MALLOC_TRIM_THRESHOLD_,
+        # except where this process's environment already had one (a user's, or an earlier cluster's)
+        assert {k: env.get(k) for k in _MALLOC} == {k: before[k] or v for k, v in _MALLOC.items()}
+        assert env["MALLOC_TRIM_THRESHOLD_"] != "65536" or before["MALLOC_TRIM_THRESHOLD_"] == "65536"
         worker = next(iter(client.run(os.getpid).values()))
     assert _survivors([scheduler, worker]) == []
 
