@@ -64,7 +64,9 @@ _MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLO
 """glibc's allocator in local workers: every thread in one arena (the main heap, which grows as far as it
 needs), no array mapped apart below 4 GiB, and nothing given back to the kernel below 4 GiB free at the top
 of the heap: a tile's memory is reused by the next tile instead of being faulted in again (``dask_client``).
-Each setting alone did nothing measurable: a task thread's own arena maps anything over its 64 MB heap."""
+Either half alone kept most of the churn: one arena still maps arrays over glibc's adaptive threshold (32 MB
+at most) and trims its heap; the thresholds alone leave each task thread an arena of its own, whose heap
+(64 MB at most) cannot hold a larger array, which is then mapped apart anyway."""
 
 _VIRTIO_BALLOON = "0x0005"  # the virtio device id of a memory balloon
 _BALLOON_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: the guest reports free blocks, which the host takes back
