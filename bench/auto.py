@@ -174,14 +174,12 @@ def main() -> None:
         print("with ONNX Runtime, same rounds: " + ", ".join(
             f"{m['name']} {m['mp_s']:.2f}" if not m["refused"] else f"{m['name']} refused ({m['refused']})"
             for m in sorted(onnx["measurements"], key=lambda m: -(m["mp_s"] or 0))))
-    from workflows.cluster import _MALLOC, huge_pages_given_back
+    from workflows.cluster import worker_environ
 
     # The process settings scenewatch's local workers get (glibc's allocator; numpy's huge pages left out on a
     # VM whose host takes back free ones), for the model alone (as the workers run it) and for a second run
     # of the naive script: the fair baseline for what the code does, beside the script as a user runs it.
-    worker_env = {k: v for k, v in _MALLOC.items() if k not in os.environ}
-    if huge_pages_given_back() and "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
-        worker_env["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    worker_env = worker_environ()
     parts = [_in_process("model_alone", scene, bundle, i, 2, args.alone_tiles, env=worker_env) for i in range(2)]
     alone = sum(p["pixels"] for p in parts) / sum(p["seconds"] for p in parts) / 1e6 * 2  # two workers' worth
     out = Path(tempfile.mkdtemp(prefix="out-", dir=work))

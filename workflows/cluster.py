@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from pipeline.models.contract import ModelRef
 from pipeline.models.loader import runs_on_gpu
 
 __all__ = ["dask_client", "worker_count", "cpu_count", "default_workers", "threads_per_model", "GPU_WORKERS",
-           "default_scenes_in_flight", "run_on_workers", "huge_pages_given_back"]
+           "default_scenes_in_flight", "run_on_workers", "huge_pages_given_back", "worker_environ"]
 
 log = logging.getLogger("scenewatch")
 
@@ -104,6 +104,18 @@ def huge_pages_given_back(sys_root: Path = Path("/sys")) -> bool:
         except OSError:
             continue
     return False
+
+
+def worker_environ(configured: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What scenewatch adds to the environment of the local workers it starts: glibc's allocator settings
+    (:data:`_MALLOC`) and, on a VM whose host takes back free huge blocks (:func:`huge_pages_given_back`),
+    ``NUMPY_MADVISE_HUGEPAGE=0`` (numpy reads it at import). A variable already set in this process's
+    environment or in ``configured`` (Dask's pre-spawn environment) keeps its value: it is left out."""
+    given = {**os.environ, **(configured or {})}
+    added = {k: v for k, v in _MALLOC.items() if k not in given}
+    if "NUMPY_MADVISE_HUGEPAGE" not in given and huge_pages_given_back():
+        added["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    return added
 
 
 # The scheduler's process: it must not outlive this one, however this one ends. On Linux the kernel kills
@@ -260,11 +272,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
     # a worker keeps its peak, not more. A value the user set is kept. Users' own clusters: docs/scheduling.md.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    environ |= {k: v for k, v in _MALLOC.items() if k not in os.environ and k not in environ}
-    # On a VM whose host takes back free huge blocks (huge_pages_given_back), numpy's huge pages cost each
-    # worker a fault per 4 KiB from the host: numpy is told at import not to ask for them, unless the user said.
-    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and huge_pages_given_back():
-        environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    environ |= worker_environ(environ)  # and no numpy huge pages where the host takes them back
     # Dask's own errors ("Compute Failed" with a worker traceback for a tile that cannot be read) only
     # with -v: the error itself reaches the user as one line from the client.
     quiet = logging.ERROR if log.isEnabledFor(logging.INFO) else logging.CRITICAL

@@ -127,3 +127,15 @@ def test_local_workers_ask_numpy_for_huge_pages_only_where_the_host_keeps_them(m
     with dask_client(1) as client:
         (seen,) = client.run(_numpy_huge_pages).values()
     assert seen == ("1", True)
+
+
+def test_worker_environment_adds_only_what_neither_this_process_nor_dask_s_config_sets(monkeypatch):
+    from workflows.cluster import _MALLOC, huge_pages_given_back, worker_environ
+
+    for name in (*_MALLOC, "NUMPY_MADVISE_HUGEPAGE"):
+        monkeypatch.delenv(name, raising=False)
+    numpy = {"NUMPY_MADVISE_HUGEPAGE": "0"} if huge_pages_given_back() else {}
+    assert worker_environ() == {**_MALLOC, **numpy}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    added = worker_environ({"MALLOC_ARENA_MAX": "4", "NUMPY_MADVISE_HUGEPAGE": "1"})
+    assert added == {"MALLOC_MMAP_THRESHOLD_": _MALLOC["MALLOC_MMAP_THRESHOLD_"]}
