@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from pipeline.change.align import GridSpec, pixel_area_rows
 from pipeline.change.compare import class_areas
 from pipeline.colours import colour_table
+from pipeline.inference.raster import small_block_cache
 from pipeline.products import CLASS_NODATA, class_names_from_tags
 from tiles.grid import PixelWindow
 
@@ -88,8 +89,9 @@ def _count_uint8_rows(classes: np.ndarray, row_areas: np.ndarray, n_classes: int
 
 
 def read_class_areas(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> ClassAreas:
-    """Exact pixels and area of every class of a ``*.classes.tif``, read a strip of rows at a time."""
-    with rasterio.open(path) as src:
+    """Exact pixels and area of every class of a ``*.classes.tif``, read a strip of rows at a time (each block
+    once: GDAL's block cache is kept small meanwhile, so memory does not grow with the raster)."""
+    with small_block_cache(), rasterio.open(path) as src:
         names = tuple(class_names) if class_names else class_names_from_tags(src.tags())
         n = len(names) or CLASS_NODATA  # unnamed: every value but nodata is a class
         nodata = int(src.nodata) if src.nodata is not None else CLASS_NODATA
@@ -142,7 +144,7 @@ def encode_classes_png(classes: np.ndarray, colors: Sequence[str], nodata: int =
 
 def read_classes_preview(path: str | os.PathLike[str], max_size: int = 1024) -> np.ndarray:
     """The class raster decimated (nearest, from overviews) to at most ``max_size`` px on its long side."""
-    with rasterio.open(path) as src:
+    with small_block_cache(), rasterio.open(path) as src:
         scale = max(src.height, src.width) / max_size
         shape = (src.height, src.width) if scale <= 1 else (max(1, round(src.height / scale)),
                                                             max(1, round(src.width / scale)))
