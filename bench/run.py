@@ -85,23 +85,24 @@ class Measure:
 _MEMO: dict[str, Measure] = {}
 
 
-def run_case(case: str, **args: Any) -> Measure:
-    """Run one case in its own process (the same case with the same arguments runs once per harness run)."""
-    key = case + json.dumps(args, sort_keys=True)
+def run_case(case: str, *, as_user: bool = False, **args: Any) -> Measure:
+    """Run one case in its own process (the same case with the same arguments runs once per harness run).
+
+    A baseline runs with the process settings scenewatch gives its local workers (glibc's allocator; numpy's
+    huge pages left out on a VM whose host takes back free ones), unless ``as_user``: without them the naive
+    script spent 40 % of its time in the kernel on this VM (93.5 s against 56.3, docs/benchmarks.md), which
+    flattered every ratio against it. scenewatch's own run keeps the environment a user has; its workers get
+    the settings."""
+    key = case + json.dumps(args, sort_keys=True) + (" as user" if as_user else "")
     if key not in _MEMO:
-        _MEMO[key] = _run_case(case, **args)
+        _MEMO[key] = _run_case(case, as_user or case == "predict", **args)
     return _MEMO[key]
 
 
-def _run_case(case: str, **args: Any) -> Measure:
+def _run_case(case: str, as_user: bool, **args: Any) -> Measure:
     from workflows.cluster import worker_environ
 
-    # A baseline runs with the process settings scenewatch gives its local workers (glibc's allocator; numpy's
-    # huge pages left out on a VM whose host takes back free ones): without them the naive script spent 40 %
-    # of its time in the kernel on this VM (93.5 s against 56.3, docs/benchmarks.md), which flattered every
-    # ratio against it. scenewatch's own run keeps the environment a user has; its workers get the settings.
-    baseline = {} if case == "predict" else worker_environ()
-    env = os.environ | baseline | {"PYTHONPATH": str(REPO)}
+    env = os.environ | ({} if as_user else worker_environ()) | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "bench.cases", case, json.dumps(args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     with PeakMemory(pid=proc.pid) as mem:
@@ -131,6 +132,11 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
     scenes = {n: make_scene(work / f"scene_{n}.tif", n) for n in (small, mid, large)}
     warm_up = str(make_scene(work / "scene_warm_up.tif", 256 if quick else 1024, seed=1))
     unet = str(make_bundle(work / "unet-resnet18-fitted", Path(warm_up)))  # a bundle, as users pass it
+    # `auto` measures the backends once per model, machine and first tile's shape (cached: docs/models.md),
+    # with torch and every candidate loaded in the workers: on a fresh cache the first U-Net runs peaked at
+    # 3.3 GiB against 1.1-1.3 settled, which made the memory rows compare a measuring run with a settled one.
+    # A user pays that once; the rows measure the runs after it (every scene here starts with a 544 px tile).
+    run_case("predict", scene=warm_up, model=unet, out=str(work / "settle"), workers=2, options={})
     out = str(work / "out")
     rows: list[Row] = []
 
@@ -213,15 +219,20 @@ def comparisons(quick: bool, work: Path) -> list[Row]:
                     f"{auto.mps:.2f} vs {fp32.mps:.2f} MP/s", auto.mps / fp32.mps, "our aim: >= 4",
                     auto.mps / fp32.mps >= 4))
     naive = run_case("naive", scene=str(scenes[mid]), model=unet, out=out)
-    log(f"naive {mid}^2: {naive.mps:.2f} MP/s, peak {gib(naive.peak):.2f} GiB")
+    # and as a user runs it: slower where the VM takes its toll, but glibc's defaults give memory back, so
+    # its peak is lower (3.4 against 4.1 GiB at 8192²); each row compares with the baseline's better figure
+    naive_user = run_case("naive", as_user=True, scene=str(scenes[mid]), model=unet, out=out)
+    log(f"naive {mid}^2: {naive.mps:.2f} MP/s, peak {gib(naive.peak):.2f} GiB; as a user runs it "
+        f"{naive_user.mps:.2f} MP/s, peak {gib(naive_user.peak):.2f} GiB")
+    fastest, smallest = min(naive.seconds, naive_user.seconds), min(naive.peak, naive_user.peak)
     # The issue calls this script "the baseline to beat"; 5x was our own aim (the compile figure of the
     # issue), shown beside the verdict so that it is not forgotten.
     rows.append(Row(f"U-Net end to end vs naive script (fp32, whole scene in memory) ({mid}²)",
-                    f"{unet_mid.seconds:.0f} s vs {naive.seconds:.0f} s", naive.seconds / unet_mid.seconds,
-                    "> 1 (our aim: 5)", naive.seconds / unet_mid.seconds > 1))
+                    f"{unet_mid.seconds:.0f} s vs {fastest:.0f} s (as a user runs it: {naive_user.seconds:.0f} s)",
+                    fastest / unet_mid.seconds, "> 1 (our aim: 5)", fastest / unet_mid.seconds > 1))
     rows.append(Row(f"U-Net peak memory vs naive script ({mid}²)",
-                    f"{gib(unet_mid.peak):.2f} vs {gib(naive.peak):.2f} GiB", unet_mid.peak / naive.peak, "< 1",
-                    unet_mid.peak < naive.peak))
+                    f"{gib(unet_mid.peak):.2f} vs {gib(smallest):.2f} GiB", unet_mid.peak / smallest, "< 1",
+                    unet_mid.peak < smallest))
     peak = run_case("matmul_peak", threads=2)
     rows.append(Row("U-Net GFLOP/s (model alone, 2 threads) vs this CPU's bf16 matrix product",
                     f"{alone.extra['gflops']:.0f} vs {peak.extra['bf16_gflops']:.0f} GFLOP/s "
