@@ -221,23 +221,36 @@ def _stripe_tiles(size: int, grid: TileGrid | None = None, lanes: int = 1) -> in
     return widest
 
 
-def _batches(grid: TileGrid, size: int, lanes: int = 1, stripe: int | None = None) -> Iterator[tuple[int, list[Tile]]]:
+# Tile rows, in pixels, a group of side-by-side stripes walks before the next group takes over (where a scene
+# is wider than one stripe per lane). The results at a border between groups wait for the group beside them:
+# with each group walked the scene's whole height, a 16384² U-Net's workers held a border's 4-tile results
+# (about 10 MB each) for 32 tile rows, 490 -> 820 MB each over the first group, and a taller scene held more.
+# A band bounds it by its own height. Each stripe then decodes the block row above a band again for its halo.
+BAND_PX = 4096
+
+
+def _batches(grid: TileGrid, size: int, lanes: int = 1, stripe: int | None = None,
+             band: int | None = None) -> Iterator[tuple[int, list[Tile]]]:
     """``(lane, batch)``: batches of up to ``size`` neighbouring tiles of one row, stripe by stripe
-    (``stripe`` columns, default :func:`_stripe_tiles`), each stripe top to bottom.
+    (``stripe`` columns, default :func:`_stripe_tiles`), each stripe top to bottom, a band of ``band`` tile
+    rows (default :data:`BAND_PX`) at a time.
 
     ``lanes`` stripes are walked side by side, a row of each in turn, and every batch carries the lane of its
     stripe (0 to ``lanes - 1``): :func:`_run` sends a lane to one worker, so that the blocks the tiles of a
     stripe share are decoded in one worker's cache. Handed out tile by tile instead, two workers each
     decoded most blocks of the stripe (15 ms of reading per 576 px tile against 8-10 ms, one worker reading
-    a whole stripe)."""
+    a whole stripe). A scene wider than ``lanes`` stripes is walked band by band, each band group by group;
+    one group of stripes is walked top to bottom whatever the band."""
     stripe = stripe or _stripe_tiles(size)
+    band = band or max(1, BAND_PX // grid.tile_size)
     starts = list(range(0, grid.cols, stripe))
-    for group in range(0, len(starts), lanes):
-        for row in range(grid.rows):
-            for lane, col0 in enumerate(starts[group : group + lanes]):
-                tiles = [grid.tile(row, col) for col in range(col0, min(col0 + stripe, grid.cols))]
-                for i in range(0, len(tiles), size):
-                    yield lane, tiles[i : i + size]
+    for top in range(0, grid.rows, band):
+        for group in range(0, len(starts), lanes):
+            for row in range(top, min(top + band, grid.rows)):
+                for lane, col0 in enumerate(starts[group : group + lanes]):
+                    tiles = [grid.tile(row, col) for col in range(col0, min(col0 + stripe, grid.cols))]
+                    for i in range(0, len(tiles), size):
+                        yield lane, tiles[i : i + size]
 
 
 def _class_colormap(info: ModelInfo) -> dict[int, tuple[int, int, int, int]]:
@@ -452,10 +465,13 @@ class _PieceJob:
 
 
 def _piece_plan(grid: TileGrid, specs: Mapping[str, CogSpec], stitcher: Stitcher, batches: Sequence[Sequence[Tile]],
-                piece: tuple[int, int]) -> tuple[list[dict[tuple[int, int], _PieceJob]], dict[int, list[_PieceJob]]]:
+                piece: tuple[int, int], rank: Sequence[int] | None = None
+                ) -> tuple[list[dict[tuple[int, int], _PieceJob]], dict[int, list[_PieceJob]]]:
     """The pieces of every level (``(row, col)`` -> job) and, per predict batch, the full-resolution pieces
-    that read its tiles."""
+    that read its tiles. A piece reads its batches in the order of ``rank`` (default: as given), which is
+    the order its blend adds their tiles in: floating-point sums depend on it."""
     spec = specs["classes"]
+    rank = range(len(batches)) if rank is None else rank
     batch_of = {t.index: i for i, tiles in enumerate(batches) for t in tiles}
     levels: list[dict[tuple[int, int], _PieceJob]] = []
     readers: dict[int, list[_PieceJob]] = {}
@@ -469,7 +485,7 @@ def _piece_plan(grid: TileGrid, specs: Mapping[str, CogSpec], stitcher: Stitcher
                 job = jobs[i, j] = _PieceJob(level, window, 0)
                 if level == 0:
                     needed = {n.index for t in grid.tiles_touching(window) for n in stitcher.covered_cores(t)}
-                    job.inputs = sorted({batch_of[index] for index in needed})
+                    job.inputs = sorted({batch_of[index] for index in needed}, key=rank.__getitem__)
                     for b in job.inputs:
                         readers.setdefault(b, []).append(job)
                 else:
@@ -507,9 +523,13 @@ def _run(dask: Client, plan: ScenePlan, ref: ModelRef, config: PredictConfig, ou
     if lanes <= 1:
         workers = []  # one stripe at a time: Dask places every task, nothing is pinned
     batches = list(_batches(plan.grid, task_size, max(1, lanes), stripe))
+    # a piece blends its tiles in the order of a walk without bands, which made the products' bytes before
+    walk = _batches(plan.grid, task_size, max(1, lanes), stripe, band=plan.grid.rows)
+    first = {tiles[0].index: n for n, (_, tiles) in enumerate(walk)}
+    rank = [first[tiles[0].index] for _, tiles in batches]
     stripe_px = stripe * plan.grid.tile_size + 2 * plan.grid.halo
     piece = _piece_size(plan.grid, stripe, specs["classes"].block_size)
-    levels, readers = _piece_plan(plan.grid, specs, stitcher, [tiles for _, tiles in batches], piece)
+    levels, readers = _piece_plan(plan.grid, specs, stitcher, [tiles for _, tiles in batches], piece, rank)
     pending = as_completed(timeout=config.timeout)  # the scene's time budget, from now
     predicts: dict[int, Any] = {}  # batch number -> future, until every piece reading it is submitted
     tiles_of: dict[str, int] = {}  # predict key -> tiles, for the progress bar

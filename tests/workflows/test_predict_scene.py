@@ -201,6 +201,49 @@ def test_batches_cover_every_tile_once_in_stripes():
             assert groups == sorted(groups)
 
 
+def test_a_scene_wider_than_its_lanes_is_walked_band_by_band():
+    """Groups of stripes take turns a band of rows at a time, so that the results at a border between groups
+    wait for at most a band; each stripe is still walked top to bottom in one lane."""
+    from tiles.grid import plan_tiles
+    from workflows.scene import BAND_PX, _batches
+
+    grid = plan_tiles(700, 1100, 100, 16)  # 7 rows x 11 columns: stripes of 4, 4 and 3 columns
+    assert list(_batches(grid, 4, 2)) == list(_batches(grid, 4, 2, band=grid.rows))  # 7 rows: one band
+    assert BAND_PX // grid.tile_size >= grid.rows
+    batches = list(_batches(grid, 4, 2, band=3))
+    tiles = [t for _, b in batches for t in b]
+    assert sorted((t.row, t.col) for t in tiles) == sorted((t.row, t.col) for t in grid)
+    assert [t.row // 3 for t in tiles] == sorted(t.row // 3 for t in tiles)  # band by band
+    for band in range(3):  # within a band, the first group (stripes 0 and 1) and then the second
+        groups = [t.col // 4 // 2 for t in tiles if t.row // 3 == band]
+        assert groups == sorted(groups)
+    for s in range(3):
+        mine = [(lane, t) for lane, b in batches for t in b if t.col // 4 == s]
+        assert [t.row for _, t in mine] == sorted(t.row for _, t in mine)
+        assert {lane for lane, _ in mine} == {s % 2}
+    # a scene one group wide is walked top to bottom whatever the band
+    narrow = plan_tiles(700, 800, 100, 16)
+    assert list(_batches(narrow, 4, 2, band=2)) == list(_batches(narrow, 4, 2, band=narrow.rows))
+
+
+@pytest.mark.slow
+def test_bands_leave_the_products_as_a_full_height_walk_makes_them(make_geotiff, tmp_path, dask_client,
+                                                                   monkeypatch):
+    """A scene three groups of stripes wide (18 tile columns, stripes of 4, 2 workers), walked a tile row at a
+    time or whole: the same probabilities and classes, bit for bit (a piece blends its tiles in one order)."""
+    scene = make_geotiff(shape=(4, 230, 1100))
+    ref = ModelRef.from_factory(small_convnet, bands=("red", "nir"))
+    config = PredictConfig(bands="naip", tile_size=64, halo=8, overlap=6, proba_dtype="float32")
+    got = {}
+    for band_px in (64, 1 << 20):
+        monkeypatch.setattr(workflows.scene, "BAND_PX", band_px)
+        result = predict_scene(plan_scene(scene, ref, config), tmp_path / str(band_px), client=dask_client,
+                               progress=False)
+        with rasterio.open(result.classes_path) as src:
+            got[band_px] = read_proba(result.proba_path), src.read()
+    assert np.array_equal(got[64][0], got[1 << 20][0]) and np.array_equal(got[64][1], got[1 << 20][1])
+
+
 def test_stripes_are_at_least_a_task_wide():
     from workflows.scene import STRIPE_TILES, TILES_PER_TASK, _stripe_tiles
 
