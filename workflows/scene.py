@@ -221,11 +221,12 @@ def _stripe_tiles(size: int, grid: TileGrid | None = None, lanes: int = 1) -> in
     return widest
 
 
-# Tile rows, in pixels, a group of side-by-side stripes walks before the next group takes over (where a scene
-# is wider than one stripe per lane). The results at a border between groups wait for the group beside them:
-# with each group walked the scene's whole height, a 16384² U-Net's workers held a border's 4-tile results
-# (about 10 MB each) for 32 tile rows, 490 -> 820 MB each over the first group, and a taller scene held more.
-# A band bounds it by its own height. Each stripe then decodes the block row above a band again for its halo.
+# The height, in pixels, of the band of tile rows a group of side-by-side stripes walks before the next group
+# takes over (where a scene is wider than one stripe per lane). The results at a border between groups wait
+# for the group beside them: with each group walked the scene's whole height, a 16384² U-Net's workers held a
+# border's 4-tile results (about 10 MB each) for 32 tile rows, 490 -> 820 MB each over the first group, and a
+# taller scene held more. A band bounds it by its own height. Each stripe then decodes the block row above a
+# band again for its halo.
 BAND_PX = 4096
 
 
