@@ -38,7 +38,7 @@ print(json.dumps({"grown_kib": grown, "pixels": list(areas.pixels), "nodata": ar
 
 
 def _classes(path: Path, rows: int, cols: int) -> np.ndarray:
-    """A two-class COG-like raster (tiled, DEFLATE, 512 px blocks, nodata 255) of diagonal bands."""
+    """A two-class raster (tiled GeoTIFF, DEFLATE, 512 px blocks, nodata 255, no overviews) of diagonal bands."""
     period = np.arange(74, dtype=np.uint8) // 37  # (row + column) // 37 % 2, in uint8 throughout
     row, col = (np.arange(n, dtype=np.int64) % 74 for n in (rows, cols))
     classes = period[np.add.outer(row.astype(np.uint8), col.astype(np.uint8)) % 74]
