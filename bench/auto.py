@@ -124,15 +124,21 @@ def _in_process(func: str, *args: Any, env: dict[str, str] | None = None) -> Any
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _timed_cli(*args: str) -> tuple[float, list[float]]:
-    """Wall seconds of a ``scenewatch`` command, and the seconds its result lines report (scene, polygons)."""
+def _timed_cli(*args: str) -> tuple[float, list[float], float]:
+    """Wall seconds of a ``scenewatch`` command, the seconds its result lines report (scene, polygons), and
+    its CPU seconds: its own and those of the processes it waited for (its local workers)."""
     import re
+    import resource
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([str(Path(sys.executable).with_name("scenewatch")), *args], cwd=REPO, check=True,
                           capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     parts = [float(m) for m in re.findall(r" in ([0-9.]+) s -> ", done.stdout)]
-    return time.perf_counter() - start, parts
+    return wall, parts, cpu
 
 
 def main() -> None:
@@ -183,7 +189,8 @@ def main() -> None:
     parts = [_in_process("model_alone", scene, bundle, i, 2, args.alone_tiles, env=worker_env) for i in range(2)]
     alone = sum(p["pixels"] for p in parts) / sum(p["seconds"] for p in parts) / 1e6 * 2  # two workers' worth
     out = Path(tempfile.mkdtemp(prefix="out-", dir=work))
-    e2e, (scene_s, polygons_s) = _timed_cli("predict", scene, "--model", bundle, "--bands", "naip", "--out", str(out))
+    e2e, (scene_s, polygons_s), e2e_cpu = _timed_cli("predict", scene, "--model", bundle, "--bands", "naip",
+                                                     "--out", str(out))
     naive = _in_process("naive_run", scene, bundle, str(work / "naive"))
     # On a VM whose host takes back free huge pages, the naive script's whole-scene arrays (1.5 GB at 8192²)
     # pay numpy's huge pages a fault per 4 KiB at the host (88.9 s against 64.9 without, docs/benchmarks.md)
@@ -199,6 +206,11 @@ def main() -> None:
           f"= {mp / fair['seconds']:.2f} MP/s")
     print(f"end to end vs naive: {naive['seconds'] / e2e:.2f}x (vs the naive script with the workers' settings: "
           f"{fair['seconds'] / e2e:.2f}x); end to end vs model alone: {mp / e2e / alone:.2f}")
+    # the run's CPU cannot take less than CPU / cores of wall, however well its parts overlap
+    cores = os.cpu_count() or 1
+    print(f"end to end CPU: {e2e_cpu:.1f} s (the command and the workers it waited for); on {cores} cores it "
+          f"cannot finish in under {e2e_cpu / cores:.1f} s: at most {mp / (e2e_cpu / cores) / alone:.2f} of the "
+          "model alone with every part overlapped")
     print(f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min)")
 
 
