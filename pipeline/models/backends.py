@@ -136,8 +136,8 @@ class Choice:
 def cpu_identity() -> str:
     """The CPU's model name and the speed-deciding instruction-set flags it has, e.g.
     ``Intel(R) Xeon(R) Processor [amx_bf16 amx_int8 amx_tile avx2 avx512_bf16 ...]``, and the cap on
-    oneDNN's instruction sets where one is set (:data:`_ISA_CAPS`): a choice measured with AMX is not the
-    one for the same CPU kept from it."""
+    oneDNN's instruction sets where one is set (:data:`_ISA_CAPS`): a choice measured with AMX is not taken
+    where the cap keeps the same CPU from using it."""
     name, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
